@@ -1,0 +1,237 @@
+//! Command-line interface: clap types, and their conversion into validated library configs. No analysis
+//! logic lives here.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+use crate::extract::{self, ExtractConfig};
+use crate::model::{runtime, Layout, OnnxModel, Selection};
+use crate::pool::Pool;
+use crate::preprocess::Normalization;
+
+/// Will a pretrained model's layers transfer to my images? Layer-by-layer domain similarity for ONNX image
+/// models.
+#[derive(Debug, Parser)]
+#[command(name = "domsim", version, about, long_about = None)]
+pub struct Args {
+    /// No progress bars or summaries on stderr/stdout (errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Threads for decoding, ONNX Runtime (intra-op) and metrics. Default: all cores.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Seed for every random choice (permutations, folds, bootstraps).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub seed: u64,
+    /// ONNX Runtime library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, then the checkout's .ort/, then beside the executable.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List a model's candidate layers in depth order.
+    #[command(after_help = "Example:\n  domsim layers\n  domsim layers --model resnet18.onnx --all")]
+    Layers(LayersArgs),
+    /// Embed an image folder: one pooled matrix per layer.
+    #[command(
+        after_help = "Example:\n  domsim extract --images ../shared/datasets/chest_xray --out emb/xray\n  domsim extract --model m.onnx --norm imagenet --layers '/layer*/Relu_output_0' --images imgs --out emb"
+    )]
+    Extract(ExtractArgs),
+}
+
+/// Which model and layers.
+#[derive(Debug, ClapArgs)]
+pub struct ModelArgs {
+    /// ONNX image model. Default: the bundled EfficientNet-Lite0 (ImageNet).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Every float layer instead of the default selection.
+    #[arg(long, conflicts_with = "layers")]
+    pub all: bool,
+    /// Layer names or glob patterns (`*`, `?`); repeatable.
+    #[arg(long = "layers", value_name = "NAME", num_args = 1..)]
+    pub layers: Vec<String>,
+    /// Spatial size for models whose input size is dynamic.
+    #[arg(long, value_name = "PIXELS")]
+    pub size: Option<usize>,
+    /// Input layout, for models whose input shape does not say.
+    #[arg(long, value_enum)]
+    pub layout: Option<LayoutArg>,
+}
+
+/// Input layouts.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    /// (N, C, H, W)
+    Nchw,
+    /// (N, H, W, C)
+    Nhwc,
+}
+
+/// `domsim layers`.
+#[derive(Debug, ClapArgs)]
+pub struct LayersArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `domsim extract`.
+#[derive(Debug, ClapArgs)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image folder (recursive; first-level sub-folders are labels).
+    #[arg(long, value_name = "DIR")]
+    pub images: PathBuf,
+    /// Embedding folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Pooling of spatial/token axes.
+    #[arg(long, value_enum, default_value = "avg")]
+    pub pool: PoolArg,
+    /// Normalisation preset: imagenet, pm1 (x/127.5-1), unit (x/255), raw (0-255). Default: the model's own.
+    #[arg(long, value_enum, conflicts_with_all = ["mean", "std"])]
+    pub norm: Option<NormArg>,
+    /// Per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std).
+    #[arg(long, value_delimiter = ',', num_args = 3, requires = "std")]
+    pub mean: Vec<f32>,
+    /// Per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean).
+    #[arg(long, value_delimiter = ',', num_args = 3, requires = "mean")]
+    pub std: Vec<f32>,
+    /// Images per inference call.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Overwrite a non-empty output folder that domsim did not make.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Pooling modes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PoolArg {
+    /// Global average.
+    Avg,
+    /// Global maximum.
+    Max,
+    /// Both, concatenated.
+    Avgmax,
+}
+
+/// Normalisation presets.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum NormArg {
+    /// ImageNet mean/std.
+    Imagenet,
+    /// x/127.5 - 1.
+    Pm1,
+    /// x/255.
+    Unit,
+    /// 0-255.
+    Raw,
+}
+
+impl ModelArgs {
+    fn path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(runtime::default_model_path)
+    }
+    fn selection(&self) -> Selection {
+        if self.all {
+            Selection::All
+        } else if !self.layers.is_empty() {
+            Selection::Names(self.layers.clone())
+        } else {
+            Selection::Default
+        }
+    }
+    fn layout(&self) -> Option<Layout> {
+        self.layout.map(|l| match l {
+            LayoutArg::Nchw => Layout::Nchw,
+            LayoutArg::Nhwc => Layout::Nhwc,
+        })
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(args: Args) -> Result<()> {
+    let threads = args.threads.unwrap_or_else(extract::default_threads).max(1);
+    let ort_lib = args.ort_lib.clone();
+    match args.command {
+        Command::Layers(a) => {
+            let model = OnnxModel::load(&a.model.path(), 1, ort_lib.as_deref(), a.model.size, a.model.layout())?;
+            let layers = model.select(&a.model.selection(), ort_lib.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &layers)?;
+                writeln!(out)?;
+            } else if !args.quiet || a.json {
+                writeln!(out, "{:>5}  {:<48} {:<20} shape", "depth", "name", "op")?;
+                for (i, l) in layers.iter().enumerate() {
+                    writeln!(out, "{i:>5}  {:<48} {:<20} {:?}", l.name, l.op_type, l.shape)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Extract(a) => {
+            let norm = match (a.norm, a.mean.is_empty()) {
+                (Some(n), _) => Normalization::preset(match n {
+                    NormArg::Imagenet => "imagenet",
+                    NormArg::Pm1 => "pm1",
+                    NormArg::Unit => "unit",
+                    NormArg::Raw => "raw",
+                }),
+                (None, false) => {
+                    if a.std.iter().any(|s| *s <= 0.0) {
+                        bail!(crate::Error::Input("--std values must be positive".into()));
+                    }
+                    Some(Normalization {
+                        preset: "custom".into(),
+                        mean: [a.mean[0], a.mean[1], a.mean[2]],
+                        std: [a.std[0], a.std[1], a.std[2]],
+                    })
+                }
+                (None, true) => None,
+            };
+            if a.batch == 0 {
+                bail!(crate::Error::Input("--batch must be at least 1".into()));
+            }
+            let mut cfg = ExtractConfig::new(a.model.path(), a.images, a.out);
+            cfg.selection = a.model.selection();
+            cfg.norm = norm;
+            cfg.pool = match a.pool {
+                PoolArg::Avg => Pool::Avg,
+                PoolArg::Max => Pool::Max,
+                PoolArg::Avgmax => Pool::AvgMax,
+            };
+            cfg.batch_size = a.batch;
+            cfg.threads = threads;
+            cfg.size = a.model.size;
+            cfg.layout = a.model.layout();
+            cfg.force = a.force;
+            cfg.progress = !args.quiet;
+            cfg.ort_lib = ort_lib;
+            let s = extract::extract(&cfg)?;
+            if !args.quiet {
+                eprintln!(
+                    "domsim: embedded {} images ({} skipped) at {} layers in {:.1} s ({:.1} images/s) -> {}",
+                    s.manifest.n_images,
+                    s.skipped.len(),
+                    s.manifest.layers.len(),
+                    s.seconds,
+                    s.images_per_second,
+                    cfg.out.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}

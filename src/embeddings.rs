@@ -1,0 +1,290 @@
+//! The embedding folder: the contract between `extract`, `compare` and users' notebooks.
+//!
+//! - `manifest.json`: domsim version, model file and SHA-256, input contract, preprocessing, pooling, and the
+//!   layers in depth order (index, name, op type, raw shape, pooled dimension, file). Written last: a folder
+//!   without it is incomplete.
+//! - `index.csv` (`row,path,label`): the row order of every matrix.
+//! - `layers/<NN>_<safe-name>.npy`: float32, C-order, n × d.
+//! - `skipped.csv` (`path,reason`): every file that could not be used.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+
+use crate::error::{input_err, Error, Result};
+use crate::model::{InputContract, Layer};
+use crate::pool::{Pool, TensorLayout};
+use crate::preprocess::Normalization;
+
+/// The model as recorded in a manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    /// File name.
+    pub file: String,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// True for the bundled default model.
+    pub bundled_default: bool,
+}
+
+/// Preprocessing as recorded in a manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreprocessInfo {
+    /// How images are resized and cropped.
+    pub resize: String,
+    /// Float normalisation (not used for uint8 models).
+    pub normalization: Normalization,
+    /// How channels are converted.
+    pub channels: String,
+    /// Images that were grey (grey mode, or RGB with identical channels), fed by channel replication.
+    pub n_grey: usize,
+    /// Images with an alpha channel (dropped).
+    pub n_alpha: usize,
+    /// Images smaller than the model input on some side (upscaled).
+    pub n_upscaled: usize,
+    /// Median native width and height of the embedded images.
+    pub median_native_size: [u32; 2],
+}
+
+/// One layer in a manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerEntry {
+    /// Depth index (0 = shallowest selected layer).
+    pub index: usize,
+    /// Tensor name in the graph.
+    pub name: String,
+    /// Producing op type.
+    pub op_type: String,
+    /// Shape as ONNX Runtime reports it (-1 = dynamic).
+    pub raw_shape: Vec<i64>,
+    /// Shape as run, for one batch.
+    pub run_shape: Vec<usize>,
+    /// Which axes were pooled.
+    pub layout: TensorLayout,
+    /// Pooled dimension d.
+    pub dim: usize,
+    /// File, relative to the embedding folder.
+    pub file: String,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// domsim version that wrote it.
+    pub domsim_version: String,
+    /// The model.
+    pub model: ModelInfo,
+    /// The input contract used.
+    pub input: InputContract,
+    /// Preprocessing.
+    pub preprocessing: PreprocessInfo,
+    /// Pooling mode.
+    pub pooling: Pool,
+    /// A sentence on what pooling did.
+    pub pooling_note: String,
+    /// The image folder (as given).
+    pub images: String,
+    /// Images embedded (rows of every matrix).
+    pub n_images: usize,
+    /// Files skipped.
+    pub n_skipped: usize,
+    /// Distinct labels (sorted), empty when the folder has no class sub-folders.
+    pub labels: Vec<String>,
+    /// ONNX Runtime intra-op threads and batch size used.
+    pub threads: usize,
+    /// Batch size used.
+    pub batch_size: usize,
+    /// Layers in depth order.
+    pub layers: Vec<LayerEntry>,
+}
+
+/// File name for layer `index` of `count`: `<NN>_<safe-name>.npy`. Everything outside `[A-Za-z0-9._-]`
+/// becomes `_`, so no name can leave the folder.
+pub fn layer_file_name(index: usize, count: usize, name: &str) -> String {
+    let width = count.saturating_sub(1).to_string().len().max(2);
+    let mut safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect();
+    let safe_trim = safe.trim_matches(|c| c == '_' || c == '.').to_string();
+    safe = if safe_trim.is_empty() { "layer".into() } else { safe_trim };
+    safe.truncate(100);
+    format!("{index:0width$}_{safe}.npy")
+}
+
+/// One layer's matrix read back.
+#[derive(Debug, Clone)]
+pub struct LayerData {
+    /// Depth index.
+    pub index: usize,
+    /// Layer name.
+    pub name: String,
+    /// File it came from.
+    pub path: PathBuf,
+}
+
+/// An embedding folder opened for reading: a domsim folder (with `manifest.json`) or a plain folder of
+/// `.npy` files (layers ordered by file name; labels from `index.csv` or `labels.csv`).
+#[derive(Debug, Clone)]
+pub struct EmbeddingSet {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The manifest, when domsim wrote the folder.
+    pub manifest: Option<Manifest>,
+    /// Layers in depth order.
+    pub layers: Vec<LayerData>,
+    /// Per row: label, when known.
+    pub labels: Option<Vec<String>>,
+    /// Per row: image path, when known.
+    pub paths: Option<Vec<String>>,
+}
+
+impl EmbeddingSet {
+    /// Opens a folder.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return input_err(format!("embedding folder '{}' does not exist", dir.display()));
+        }
+        let mpath = dir.join("manifest.json");
+        let manifest: Option<Manifest> = if mpath.is_file() {
+            let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io("cannot read", &mpath, e))?;
+            Some(serde_json::from_str(&text).map_err(|e| {
+                Error::Input(format!(
+                    "'{}' is not a domsim manifest ({e}); re-run `domsim extract`",
+                    mpath.display()
+                ))
+            })?)
+        } else {
+            None
+        };
+        let layers = match &manifest {
+            Some(m) => m
+                .layers
+                .iter()
+                .map(|l| LayerData {
+                    index: l.index,
+                    name: l.name.clone(),
+                    path: dir.join(&l.file),
+                })
+                .collect(),
+            None => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .map_err(|e| Error::io("cannot list", dir, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+                    .collect();
+                files.sort();
+                if files.is_empty() {
+                    return input_err(format!(
+                        "'{}' holds neither a manifest.json (from `domsim extract`) nor any .npy file",
+                        dir.display()
+                    ));
+                }
+                files
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, p)| LayerData {
+                        index: i,
+                        name: p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                        path: p,
+                    })
+                    .collect()
+            }
+        };
+        let (paths, labels) = read_labels(dir)?;
+        Ok(EmbeddingSet {
+            dir: dir.to_path_buf(),
+            manifest,
+            layers,
+            labels,
+            paths,
+        })
+    }
+
+    /// Reads layer `i`'s matrix (f64).
+    pub fn read_layer(&self, i: usize) -> Result<Array2<f64>> {
+        let l = &self.layers[i];
+        let a = crate::npy::read(&l.path)?;
+        if let Some(lab) = &self.labels {
+            if lab.len() != a.nrows() {
+                return input_err(format!(
+                    "layer '{}' in '{}' has {} rows but the labels list {} rows",
+                    l.name,
+                    l.path.display(),
+                    a.nrows(),
+                    lab.len()
+                ));
+            }
+        }
+        Ok(a)
+    }
+}
+
+type Labels = (Option<Vec<String>>, Option<Vec<String>>);
+
+fn read_labels(dir: &Path) -> Result<Labels> {
+    for (file, has_path) in [("index.csv", true), ("labels.csv", false)] {
+        let p = dir.join(file);
+        if !p.is_file() {
+            continue;
+        }
+        let mut r = csv::Reader::from_path(&p)
+            .map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?;
+        let headers = r
+            .headers()
+            .map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?
+            .clone();
+        let col = |name: &str| headers.iter().position(|h| h == name);
+        let (Some(lc), pc) = (col("label"), col("path")) else {
+            return input_err(format!("'{}' needs a 'label' column", p.display()));
+        };
+        let mut labels = Vec::new();
+        let mut paths = Vec::new();
+        for rec in r.records() {
+            let rec = rec.map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?;
+            labels.push(rec.get(lc).unwrap_or("").to_string());
+            if let Some(pc) = pc {
+                paths.push(rec.get(pc).unwrap_or("").to_string());
+            }
+        }
+        let any_label = labels.iter().any(|l| !l.is_empty());
+        return Ok((
+            (has_path && !paths.is_empty()).then_some(paths),
+            any_label.then_some(labels),
+        ));
+    }
+    Ok((None, None))
+}
+
+/// Layer entries for a manifest, from the selected layers and what the first batch showed.
+pub fn entries(layers: &[Layer], run: &[(Vec<usize>, TensorLayout, usize)]) -> Vec<LayerEntry> {
+    layers
+        .iter()
+        .zip(run)
+        .enumerate()
+        .map(|(i, (l, (shape, layout, dim)))| LayerEntry {
+            index: i,
+            name: l.name.clone(),
+            op_type: l.op_type.clone(),
+            raw_shape: l.shape.clone(),
+            run_shape: shape.clone(),
+            layout: *layout,
+            dim: *dim,
+            file: format!("layers/{}", layer_file_name(i, layers.len(), &l.name)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_names_stay_inside() {
+        assert_eq!(layer_file_name(3, 19, "/_blocks.4/Add_output_0"), "03_blocks.4_Add_output_0.npy");
+        assert_eq!(layer_file_name(0, 2, "../../etc/passwd"), "00_etc_passwd.npy");
+        assert_eq!(layer_file_name(0, 2, ".."), "00_layer.npy");
+        assert_eq!(layer_file_name(120, 200, "x"), "120_x.npy");
+        assert!(!layer_file_name(1, 2, "a/../../b").contains('/'));
+    }
+}

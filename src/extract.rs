@@ -1,0 +1,394 @@
+//! The extraction pipeline: image folder → preprocessed batches → ONNX Runtime → pooled embeddings on disk.
+//!
+//! Decoding and preprocessing run on a rayon pool in a producer thread, one chunk ahead of inference
+//! (a bounded channel of two chunks), so they overlap with ONNX Runtime and memory stays bounded: pooled
+//! rows are streamed to the `.npy` files as each batch finishes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::dataset::ImageSet;
+use crate::embeddings::{self, Manifest, ModelInfo, PreprocessInfo};
+use crate::error::{input_err, Error, Result};
+use crate::model::{Embedder, ElemType, InputBatch, Layout, OnnxModel, Selection};
+use crate::npy::NpyWriter;
+use crate::output::{self, csv_bytes, write_atomic};
+use crate::pool::{self, Pool, TensorLayout};
+use crate::preprocess::{self, ImageInfo, Normalization, Pixels, Preprocess};
+
+/// Settings for `domsim extract` (validated; no CLI types).
+#[derive(Debug, Clone)]
+pub struct ExtractConfig {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// The image folder.
+    pub images: PathBuf,
+    /// The embedding folder to write.
+    pub out: PathBuf,
+    /// Which layers.
+    pub selection: Selection,
+    /// Normalisation; `None` = the model's own (bundled model: `pm1`), else `imagenet`.
+    pub norm: Option<Normalization>,
+    /// Pooling mode.
+    pub pool: Pool,
+    /// Images per inference call (models with a fixed batch use theirs).
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads, and decoding threads.
+    pub threads: usize,
+    /// Spatial size for models with a dynamic one.
+    pub size: Option<usize>,
+    /// Layout override for models whose input shape is ambiguous.
+    pub layout: Option<Layout>,
+    /// Overwrite a non-empty folder not made by domsim.
+    pub force: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Explicit ONNX Runtime library.
+    pub ort_lib: Option<PathBuf>,
+    /// Decoder memory limit per image, bytes.
+    pub max_alloc: u64,
+}
+
+impl ExtractConfig {
+    /// Defaults for the given model, images and output folder.
+    pub fn new(model: PathBuf, images: PathBuf, out: PathBuf) -> Self {
+        ExtractConfig {
+            model,
+            images,
+            out,
+            selection: Selection::Default,
+            norm: None,
+            pool: Pool::Avg,
+            batch_size: 16,
+            threads: default_threads(),
+            size: None,
+            layout: None,
+            force: false,
+            progress: false,
+            ort_lib: None,
+            max_alloc: 512 << 20,
+        }
+    }
+}
+
+/// The number of cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// What an extraction produced.
+#[derive(Debug, Clone)]
+pub struct ExtractSummary {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Skipped files: (path relative to the image folder, reason).
+    pub skipped: Vec<(String, String)>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Images embedded per second.
+    pub images_per_second: f64,
+}
+
+/// Runs `extract` end to end with the ONNX Runtime backend.
+pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
+    let set = ImageSet::scan(&cfg.images)?;
+    let ort_lib = cfg.ort_lib.as_deref();
+    let model = OnnxModel::load(&cfg.model, cfg.threads, ort_lib, cfg.size, cfg.layout)?;
+    let layers = model.select(&cfg.selection, ort_lib)?;
+    let norm = resolve_norm(cfg.norm.clone(), &model);
+    let mut emb = model.embedder(layers, ort_lib)?;
+    let info = ModelInfo {
+        file: cfg
+            .model
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256: model.sha256.clone(),
+        bundled_default: model.is_default(),
+    };
+    output::prepare_dir(&cfg.out, cfg.force)?;
+    run(&mut emb, &set, norm, info, cfg)
+}
+
+/// The normalisation used when the user gives none: the bundled model's own (`pm1`), else ImageNet mean/std.
+pub fn resolve_norm(user: Option<Normalization>, model: &OnnxModel) -> Normalization {
+    user.unwrap_or_else(|| {
+        Normalization::preset(if model.is_default() { "pm1" } else { "imagenet" })
+            .expect("known preset")
+    })
+}
+
+type Decoded = Vec<(usize, std::result::Result<(Pixels, ImageInfo), String>)>;
+
+struct LayerOut {
+    writer: NpyWriter,
+    layout: TensorLayout,
+    run_shape: Vec<usize>,
+    dim: usize,
+}
+
+/// Runs the pipeline with any [`Embedder`] (the ONNX Runtime one, or a fake in tests) into `cfg.out`,
+/// which must already be prepared.
+pub fn run<E: Embedder>(
+    emb: &mut E,
+    set: &ImageSet,
+    norm: Normalization,
+    model: ModelInfo,
+    cfg: &ExtractConfig,
+) -> Result<ExtractSummary> {
+    let start = Instant::now();
+    let out = &cfg.out;
+    // A re-run first removes what marks the folder complete, then the old layer files.
+    output::remove_if_exists(&out.join("manifest.json"))?;
+    let layer_dir = out.join("layers");
+    if layer_dir.is_dir() {
+        for e in std::fs::read_dir(&layer_dir).map_err(|e| Error::io("cannot list", &layer_dir, e))?.flatten() {
+            if e.path().extension().is_some_and(|x| x == "npy") {
+                output::remove_if_exists(&e.path())?;
+            }
+        }
+    }
+    std::fs::create_dir_all(&layer_dir).map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
+
+    let contract = emb.contract().clone();
+    let layers = emb.layers().to_vec();
+    let pre = Preprocess {
+        contract: contract.clone(),
+        norm: norm.clone(),
+        max_alloc: cfg.max_alloc,
+    };
+    let run_batch = contract.fixed_batch.unwrap_or(cfg.batch_size.max(1));
+    let chunk = run_batch.max(16);
+    let threads = cfg.threads.max(1);
+    let decode_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Analysis(format!("cannot start decoding threads: {e}")))?;
+    let bar = if cfg.progress && std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(set.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_message(format!("extract {}", set.root.display()));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut rows: Vec<usize> = Vec::new();
+    let mut infos: Vec<ImageInfo> = Vec::new();
+    let mut outs: Vec<LayerOut> = Vec::new();
+    let mut pending: Vec<(usize, Pixels)> = Vec::new();
+
+    let (tx, rx) = crossbeam_channel::bounded::<Decoded>(2);
+    let order: Vec<usize> = (0..set.len()).collect();
+    let result: Result<()> = std::thread::scope(|s| {
+        s.spawn(|| {
+            for ids in order.chunks(chunk) {
+                let decoded: Decoded = decode_pool.install(|| {
+                    ids.par_iter()
+                        .map(|&i| (i, preprocess::load(&set.path(i), &pre)))
+                        .collect()
+                });
+                if tx.send(decoded).is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+        });
+        let mut step = |pending: &mut Vec<(usize, Pixels)>, flush: bool| -> Result<()> {
+            while pending.len() >= run_batch || (flush && !pending.is_empty()) {
+                let take = pending.len().min(run_batch);
+                let items: Vec<(usize, Pixels)> = pending.drain(..take).collect();
+                infer(emb, &items, run_batch, &contract, cfg.pool, &layers, &mut outs, out)?;
+                rows.extend(items.iter().map(|(i, _)| *i));
+            }
+            Ok(())
+        };
+        for decoded in rx.iter() {
+            let n = decoded.len() as u64;
+            for (i, r) in decoded {
+                match r {
+                    Ok((px, info)) => {
+                        pending.push((i, px));
+                        infos.push(info);
+                    }
+                    Err(reason) => skipped.push((set.files[i].clone(), reason)),
+                }
+            }
+            step(&mut pending, false)?;
+            bar.inc(n);
+        }
+        step(&mut pending, true)
+    });
+    bar.finish_and_clear();
+
+    let skipped_bytes = csv_bytes(
+        &["path", "reason"],
+        skipped.iter().map(|(p, r)| vec![p.as_str(), r.as_str()]),
+    );
+    write_atomic(&out.join("skipped.csv"), &skipped_bytes)?;
+    result?;
+    if rows.is_empty() {
+        return input_err(format!(
+            "no usable image in '{}': all {} files were skipped (reasons in '{}')",
+            set.root.display(),
+            set.len(),
+            out.join("skipped.csv").display()
+        ));
+    }
+
+    let run_info: Vec<(Vec<usize>, TensorLayout, usize)> = outs
+        .iter()
+        .map(|o| (o.run_shape.clone(), o.layout, o.dim))
+        .collect();
+    for o in outs {
+        o.writer.finish()?;
+    }
+    let index = csv_bytes(
+        &["row", "path", "label"],
+        rows.iter().enumerate().map(|(r, &i)| {
+            vec![
+                r.to_string(),
+                set.files[i].clone(),
+                set.labels[i].clone().unwrap_or_default(),
+            ]
+        }),
+    );
+    write_atomic(&out.join("index.csv"), &index)?;
+
+    let mut labels: Vec<String> = rows.iter().filter_map(|&i| set.labels[i].clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let median = |mut v: Vec<u32>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let grey_note = match (contract.channels, contract.elem) {
+        (1, _) => "converted to grey (luma) for a 1-channel model".to_string(),
+        _ => "decoded to RGB; grey images are fed to the RGB model by channel replication; alpha is dropped".to_string(),
+    };
+    let manifest = Manifest {
+        domsim_version: env!("CARGO_PKG_VERSION").to_string(),
+        model,
+        input: contract.clone(),
+        preprocessing: PreprocessInfo {
+            resize: format!(
+                "EXIF orientation applied; shorter side resized to cover {}x{} (bilinear, antialiased), centre crop",
+                contract.width, contract.height
+            ),
+            normalization: norm,
+            channels: grey_note,
+            n_grey: infos.iter().filter(|i| i.grey).count(),
+            n_alpha: infos.iter().filter(|i| i.alpha).count(),
+            n_upscaled: infos.iter().filter(|i| i.upscaled).count(),
+            median_native_size: [
+                median(infos.iter().map(|i| i.width).collect()),
+                median(infos.iter().map(|i| i.height).collect()),
+            ],
+        },
+        pooling: cfg.pool,
+        pooling_note: pooling_note(cfg.pool),
+        images: set.root.display().to_string(),
+        n_images: rows.len(),
+        n_skipped: skipped.len(),
+        labels,
+        threads: cfg.threads,
+        batch_size: run_batch,
+        layers: embeddings::entries(&layers, &run_info),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_atomic(&out.join("manifest.json"), &json)?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(ExtractSummary {
+        images_per_second: rows.len() as f64 / seconds.max(1e-9),
+        manifest,
+        skipped,
+        seconds,
+    })
+}
+
+fn pooling_note(p: Pool) -> String {
+    let what = match p {
+        Pool::Avg => "global average",
+        Pool::Max => "global maximum",
+        Pool::AvgMax => "global average and maximum, concatenated",
+    };
+    format!("4-D maps: {what} over the spatial axes of each tensor's own layout; 3-D (N,T,C): the same over tokens; 2-D: as is")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn infer<E: Embedder>(
+    emb: &mut E,
+    items: &[(usize, Pixels)],
+    run_batch: usize,
+    contract: &crate::model::InputContract,
+    mode: Pool,
+    layers: &[crate::model::Layer],
+    outs: &mut Vec<LayerOut>,
+    out_dir: &Path,
+) -> Result<()> {
+    let per = contract.channels * contract.height * contract.width;
+    // A model with a fixed batch gets exactly that many images; padding rows are dropped after pooling.
+    let n_run = if contract.fixed_batch.is_some() { run_batch } else { items.len() };
+    let batch = match contract.elem {
+        ElemType::F32 => {
+            let mut v = Vec::with_capacity(n_run * per);
+            for (_, p) in items {
+                if let Pixels::F32(x) = p {
+                    v.extend_from_slice(x);
+                }
+            }
+            v.resize(n_run * per, 0.0);
+            InputBatch::F32(v)
+        }
+        ElemType::U8 => {
+            let mut v = Vec::with_capacity(n_run * per);
+            for (_, p) in items {
+                if let Pixels::U8(x) = p {
+                    v.extend_from_slice(x);
+                }
+            }
+            v.resize(n_run * per, 0);
+            InputBatch::U8(v)
+        }
+    };
+    let raw = emb.run(batch, n_run)?;
+    for (k, r) in raw.iter().enumerate() {
+        let name = &layers[k].name;
+        if outs.len() <= k {
+            let layout = pool::tensor_layout(&layers[k].op_type, &r.shape, contract);
+            let (dim, _) = pool::pool(r, layout, mode, name)?;
+            let file = out_dir.join(format!(
+                "layers/{}",
+                embeddings::layer_file_name(k, layers.len(), name)
+            ));
+            outs.push(LayerOut {
+                writer: NpyWriter::create(&file, dim)?,
+                layout,
+                run_shape: r.shape.clone(),
+                dim,
+            });
+        }
+        let o = &mut outs[k];
+        if r.shape.first() != Some(&n_run) || r.shape[1..] != o.run_shape[1..] {
+            return Err(Error::Runtime(format!(
+                "layer '{name}' returned shape {:?}, expected batch {n_run} and {:?} per image",
+                r.shape,
+                &o.run_shape[1..]
+            )));
+        }
+        let (dim, rows) = pool::pool(r, o.layout, mode, name)?;
+        o.writer.write_rows(&rows[..items.len() * dim])?;
+    }
+    Ok(())
+}

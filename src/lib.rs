@@ -1,0 +1,36 @@
+//! # domsim
+//!
+//! Will a pretrained model's layers transfer to my images, and where should I cut the network? domsim
+//! measures it layer by layer, before any training.
+//!
+//! The pipeline runs in one direction; each arrow passes a plain value:
+//!
+//! ```text
+//! images/ ─► dataset ─► preprocess ─► model (ONNX Runtime) ─► pool ─► embeddings (NPY per layer)
+//! embeddings (source) + embeddings (target) ─► metrics (per layer) ─► verdict ─► report
+//! ```
+//!
+//! ```no_run
+//! use domsim::extract::{extract, ExtractConfig};
+//! let cfg = ExtractConfig::new(
+//!     domsim::model::runtime::default_model_path(),
+//!     "images/".into(),
+//!     "emb/".into(),
+//! );
+//! let summary = extract(&cfg)?;
+//! println!("{} images, {} layers", summary.manifest.n_images, summary.manifest.layers.len());
+//! # Ok::<(), domsim::Error>(())
+//! ```
+
+pub mod cli;
+pub mod dataset;
+pub mod embeddings;
+pub mod error;
+pub mod extract;
+pub mod model;
+pub mod npy;
+pub mod output;
+pub mod pool;
+pub mod preprocess;
+
+pub use error::{Error, Result};

@@ -1,0 +1,23 @@
+//! The `domsim` binary: parse arguments, run, print errors with their context, exit with a documented code
+//! (0 ok, 1 analysis failed, 2 bad usage or input).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = domsim::cli::Args::parse();
+    match domsim::cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("domsim: error: {e:#}");
+            let code = e.downcast_ref::<domsim::Error>().map_or(1, |d| d.exit_code());
+            ExitCode::from(code)
+        }
+    }
+}

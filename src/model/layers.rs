@@ -1,0 +1,310 @@
+//! Layer discovery: which tensors of an ONNX graph are candidate layers, and the default selection.
+//!
+//! **Candidates** are the outputs of graph nodes, in the graph's topological (node) order, that depend on the
+//! image input (not on weights alone), are not pure layout or bookkeeping ops (`Reshape`, `Transpose`, `Pad`,
+//! `Cast`, ...), and are float32 tensors as ONNX Runtime reports them.
+//!
+//! **The default selection** (the rule documented in the README):
+//! 1. Group consecutive candidates by *scope*, the first component of the node name (`/_blocks.4/...` has scope
+//!    `_blocks.4`, `/layer1/layer1.0/relu/Relu` has scope `layer1`). The last candidate of each group is a block
+//!    output. A candidate without a scoped name is its own group.
+//! 2. Residual `Add`s (two or more inputs computed from the image) are block outputs too.
+//! 3. A group made only of activations (`Relu`, `Clip`, ...) replaces the block output just before it: the
+//!    block-final activation is preferred to the pre-activation tensor.
+//! 4. The model's own graph outputs (logits) are left out: the selection ends at the final features.
+//! 5. More than 20 block outputs: keep 16 evenly spaced ones, always the first and the last. Fewer than 8: add
+//!    evenly spaced candidates until there are 12 (or all candidates, when fewer).
+
+use std::collections::HashSet;
+
+use super::onnx::GraphProto;
+use crate::error::{input_err, Result};
+
+/// Ops that only move data around; their outputs are never candidate layers.
+const LAYOUT_OPS: &[&str] = &[
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Pad",
+    "Shape",
+    "Size",
+    "Gather",
+    "Slice",
+    "Constant",
+    "ConstantOfShape",
+    "Expand",
+    "Range",
+    "Split",
+];
+
+/// Elementwise activations (rule 3 of the default selection).
+const ACTIVATION_OPS: &[&str] = &[
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "Tanh",
+    "LeakyRelu",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Gelu",
+    "PRelu",
+    "Softplus",
+    "Mish",
+];
+
+/// A candidate tensor found by graph analysis, before ONNX Runtime has told its type.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Tensor name.
+    pub name: String,
+    /// Producing op type.
+    pub op_type: String,
+    /// Producing node's name.
+    pub node_name: String,
+    /// True for an `Add` with two or more image-dependent inputs.
+    pub residual: bool,
+    /// True when this tensor is one of the model's own graph outputs.
+    pub graph_output: bool,
+}
+
+/// A layer: a candidate with the shape and type ONNX Runtime reports.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Layer {
+    /// Tensor name in the graph.
+    pub name: String,
+    /// Producing op type.
+    pub op_type: String,
+    /// Shape as ONNX Runtime reports it (-1 for a dynamic dimension).
+    pub shape: Vec<i64>,
+    /// Topological position among all candidates.
+    pub node_index: usize,
+    /// True when the tensor is one of the model's own graph outputs.
+    #[serde(default)]
+    pub graph_output: bool,
+}
+
+/// Which layers to use.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// The default selection (module docs).
+    Default,
+    /// Every candidate.
+    All,
+    /// Exact names or glob patterns (`*`, `?`).
+    Names(Vec<String>),
+}
+
+/// Lists candidate tensors in topological order (module docs).
+pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut dynamic: HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|v| v.name.as_str())
+        .filter(|n| !initializers.contains(n))
+        .collect();
+    let outputs: HashSet<&str> = graph.output.iter().map(|v| v.name.as_str()).collect();
+    let mut out = Vec::new();
+    for node in &graph.node {
+        let n_dyn = node
+            .input
+            .iter()
+            .filter(|i| dynamic.contains(i.as_str()))
+            .count();
+        if n_dyn == 0 {
+            continue;
+        }
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            dynamic.insert(o.as_str());
+            if LAYOUT_OPS.contains(&node.op_type.as_str()) {
+                continue;
+            }
+            out.push(Candidate {
+                name: o.clone(),
+                op_type: node.op_type.clone(),
+                node_name: node.name.clone(),
+                residual: node.op_type == "Add" && n_dyn >= 2,
+                graph_output: outputs.contains(o.as_str()),
+            });
+        }
+    }
+    out
+}
+
+fn scope(node_name: &str) -> Option<&str> {
+    if !node_name.contains('/') {
+        return None;
+    }
+    node_name.split('/').find(|s| !s.is_empty())
+}
+
+fn is_activation(op: &str) -> bool {
+    ACTIVATION_OPS.contains(&op)
+}
+
+/// Evenly spaced indices `0..n`, `k` of them, always including the first and last.
+fn evenly_spaced(n: usize, k: usize) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    if k <= 1 {
+        return vec![n - 1];
+    }
+    let mut v: Vec<usize> = (0..k)
+        .map(|i| ((i as f64) * (n - 1) as f64 / (k - 1) as f64).round() as usize)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// The default selection over float candidates `all` (module docs), as indices into `all`.
+/// `node_names[i]` is the producing node's name of `all[i]`.
+pub fn default_selection(all: &[Layer], node_names: &[String], residual: &[bool]) -> Vec<usize> {
+    let idx: Vec<usize> = (0..all.len()).filter(|&i| !all[i].graph_output).collect();
+    let mut blocks: Vec<usize> = Vec::new();
+    let mut g = 0;
+    while g < idx.len() {
+        let s = scope(&node_names[idx[g]]);
+        let mut e = g;
+        while s.is_some() && e + 1 < idx.len() && scope(&node_names[idx[e + 1]]) == s {
+            e += 1;
+        }
+        let group = &idx[g..=e];
+        let activation_only = group.iter().all(|&i| is_activation(&all[i].op_type));
+        for &i in group {
+            if residual[i] && i != idx[e] {
+                blocks.push(i);
+            }
+        }
+        if activation_only && !blocks.is_empty() {
+            blocks.pop();
+        }
+        blocks.push(idx[e]);
+        g = e + 1;
+    }
+    blocks.sort_unstable();
+    blocks.dedup();
+    if blocks.len() > 20 {
+        blocks = evenly_spaced(blocks.len(), 16)
+            .into_iter()
+            .map(|k| blocks[k])
+            .collect();
+    } else if blocks.len() < 8 && idx.len() > blocks.len() {
+        let extra = evenly_spaced(idx.len(), 12).into_iter().map(|k| idx[k]);
+        blocks.extend(extra);
+        blocks.sort_unstable();
+        blocks.dedup();
+    }
+    blocks
+}
+
+/// Glob match with `*` and `?`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0usize, 0usize, None::<usize>, 0usize);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The `k` existing names nearest to `name` (edit distance), for error messages.
+pub fn nearest<'a>(name: &str, names: impl Iterator<Item = &'a str>, k: usize) -> Vec<&'a str> {
+    let mut v: Vec<(usize, &str)> = names.map(|n| (levenshtein(name, n), n)).collect();
+    v.sort();
+    v.into_iter().take(k).map(|(_, n)| n).collect()
+}
+
+/// Resolves user-given names or patterns against `all`, as indices in topological order.
+pub fn select_names(all: &[Layer], wanted: &[String]) -> Result<Vec<usize>> {
+    let mut picked = Vec::new();
+    for w in wanted {
+        let is_pattern = w.contains('*') || w.contains('?');
+        let hits: Vec<usize> = (0..all.len())
+            .filter(|&i| {
+                if is_pattern {
+                    glob_match(w, &all[i].name)
+                } else {
+                    all[i].name == *w
+                }
+            })
+            .collect();
+        if hits.is_empty() {
+            let near = nearest(w, all.iter().map(|l| l.name.as_str()), 5);
+            return input_err(format!(
+                "layer '{w}' does not exist in the model{}; nearest layer names: {}. Run `domsim layers --all` to list every layer",
+                if is_pattern { " (no name matches the pattern)" } else { "" },
+                near.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        picked.extend(hits);
+    }
+    picked.sort_unstable();
+    picked.dedup();
+    Ok(picked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("/_blocks.*/Add_output_0", "/_blocks.4/Add_output_0"));
+        assert!(!glob_match("/_blocks.*/Add", "/_blocks.4/Add_output_0"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("*", ""));
+    }
+
+    #[test]
+    fn spacing_keeps_ends() {
+        assert_eq!(evenly_spaced(22, 16).first(), Some(&0));
+        assert_eq!(evenly_spaced(22, 16).last(), Some(&21));
+        assert_eq!(evenly_spaced(22, 16).len(), 16);
+        assert_eq!(evenly_spaced(3, 16), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn nearest_names() {
+        let names = ["conv1", "conv2", "relu"];
+        assert_eq!(nearest("conv3", names.iter().copied(), 2), vec!["conv1", "conv2"]);
+    }
+}

@@ -1,0 +1,100 @@
+//! Just enough of the ONNX protobuf schema (`onnx.proto`, Apache-2.0) to read a model's graph, plus
+//! the edit that exposes intermediate tensors as graph outputs.
+//!
+//! Reading uses hand-written `prost` messages that declare only the fields domsim needs; prost skips the
+//! rest without copying them (initializer weights included). The edit never re-encodes the model: it
+//! *appends* a second `graph` field holding only the extra `output` entries. By the protobuf wire rules an
+//! embedded message that occurs twice is merged and repeated fields are concatenated, so the runtime sees the
+//! original graph with the extra outputs, and every byte of the original model (including fields this
+//! schema does not know) is kept exactly.
+
+use prost::Message;
+
+/// `onnx.ModelProto` (fields used by domsim).
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelProto {
+    #[prost(int64, tag = "1")]
+    pub ir_version: i64,
+    #[prost(string, tag = "2")]
+    pub producer_name: String,
+    #[prost(message, optional, tag = "7")]
+    pub graph: Option<GraphProto>,
+    #[prost(message, repeated, tag = "8")]
+    pub opset_import: Vec<OperatorSetIdProto>,
+}
+
+/// `onnx.OperatorSetIdProto`.
+#[derive(Clone, PartialEq, Message)]
+pub struct OperatorSetIdProto {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+}
+
+/// `onnx.GraphProto` (fields used by domsim).
+#[derive(Clone, PartialEq, Message)]
+pub struct GraphProto {
+    #[prost(message, repeated, tag = "1")]
+    pub node: Vec<NodeProto>,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(message, repeated, tag = "5")]
+    pub initializer: Vec<TensorProto>,
+    #[prost(message, repeated, tag = "11")]
+    pub input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    pub output: Vec<ValueInfoProto>,
+}
+
+/// `onnx.NodeProto` (fields used by domsim).
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeProto {
+    #[prost(string, repeated, tag = "1")]
+    pub input: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub output: Vec<String>,
+    #[prost(string, tag = "3")]
+    pub name: String,
+    #[prost(string, tag = "4")]
+    pub op_type: String,
+}
+
+/// `onnx.TensorProto`: only the name is read (weights are skipped, not copied).
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorProto {
+    #[prost(string, tag = "8")]
+    pub name: String,
+}
+
+/// `onnx.ValueInfoProto`: the name only. A graph output without a type is accepted: ONNX Runtime infers it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ValueInfoProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+/// Decodes the parts of a model that domsim reads.
+pub fn decode(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
+    ModelProto::decode(bytes)
+}
+
+/// Returns the model bytes with `names` appended as extra graph outputs (see the module docs).
+pub fn with_extra_outputs(model: &[u8], names: &[String]) -> Vec<u8> {
+    let patch = ModelProto {
+        graph: Some(GraphProto {
+            output: names
+                .iter()
+                .map(|n| ValueInfoProto { name: n.clone() })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(model.len() + 64 * names.len());
+    out.extend_from_slice(model);
+    patch
+        .encode(&mut out)
+        .expect("encoding into a Vec cannot fail");
+    out
+}

@@ -1,0 +1,419 @@
+//! The ONNX Runtime backend: finding the shared library, loading a model, reading its input contract,
+//! and running it with intermediate layers exposed as outputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use sha2::{Digest, Sha256};
+
+use super::layers::{self, Candidate, Layer, Selection};
+use super::onnx;
+use crate::error::{input_err, Error, Result};
+
+/// SHA-256 of the bundled default model (`data/models/efficientnet_lite0.onnx`).
+pub const DEFAULT_MODEL_SHA256: &str =
+    "9cded8acd30bc500e1089a8ee95643ce276925de6d2565bbccf1050cb068f782";
+
+/// Path of the bundled default model inside the source tree.
+pub fn default_model_path() -> PathBuf {
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("data/models/efficientnet_lite0.onnx")));
+    match beside_exe {
+        Some(p) if p.is_file() => p,
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/efficientnet_lite0.onnx"),
+    }
+}
+
+static ENV: OnceLock<Environment> = OnceLock::new();
+
+/// The places searched for the ONNX Runtime library, in order: the explicit path (`--ort-lib`, else
+/// `ORT_DYLIB_PATH`), the project-local `.ort/` folder, then beside the executable.
+pub fn library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(p) = explicit {
+        v.push(p.to_path_buf());
+    } else if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty()) {
+        v.push(PathBuf::from(p));
+    }
+    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so"));
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            v.push(dir.join("libonnxruntime.so"));
+            v.push(dir.join("libonnxruntime.so.1"));
+        }
+    }
+    v
+}
+
+/// Loads ONNX Runtime once per process (see [`library_candidates`]). Never panics: a missing library is an
+/// [`Error::Input`] that says how to install it.
+pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment> {
+    if let Some(env) = ENV.get() {
+        return Ok(env);
+    }
+    let cands = library_candidates(explicit);
+    let mut tried = Vec::new();
+    for (i, path) in cands.iter().enumerate() {
+        let must_try = i == 0 && (explicit.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some());
+        if !path.is_file() && !must_try {
+            tried.push(format!("{} (not found)", path.display()));
+            continue;
+        }
+        match ort::init_from(path) {
+            Ok(builder) => {
+                let env = builder.with_name("domsim").build()?;
+                let _ = ENV.set(env);
+                return Ok(ENV.get().expect("just set"));
+            }
+            Err(e) => tried.push(format!("{} ({e})", path.display())),
+        }
+    }
+    input_err(format!(
+        "cannot load the ONNX Runtime library; tried: {}. Install it with `bash scripts/install-ort.sh` in the domsim \
+         checkout, or point `--ort-lib` / ORT_DYLIB_PATH at a libonnxruntime.so (version >= 1.31, e.g. from the \
+         PyPI `onnxruntime` wheel)",
+        tried.join("; ")
+    ))
+}
+
+/// Memory layout of an image tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Layout {
+    /// Batch, channels, height, width.
+    Nchw,
+    /// Batch, height, width, channels.
+    Nhwc,
+}
+
+/// Element type of the image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElemType {
+    /// float32, normalised.
+    F32,
+    /// uint8, raw 0–255 pixels.
+    U8,
+}
+
+/// The model's image input as read from the model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputContract {
+    /// Input tensor name.
+    pub name: String,
+    /// NCHW or NHWC.
+    pub layout: Layout,
+    /// float32 or uint8.
+    pub elem: ElemType,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    /// Height fed to the model.
+    pub height: usize,
+    /// Width fed to the model.
+    pub width: usize,
+    /// `Some(b)` when the model's batch dimension is fixed.
+    pub fixed_batch: Option<usize>,
+    /// True when the model accepts any spatial size (then `height`/`width` come from the user or 224).
+    pub dynamic_size: bool,
+}
+
+/// A loaded ONNX model: bytes, hash, parsed graph and input contract.
+pub struct OnnxModel {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The model file's bytes.
+    pub bytes: Vec<u8>,
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// The decoded graph (fields domsim reads).
+    pub graph: onnx::GraphProto,
+    /// The input contract read from the model.
+    pub input: InputContract,
+    threads: usize,
+}
+
+fn session(bytes: &[u8], threads: usize, ort_lib: Option<&Path>) -> Result<Session> {
+    let env = environment(ort_lib)?;
+    Ok(Session::builder(env)?
+        .with_intra_threads(threads.max(1))?
+        .with_inter_threads(1)?
+        .with_intra_op_spinning(false)?
+        .commit_from_memory(bytes)?)
+}
+
+fn dims_of(t: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
+    match t {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
+        _ => None,
+    }
+}
+
+impl OnnxModel {
+    /// Loads and validates a model. `size` overrides the spatial size for models with a dynamic one;
+    /// `layout` overrides the layout guess when the model's input shape is ambiguous.
+    pub fn load(
+        path: &Path,
+        threads: usize,
+        ort_lib: Option<&Path>,
+        size: Option<usize>,
+        layout: Option<Layout>,
+    ) -> Result<Self> {
+        if !path.is_file() {
+            return input_err(format!(
+                "model file '{}' does not exist; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
+                path.display()
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read model", path, e))?;
+        let not_onnx = |why: String| {
+            Error::Input(format!(
+                "'{}' is not an ONNX model ({why}); export your network with torch.onnx.export or tf2onnx first",
+                path.display()
+            ))
+        };
+        let proto = onnx::decode(&bytes).map_err(|e| not_onnx(e.to_string()))?;
+        let graph = proto
+            .graph
+            .filter(|g| !g.node.is_empty())
+            .ok_or_else(|| not_onnx("it has no graph nodes".into()))?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let sess = session(&bytes, threads, ort_lib).map_err(|e| match e {
+            Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
+            other => other,
+        })?;
+        let input = read_contract(path, &sess, size, layout)?;
+        Ok(OnnxModel {
+            path: path.to_path_buf(),
+            bytes,
+            sha256,
+            graph,
+            input,
+            threads,
+        })
+    }
+
+    /// True when this is the bundled default model (its preprocessing is known).
+    pub fn is_default(&self) -> bool {
+        self.sha256 == DEFAULT_MODEL_SHA256
+    }
+
+    /// Every float32 candidate layer (topological order), with shapes as ONNX Runtime reports them.
+    pub fn all_layers(&self, ort_lib: Option<&Path>) -> Result<(Vec<Layer>, Vec<Candidate>)> {
+        let cands = layers::candidates(&self.graph);
+        let extra: Vec<String> = cands
+            .iter()
+            .filter(|c| !c.graph_output)
+            .map(|c| c.name.clone())
+            .collect();
+        let bytes = onnx::with_extra_outputs(&self.bytes, &extra);
+        let sess = session(&bytes, 1, ort_lib)?;
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        for c in cands {
+            let Some(outlet) = sess.outputs().iter().find(|o| o.name() == c.name) else {
+                continue;
+            };
+            if let Some((TensorElementType::Float32, shape)) = dims_of(outlet.dtype()) {
+                out.push(Layer {
+                    name: c.name.clone(),
+                    op_type: c.op_type.clone(),
+                    shape,
+                    node_index: out.len(),
+                    graph_output: c.graph_output,
+                });
+                kept.push(c);
+            }
+        }
+        if out.is_empty() {
+            return input_err(format!(
+                "model '{}' has no float32 layer computed from its input; domsim needs a network whose layers are float tensors",
+                self.path.display()
+            ));
+        }
+        Ok((out, kept))
+    }
+
+    /// The layers chosen by `sel`, in depth order.
+    pub fn select(&self, sel: &Selection, ort_lib: Option<&Path>) -> Result<Vec<Layer>> {
+        let (all, cands) = self.all_layers(ort_lib)?;
+        let idx = match sel {
+            Selection::All => (0..all.len()).collect(),
+            Selection::Names(names) => layers::select_names(&all, names)?,
+            Selection::Default => {
+                let names: Vec<String> = cands.iter().map(|c| c.node_name.clone()).collect();
+                let residual: Vec<bool> = cands.iter().map(|c| c.residual).collect();
+                layers::default_selection(&all, &names, &residual)
+            }
+        };
+        Ok(idx.into_iter().map(|i| all[i].clone()).collect())
+    }
+
+    /// Builds the runtime embedder for `layers`.
+    pub fn embedder(&self, layers: Vec<Layer>, ort_lib: Option<&Path>) -> Result<OrtEmbedder> {
+        let extra: Vec<String> = layers
+            .iter()
+            .filter(|l| !l.graph_output)
+            .map(|l| l.name.clone())
+            .collect();
+        let bytes = onnx::with_extra_outputs(&self.bytes, &extra);
+        let session = session(&bytes, self.threads, ort_lib)?;
+        Ok(OrtEmbedder {
+            session,
+            contract: self.input.clone(),
+            layers,
+        })
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+fn read_contract(
+    path: &Path,
+    sess: &Session,
+    size: Option<usize>,
+    layout: Option<Layout>,
+) -> Result<InputContract> {
+    let inputs = sess.inputs();
+    let bad = |why: String| {
+        Error::Input(format!(
+            "model '{}' does not take an image tensor: {why}; domsim needs one input of shape (N,C,H,W) or (N,H,W,C) with C = 1 or 3, float32 or uint8",
+            path.display()
+        ))
+    };
+    if inputs.len() != 1 {
+        return Err(bad(format!(
+            "it has {} inputs ({})",
+            inputs.len(),
+            inputs.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let inp = &inputs[0];
+    let (ty, shape) =
+        dims_of(inp.dtype()).ok_or_else(|| bad(format!("input '{}' is not a tensor", inp.name())))?;
+    let elem = match ty {
+        TensorElementType::Float32 => ElemType::F32,
+        TensorElementType::Uint8 => ElemType::U8,
+        other => return Err(bad(format!("input '{}' has element type {other:?}", inp.name()))),
+    };
+    if shape.len() != 4 {
+        return Err(bad(format!("input '{}' has shape {shape:?}", inp.name())));
+    }
+    let is_ch = |d: i64| d == 1 || d == 3;
+    let guessed = if is_ch(shape[1]) && !is_ch(shape[3]) {
+        Some(Layout::Nchw)
+    } else if is_ch(shape[3]) && !is_ch(shape[1]) {
+        Some(Layout::Nhwc)
+    } else {
+        None
+    };
+    let layout = layout.or(guessed).unwrap_or(Layout::Nchw);
+    let (c, h, w) = match layout {
+        Layout::Nchw => (shape[1], shape[2], shape[3]),
+        Layout::Nhwc => (shape[3], shape[1], shape[2]),
+    };
+    if !is_ch(c) {
+        return Err(bad(format!(
+            "input '{}' has shape {shape:?}: no channel axis of size 1 or 3 in {layout:?} layout",
+            inp.name()
+        )));
+    }
+    let dynamic_size = h <= 0 || w <= 0;
+    let fallback = size.unwrap_or(224);
+    Ok(InputContract {
+        name: inp.name().to_string(),
+        layout,
+        elem,
+        channels: c as usize,
+        height: if h > 0 { h as usize } else { fallback },
+        width: if w > 0 { w as usize } else { fallback },
+        fixed_batch: (shape[0] > 0).then_some(shape[0] as usize),
+        dynamic_size,
+    })
+}
+
+/// One batch of preprocessed images, laid out as the model expects.
+pub enum InputBatch {
+    /// float32 pixels.
+    F32(Vec<f32>),
+    /// uint8 pixels.
+    U8(Vec<u8>),
+}
+
+/// The raw (unpooled) output of one layer for one batch.
+pub struct RawOutput {
+    /// Shape as run (first axis = batch).
+    pub shape: Vec<usize>,
+    /// Values, C-order.
+    pub data: Vec<f32>,
+}
+
+/// A backend that turns a batch of images into per-layer activations. The ONNX Runtime one is
+/// [`OrtEmbedder`]; tests may add a fake one beside it.
+pub trait Embedder {
+    /// The input the backend expects.
+    fn contract(&self) -> &InputContract;
+    /// The layers it returns, in depth order.
+    fn layers(&self) -> &[Layer];
+    /// Runs one batch of `n` images; returns one output per layer.
+    fn run(&mut self, batch: InputBatch, n: usize) -> Result<Vec<RawOutput>>;
+}
+
+/// The ONNX Runtime embedder.
+pub struct OrtEmbedder {
+    session: Session,
+    contract: InputContract,
+    layers: Vec<Layer>,
+}
+
+impl Embedder for OrtEmbedder {
+    fn contract(&self) -> &InputContract {
+        &self.contract
+    }
+
+    fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    fn run(&mut self, batch: InputBatch, n: usize) -> Result<Vec<RawOutput>> {
+        let c = &self.contract;
+        let shape: Vec<i64> = match c.layout {
+            Layout::Nchw => vec![n as i64, c.channels as i64, c.height as i64, c.width as i64],
+            Layout::Nhwc => vec![n as i64, c.height as i64, c.width as i64, c.channels as i64],
+        };
+        let name = c.name.clone();
+        let outputs = match batch {
+            InputBatch::F32(v) => self
+                .session
+                .run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
+            InputBatch::U8(v) => self
+                .session
+                .run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
+        };
+        let mut res = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let value = outputs.get(l.name.as_str()).ok_or_else(|| {
+                Error::Runtime(format!("layer '{}' is missing from the model's outputs", l.name))
+            })?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
+                Error::Runtime(format!("layer '{}': cannot read a float32 tensor: {e}", l.name))
+            })?;
+            res.push(RawOutput {
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.to_vec(),
+            });
+        }
+        Ok(res)
+    }
+}

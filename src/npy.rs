@@ -1,0 +1,191 @@
+//! The NPY format (numpy `format.py`, version 1.0 writer; 1.0–3.0 reader): 2-D little-endian float32
+//! matrices written row by row with bounded memory, and float32/float64 matrices read back.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+
+use crate::error::{input_err, Error, Result};
+use crate::output::temp_path;
+
+/// Fixed header size, large enough for any 2-D shape, so the row count can be filled in at the end.
+const HEADER_LEN: usize = 128;
+
+fn header(rows: usize, cols: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(b"\x93NUMPY\x01\x00");
+    h.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    while h.len() < HEADER_LEN - 1 {
+        h.push(b' ');
+    }
+    h.push(b'\n');
+    h
+}
+
+/// Streams an n × d float32 matrix to a temp file; [`NpyWriter::finish`] fills in n and renames it into place.
+pub struct NpyWriter {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+    cols: usize,
+    rows: usize,
+}
+
+impl NpyWriter {
+    /// Starts `dest` (written as a temp file beside it).
+    pub fn create(dest: &Path, cols: usize) -> Result<Self> {
+        let tmp = temp_path(dest);
+        let f = File::create(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        out.write_all(&header(0, cols))
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        Ok(NpyWriter {
+            out,
+            tmp,
+            dest: dest.to_path_buf(),
+            cols,
+            rows: 0,
+        })
+    }
+
+    /// Appends rows (a multiple of `cols` values).
+    pub fn write_rows(&mut self, data: &[f32]) -> Result<()> {
+        debug_assert_eq!(data.len() % self.cols.max(1), 0);
+        let mut bytes = Vec::with_capacity(data.len() * 4);
+        for v in data {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.out
+            .write_all(&bytes)
+            .map_err(|e| Error::io("cannot write", &self.tmp, e))?;
+        self.rows += data.len().checked_div(self.cols).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Writes the final header, syncs, and renames the file into place.
+    pub fn finish(self) -> Result<()> {
+        let NpyWriter {
+            out,
+            tmp,
+            dest,
+            cols,
+            rows,
+        } = self;
+        let mut f = out
+            .into_inner()
+            .map_err(|e| Error::io("cannot write", &tmp, e.into_error()))?;
+        let io = |e| Error::io("cannot write", &tmp, e);
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        f.write_all(&header(rows, cols)).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io("cannot rename into", &dest, e))
+    }
+}
+
+/// Encodes a whole matrix as NPY bytes (float32).
+pub fn to_bytes(a: &Array2<f32>) -> Vec<u8> {
+    let (r, c) = a.dim();
+    let mut v = header(r, c);
+    for x in a.iter() {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+/// Reads a 2-D float32 or float64 C-order NPY file as f64. A 1-D array is read as one column.
+pub fn read(path: &Path) -> Result<Array2<f64>> {
+    let mut f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    parse(&bytes).map_err(|m| Error::Input(format!("'{}': {m}", path.display())))
+}
+
+fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
+    if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
+        return Err("not an NPY file (bad magic)".into());
+    }
+    let (hlen, start) = match b[6] {
+        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
+        2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
+        v => return Err(format!("unsupported NPY version {v}")),
+    };
+    let header = std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated header")?)
+        .map_err(|_| "header is not text")?;
+    let field = |key: &str| -> Option<&str> {
+        let i = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[i..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest)
+    };
+    let descr = field("descr").ok_or("no descr")?;
+    let elem = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f8'") {
+        8
+    } else {
+        return Err(format!(
+            "unsupported dtype {}; save float32 or float64 (little-endian)",
+            descr.split(',').next().unwrap_or("")
+        ));
+    };
+    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
+        return Err("Fortran-order array; save with np.ascontiguousarray".into());
+    }
+    let shape_s = field("shape").ok_or("no shape")?;
+    let inner = shape_s
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or("bad shape")?;
+    let dims: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape '{inner}'")))
+        .collect::<std::result::Result<_, _>>()?;
+    let (r, c) = match dims.as_slice() {
+        [n] => (*n, 1),
+        [n, d] => (*n, *d),
+        _ => return Err(format!("expected a 2-D matrix (n × d), got shape {dims:?}")),
+    };
+    let data = &b[start + hlen..];
+    if data.len() < r * c * elem {
+        return Err(format!("truncated data: shape ({r}, {c}) needs {} bytes, file has {}", r * c * elem, data.len()));
+    }
+    let v: Vec<f64> = if elem == 4 {
+        data.chunks_exact(4)
+            .take(r * c)
+            .map(|q| f32::from_le_bytes([q[0], q[1], q[2], q[3]]) as f64)
+            .collect()
+    } else {
+        data.chunks_exact(8)
+            .take(r * c)
+            .map(|q| f64::from_le_bytes(q.try_into().expect("8 bytes")))
+            .collect()
+    };
+    Array2::from_shape_vec((r, c), v).map_err(|e| e.to_string())
+}
+
+/// Checks that `b` parses; used by tests.
+pub fn parse_bytes(b: &[u8]) -> Result<Array2<f64>> {
+    match parse(b) {
+        Ok(a) => Ok(a),
+        Err(m) => input_err(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let a = Array2::from_shape_fn((3, 4), |(i, j)| (i * 10 + j) as f32);
+        let b = parse_bytes(&to_bytes(&a)).unwrap();
+        assert_eq!(b, a.mapv(|x| x as f64));
+        assert_eq!(to_bytes(&a).len(), HEADER_LEN + 48);
+    }
+}

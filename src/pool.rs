@@ -1,0 +1,171 @@
+//! Pooling a layer's activation into one vector per image.
+//!
+//! - 4-D: global pooling over the spatial axes of the tensor's own layout (NCHW: axes 2, 3; NHWC: axes 1, 2).
+//! - 3-D `(N, T, C)`: pooling over the tokens T.
+//! - 2-D: as is. 1-D `(N,)`: one feature.
+//! - Higher ranks (NCDHW): pooling over every axis after the channel axis 1.
+//!
+//! Averages are accumulated in f64 and stored as f32.
+
+use crate::error::{Error, Result};
+use crate::model::{InputContract, Layout, RawOutput};
+
+/// How spatial or token axes are reduced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Global average.
+    Avg,
+    /// Global maximum.
+    Max,
+    /// Average and maximum, concatenated (dimension 2C).
+    AvgMax,
+}
+
+impl Pool {
+    /// Parses `avg`, `max` or `avgmax`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "avg" => Some(Pool::Avg),
+            "max" => Some(Pool::Max),
+            "avgmax" => Some(Pool::AvgMax),
+            _ => None,
+        }
+    }
+}
+
+/// How a layer's raw tensor maps to (batch, positions, channels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorLayout {
+    /// (N, C): nothing to pool.
+    Flat,
+    /// (N, C, ...): channels on axis 1, pooled over the rest.
+    ChannelsFirst,
+    /// (N, ..., C): channels last, pooled over the middle axes (NHWC maps, and (N, T, C) tokens).
+    ChannelsLast,
+}
+
+/// Ops whose outputs are NCHW by the ONNX specification.
+const NCHW_OPS: &[&str] = &[
+    "Conv",
+    "ConvTranspose",
+    "BatchNormalization",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "InstanceNormalization",
+    "LRN",
+];
+
+/// Decides the layout of a layer's tensor from its op type, its shape and the model's input contract:
+/// rank ≤ 2 is flat; rank 3 is tokens (N, T, C); rank 4 is NCHW for conv-family ops (ONNX mandates it),
+/// otherwise the axis pair equal to the input's aspect decides, otherwise the model input's layout.
+pub fn tensor_layout(op_type: &str, shape: &[usize], input: &InputContract) -> TensorLayout {
+    match shape.len() {
+        0..=2 => TensorLayout::Flat,
+        3 => TensorLayout::ChannelsLast,
+        4 => {
+            if NCHW_OPS.contains(&op_type) {
+                return TensorLayout::ChannelsFirst;
+            }
+            let square_in = input.height == input.width;
+            let first = shape[2] == shape[3] && shape[1] != shape[2];
+            let last = shape[1] == shape[2] && shape[3] != shape[1];
+            match (square_in, first, last) {
+                (true, true, false) => TensorLayout::ChannelsFirst,
+                (true, false, true) => TensorLayout::ChannelsLast,
+                _ => match input.layout {
+                    Layout::Nchw => TensorLayout::ChannelsFirst,
+                    Layout::Nhwc => TensorLayout::ChannelsLast,
+                },
+            }
+        }
+        _ => TensorLayout::ChannelsFirst,
+    }
+}
+
+/// Pools a batch; returns (dimension, rows as n × dimension, C-order).
+pub fn pool(out: &RawOutput, layout: TensorLayout, mode: Pool, layer: &str) -> Result<(usize, Vec<f32>)> {
+    let s = &out.shape;
+    if s.is_empty() {
+        return Err(Error::Analysis(format!(
+            "layer '{layer}' is a scalar; it has no batch axis and cannot be embedded"
+        )));
+    }
+    let n = s[0];
+    let per = if n == 0 { 0 } else { out.data.len() / n };
+    let (c, positions) = match layout {
+        TensorLayout::Flat => (per, 1),
+        TensorLayout::ChannelsFirst => (s[1], per / s[1].max(1)),
+        TensorLayout::ChannelsLast => (s[s.len() - 1], per / s[s.len() - 1].max(1)),
+    };
+    let dim = if mode == Pool::AvgMax { 2 * c } else { c };
+    let mut rows = vec![0f32; n * dim];
+    if c == 0 || positions == 0 {
+        return Ok((dim, rows));
+    }
+    for i in 0..n {
+        let x = &out.data[i * per..(i + 1) * per];
+        let mut sum = vec![0f64; c];
+        let mut max = vec![f32::NEG_INFINITY; c];
+        for p in 0..positions {
+            for k in 0..c {
+                let v = match layout {
+                    TensorLayout::ChannelsFirst => x[k * positions + p],
+                    _ => x[p * c + k],
+                };
+                sum[k] += v as f64;
+                if v > max[k] {
+                    max[k] = v;
+                }
+            }
+        }
+        let row = &mut rows[i * dim..(i + 1) * dim];
+        for k in 0..c {
+            let avg = (sum[k] / positions as f64) as f32;
+            match mode {
+                Pool::Avg => row[k] = avg,
+                Pool::Max => row[k] = max[k],
+                Pool::AvgMax => {
+                    row[k] = avg;
+                    row[c + k] = max[k];
+                }
+            }
+        }
+    }
+    Ok((dim, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nchw_and_nhwc_pool_to_the_same_vector() {
+        // 1 image, C = 2, H = W = 2: channel 0 = 1..4, channel 1 = 10..40.
+        let nchw = RawOutput {
+            shape: vec![1, 2, 2, 2],
+            data: vec![1., 2., 3., 4., 10., 20., 30., 40.],
+        };
+        let nhwc = RawOutput {
+            shape: vec![1, 2, 2, 2],
+            data: vec![1., 10., 2., 20., 3., 30., 4., 40.],
+        };
+        let a = pool(&nchw, TensorLayout::ChannelsFirst, Pool::AvgMax, "x").unwrap();
+        let b = pool(&nhwc, TensorLayout::ChannelsLast, Pool::AvgMax, "x").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.1, vec![2.5, 25., 4., 40.]);
+    }
+
+    #[test]
+    fn tokens_are_averaged() {
+        let t = RawOutput {
+            shape: vec![1, 3, 2],
+            data: vec![1., 2., 3., 4., 5., 6.],
+        };
+        assert_eq!(pool(&t, TensorLayout::ChannelsLast, Pool::Avg, "t").unwrap(), (2, vec![3., 4.]));
+    }
+}

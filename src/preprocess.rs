@@ -1,0 +1,173 @@
+//! Image decoding and preprocessing: decode (with a memory limit), apply EXIF orientation, convert to the
+//! model's channels (grey is replicated to RGB), resize the shorter side to the model's input size and
+//! centre-crop (bilinear, antialiased, via `fast_image_resize`), normalise, and lay out as NCHW or NHWC.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::path::Path;
+
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageReader};
+
+use crate::model::{ElemType, InputContract, Layout};
+
+/// Normalisation applied to float inputs: `(pixel / 255 − mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Normalization {
+    /// Preset name (`imagenet`, `pm1`, `unit`, `raw`) or `custom`.
+    pub preset: String,
+    /// Per-channel mean on the 0–1 scale.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation on the 0–1 scale.
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// A named preset: `imagenet` (mean/std), `pm1` (x/127.5 − 1), `unit` (x/255), `raw` (0–255).
+    pub fn preset(name: &str) -> Option<Self> {
+        let (mean, std) = match name {
+            "imagenet" => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            "pm1" => ([0.5; 3], [0.5; 3]),
+            "unit" => ([0.0; 3], [1.0; 3]),
+            "raw" => ([0.0; 3], [1.0 / 255.0; 3]),
+            _ => return None,
+        };
+        Some(Normalization {
+            preset: name.to_string(),
+            mean,
+            std,
+        })
+    }
+}
+
+/// What was found about one image while decoding it.
+#[derive(Debug, Clone, Default)]
+pub struct ImageInfo {
+    /// Width after EXIF orientation.
+    pub width: u32,
+    /// Height after EXIF orientation.
+    pub height: u32,
+    /// Grey: a grey colour mode, or RGB with three identical channels.
+    pub grey: bool,
+    /// The file had an alpha channel (dropped).
+    pub alpha: bool,
+    /// Smaller than the model's input on some side (upscaled).
+    pub upscaled: bool,
+}
+
+/// One preprocessed image in the model's layout.
+pub enum Pixels {
+    /// float32 values.
+    F32(Vec<f32>),
+    /// uint8 values.
+    U8(Vec<u8>),
+}
+
+/// Preprocessing settings.
+#[derive(Debug, Clone)]
+pub struct Preprocess {
+    /// The model's input.
+    pub contract: InputContract,
+    /// Normalisation (ignored for uint8 models, which take raw pixels).
+    pub norm: Normalization,
+    /// Decoder memory limit in bytes; larger images are skipped.
+    pub max_alloc: u64,
+}
+
+/// Largest width or height accepted (larger is skipped as absurd).
+pub const MAX_SIDE: u32 = 30_000;
+
+thread_local! {
+    static RESIZER: RefCell<fr::Resizer> = RefCell::new(fr::Resizer::new());
+}
+
+/// Decodes and preprocesses one file. The error is a one-line reason for `skipped.csv`.
+pub fn load(path: &Path, p: &Preprocess) -> Result<(Pixels, ImageInfo), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if reader.format().is_none() {
+        return Err("not an image (unrecognised format)".into());
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(p.max_alloc);
+    reader.limits(limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format!("cannot decode: {e}"))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
+    img.apply_orientation(orientation);
+    let color = img.color();
+    let mut info = ImageInfo {
+        width: img.width(),
+        height: img.height(),
+        grey: !color.has_color(),
+        alpha: color.has_alpha(),
+        ..Default::default()
+    };
+    if info.width == 0 || info.height == 0 {
+        return Err("image has zero width or height".into());
+    }
+    let c = &p.contract;
+    info.upscaled = (info.width as usize) < c.width || (info.height as usize) < c.height;
+    let (src, pt, ch) = if c.channels == 1 {
+        (img.to_luma8().into_raw(), fr::PixelType::U8, 1)
+    } else {
+        (img.to_rgb8().into_raw(), fr::PixelType::U8x3, 3)
+    };
+    let src = fr::images::Image::from_vec_u8(info.width, info.height, src, pt)
+        .map_err(|e| format!("cannot resize: {e}"))?;
+    let mut dst = fr::images::Image::new(c.width as u32, c.height as u32, pt);
+    let opts = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
+        .fit_into_destination(Some((0.5, 0.5)));
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
+        .map_err(|e| format!("cannot resize: {e}"))?;
+    let px = dst.buffer();
+    if ch == 3 && !info.grey {
+        info.grey = px.chunks_exact(3).all(|q| q[0] == q[1] && q[1] == q[2]);
+    }
+    Ok((layout_pixels(px, c, &p.norm), info))
+}
+
+/// Lays out interleaved (HWC) 8-bit pixels as the model wants them, normalising float inputs.
+pub fn layout_pixels(px: &[u8], c: &InputContract, norm: &Normalization) -> Pixels {
+    let (h, w, ch) = (c.height, c.width, c.channels);
+    match c.elem {
+        ElemType::U8 => match c.layout {
+            Layout::Nhwc => Pixels::U8(px.to_vec()),
+            Layout::Nchw => {
+                let mut out = vec![0u8; h * w * ch];
+                for (i, q) in px.chunks_exact(ch).enumerate() {
+                    for k in 0..ch {
+                        out[k * h * w + i] = q[k];
+                    }
+                }
+                Pixels::U8(out)
+            }
+        },
+        ElemType::F32 => {
+            let a: Vec<f32> = (0..ch).map(|k| 1.0 / (255.0 * norm.std[k])).collect();
+            let b: Vec<f32> = (0..ch).map(|k| -norm.mean[k] / norm.std[k]).collect();
+            let mut out = vec![0f32; h * w * ch];
+            for (i, q) in px.chunks_exact(ch).enumerate() {
+                for k in 0..ch {
+                    let v = q[k] as f32 * a[k] + b[k];
+                    match c.layout {
+                        Layout::Nchw => out[k * h * w + i] = v,
+                        Layout::Nhwc => out[i * ch + k] = v,
+                    }
+                }
+            }
+            Pixels::F32(out)
+        }
+    }
+}
