@@ -37,7 +37,9 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List a model's candidate layers in depth order.
-    #[command(after_help = "Example:\n  domsim layers\n  domsim layers --model resnet18.onnx --all")]
+    #[command(
+        after_help = "Example:\n  domsim layers\n  domsim layers --model resnet18.onnx --all"
+    )]
     Layers(LayersArgs),
     /// Embed an image folder: one pooled matrix per layer.
     #[command(
@@ -142,7 +144,9 @@ pub enum NormArg {
 
 impl ModelArgs {
     fn path(&self) -> PathBuf {
-        self.model.clone().unwrap_or_else(runtime::default_model_path)
+        self.model
+            .clone()
+            .unwrap_or_else(runtime::default_model_path)
     }
     fn selection(&self) -> Selection {
         if self.all {
@@ -167,7 +171,13 @@ pub fn run(args: Args) -> Result<()> {
     let ort_lib = args.ort_lib.clone();
     match args.command {
         Command::Layers(a) => {
-            let model = OnnxModel::load(&a.model.path(), 1, ort_lib.as_deref(), a.model.size, a.model.layout())?;
+            let model = OnnxModel::load(
+                &a.model.path(),
+                1,
+                ort_lib.as_deref(),
+                a.model.size,
+                a.model.layout(),
+            )?;
             let layers = model.select(&a.model.selection(), ort_lib.as_deref())?;
             let mut out = std::io::stdout().lock();
             if a.json {
@@ -176,7 +186,11 @@ pub fn run(args: Args) -> Result<()> {
             } else if !args.quiet || a.json {
                 writeln!(out, "{:>5}  {:<48} {:<20} shape", "depth", "name", "op")?;
                 for (i, l) in layers.iter().enumerate() {
-                    writeln!(out, "{i:>5}  {:<48} {:<20} {:?}", l.name, l.op_type, l.shape)?;
+                    writeln!(
+                        out,
+                        "{i:>5}  {:<48} {:<20} {:?}",
+                        l.name, l.op_type, l.shape
+                    )?;
                 }
             }
             Ok(())

@@ -104,10 +104,20 @@ pub fn layer_file_name(index: usize, count: usize, name: &str) -> String {
     let width = count.saturating_sub(1).to_string().len().max(2);
     let mut safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let safe_trim = safe.trim_matches(|c| c == '_' || c == '.').to_string();
-    safe = if safe_trim.is_empty() { "layer".into() } else { safe_trim };
+    safe = if safe_trim.is_empty() {
+        "layer".into()
+    } else {
+        safe_trim
+    };
     safe.truncate(100);
     format!("{index:0width$}_{safe}.npy")
 }
@@ -143,11 +153,15 @@ impl EmbeddingSet {
     /// Opens a folder.
     pub fn open(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return input_err(format!("embedding folder '{}' does not exist", dir.display()));
+            return input_err(format!(
+                "embedding folder '{}' does not exist",
+                dir.display()
+            ));
         }
         let mpath = dir.join("manifest.json");
         let manifest: Option<Manifest> = if mpath.is_file() {
-            let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io("cannot read", &mpath, e))?;
+            let text =
+                std::fs::read_to_string(&mpath).map_err(|e| Error::io("cannot read", &mpath, e))?;
             Some(serde_json::from_str(&text).map_err(|e| {
                 Error::Input(format!(
                     "'{}' is not a domsim manifest ({e}); re-run `domsim extract`",
@@ -185,7 +199,10 @@ impl EmbeddingSet {
                     .enumerate()
                     .map(|(i, p)| LayerData {
                         index: i,
-                        name: p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                        name: p
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
                         path: p,
                     })
                     .collect()
@@ -241,7 +258,8 @@ fn read_labels(dir: &Path) -> Result<Labels> {
         let mut labels = Vec::new();
         let mut paths = Vec::new();
         for rec in r.records() {
-            let rec = rec.map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?;
+            let rec =
+                rec.map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?;
             labels.push(rec.get(lc).unwrap_or("").to_string());
             if let Some(pc) = pc {
                 paths.push(rec.get(pc).unwrap_or("").to_string());
@@ -281,8 +299,14 @@ mod tests {
 
     #[test]
     fn safe_names_stay_inside() {
-        assert_eq!(layer_file_name(3, 19, "/_blocks.4/Add_output_0"), "03_blocks.4_Add_output_0.npy");
-        assert_eq!(layer_file_name(0, 2, "../../etc/passwd"), "00_etc_passwd.npy");
+        assert_eq!(
+            layer_file_name(3, 19, "/_blocks.4/Add_output_0"),
+            "03_blocks.4_Add_output_0.npy"
+        );
+        assert_eq!(
+            layer_file_name(0, 2, "../../etc/passwd"),
+            "00_etc_passwd.npy"
+        );
         assert_eq!(layer_file_name(0, 2, ".."), "00_layer.npy");
         assert_eq!(layer_file_name(120, 200, "x"), "120_x.npy");
         assert!(!layer_file_name(1, 2, "a/../../b").contains('/'));

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::dataset::ImageSet;
 use crate::embeddings::{self, Manifest, ModelInfo, PreprocessInfo};
 use crate::error::{input_err, Error, Result};
-use crate::model::{Embedder, ElemType, InputBatch, Layout, OnnxModel, Selection};
+use crate::model::{ElemType, Embedder, InputBatch, Layout, OnnxModel, Selection};
 use crate::npy::NpyWriter;
 use crate::output::{self, csv_bytes, write_atomic};
 use crate::pool::{self, Pool, TensorLayout};
@@ -117,8 +117,12 @@ pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
 /// The normalisation used when the user gives none: the bundled model's own (`pm1`), else ImageNet mean/std.
 pub fn resolve_norm(user: Option<Normalization>, model: &OnnxModel) -> Normalization {
     user.unwrap_or_else(|| {
-        Normalization::preset(if model.is_default() { "pm1" } else { "imagenet" })
-            .expect("known preset")
+        Normalization::preset(if model.is_default() {
+            "pm1"
+        } else {
+            "imagenet"
+        })
+        .expect("known preset")
     })
 }
 
@@ -146,13 +150,17 @@ pub fn run<E: Embedder>(
     output::remove_if_exists(&out.join("manifest.json"))?;
     let layer_dir = out.join("layers");
     if layer_dir.is_dir() {
-        for e in std::fs::read_dir(&layer_dir).map_err(|e| Error::io("cannot list", &layer_dir, e))?.flatten() {
+        for e in std::fs::read_dir(&layer_dir)
+            .map_err(|e| Error::io("cannot list", &layer_dir, e))?
+            .flatten()
+        {
             if e.path().extension().is_some_and(|x| x == "npy") {
                 output::remove_if_exists(&e.path())?;
             }
         }
     }
-    std::fs::create_dir_all(&layer_dir).map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
+    std::fs::create_dir_all(&layer_dir)
+        .map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
 
     let contract = emb.contract().clone();
     let layers = emb.layers().to_vec();
@@ -209,7 +217,9 @@ pub fn run<E: Embedder>(
             while pending.len() >= run_batch || (flush && !pending.is_empty()) {
                 let take = pending.len().min(run_batch);
                 let items: Vec<(usize, Pixels)> = pending.drain(..take).collect();
-                infer(emb, &items, run_batch, &contract, cfg.pool, &layers, &mut outs, out)?;
+                infer(
+                    emb, &items, run_batch, &contract, cfg.pool, &layers, &mut outs, out,
+                )?;
                 rows.extend(items.iter().map(|(i, _)| *i));
             }
             Ok(())
@@ -339,7 +349,11 @@ fn infer<E: Embedder>(
 ) -> Result<()> {
     let per = contract.channels * contract.height * contract.width;
     // A model with a fixed batch gets exactly that many images; padding rows are dropped after pooling.
-    let n_run = if contract.fixed_batch.is_some() { run_batch } else { items.len() };
+    let n_run = if contract.fixed_batch.is_some() {
+        run_batch
+    } else {
+        items.len()
+    };
     let batch = match contract.elem {
         ElemType::F32 => {
             let mut v = Vec::with_capacity(n_run * per);

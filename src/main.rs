@@ -16,7 +16,9 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("domsim: error: {e:#}");
-            let code = e.downcast_ref::<domsim::Error>().map_or(1, |d| d.exit_code());
+            let code = e
+                .downcast_ref::<domsim::Error>()
+                .map_or(1, |d| d.exit_code());
             ExitCode::from(code)
         }
     }

@@ -144,7 +144,10 @@ fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape '{inner}'")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape '{inner}'"))
+        })
         .collect::<std::result::Result<_, _>>()?;
     let (r, c) = match dims.as_slice() {
         [n] => (*n, 1),
@@ -153,7 +156,11 @@ fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
     };
     let data = &b[start + hlen..];
     if data.len() < r * c * elem {
-        return Err(format!("truncated data: shape ({r}, {c}) needs {} bytes, file has {}", r * c * elem, data.len()));
+        return Err(format!(
+            "truncated data: shape ({r}, {c}) needs {} bytes, file has {}",
+            r * c * elem,
+            data.len()
+        ));
     }
     let v: Vec<f64> = if elem == 4 {
         data.chunks_exact(4)

@@ -64,7 +64,10 @@ pub fn remove_if_exists(path: &Path) -> Result<()> {
 }
 
 /// A CSV document built in memory, written with [`write_atomic`].
-pub fn csv_bytes<R: AsRef<[u8]>>(header: &[&str], rows: impl IntoIterator<Item = Vec<R>>) -> Vec<u8> {
+pub fn csv_bytes<R: AsRef<[u8]>>(
+    header: &[&str],
+    rows: impl IntoIterator<Item = Vec<R>>,
+) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(header).expect("in-memory CSV");
     for r in rows {

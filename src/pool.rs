@@ -88,7 +88,12 @@ pub fn tensor_layout(op_type: &str, shape: &[usize], input: &InputContract) -> T
 }
 
 /// Pools a batch; returns (dimension, rows as n × dimension, C-order).
-pub fn pool(out: &RawOutput, layout: TensorLayout, mode: Pool, layer: &str) -> Result<(usize, Vec<f32>)> {
+pub fn pool(
+    out: &RawOutput,
+    layout: TensorLayout,
+    mode: Pool,
+    layer: &str,
+) -> Result<(usize, Vec<f32>)> {
     let s = &out.shape;
     if s.is_empty() {
         return Err(Error::Analysis(format!(
@@ -96,7 +101,7 @@ pub fn pool(out: &RawOutput, layout: TensorLayout, mode: Pool, layer: &str) -> R
         )));
     }
     let n = s[0];
-    let per = if n == 0 { 0 } else { out.data.len() / n };
+    let per = out.data.len().checked_div(n).unwrap_or(0);
     let (c, positions) = match layout {
         TensorLayout::Flat => (per, 1),
         TensorLayout::ChannelsFirst => (s[1], per / s[1].max(1)),
@@ -166,6 +171,9 @@ mod tests {
             shape: vec![1, 3, 2],
             data: vec![1., 2., 3., 4., 5., 6.],
         };
-        assert_eq!(pool(&t, TensorLayout::ChannelsLast, Pool::Avg, "t").unwrap(), (2, vec![3., 4.]));
+        assert_eq!(
+            pool(&t, TensorLayout::ChannelsLast, Pool::Avg, "t").unwrap(),
+            (2, vec![3., 4.])
+        );
     }
 }

@@ -101,7 +101,9 @@ pub fn load(path: &Path, p: &Preprocess) -> Result<(Pixels, ImageInfo), String> 
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| format!("cannot decode: {e}"))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
     img.apply_orientation(orientation);
     let color = img.color();

@@ -288,7 +288,10 @@ mod tests {
 
     #[test]
     fn glob() {
-        assert!(glob_match("/_blocks.*/Add_output_0", "/_blocks.4/Add_output_0"));
+        assert!(glob_match(
+            "/_blocks.*/Add_output_0",
+            "/_blocks.4/Add_output_0"
+        ));
         assert!(!glob_match("/_blocks.*/Add", "/_blocks.4/Add_output_0"));
         assert!(glob_match("a?c", "abc"));
         assert!(glob_match("*", ""));
@@ -305,6 +308,9 @@ mod tests {
     #[test]
     fn nearest_names() {
         let names = ["conv1", "conv2", "relu"];
-        assert_eq!(nearest("conv3", names.iter().copied(), 2), vec!["conv1", "conv2"]);
+        assert_eq!(
+            nearest("conv3", names.iter().copied(), 2),
+            vec!["conv1", "conv2"]
+        );
     }
 }

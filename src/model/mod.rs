@@ -6,4 +6,4 @@ pub mod onnx;
 pub mod runtime;
 
 pub use layers::{Layer, Selection};
-pub use runtime::{Embedder, ElemType, InputBatch, InputContract, Layout, OnnxModel, RawOutput};
+pub use runtime::{ElemType, Embedder, InputBatch, InputContract, Layout, OnnxModel, RawOutput};

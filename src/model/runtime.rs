@@ -19,9 +19,10 @@ pub const DEFAULT_MODEL_SHA256: &str =
 
 /// Path of the bundled default model inside the source tree.
 pub fn default_model_path() -> PathBuf {
-    let beside_exe = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.join("data/models/efficientnet_lite0.onnx")));
+    let beside_exe = std::env::current_exe().ok().and_then(|e| {
+        e.parent()
+            .map(|p| p.join("data/models/efficientnet_lite0.onnx"))
+    });
     match beside_exe {
         Some(p) if p.is_file() => p,
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/efficientnet_lite0.onnx"),
@@ -31,14 +32,16 @@ pub fn default_model_path() -> PathBuf {
 static ENV: OnceLock<Environment> = OnceLock::new();
 
 /// The places searched for the ONNX Runtime library, in order: the explicit path (`--ort-lib`, else
-/// `ORT_DYLIB_PATH`), the project-local `.ort/` folder, then beside the executable.
+/// `ORT_DYLIB_PATH`) alone when one is given; otherwise the project-local `.ort/` folder, then beside the
+/// executable.
 pub fn library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
-    let mut v = Vec::new();
     if let Some(p) = explicit {
-        v.push(p.to_path_buf());
-    } else if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty()) {
-        v.push(PathBuf::from(p));
+        return vec![p.to_path_buf()];
     }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|s| !s.is_empty()) {
+        return vec![PathBuf::from(p)];
+    }
+    let mut v = Vec::new();
     v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so"));
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
@@ -57,9 +60,8 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment> {
     }
     let cands = library_candidates(explicit);
     let mut tried = Vec::new();
-    for (i, path) in cands.iter().enumerate() {
-        let must_try = i == 0 && (explicit.is_some() || std::env::var_os("ORT_DYLIB_PATH").is_some());
-        if !path.is_file() && !must_try {
+    for path in &cands {
+        if !path.is_file() {
             tried.push(format!("{} (not found)", path.display()));
             continue;
         }
@@ -296,16 +298,25 @@ fn read_contract(
         return Err(bad(format!(
             "it has {} inputs ({})",
             inputs.len(),
-            inputs.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+            inputs
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let inp = &inputs[0];
-    let (ty, shape) =
-        dims_of(inp.dtype()).ok_or_else(|| bad(format!("input '{}' is not a tensor", inp.name())))?;
+    let (ty, shape) = dims_of(inp.dtype())
+        .ok_or_else(|| bad(format!("input '{}' is not a tensor", inp.name())))?;
     let elem = match ty {
         TensorElementType::Float32 => ElemType::F32,
         TensorElementType::Uint8 => ElemType::U8,
-        other => return Err(bad(format!("input '{}' has element type {other:?}", inp.name()))),
+        other => {
+            return Err(bad(format!(
+                "input '{}' has element type {other:?}",
+                inp.name()
+            )))
+        }
     };
     if shape.len() != 4 {
         return Err(bad(format!("input '{}' has shape {shape:?}", inp.name())));
@@ -404,10 +415,16 @@ impl Embedder for OrtEmbedder {
         let mut res = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             let value = outputs.get(l.name.as_str()).ok_or_else(|| {
-                Error::Runtime(format!("layer '{}' is missing from the model's outputs", l.name))
+                Error::Runtime(format!(
+                    "layer '{}' is missing from the model's outputs",
+                    l.name
+                ))
             })?;
             let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
-                Error::Runtime(format!("layer '{}': cannot read a float32 tensor: {e}", l.name))
+                Error::Runtime(format!(
+                    "layer '{}': cannot read a float32 tensor: {e}",
+                    l.name
+                ))
             })?;
             res.push(RawOutput {
                 shape: shape.iter().map(|&d| d.max(0) as usize).collect(),

@@ -1,0 +1,404 @@
+//! `domsim layers` and `domsim extract` end to end: the real ONNX Runtime on committed fixtures, the bundled
+//! model on real images against Python onnxruntime, and bad input.
+
+mod common;
+
+use std::path::Path;
+
+use common::{copy_subset, datasets, domsim, fixture, npy};
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn manifest(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn check_fixture(model: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emb");
+    let exp: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("{model}/expected.json"))).unwrap(),
+    )
+    .unwrap();
+    domsim()
+        .args([
+            "extract", "--all", "--norm", "unit", "--batch", "4", "--model",
+        ])
+        .arg(fixture(&format!("{model}/model.onnx")))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let m = manifest(&out);
+    let layers = m["layers"].as_array().unwrap();
+    let want = exp["layers"].as_array().unwrap();
+    let names: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let want_names: Vec<&str> = want.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names, want_names,
+        "{model}: candidate layers in depth order"
+    );
+    assert_eq!(m["n_images"], 6);
+    for (l, w) in layers.iter().zip(want) {
+        let got = npy(&out.join(l["file"].as_str().unwrap()));
+        let rows = w["rows"].as_array().unwrap();
+        assert_eq!(got.nrows(), rows.len(), "{model}/{}", l["name"]);
+        for (i, r) in rows.iter().enumerate() {
+            let r = r.as_array().unwrap();
+            assert_eq!(
+                got.ncols(),
+                r.len(),
+                "{model}/{}: pooled dimension",
+                l["name"]
+            );
+            for (j, v) in r.iter().enumerate() {
+                let v = v.as_f64().unwrap();
+                assert!(
+                    (got[[i, j]] - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{model}/{} row {i} col {j}: domsim {} vs onnxruntime {v}",
+                    l["name"],
+                    got[[i, j]]
+                );
+            }
+        }
+    }
+    let index = std::fs::read_to_string(out.join("index.csv")).unwrap();
+    assert_eq!(
+        index,
+        "row,path,label\n0,a/img0.png,a\n1,a/img1.png,a\n2,a/img2.png,a\n3,b/img0.png,b\n4,b/img1.png,b\n5,b/img2.png,b\n"
+    );
+}
+
+#[test]
+fn nchw_float_dynamic_batch_matches_python_onnxruntime() {
+    check_fixture("nchw_dyn");
+}
+
+#[test]
+fn nhwc_uint8_fixed_batch_one_matches_python_onnxruntime() {
+    check_fixture("nhwc_u8_b1");
+}
+
+#[test]
+fn token_model_matches_python_onnxruntime() {
+    check_fixture("tokens");
+}
+
+#[test]
+fn nhwc_intermediate_is_pooled_over_its_own_spatial_axes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--layers", "nhwc_scaled", "--model"])
+        .arg(fixture("nhwc_u8_b1/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let m = manifest(&out);
+    assert_eq!(m["input"]["layout"], "NHWC");
+    assert_eq!(m["input"]["elem"], "u8");
+    assert_eq!(m["input"]["fixed_batch"], 1);
+    assert_eq!(m["layers"][0]["layout"], "channels_last");
+    assert_eq!(m["layers"][0]["dim"], 4);
+}
+
+#[test]
+fn default_model_matches_python_onnxruntime() {
+    let exp: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("default_model/expected.json")).unwrap(),
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    for f in exp["files"].as_array().unwrap() {
+        let src = datasets().join(f["source"].as_str().unwrap());
+        let dir = images.join(f["label"].as_str().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&src, dir.join(src.file_name().unwrap())).unwrap();
+    }
+    let out = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&images)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let m = manifest(&out);
+    assert_eq!(m["model"]["bundled_default"], true);
+    assert_eq!(m["preprocessing"]["normalization"]["preset"], "pm1");
+    assert_eq!(m["n_images"], 6);
+    assert_eq!(m["labels"], serde_json::json!(["animals", "xray"]));
+    // the Airedale JPEG (grey mode) and three X-rays (grey stored as RGB) are grey; the 75x56 tusker is upscaled
+    assert_eq!(m["preprocessing"]["n_grey"], 4);
+    assert_eq!(m["preprocessing"]["n_upscaled"], 1);
+    let layers = m["layers"].as_array().unwrap();
+    let want = exp["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), want.len());
+    assert!((12..=20).contains(&layers.len()));
+    for (l, w) in layers.iter().zip(want) {
+        assert_eq!(l["name"], w["name"]);
+        let got = npy(&out.join(l["file"].as_str().unwrap()));
+        let gold = npy(&fixture(&format!(
+            "default_model/{}",
+            w["file"].as_str().unwrap()
+        )));
+        assert_eq!(got.dim(), gold.dim(), "{}", l["name"]);
+        let worst = got
+            .iter()
+            .zip(gold.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-4,
+            "layer {}: max |domsim - onnxruntime| = {worst}",
+            l["name"]
+        );
+    }
+}
+
+#[test]
+fn real_subsets_give_consistent_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("mixed");
+    copy_subset(
+        &datasets().join("animals"),
+        &images.join("animals"),
+        0,
+        40,
+        10,
+    );
+    copy_subset(
+        &datasets().join("chest_xray/NORMAL"),
+        &images.join("normal"),
+        0,
+        100,
+        5,
+    );
+    let out = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--pool", "avgmax", "--batch", "3", "--images"])
+        .arg(&images)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let m = manifest(&out);
+    assert_eq!(m["n_images"], 15);
+    for l in m["layers"].as_array().unwrap() {
+        let a = npy(&out.join(l["file"].as_str().unwrap()));
+        let c = l["run_shape"][1].as_u64().unwrap() as usize;
+        assert_eq!(a.dim(), (15, 2 * c), "{}", l["name"]);
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A PNG whose header claims `w` × `h` pixels but holds almost no data.
+fn huge_png(w: u32, h: u32) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    v.extend_from_slice(&13u32.to_be_bytes());
+    v.extend_from_slice(&ihdr);
+    v.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    v
+}
+
+#[test]
+fn bad_files_are_skipped_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("bad");
+    std::fs::create_dir_all(&d).unwrap();
+    let jpeg = std::fs::read(datasets().join("animals/n01440764_tench.JPEG")).unwrap();
+    std::fs::write(d.join("good.jpg"), &jpeg).unwrap();
+    std::fs::write(d.join("corrupt.jpg"), &jpeg[..200]).unwrap();
+    std::fs::write(d.join("empty.png"), b"").unwrap();
+    std::fs::write(d.join("notes.txt"), b"not an image at all").unwrap();
+    std::fs::write(d.join("huge.png"), huge_png(20_000, 20_000)).unwrap();
+    std::fs::write(d.join("absurd.png"), huge_png(1_000_000, 1_000_000)).unwrap();
+    image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(40, 30, |x, y| {
+        image::Rgb([x as u16 * 1000, y as u16 * 2000, 30000])
+    })
+    .save(d.join("sixteen_bit.png"))
+    .unwrap();
+    image::GrayImage::from_fn(50, 60, |x, _| image::Luma([x as u8 * 4]))
+        .save(d.join("grey.png"))
+        .unwrap();
+    image::GrayAlphaImage::from_fn(50, 60, |x, _| image::LumaA([x as u8, 128]))
+        .save(d.join("grey_alpha.png"))
+        .unwrap();
+    image::RgbaImage::from_fn(64, 64, |x, y| image::Rgba([x as u8, y as u8, 9, 100]))
+        .save(d.join("rgba.png"))
+        .unwrap();
+    image::RgbImage::from_fn(10, 10, |x, y| image::Rgb([x as u8 * 20, y as u8 * 20, 0]))
+        .save(d.join("tiny.bmp"))
+        .unwrap();
+    image::RgbImage::from_fn(32, 32, |x, _| image::Rgb([x as u8 * 8, 0, 0]))
+        .save(d.join("small.tiff"))
+        .unwrap();
+    let out = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&d)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let m = manifest(&out);
+    assert_eq!(m["n_images"], 7);
+    assert_eq!(m["n_skipped"], 5);
+    assert_eq!(m["preprocessing"]["n_grey"], 2);
+    assert_eq!(m["preprocessing"]["n_alpha"], 2);
+    let index = std::fs::read_to_string(out.join("index.csv")).unwrap();
+    for f in [
+        "good.jpg",
+        "sixteen_bit.png",
+        "grey.png",
+        "grey_alpha.png",
+        "rgba.png",
+        "tiny.bmp",
+        "small.tiff",
+    ] {
+        assert!(index.contains(f), "{f} embedded");
+    }
+    let mut r = csv::Reader::from_path(out.join("skipped.csv")).unwrap();
+    let skipped: Vec<(String, String)> = r
+        .records()
+        .map(|x| {
+            let x = x.unwrap();
+            (x[0].to_string(), x[1].to_string())
+        })
+        .collect();
+    let names: Vec<&str> = skipped.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "absurd.png",
+            "corrupt.jpg",
+            "empty.png",
+            "huge.png",
+            "notes.txt"
+        ]
+    );
+    assert!(skipped.iter().all(|(_, why)| !why.is_empty()));
+    assert!(skipped[2].1.contains("empty"));
+    assert!(skipped[4].1.contains("not an image"));
+}
+
+#[test]
+fn usage_and_input_errors_exit_2_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let imgs = fixture("images16");
+    let out = tmp.path().join("o");
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&empty)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("holds no files"));
+    domsim()
+        .args(["extract", "--model", "/nonexistent/model.onnx", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not exist"));
+    let txt = tmp.path().join("model.onnx");
+    std::fs::write(&txt, "this is not a protobuf").unwrap();
+    domsim()
+        .args(["layers", "--model"])
+        .arg(&txt)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not an ONNX model"));
+    domsim()
+        .args(["layers", "--model"])
+        .arg(fixture("not_image/model.onnx"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not take an image tensor"));
+    domsim()
+        .args(["layers", "--layers", "/_blocks.4/Add_outptu_0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("'/_blocks.4/Add_output_0'"));
+    domsim()
+        .args(["layers", "--ort-lib", "/nonexistent/libonnxruntime.so"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("install-ort.sh"));
+    let users = tmp.path().join("users_folder");
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::write(users.join("thesis.tex"), "precious").unwrap();
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&users)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("refusing to overwrite"));
+    assert_eq!(
+        std::fs::read_to_string(users.join("thesis.tex")).unwrap(),
+        "precious"
+    );
+}
+
+#[test]
+fn default_selection_spans_stem_to_final_features() {
+    let out = domsim().args(["layers", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"/_swish/Clip_output_0"));
+    assert_eq!(
+        names.last(),
+        Some(&"/_avg_pooling/GlobalAveragePool_output_0")
+    );
+    assert!((8..=20).contains(&names.len()), "{} layers", names.len());
+    let all = domsim()
+        .args(["layers", "--all", "--json"])
+        .output()
+        .unwrap();
+    let all: Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert!(all.as_array().unwrap().len() > 80);
+    let pat = domsim()
+        .args(["layers", "--json", "--layers", "/_blocks.1?/Add_output_0"])
+        .output()
+        .unwrap();
+    let pat: Value = serde_json::from_slice(&pat.stdout).unwrap();
+    // blocks 10, 12, 13 and 14 end in a residual Add; 11 and 15 do not
+    assert_eq!(pat.as_array().unwrap().len(), 4);
+}
