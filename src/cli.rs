@@ -178,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
                 a.model.size,
                 a.model.layout(),
             )?;
-            let layers = model.select(&a.model.selection(), ort_lib.as_deref())?;
+            let layers = model.select(&a.model.selection())?;
             let mut out = std::io::stdout().lock();
             if a.json {
                 serde_json::to_writer_pretty(&mut out, &layers)?;

@@ -98,7 +98,7 @@ pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
     let set = ImageSet::scan(&cfg.images)?;
     let ort_lib = cfg.ort_lib.as_deref();
     let model = OnnxModel::load(&cfg.model, cfg.threads, ort_lib, cfg.size, cfg.layout)?;
-    let layers = model.select(&cfg.selection, ort_lib)?;
+    let layers = model.select(&cfg.selection)?;
     let norm = resolve_norm(cfg.norm.clone(), &model);
     let mut emb = model.embedder(layers, ort_lib)?;
     let info = ModelInfo {

@@ -135,6 +135,8 @@ pub struct OnnxModel {
     pub graph: onnx::GraphProto,
     /// The input contract read from the model.
     pub input: InputContract,
+    all: Vec<Layer>,
+    candidates: Vec<Candidate>,
     threads: usize,
 }
 
@@ -183,17 +185,52 @@ impl OnnxModel {
             .filter(|g| !g.node.is_empty())
             .ok_or_else(|| not_onnx("it has no graph nodes".into()))?;
         let sha256 = hex(&Sha256::digest(&bytes));
-        let sess = session(&bytes, threads, ort_lib).map_err(|e| match e {
-            Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
-            other => other,
-        })?;
+        // One session with every candidate exposed serves both the input contract and the layer types.
+        let cands = layers::candidates(&graph);
+        let extra: Vec<String> = cands
+            .iter()
+            .filter(|c| !c.graph_output)
+            .map(|c| c.name.clone())
+            .collect();
+        let sess =
+            session(&onnx::with_extra_outputs(&bytes, &extra), 1, ort_lib).map_err(
+                |e| match e {
+                    Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
+                    other => other,
+                },
+            )?;
         let input = read_contract(path, &sess, size, layout)?;
+        let mut all = Vec::new();
+        let mut kept = Vec::new();
+        for c in cands {
+            let Some(outlet) = sess.outputs().iter().find(|o| o.name() == c.name) else {
+                continue;
+            };
+            if let Some((TensorElementType::Float32, shape)) = dims_of(outlet.dtype()) {
+                all.push(Layer {
+                    name: c.name.clone(),
+                    op_type: c.op_type.clone(),
+                    shape,
+                    node_index: all.len(),
+                    graph_output: c.graph_output,
+                });
+                kept.push(c);
+            }
+        }
+        if all.is_empty() {
+            return input_err(format!(
+                "model '{}' has no float32 layer computed from its input; domsim needs a network whose layers are float tensors",
+                path.display()
+            ));
+        }
         Ok(OnnxModel {
             path: path.to_path_buf(),
             bytes,
             sha256,
             graph,
             input,
+            all,
+            candidates: kept,
             threads,
         })
     }
@@ -204,51 +241,20 @@ impl OnnxModel {
     }
 
     /// Every float32 candidate layer (topological order), with shapes as ONNX Runtime reports them.
-    pub fn all_layers(&self, ort_lib: Option<&Path>) -> Result<(Vec<Layer>, Vec<Candidate>)> {
-        let cands = layers::candidates(&self.graph);
-        let extra: Vec<String> = cands
-            .iter()
-            .filter(|c| !c.graph_output)
-            .map(|c| c.name.clone())
-            .collect();
-        let bytes = onnx::with_extra_outputs(&self.bytes, &extra);
-        let sess = session(&bytes, 1, ort_lib)?;
-        let mut out = Vec::new();
-        let mut kept = Vec::new();
-        for c in cands {
-            let Some(outlet) = sess.outputs().iter().find(|o| o.name() == c.name) else {
-                continue;
-            };
-            if let Some((TensorElementType::Float32, shape)) = dims_of(outlet.dtype()) {
-                out.push(Layer {
-                    name: c.name.clone(),
-                    op_type: c.op_type.clone(),
-                    shape,
-                    node_index: out.len(),
-                    graph_output: c.graph_output,
-                });
-                kept.push(c);
-            }
-        }
-        if out.is_empty() {
-            return input_err(format!(
-                "model '{}' has no float32 layer computed from its input; domsim needs a network whose layers are float tensors",
-                self.path.display()
-            ));
-        }
-        Ok((out, kept))
+    pub fn all_layers(&self) -> &[Layer] {
+        &self.all
     }
 
     /// The layers chosen by `sel`, in depth order.
-    pub fn select(&self, sel: &Selection, ort_lib: Option<&Path>) -> Result<Vec<Layer>> {
-        let (all, cands) = self.all_layers(ort_lib)?;
+    pub fn select(&self, sel: &Selection) -> Result<Vec<Layer>> {
+        let (all, cands) = (&self.all, &self.candidates);
         let idx = match sel {
             Selection::All => (0..all.len()).collect(),
-            Selection::Names(names) => layers::select_names(&all, names)?,
+            Selection::Names(names) => layers::select_names(all, names)?,
             Selection::Default => {
                 let names: Vec<String> = cands.iter().map(|c| c.node_name.clone()).collect();
                 let residual: Vec<bool> = cands.iter().map(|c| c.residual).collect();
-                layers::default_selection(&all, &names, &residual)
+                layers::default_selection(all, &names, &residual)
             }
         };
         Ok(idx.into_iter().map(|i| all[i].clone()).collect())
