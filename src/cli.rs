@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
+use crate::compare::{self, CompareConfig};
 use crate::extract::{self, ExtractConfig};
+use crate::metrics::Params;
 use crate::model::{runtime, Layout, OnnxModel, Selection};
 use crate::pool::Pool;
 use crate::preprocess::Normalization;
@@ -46,6 +48,87 @@ pub enum Command {
         after_help = "Example:\n  domsim extract --images ../shared/datasets/chest_xray --out emb/xray\n  domsim extract --model m.onnx --norm imagenet --layers '/layer*/Relu_output_0' --images imgs --out emb"
     )]
     Extract(ExtractArgs),
+    /// Compare two embedding folders layer by layer: distances, probes, LogME, within-set CKA.
+    #[command(
+        after_help = "Example:\n  domsim compare --source emb/animals --target emb/xray --out report/\n  domsim compare --source a --target b --out r --metrics mmd2_rbf,frechet --permutations 500 --seed 7"
+    )]
+    Compare(CompareArgs),
+}
+
+/// Estimator settings shared by `compare` and `analyze`.
+#[derive(Debug, ClapArgs)]
+pub struct MetricArgs {
+    /// Metrics to compute, comma-separated (groups or outputs, e.g. mmd2_rbf,domain_probe). Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Permutations for the MMD² test.
+    #[arg(long, default_value_t = 200)]
+    pub permutations: usize,
+    /// Bootstrap resamples for confidence intervals.
+    #[arg(long, default_value_t = 200)]
+    pub bootstrap: usize,
+    /// Cross-validation folds for probes.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Inverse L2 regularisation of the logistic probes (scikit-learn's C).
+    #[arg(long = "C", default_value_t = 1.0)]
+    pub c: f64,
+    /// Most rows per set for probes (seeded subsample beyond).
+    #[arg(long, default_value_t = 5000)]
+    pub probe_max_n: usize,
+    /// Most rows per set for MMD² (seeded subsample beyond).
+    #[arg(long, default_value_t = 20000)]
+    pub mmd_max_n: usize,
+    /// Most rows for RBF CKA, which builds n × n kernels (seeded subsample beyond).
+    #[arg(long, default_value_t = 2000)]
+    pub cka_rbf_max_n: usize,
+    /// Skip the within-set layer × layer CKA.
+    #[arg(long)]
+    pub no_similarity: bool,
+}
+
+impl MetricArgs {
+    fn params(&self, seed: u64) -> Result<Params> {
+        if self.folds < 2 {
+            bail!(crate::Error::Input("--folds must be at least 2".into()));
+        }
+        if !(self.c > 0.0) {
+            bail!(crate::Error::Input("--C must be positive".into()));
+        }
+        if self.probe_max_n < 4 || self.mmd_max_n < 4 || self.cka_rbf_max_n < 4 {
+            bail!(crate::Error::Input("the --*-max-n limits must be at least 4".into()));
+        }
+        Ok(Params {
+            seed,
+            permutations: self.permutations,
+            bootstrap: self.bootstrap,
+            folds: self.folds,
+            c: self.c,
+            probe_max_n: self.probe_max_n,
+            mmd_max_n: self.mmd_max_n,
+            cka_rbf_max_n: self.cka_rbf_max_n,
+            ..Params::default()
+        })
+    }
+}
+
+/// `domsim compare`.
+#[derive(Debug, ClapArgs)]
+pub struct CompareArgs {
+    /// Source embedding folder (from `extract`, or a folder of .npy files).
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+    /// Target embedding folder.
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Report folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// Overwrite a non-empty output folder that domsim did not make.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Which model and layers.
@@ -165,9 +248,18 @@ impl ModelArgs {
     }
 }
 
+/// Sets the thread budget for rayon and matrixmultiply (once per process).
+fn set_threads(threads: usize) {
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+    }
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}
+
 /// Runs a parsed command line.
 pub fn run(args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or_else(extract::default_threads).max(1);
+    set_threads(threads);
     let ort_lib = args.ort_lib.clone();
     match args.command {
         Command::Layers(a) => {
@@ -242,6 +334,32 @@ pub fn run(args: Args) -> Result<()> {
                     s.manifest.layers.len(),
                     s.seconds,
                     s.images_per_second,
+                    cfg.out.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Compare(a) => {
+            let cfg = CompareConfig {
+                source: a.source,
+                target: a.target,
+                out: a.out,
+                metrics: (!a.metric.metrics.is_empty()).then(|| a.metric.metrics.clone()),
+                params: a.metric.params(args.seed)?,
+                similarity: !a.metric.no_similarity,
+                progress: !args.quiet,
+                force: a.force,
+            };
+            let r = compare::compare(&cfg)?;
+            if !args.quiet {
+                for n in &r.notes {
+                    eprintln!("domsim: note: {n}");
+                }
+                eprintln!(
+                    "domsim: compared {} layers ({} source, {} target rows) -> {}",
+                    r.layers.len(),
+                    r.source.n,
+                    r.target.n,
                     cfg.out.display()
                 );
             }

@@ -23,10 +23,12 @@
 //! ```
 
 pub mod cli;
+pub mod compare;
 pub mod dataset;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod output;

@@ -1,0 +1,140 @@
+//! Centred kernel alignment (Kornblith et al. 2019, "Similarity of Neural Network Representations
+//! Revisited") between two representations of the SAME images: linear (feature-space form), debiased
+//! linear (the unbiased HSIC of Song et al. 2012, feature-space form), and RBF (Gram form).
+//!
+//! CKA needs paired rows, so domsim computes it only within one set (layer × layer), or between a layer and
+//! that set's one-hot labels. It is never computed between source and target rows: unpaired, it measures only
+//! a bias floor of about d/n (see the module docs of [`crate::compare`]).
+
+use ndarray::{Array2, Axis};
+
+use super::kernel::{median, sq_dists};
+use super::linalg::{centred, fro2, row_sq_norms};
+use super::{Ctx, Metric, MetricValue, Needs, SetData};
+use crate::error::{Error, Result};
+
+/// Pre-computed quantities of one centred representation, reused across all pairs.
+pub struct LinearRep {
+    /// Centred features.
+    pub x: Array2<f64>,
+    /// ‖XᵀX‖²_F.
+    pub self_sim: f64,
+    /// Per-row squared norms (debiased form).
+    pub row_sq: ndarray::Array1<f64>,
+    /// Sum of the row squared norms.
+    pub total_sq: f64,
+}
+
+impl LinearRep {
+    /// Centres `x` and caches its self-similarity.
+    pub fn new(x: &Array2<f64>) -> Self {
+        let x = centred(&x.view());
+        let g = x.t().dot(&x);
+        let row_sq = row_sq_norms(&x.view());
+        let total_sq = row_sq.sum();
+        LinearRep {
+            self_sim: fro2(&g),
+            x,
+            row_sq,
+            total_sq,
+        }
+    }
+}
+
+fn debias(xty: f64, a: &LinearRep, b: &LinearRep, n: f64) -> f64 {
+    xty - n / (n - 2.0) * a.row_sq.dot(&b.row_sq) + a.total_sq * b.total_sq / ((n - 1.0) * (n - 2.0))
+}
+
+/// Linear CKA `‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)` on centred features; with `debiased`, the unbiased HSIC estimator.
+pub fn linear_cka(a: &LinearRep, b: &LinearRep, debiased: bool) -> f64 {
+    let xty = fro2(&b.x.t().dot(&a.x));
+    if !debiased {
+        return xty / (a.self_sim.sqrt() * b.self_sim.sqrt());
+    }
+    let n = a.x.nrows() as f64;
+    let num = debias(xty, a, b, n);
+    let da = debias(a.self_sim, a, a, n);
+    let db = debias(b.self_sim, b, b, n);
+    num / (da.sqrt() * db.sqrt())
+}
+
+/// Centred RBF Gram matrix with σ² = t² · median of all n² squared distances (diagonal included, as in the
+/// reference demo).
+pub fn centred_rbf_gram(x: &Array2<f64>, t: f64) -> Array2<f64> {
+    let d = sq_dists(&x.view());
+    let mut all: Vec<f64> = d.iter().copied().collect();
+    let med = median(&mut all);
+    let scale = if med > 0.0 { -1.0 / (2.0 * t * t * med) } else { 0.0 };
+    let k = d.mapv(|v| (v * scale).exp());
+    centre_gram(k)
+}
+
+/// H K H for the centring matrix H.
+pub fn centre_gram(mut k: Array2<f64>) -> Array2<f64> {
+    let n = k.nrows() as f64;
+    let rm = k.mean_axis(Axis(1)).expect("non-empty");
+    let cm = k.mean_axis(Axis(0)).expect("non-empty");
+    let all = rm.sum() / n;
+    for ((i, j), v) in k.indexed_iter_mut() {
+        *v += all - rm[i] - cm[j];
+    }
+    k
+}
+
+/// CKA of two centred Gram matrices.
+pub fn gram_cka(k: &Array2<f64>, l: &Array2<f64>) -> f64 {
+    let kl: f64 = k.iter().zip(l.iter()).map(|(a, b)| a * b).sum();
+    kl / (fro2(k).sqrt() * fro2(l).sqrt())
+}
+
+/// The slow, obviously-correct Gram-form linear CKA (n × n), for tests.
+pub fn linear_cka_gram_reference(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
+    gram_cka(&centre_gram(x.dot(&x.t())), &centre_gram(y.dot(&y.t())))
+}
+
+/// One-hot encoding of labels.
+pub fn one_hot(y: &[usize]) -> Array2<f64> {
+    let k = y.iter().max().map_or(0, |m| m + 1);
+    Array2::from_shape_fn((y.len(), k), |(i, c)| f64::from(u8::from(y[i] == c)))
+}
+
+/// `cka_label_target` (or `cka_label_source`): linear CKA between the layer and one-hot labels
+/// (kernel-target alignment).
+pub struct CkaLabel {
+    /// Use the target set (else the source set).
+    pub target: bool,
+}
+
+impl Metric for CkaLabel {
+    fn name(&self) -> &'static str {
+        if self.target {
+            "cka_label_target"
+        } else {
+            "cka_label_source"
+        }
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        if self.target {
+            &["cka_label_target"]
+        } else {
+            &["cka_label_source"]
+        }
+    }
+    fn needs(&self) -> Needs {
+        if self.target {
+            Needs::TargetLabels
+        } else {
+            Needs::SourceLabels
+        }
+    }
+    fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
+        let set = if self.target { t } else { s };
+        let y = set.labels.ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let v = linear_cka(&LinearRep::new(set.x), &LinearRep::new(&one_hot(y)), false);
+        Ok(vec![MetricValue::new(
+            self.outputs()[0],
+            v,
+            format!("linear CKA between the layer and one-hot labels of the same {} images", y.len()),
+        )])
+    }
+}

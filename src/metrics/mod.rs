@@ -1,0 +1,172 @@
+//! The metrics engine: per-layer measures between a source and a target embedding set, and within-set
+//! layer × layer similarity. A new metric is one file implementing [`Metric`] plus one line in [`registry`].
+//!
+//! Definitions follow `notes/metrics.md` (shared with the project): unbiased MMD² with a median-heuristic RBF
+//! kernel (Gretton et al. 2012), Fréchet distance, covariance alignment, linear probes with proxy
+//! A-distance (Ben-David et al. 2010), LogME (You et al. 2021), and linear / debiased / RBF CKA (Kornblith et
+//! al. 2019), never between unpaired source and target rows.
+
+pub mod cka;
+pub mod cov;
+pub mod frechet;
+pub mod kernel;
+pub mod linalg;
+pub mod logme;
+pub mod mmd;
+pub mod probe;
+pub mod stats;
+
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+
+/// One set's matrix at one layer, with its labels when known.
+pub struct SetData<'a> {
+    /// n × d features (f64).
+    pub x: &'a Array2<f64>,
+    /// Class index per row, when the set has labels.
+    pub labels: Option<&'a [usize]>,
+    /// Class names, indexed by label.
+    pub classes: &'a [String],
+}
+
+/// Parameters shared by every metric; all of them are written to `compare.json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Params {
+    /// Master seed.
+    pub seed: u64,
+    /// Permutations for the MMD² test (B).
+    pub permutations: usize,
+    /// Bootstrap resamples for confidence intervals.
+    pub bootstrap: usize,
+    /// Folds for cross-validated probes (reduced to the smallest class count when needed).
+    pub folds: usize,
+    /// Inverse L2 regularisation of the logistic probes (scikit-learn's C).
+    pub c: f64,
+    /// Most rows per set used by probes (a seeded subsample beyond that).
+    pub probe_max_n: usize,
+    /// Most rows per set used by MMD² (a seeded subsample beyond that).
+    pub mmd_max_n: usize,
+    /// Most rows used for RBF CKA (n × n kernels; a seeded subsample beyond that).
+    pub cka_rbf_max_n: usize,
+    /// RBF CKA bandwidth factor t: σ = t · sqrt(median squared distance).
+    pub cka_rbf_t: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            seed: 0,
+            permutations: 200,
+            bootstrap: 200,
+            folds: 5,
+            c: 1.0,
+            probe_max_n: 5000,
+            mmd_max_n: 20_000,
+            cka_rbf_max_n: 2000,
+            cka_rbf_t: 0.5,
+        }
+    }
+}
+
+/// The context a metric computes in.
+pub struct Ctx<'a> {
+    /// Shared parameters.
+    pub params: &'a Params,
+    /// Depth index of the layer (mixed into the seed so layers get independent draws).
+    pub depth: usize,
+}
+
+impl Ctx<'_> {
+    /// A generator seeded from the master seed, the layer and a per-metric stream id.
+    pub fn rng(&self, stream: u64) -> ChaCha8Rng {
+        let mut r = ChaCha8Rng::seed_from_u64(self.params.seed);
+        r.set_stream(stream.wrapping_mul(1_000_003).wrapping_add(self.depth as u64));
+        r
+    }
+}
+
+/// One output value of a metric at one layer (one row of `metrics.csv`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MetricValue {
+    /// Output name (`mmd2_rbf`, `domain_probe_acc`, ...).
+    pub metric: String,
+    /// The value; `None` only with a `note` saying why.
+    pub value: Option<f64>,
+    /// 95 % confidence interval, when estimated.
+    pub ci: Option<(f64, f64)>,
+    /// Permutation p-value, when tested.
+    pub p_value: Option<f64>,
+    /// Estimator details and warnings.
+    pub note: String,
+    /// Parameters specific to this value (σ, folds, ...), for `compare.json`.
+    pub details: serde_json::Value,
+}
+
+impl MetricValue {
+    /// A plain value with a note.
+    pub fn new(metric: &str, value: f64, note: impl Into<String>) -> Self {
+        let (value, note) = finite(value, note.into());
+        MetricValue {
+            metric: metric.into(),
+            value,
+            ci: None,
+            p_value: None,
+            note,
+            details: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Keeps NaN out of reports: a non-finite value becomes `None` with the reason in the note.
+pub fn finite(v: f64, note: String) -> (Option<f64>, String) {
+    if v.is_finite() {
+        (Some(v), note)
+    } else {
+        let why = format!("value not finite ({v}); check for constant or degenerate features");
+        (None, if note.is_empty() { why } else { format!("{note}; {why}") })
+    }
+}
+
+/// What a metric needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Source and target matrices only.
+    Nothing,
+    /// Target labels.
+    TargetLabels,
+    /// Source labels.
+    SourceLabels,
+}
+
+/// A per-layer measure between source and target.
+pub trait Metric: Sync {
+    /// Group name used by `--metrics` (outputs are selectable by their own names too).
+    fn name(&self) -> &'static str;
+    /// Output names, in the order they are returned.
+    fn outputs(&self) -> &'static [&'static str];
+    /// Prerequisites.
+    fn needs(&self) -> Needs {
+        Needs::Nothing
+    }
+    /// Computes the outputs at one layer.
+    fn compute(&self, source: &SetData, target: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>>;
+}
+
+/// Every metric, in report order.
+pub fn registry() -> Vec<Box<dyn Metric>> {
+    vec![
+        Box::new(mmd::Mmd2Rbf),
+        Box::new(frechet::Frechet),
+        Box::new(cov::CovAlignment),
+        Box::new(probe::DomainProbe),
+        Box::new(probe::TaskProbe { target: true }),
+        Box::new(logme::LogMe { target: true }),
+        Box::new(cka::CkaLabel { target: true }),
+        Box::new(probe::TaskProbe { target: false }),
+        Box::new(logme::LogMe { target: false }),
+        Box::new(cka::CkaLabel { target: false }),
+    ]
+}
