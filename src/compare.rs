@@ -19,7 +19,7 @@ use ndarray::{Array2, Axis};
 
 use crate::embeddings::EmbeddingSet;
 use crate::error::{input_err, Error, Result};
-use crate::metrics::cka::{centred_rbf_gram, gram_cka, linear_cka, LinearRep};
+use crate::metrics::cka::{centred_rbf_gram, gram_cka, linear_cka_pair, LinearRep};
 use crate::metrics::stats::subsample;
 use crate::metrics::{registry, Ctx, MetricValue, Needs, Params, SetData};
 use crate::output::{self, csv_bytes, write_atomic};
@@ -356,8 +356,7 @@ pub fn within_set(set_name: &str, set: &EmbeddingSet, params: &Params, show: boo
     let mut rbf = vec![vec![0.0; l]; l];
     for a in 0..l {
         for b in a..l {
-            lin[a][b] = linear_cka(&reps[a], &reps[b], false);
-            deb[a][b] = linear_cka(&reps[a], &reps[b], true);
+            (lin[a][b], deb[a][b]) = linear_cka_pair(&reps[a], &reps[b]);
             rbf[a][b] = gram_cka(&grams[a], &grams[b]);
             lin[b][a] = lin[a][b];
             deb[b][a] = deb[a][b];

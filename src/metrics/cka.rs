@@ -45,17 +45,26 @@ fn debias(xty: f64, a: &LinearRep, b: &LinearRep, n: f64) -> f64 {
     xty - n / (n - 2.0) * a.row_sq.dot(&b.row_sq) + a.total_sq * b.total_sq / ((n - 1.0) * (n - 2.0))
 }
 
-/// Linear CKA `‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)` on centred features; with `debiased`, the unbiased HSIC estimator.
-pub fn linear_cka(a: &LinearRep, b: &LinearRep, debiased: bool) -> f64 {
+/// Linear CKA `‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)` on centred features, and its debiased form (the unbiased HSIC
+/// estimator), from one cross product.
+pub fn linear_cka_pair(a: &LinearRep, b: &LinearRep) -> (f64, f64) {
     let xty = fro2(&b.x.t().dot(&a.x));
-    if !debiased {
-        return xty / (a.self_sim.sqrt() * b.self_sim.sqrt());
-    }
+    let biased = xty / (a.self_sim.sqrt() * b.self_sim.sqrt());
     let n = a.x.nrows() as f64;
     let num = debias(xty, a, b, n);
     let da = debias(a.self_sim, a, a, n);
     let db = debias(b.self_sim, b, b, n);
-    num / (da.sqrt() * db.sqrt())
+    (biased, num / (da.sqrt() * db.sqrt()))
+}
+
+/// Linear CKA (`debiased = false`) or debiased linear CKA.
+pub fn linear_cka(a: &LinearRep, b: &LinearRep, debiased: bool) -> f64 {
+    let (biased, unbiased) = linear_cka_pair(a, b);
+    if debiased {
+        unbiased
+    } else {
+        biased
+    }
 }
 
 /// Centred RBF Gram matrix with σ² = t² · median of all n² squared distances (diagonal included, as in the

@@ -12,6 +12,7 @@ pub mod frechet;
 pub mod kernel;
 pub mod linalg;
 pub mod logme;
+pub mod logreg;
 pub mod mmd;
 pub mod probe;
 pub mod stats;

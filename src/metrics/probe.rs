@@ -1,5 +1,5 @@
-//! Linear probes: L2-regularised multinomial logistic regression (linfa-logistic, α = 1/C; the intercept is
-//! not penalised) on frozen features, standardised with the training fold's statistics, evaluated by
+//! Linear probes: L2-regularised logistic regression ([`super::logreg`]: scikit-learn's objective, binary for two
+//! classes, multinomial for more; the intercept is not penalised) on frozen features, standardised with the training fold's statistics, evaluated by
 //! stratified k-fold cross-validation. Accuracy, balanced accuracy and AUC use the pooled out-of-fold
 //! predictions; their 95 % CIs are percentile bootstraps over those predictions (folds held fixed).
 //!
@@ -7,11 +7,11 @@
 //!   A-distance `2(1 − 2ε)` with ε the cross-validated error (Ben-David et al. 2010).
 //! - Task probe: the set's own class labels (one sub-folder per class).
 
-use linfa::prelude::*;
-use linfa_logistic::MultiLogisticRegression;
 use ndarray::{concatenate, Array1, Array2, Axis};
 use rand::Rng;
+use rayon::prelude::*;
 
+use super::logreg;
 use super::stats::{auc, bootstrap_ci, stratified_folds, subsample};
 use super::{Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
@@ -71,29 +71,39 @@ pub fn cv_probe<R: Rng>(
     let k = y.iter().max().map_or(0, |m| m + 1);
     let fold = stratified_folds(y, folds, rng);
     let n = y.len();
+    // Folds are independent: fit them in parallel, then place the predictions by index (deterministic).
+    let per_fold: Vec<std::result::Result<Vec<(usize, usize, f64)>, String>> = (0..folds)
+        .into_par_iter()
+        .map(|f| {
+            let tr: Vec<usize> = (0..n).filter(|&i| fold[i] != f).collect();
+            let te: Vec<usize> = (0..n).filter(|&i| fold[i] == f).collect();
+            if te.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (xtr, xte) = standardise(&x.select(Axis(0), &tr), &x.select(Axis(0), &te));
+            let ytr: Array1<usize> = tr.iter().map(|&i| y[i]).collect();
+            let ytr: Vec<usize> = ytr.to_vec();
+            let model = logreg::fit(&xtr.view(), &ytr, k, c);
+            let proba = model.predict_proba(&xte.view());
+            let classes: Vec<usize> = (0..k).collect();
+            Ok(te
+                .iter()
+                .enumerate()
+                .map(|(r, &i)| {
+                    let row = proba.row(r);
+                    let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+                    let s = classes.iter().position(|&cl| cl == 1).map_or(0.0, |p| row[p]);
+                    (i, classes[best], s)
+                })
+                .collect())
+        })
+        .collect();
     let mut pred = vec![0usize; n];
     let mut score = vec![0f64; n];
-    for f in 0..folds {
-        let tr: Vec<usize> = (0..n).filter(|&i| fold[i] != f).collect();
-        let te: Vec<usize> = (0..n).filter(|&i| fold[i] == f).collect();
-        if te.is_empty() {
-            continue;
-        }
-        let (xtr, xte) = standardise(&x.select(Axis(0), &tr), &x.select(Axis(0), &te));
-        let ytr: Array1<usize> = tr.iter().map(|&i| y[i]).collect();
-        let model = MultiLogisticRegression::default()
-            .alpha(1.0 / c)
-            .max_iterations(200)
-            .gradient_tolerance(1e-5)
-            .fit(&Dataset::new(xtr, ytr))
-            .map_err(|e| format!("logistic regression failed: {e}"))?;
-        let proba = model.predict_probabilities(&xte);
-        let classes = model.classes().to_vec();
-        for (r, &i) in te.iter().enumerate() {
-            let row = proba.row(r);
-            let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
-            pred[i] = classes[best];
-            score[i] = classes.iter().position(|&cl| cl == 1).map_or(0.0, |p| row[p]);
+    for r in per_fold {
+        for (i, p, s) in r? {
+            pred[i] = p;
+            score[i] = s;
         }
     }
     let correct: Vec<f64> = (0..n).map(|i| f64::from(u8::from(pred[i] == y[i]))).collect();
