@@ -92,11 +92,13 @@ impl MetricArgs {
         if self.folds < 2 {
             bail!(crate::Error::Input("--folds must be at least 2".into()));
         }
-        if !(self.c > 0.0) {
+        if self.c.is_nan() || self.c <= 0.0 {
             bail!(crate::Error::Input("--C must be positive".into()));
         }
         if self.probe_max_n < 4 || self.mmd_max_n < 4 || self.cka_rbf_max_n < 4 {
-            bail!(crate::Error::Input("the --*-max-n limits must be at least 4".into()));
+            bail!(crate::Error::Input(
+                "the --*-max-n limits must be at least 4".into()
+            ));
         }
         Ok(Params {
             seed,
@@ -253,7 +255,9 @@ fn set_threads(threads: usize) {
     if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
         std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
     }
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
 }
 
 /// Runs a parsed command line.

@@ -125,7 +125,12 @@ fn label_indices(labels: &Option<Vec<String>>) -> (Option<Vec<usize>>, Vec<Strin
     match labels {
         None => (None, Vec::new()),
         Some(l) => {
-            let classes: Vec<String> = l.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+            let classes: Vec<String> = l
+                .iter()
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let idx = l
                 .iter()
                 .map(|x| classes.iter().position(|c| c == x).expect("present"))
@@ -194,7 +199,11 @@ fn check_models(src: &EmbeddingSet, tgt: &EmbeddingSet, notes: &mut Vec<String>)
 }
 
 /// Computes the report from two opened sets (nothing is written).
-pub fn compute(src: &EmbeddingSet, tgt: &EmbeddingSet, cfg: &CompareConfig) -> Result<CompareReport> {
+pub fn compute(
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    cfg: &CompareConfig,
+) -> Result<CompareReport> {
     let pairs = match_layers(src, tgt)?;
     let mut notes = Vec::new();
     check_models(src, tgt, &mut notes)?;
@@ -214,7 +223,9 @@ pub fn compute(src: &EmbeddingSet, tgt: &EmbeddingSet, cfg: &CompareConfig) -> R
         .into_iter()
         .filter(|m| match &cfg.metrics {
             None => true,
-            Some(sel) => sel.iter().any(|s| s == m.name() || m.outputs().contains(&s.as_str())),
+            Some(sel) => sel
+                .iter()
+                .any(|s| s == m.name() || m.outputs().contains(&s.as_str())),
         })
         .collect();
     let (s_lab, s_classes) = label_indices(&src.labels);
@@ -270,9 +281,9 @@ pub fn compute(src: &EmbeddingSet, tgt: &EmbeddingSet, cfg: &CompareConfig) -> R
         };
         let mut values = Vec::new();
         for m in &runnable {
-            let v = m
-                .compute(&s, &t, &ctx)
-                .map_err(|e| Error::Analysis(format!("metric {} at layer '{name}': {e}", m.name())))?;
+            let v = m.compute(&s, &t, &ctx).map_err(|e| {
+                Error::Analysis(format!("metric {} at layer '{name}': {e}", m.name()))
+            })?;
             values.extend(v);
         }
         layers.push(LayerResult {
@@ -332,8 +343,17 @@ fn progress(on: bool, len: u64, msg: &str) -> ProgressBar {
 }
 
 /// Layer × layer CKA (linear, debiased linear, RBF) within one set.
-pub fn within_set(set_name: &str, set: &EmbeddingSet, params: &Params, show: bool) -> Result<Vec<SimilarityValue>> {
-    let bar = progress(show, set.layers.len() as u64, &format!("CKA within {set_name}"));
+pub fn within_set(
+    set_name: &str,
+    set: &EmbeddingSet,
+    params: &Params,
+    show: bool,
+) -> Result<Vec<SimilarityValue>> {
+    let bar = progress(
+        show,
+        set.layers.len() as u64,
+        &format!("CKA within {set_name}"),
+    );
     let mut reps = Vec::new();
     let mut grams = Vec::new();
     let mut sub: Option<Vec<usize>> = None;
@@ -364,7 +384,11 @@ pub fn within_set(set_name: &str, set: &EmbeddingSet, params: &Params, show: boo
         }
     }
     let mut out = Vec::new();
-    for (measure, m) in [("cka_linear", &lin), ("cka_linear_debiased", &deb), ("cka_rbf", &rbf)] {
+    for (measure, m) in [
+        ("cka_linear", &lin),
+        ("cka_linear_debiased", &deb),
+        ("cka_rbf", &rbf),
+    ] {
         for a in 0..l {
             for b in 0..l {
                 out.push(SimilarityValue {
@@ -387,7 +411,8 @@ fn num(v: Option<f64>) -> String {
 /// The `metrics.csv` bytes: one tidy row per layer and metric.
 pub fn metrics_csv(r: &CompareReport) -> Vec<u8> {
     let header = [
-        "depth", "layer", "metric", "value", "ci_low", "ci_high", "p_value", "n_source", "n_target", "dim", "note",
+        "depth", "layer", "metric", "value", "ci_low", "ci_high", "p_value", "n_source",
+        "n_target", "dim", "note",
     ];
     let rows = r.layers.iter().flat_map(|l| {
         l.values.iter().map(move |v| {
@@ -429,6 +454,7 @@ pub fn similarity_csv(r: &CompareReport) -> Vec<u8> {
 pub fn write_report(r: &CompareReport, out: &Path) -> Result<()> {
     write_atomic(&out.join("metrics.csv"), &metrics_csv(r))?;
     write_atomic(&out.join("similarity.csv"), &similarity_csv(r))?;
-    let json = serde_json::to_vec_pretty(r).map_err(|e| Error::Analysis(format!("cannot encode compare.json: {e}")))?;
+    let json = serde_json::to_vec_pretty(r)
+        .map_err(|e| Error::Analysis(format!("cannot encode compare.json: {e}")))?;
     write_atomic(&out.join("compare.json"), &json)
 }

@@ -42,7 +42,8 @@ impl LinearRep {
 }
 
 fn debias(xty: f64, a: &LinearRep, b: &LinearRep, n: f64) -> f64 {
-    xty - n / (n - 2.0) * a.row_sq.dot(&b.row_sq) + a.total_sq * b.total_sq / ((n - 1.0) * (n - 2.0))
+    xty - n / (n - 2.0) * a.row_sq.dot(&b.row_sq)
+        + a.total_sq * b.total_sq / ((n - 1.0) * (n - 2.0))
 }
 
 /// Linear CKA `‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)` on centred features, and its debiased form (the unbiased HSIC
@@ -73,7 +74,11 @@ pub fn centred_rbf_gram(x: &Array2<f64>, t: f64) -> Array2<f64> {
     let d = sq_dists(&x.view());
     let mut all: Vec<f64> = d.iter().copied().collect();
     let med = median(&mut all);
-    let scale = if med > 0.0 { -1.0 / (2.0 * t * t * med) } else { 0.0 };
+    let scale = if med > 0.0 {
+        -1.0 / (2.0 * t * t * med)
+    } else {
+        0.0
+    };
     let k = d.mapv(|v| (v * scale).exp());
     centre_gram(k)
 }
@@ -138,12 +143,17 @@ impl Metric for CkaLabel {
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let set = if self.target { t } else { s };
-        let y = set.labels.ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let y = set
+            .labels
+            .ok_or_else(|| Error::Analysis("no labels".into()))?;
         let v = linear_cka(&LinearRep::new(set.x), &LinearRep::new(&one_hot(y)), false);
         Ok(vec![MetricValue::new(
             self.outputs()[0],
             v,
-            format!("linear CKA between the layer and one-hot labels of the same {} images", y.len()),
+            format!(
+                "linear CKA between the layer and one-hot labels of the same {} images",
+                y.len()
+            ),
         )])
     }
 }

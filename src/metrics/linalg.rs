@@ -5,7 +5,8 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 /// Column means (accumulated in f64).
 pub fn col_means(x: &ArrayView2<f64>) -> Array1<f64> {
-    x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(x.ncols()))
+    x.mean_axis(Axis(0))
+        .unwrap_or_else(|| Array1::zeros(x.ncols()))
 }
 
 /// The matrix with its column means subtracted.

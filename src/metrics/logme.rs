@@ -79,7 +79,9 @@ impl Metric for LogMe {
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let set = if self.target { t } else { s };
-        let y = set.labels.ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let y = set
+            .labels
+            .ok_or_else(|| Error::Analysis("no labels".into()))?;
         let v = logme(set.x, y).map_err(|e| Error::Analysis(format!("LogME: {e}")))?;
         Ok(vec![MetricValue::new(
             self.outputs()[0],

@@ -133,7 +133,11 @@ pub fn fit(x: &ArrayView2<f64>, y: &[usize], k: usize, c: f64) -> LogReg {
         }
         let dir: Vec<f64> = q.iter().map(|v| -v).collect();
         let slope = dot(&g, &dir);
-        let dir = if slope < 0.0 { dir } else { g.iter().map(|v| -v).collect() };
+        let dir = if slope < 0.0 {
+            dir
+        } else {
+            g.iter().map(|v| -v).collect()
+        };
         let slope = dot(&g, &dir);
         // backtracking Armijo line search
         let mut step = 1.0;
@@ -213,7 +217,13 @@ mod tests {
         for k in [2usize, 3] {
             let yk: Vec<usize> = y.iter().map(|&v| v % k).collect();
             let m = if k == 2 { 1 } else { k };
-            let p = Problem { x: x.view(), y: &yk, k, m, lambda: 0.3 };
+            let p = Problem {
+                x: x.view(),
+                y: &yk,
+                k,
+                m,
+                lambda: 0.3,
+            };
             let theta: Vec<f64> = (0..3 * m + m).map(|i| 0.1 * i as f64 - 0.2).collect();
             let (_, g) = p.eval(&theta);
             for i in 0..theta.len() {
@@ -229,12 +239,17 @@ mod tests {
 
     #[test]
     fn separable_data_is_learned() {
-        let x = Array2::from_shape_fn((40, 2), |(i, j)| if j == 0 { i as f64 / 10.0 - 2.0 } else { 0.3 });
+        let x = Array2::from_shape_fn(
+            (40, 2),
+            |(i, j)| if j == 0 { i as f64 / 10.0 - 2.0 } else { 0.3 },
+        );
         let y: Vec<usize> = (0..40).map(|i| usize::from(i >= 20)).collect();
         let m = fit(&x.view(), &y, 2, 1.0);
         assert!(m.converged);
         let p = m.predict_proba(&x.view());
-        let acc = (0..40).filter(|&i| usize::from(p[[i, 1]] > 0.5) == y[i]).count();
+        let acc = (0..40)
+            .filter(|&i| usize::from(p[[i, 1]] > 0.5) == y[i])
+            .count();
         assert!(acc >= 38);
     }
 }

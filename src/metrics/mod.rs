@@ -84,7 +84,11 @@ impl Ctx<'_> {
     /// A generator seeded from the master seed, the layer and a per-metric stream id.
     pub fn rng(&self, stream: u64) -> ChaCha8Rng {
         let mut r = ChaCha8Rng::seed_from_u64(self.params.seed);
-        r.set_stream(stream.wrapping_mul(1_000_003).wrapping_add(self.depth as u64));
+        r.set_stream(
+            stream
+                .wrapping_mul(1_000_003)
+                .wrapping_add(self.depth as u64),
+        );
         r
     }
 }
@@ -127,7 +131,14 @@ pub fn finite(v: f64, note: String) -> (Option<f64>, String) {
         (Some(v), note)
     } else {
         let why = format!("value not finite ({v}); check for constant or degenerate features");
-        (None, if note.is_empty() { why } else { format!("{note}; {why}") })
+        (
+            None,
+            if note.is_empty() {
+                why
+            } else {
+                format!("{note}; {why}")
+            },
+        )
     }
 }
 

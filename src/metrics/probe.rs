@@ -16,6 +16,9 @@ use super::stats::{auc, bootstrap_ci, stratified_folds, subsample};
 use super::{Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
+/// (row, predicted class, score of class 1) for one fold.
+type FoldPredictions = Vec<(usize, usize, f64)>;
+
 /// Cross-validated probe outcome.
 #[derive(Debug, Clone)]
 pub struct ProbeResult {
@@ -39,7 +42,9 @@ pub struct ProbeResult {
 
 fn standardise(train: &Array2<f64>, test: &Array2<f64>) -> (Array2<f64>, Array2<f64>) {
     let mu = train.mean_axis(Axis(0)).expect("non-empty");
-    let sd = train.std_axis(Axis(0), 0.0).mapv(|s| if s > 1e-12 { s } else { 1.0 });
+    let sd = train
+        .std_axis(Axis(0), 0.0)
+        .mapv(|s| if s > 1e-12 { s } else { 1.0 });
     ((train - &mu) / &sd, (test - &mu) / &sd)
 }
 
@@ -72,7 +77,7 @@ pub fn cv_probe<R: Rng>(
     let fold = stratified_folds(y, folds, rng);
     let n = y.len();
     // Folds are independent: fit them in parallel, then place the predictions by index (deterministic).
-    let per_fold: Vec<std::result::Result<Vec<(usize, usize, f64)>, String>> = (0..folds)
+    let per_fold: Vec<std::result::Result<FoldPredictions, String>> = (0..folds)
         .into_par_iter()
         .map(|f| {
             let tr: Vec<usize> = (0..n).filter(|&i| fold[i] != f).collect();
@@ -91,8 +96,13 @@ pub fn cv_probe<R: Rng>(
                 .enumerate()
                 .map(|(r, &i)| {
                     let row = proba.row(r);
-                    let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
-                    let s = classes.iter().position(|&cl| cl == 1).map_or(0.0, |p| row[p]);
+                    let best = (0..row.len())
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap_or(0);
+                    let s = classes
+                        .iter()
+                        .position(|&cl| cl == 1)
+                        .map_or(0.0, |p| row[p]);
                     (i, classes[best], s)
                 })
                 .collect())
@@ -106,13 +116,17 @@ pub fn cv_probe<R: Rng>(
             score[i] = s;
         }
     }
-    let correct: Vec<f64> = (0..n).map(|i| f64::from(u8::from(pred[i] == y[i]))).collect();
+    let correct: Vec<f64> = (0..n)
+        .map(|i| f64::from(u8::from(pred[i] == y[i])))
+        .collect();
     let all: Vec<usize> = (0..n).collect();
     let acc = correct.iter().sum::<f64>() / n as f64;
     let bal_acc = balanced_accuracy(y, &pred, &all, k);
     let pos: Vec<bool> = y.iter().map(|&c| c == 1).collect();
     let auc_v = (k == 2).then(|| auc(&score, &pos));
-    let acc_ci = bootstrap_ci(n, boots, rng, |idx| idx.iter().map(|&i| correct[i]).sum::<f64>() / idx.len() as f64);
+    let acc_ci = bootstrap_ci(n, boots, rng, |idx| {
+        idx.iter().map(|&i| correct[i]).sum::<f64>() / idx.len() as f64
+    });
     let bal_ci = bootstrap_ci(n, boots, rng, |idx| balanced_accuracy(y, &pred, idx, k));
     let auc_ci = if k == 2 {
         bootstrap_ci(n, boots, rng, |idx| {
@@ -138,14 +152,18 @@ pub fn cv_probe<R: Rng>(
 /// Checks labels for a probe; returns (folds, warning) or why it cannot run.
 pub fn probe_folds(y: &[usize], want: usize) -> std::result::Result<(usize, String), String> {
     let k = y.iter().max().map_or(0, |m| m + 1);
-    let counts: Vec<usize> = (0..k).map(|c| y.iter().filter(|&&v| v == c).count()).collect();
+    let counts: Vec<usize> = (0..k)
+        .map(|c| y.iter().filter(|&&v| v == c).count())
+        .collect();
     let present = counts.iter().filter(|&&c| c > 0).count();
     if present < 2 {
         return Err("needs at least 2 classes".into());
     }
     let min = counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0);
     if min < 2 {
-        return Err(format!("a class has {min} image(s); needs at least 2 per class"));
+        return Err(format!(
+            "a class has {min} image(s); needs at least 2 per class"
+        ));
     }
     let folds = want.min(min).max(2);
     let warn = if min < 20 {
@@ -184,7 +202,8 @@ impl Metric for DomainProbe {
         let mut acc = MetricValue::new("domain_probe_acc", r.acc, base.clone());
         acc.ci = r.acc_ci;
         acc.details = details.clone();
-        let mut auc_v = MetricValue::new("domain_probe_auc", r.auc.unwrap_or(f64::NAN), base.clone());
+        let mut auc_v =
+            MetricValue::new("domain_probe_auc", r.auc.unwrap_or(f64::NAN), base.clone());
         auc_v.ci = r.auc_ci;
         auc_v.details = details.clone();
         let err = 1.0 - r.acc;
@@ -193,7 +212,9 @@ impl Metric for DomainProbe {
             2.0 * (1.0 - 2.0 * err),
             format!("2(1-2*err) with err = 1 - domain_probe_acc; {base}"),
         );
-        pad.ci = r.acc_ci.map(|(lo, hi)| (2.0 * (2.0 * lo - 1.0), 2.0 * (2.0 * hi - 1.0)));
+        pad.ci = r
+            .acc_ci
+            .map(|(lo, hi)| (2.0 * (2.0 * lo - 1.0), 2.0 * (2.0 * hi - 1.0)));
         pad.details = details;
         Ok(vec![acc, auc_v, pad])
     }
@@ -231,7 +252,9 @@ impl Metric for TaskProbe {
         let p = ctx.params;
         let set = if self.target { t } else { s };
         let names = self.outputs();
-        let labels = set.labels.ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let labels = set
+            .labels
+            .ok_or_else(|| Error::Analysis("no labels".into()))?;
         let mut rng = ctx.rng(if self.target { 3 } else { 4 });
         let keep = subsample(labels.len(), p.probe_max_n, &mut rng);
         let x = set.x.select(Axis(0), &keep);
@@ -253,7 +276,8 @@ impl Metric for TaskProbe {
             set.classes.len(),
             p.bootstrap
         );
-        let details = serde_json::json!({"c": p.c, "folds": folds, "rows": y.len(), "classes": set.classes});
+        let details =
+            serde_json::json!({"c": p.c, "folds": folds, "rows": y.len(), "classes": set.classes});
         let mut acc = MetricValue::new(names[0], r.acc, note.clone());
         acc.ci = r.acc_ci;
         acc.details = details.clone();

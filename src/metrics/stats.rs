@@ -21,11 +21,19 @@ pub fn ci95(mut reps: Vec<f64>) -> Option<(f64, f64)> {
         return None;
     }
     reps.sort_unstable_by(|a, b| a.total_cmp(b));
-    Some((percentile_sorted(&reps, 0.025), percentile_sorted(&reps, 0.975)))
+    Some((
+        percentile_sorted(&reps, 0.025),
+        percentile_sorted(&reps, 0.975),
+    ))
 }
 
 /// Percentile bootstrap CI of a statistic of n items, resampling items with replacement.
-pub fn bootstrap_ci<R: Rng>(n: usize, b: usize, rng: &mut R, stat: impl Fn(&[usize]) -> f64) -> Option<(f64, f64)> {
+pub fn bootstrap_ci<R: Rng>(
+    n: usize,
+    b: usize,
+    rng: &mut R,
+    stat: impl Fn(&[usize]) -> f64,
+) -> Option<(f64, f64)> {
     if n == 0 || b == 0 {
         return None;
     }
@@ -63,7 +71,12 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> f64 {
     if n_pos == 0.0 || n_neg == 0.0 {
         return f64::NAN;
     }
-    let sum_pos: f64 = ranks.iter().zip(positive).filter(|(_, &p)| p).map(|(r, _)| r).sum();
+    let sum_pos: f64 = ranks
+        .iter()
+        .zip(positive)
+        .filter(|(_, &p)| p)
+        .map(|(r, _)| r)
+        .sum();
     (sum_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
 }
 
