@@ -73,8 +73,21 @@ pub fn cv_probe<R: Rng>(
     boots: usize,
     rng: &mut R,
 ) -> std::result::Result<ProbeResult, String> {
-    let k = y.iter().max().map_or(0, |m| m + 1);
     let fold = stratified_folds(y, folds, rng);
+    cv_probe_folds(x, y, &fold, c, boots, rng)
+}
+
+/// The probe on given fold ids (`fold[i]` in `0..folds`), e.g. folds made by scikit-learn.
+pub fn cv_probe_folds<R: Rng>(
+    x: &Array2<f64>,
+    y: &[usize],
+    fold: &[usize],
+    c: f64,
+    boots: usize,
+    rng: &mut R,
+) -> std::result::Result<ProbeResult, String> {
+    let k = y.iter().max().map_or(0, |m| m + 1);
+    let folds = fold.iter().max().map_or(0, |m| m + 1);
     let n = y.len();
     // Folds are independent: fit them in parallel, then place the predictions by index (deterministic).
     let per_fold: Vec<std::result::Result<FoldPredictions, String>> = (0..folds)

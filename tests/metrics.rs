@@ -1,0 +1,480 @@
+//! The metrics engine at three levels: published values, properties on seeded random data, slow reference
+//! implementations and numpy / scikit-learn cross-checks (committed goldens, see
+//! tests/fixtures/crosscheck/make_reference.py), and `domsim compare` end to end.
+
+mod common;
+
+use common::{domsim, fixture, npy};
+use domsim::metrics::cka::{
+    centre_gram, centred_rbf_gram, gram_cka, linear_cka, linear_cka_gram_reference, LinearRep,
+};
+use domsim::metrics::frechet::frechet;
+use domsim::metrics::logme::logme;
+use domsim::metrics::mmd::{mmd2_rbf, mmd2_reference};
+use domsim::metrics::probe::{cv_probe, cv_probe_folds};
+use ndarray::Array2;
+use predicates::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+fn randn(rng: &mut ChaCha8Rng, n: usize, d: usize) -> Array2<f64> {
+    // Box–Muller
+    Array2::from_shape_fn((n, d), |_| {
+        let (u, v): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    })
+}
+
+fn lin(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
+    linear_cka(&LinearRep::new(x), &LinearRep::new(y), false)
+}
+
+fn demo() -> (Array2<f64>, Array2<f64>) {
+    (
+        npy(&fixture("cka_demo/a_X.npy")),
+        npy(&fixture("cka_demo/b_Y.npy")),
+    )
+}
+
+#[test]
+fn cka_reproduces_the_published_demo_values() {
+    // google-research representation_similarity/Demo.ipynb, np.random.seed(1337)
+    let (x, y) = demo();
+    assert!(
+        (x[[0, 0]] + 0.70318731).abs() < 1e-8,
+        "fixture holds the demo draw"
+    );
+    assert!((lin(&x, &y) - 0.55761).abs() < 5e-6);
+    let deb = linear_cka(&LinearRep::new(&x), &LinearRep::new(&y), true);
+    assert!((deb - 0.51346).abs() < 5e-6, "debiased {deb}");
+    let rbf = gram_cka(&centred_rbf_gram(&x, 0.5), &centred_rbf_gram(&y, 0.5));
+    assert!((rbf - 0.65483).abs() < 5e-6, "rbf {rbf}");
+}
+
+#[test]
+fn cka_demo_values_through_compare_on_npy_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    domsim()
+        .args(["compare", "--metrics", "cov_alignment", "--source"])
+        .arg(fixture("cka_demo"))
+        .arg("--target")
+        .arg(fixture("cka_demo"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut r = csv::Reader::from_path(out.join("similarity.csv")).unwrap();
+    let mut found = 0;
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        if &rec[0] == "source" && &rec[1] == "a_X" && &rec[2] == "b_Y" {
+            let v: f64 = rec[4].parse().unwrap();
+            let want = match &rec[3] {
+                "cka_linear" => 0.55761,
+                "cka_linear_debiased" => 0.51346,
+                "cka_rbf" => 0.65483,
+                m => panic!("unexpected measure {m}"),
+            };
+            assert!((v - want).abs() < 5e-6, "{}: {v} vs {want}", &rec[3]);
+            found += 1;
+        }
+    }
+    assert_eq!(found, 3);
+}
+
+#[test]
+fn cka_properties() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let x = randn(&mut rng, 200, 12);
+    assert!((lin(&x, &x) - 1.0).abs() < 1e-12);
+    let rep = LinearRep::new(&x);
+    assert!((linear_cka(&rep, &rep, true) - 1.0).abs() < 1e-12);
+    // orthogonal transform from a QR-free construction: a Householder reflection
+    let v = randn(&mut rng, 12, 1);
+    let vv = v.t().dot(&v)[[0, 0]];
+    let q = Array2::<f64>::eye(12) - v.dot(&v.t()) * (2.0 / vv);
+    let y = randn(&mut rng, 200, 8) + x.slice(ndarray::s![.., 0..8]).to_owned();
+    let base = lin(&x, &y);
+    assert!(
+        (lin(&x.dot(&q), &y) - base).abs() < 1e-10,
+        "orthogonal invariance"
+    );
+    assert!(
+        (lin(&(&x * 3.7), &y) - base).abs() < 1e-10,
+        "isotropic scaling"
+    );
+    let a = randn(&mut rng, 12, 12) + Array2::<f64>::eye(12) * 0.1;
+    assert!(
+        (lin(&x.dot(&a), &y) - base).abs() > 1e-3,
+        "not invariant to general linear maps"
+    );
+    // symmetry, and the feature-space form equals the n x n Gram form
+    assert!((lin(&x, &y) - lin(&y, &x)).abs() < 1e-12);
+    assert!((base - linear_cka_gram_reference(&x, &y)).abs() < 1e-10);
+    let rx = centred_rbf_gram(&x, 0.5);
+    assert!((gram_cka(&rx, &rx) - 1.0).abs() < 1e-12);
+    // centring twice changes nothing
+    let c2 = centre_gram(rx.clone());
+    assert!(rx.iter().zip(c2.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+}
+
+#[test]
+fn debiased_cka_matches_the_slow_unbiased_hsic() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let x = randn(&mut rng, 40, 6);
+    let y = randn(&mut rng, 40, 5) + x.slice(ndarray::s![.., 0..5]).to_owned() * 0.5;
+    // Song et al. 2012 unbiased HSIC on Gram matrices with zeroed diagonals
+    let hsic_u = |k: &Array2<f64>, l: &Array2<f64>| {
+        let n = k.nrows() as f64;
+        let mut k = k.clone();
+        let mut l = l.clone();
+        for i in 0..k.nrows() {
+            k[[i, i]] = 0.0;
+            l[[i, i]] = 0.0;
+        }
+        let one = ndarray::Array1::<f64>::ones(k.nrows());
+        let tr: f64 = (&k * &l).sum();
+        let s1 = one.dot(&k.dot(&one)) * one.dot(&l.dot(&one)) / ((n - 1.0) * (n - 2.0));
+        let s2 = 2.0 / (n - 2.0) * one.dot(&k.dot(&l).dot(&one));
+        (tr + s1 - s2) / (n * (n - 3.0))
+    };
+    let xc = domsim::metrics::linalg::centred(&x.view());
+    let yc = domsim::metrics::linalg::centred(&y.view());
+    let (k, l) = (xc.dot(&xc.t()), yc.dot(&yc.t()));
+    let slow = hsic_u(&k, &l) / (hsic_u(&k, &k) * hsic_u(&l, &l)).sqrt();
+    let fast = linear_cka(&LinearRep::new(&x), &LinearRep::new(&y), true);
+    assert!((slow - fast).abs() < 1e-10, "{slow} vs {fast}");
+}
+
+fn crosscheck() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("crosscheck/expected.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn mmd_matches_the_slow_reference_and_numpy() {
+    let exp = crosscheck();
+    let (xs, xt) = (
+        npy(&fixture("crosscheck/xs.npy")),
+        npy(&fixture("crosscheck/xt.npy")),
+    );
+    let sigma = exp["mmd2_sigma"].as_f64().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let fast = mmd2_rbf(&xs, &xt, 10, 10, Some(sigma), &mut rng).mmd2;
+    let slow = mmd2_reference(&xs, &xt, sigma);
+    let numpy = exp["mmd2_unbiased"].as_f64().unwrap();
+    assert!(
+        (fast - slow).abs() < 1e-10,
+        "blockwise {fast} vs full {slow}"
+    );
+    assert!(
+        (fast - numpy).abs() < 1e-6,
+        "domsim {fast} vs numpy {numpy}"
+    );
+}
+
+#[test]
+fn mmd_test_is_calibrated_and_powerful() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut ps = Vec::new();
+    for _ in 0..20 {
+        let x = randn(&mut rng, 60, 5);
+        let y = randn(&mut rng, 60, 5);
+        let r = mmd2_rbf(&x, &y, 99, 0, None, &mut rng);
+        assert!(r.mmd2.abs() < 0.05, "same distribution: MMD2 {}", r.mmd2);
+        ps.push(r.p_value);
+    }
+    let mean = ps.iter().sum::<f64>() / ps.len() as f64;
+    let small = ps.iter().filter(|&&p| p <= 0.05).count();
+    assert!(
+        (0.3..=0.7).contains(&mean),
+        "p-values under H0 average {mean}"
+    );
+    assert!(small <= 4, "{small} of 20 p-values <= 0.05 under H0");
+    assert!(ps.iter().all(|&p| p >= 0.01));
+    let x = randn(&mut rng, 60, 5);
+    let y = randn(&mut rng, 60, 5) + 1.0;
+    let r = mmd2_rbf(&x, &y, 199, 50, None, &mut rng);
+    assert!(r.p_value <= 0.01, "shifted: p = {}", r.p_value);
+    assert!(
+        (r.p_value - 1.0 / 200.0).abs() < 1e-12,
+        "p never reaches 0: (1 + 0)/(1 + B)"
+    );
+    let (lo, hi) = r.ci.unwrap();
+    assert!(lo <= r.mmd2 && r.mmd2 <= hi && lo > 0.0);
+}
+
+#[test]
+fn frechet_matches_numpy_and_scipy() {
+    let exp = crosscheck();
+    let (xs, xt) = (
+        npy(&fixture("crosscheck/xs.npy")),
+        npy(&fixture("crosscheck/xt.npy")),
+    );
+    let v = frechet(&xs, &xt).unwrap();
+    assert!((v - exp["frechet"].as_f64().unwrap()).abs() < 1e-6, "{v}");
+    assert!((v - exp["frechet_scipy_sqrtm"].as_f64().unwrap()).abs() < 1e-6);
+    assert!(frechet(&xs, &xs).unwrap().abs() < 1e-8, "FD(X, X) = 0");
+    let fd_ts = frechet(&xt, &xs).unwrap();
+    assert!((v - fd_ts).abs() < 1e-8, "symmetric");
+}
+
+#[test]
+fn logme_matches_the_reference_algorithm() {
+    let exp = crosscheck();
+    let xt = npy(&fixture("crosscheck/xt.npy"));
+    let y: Vec<usize> = npy(&fixture("crosscheck/yt.npy"))
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let v = logme(&xt, &y).unwrap();
+    let want = exp["logme_target"].as_f64().unwrap();
+    assert!((v - want).abs() < 1e-6, "domsim {v} vs reference {want}");
+}
+
+#[test]
+fn probes_agree_with_sklearn_on_the_same_folds() {
+    let exp = crosscheck();
+    let xt = npy(&fixture("crosscheck/xt.npy"));
+    let y: Vec<usize> = npy(&fixture("crosscheck/yt.npy"))
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let folds: Vec<usize> = npy(&fixture("crosscheck/folds.npy"))
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let r = cv_probe_folds(&xt, &y, &folds, 1.0, 0, &mut rng).unwrap();
+    let want = exp["target_probe_acc_sklearn"].as_f64().unwrap();
+    assert!(
+        (r.acc - want).abs() <= 0.01,
+        "target probe {} vs sklearn {want}",
+        r.acc
+    );
+    let xs = npy(&fixture("crosscheck/xs.npy"));
+    let dom = ndarray::concatenate(
+        ndarray::Axis(0),
+        &[xs.slice(ndarray::s![0..250, ..]), xt.view()],
+    )
+    .unwrap();
+    let dy: Vec<usize> = (0..500).map(|i| usize::from(i >= 250)).collect();
+    let dfolds: Vec<usize> = npy(&fixture("crosscheck/dom_folds.npy"))
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let r = cv_probe_folds(&dom, &dy, &dfolds, 1.0, 0, &mut rng).unwrap();
+    let want = exp["domain_probe_acc_sklearn"].as_f64().unwrap();
+    assert!(
+        (r.acc - want).abs() <= 0.01,
+        "domain probe {} vs sklearn {want}",
+        r.acc
+    );
+}
+
+#[test]
+fn domain_probe_is_chance_on_one_distribution_and_perfect_on_separated_ones() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let same = ndarray::concatenate(
+        ndarray::Axis(0),
+        &[
+            randn(&mut rng, 300, 10).view(),
+            randn(&mut rng, 300, 10).view(),
+        ],
+    )
+    .unwrap();
+    let y: Vec<usize> = (0..600).map(|i| usize::from(i >= 300)).collect();
+    let r = cv_probe(&same, &y, 5, 1.0, 100, &mut rng).unwrap();
+    assert!(
+        (r.acc - 0.5).abs() < 0.07,
+        "identical distributions: {}",
+        r.acc
+    );
+    let far = ndarray::concatenate(
+        ndarray::Axis(0),
+        &[
+            randn(&mut rng, 300, 10).view(),
+            (randn(&mut rng, 300, 10) + 3.0).view(),
+        ],
+    )
+    .unwrap();
+    let r = cv_probe(&far, &y, 5, 1.0, 100, &mut rng).unwrap();
+    assert!(r.acc > 0.99, "separated: {}", r.acc);
+    assert!(r.auc.unwrap() > 0.99);
+}
+
+fn write_npy(path: &std::path::Path, a: &Array2<f64>) {
+    std::fs::write(path, domsim::npy::to_bytes(&a.mapv(|v| v as f32))).unwrap();
+}
+
+/// Two plain .npy folders (3 layers, labelled target) for CLI tests.
+fn npy_sets(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (s, t) = (dir.join("s"), dir.join("t"));
+    std::fs::create_dir_all(&s).unwrap();
+    std::fs::create_dir_all(&t).unwrap();
+    for (i, d) in [4usize, 8, 6].iter().enumerate() {
+        write_npy(&s.join(format!("{i}_layer.npy")), &randn(&mut rng, 80, *d));
+        write_npy(
+            &t.join(format!("{i}_layer.npy")),
+            &(randn(&mut rng, 70, *d) * (1.0 + i as f64)),
+        );
+    }
+    let mut labels = String::from("row,label\n");
+    for r in 0..70 {
+        labels.push_str(&format!("{r},{}\n", if r % 2 == 0 { "cat" } else { "dog" }));
+    }
+    std::fs::write(t.join("labels.csv"), labels).unwrap();
+    (s, t)
+}
+
+#[test]
+fn compare_is_byte_identical_across_runs_and_thread_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = npy_sets(tmp.path());
+    let run = |threads: &str, out: &str| {
+        let mut c = assert_cmd::Command::cargo_bin("domsim").unwrap();
+        c.args([
+            "--quiet",
+            "--threads",
+            threads,
+            "--seed",
+            "11",
+            "compare",
+            "--permutations",
+            "50",
+            "--bootstrap",
+            "30",
+            "--source",
+        ])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(tmp.path().join(out))
+        .assert()
+        .success();
+        (
+            std::fs::read(tmp.path().join(out).join("metrics.csv")).unwrap(),
+            std::fs::read(tmp.path().join(out).join("similarity.csv")).unwrap(),
+        )
+    };
+    let a = run("1", "r1");
+    let b = run("2", "r2");
+    let c = run("1", "r3");
+    assert_eq!(a, b, "thread count changes nothing");
+    assert_eq!(a, c, "same seed, same bytes");
+    let text = String::from_utf8(a.0).unwrap();
+    assert!(text.starts_with(
+        "depth,layer,metric,value,ci_low,ci_high,p_value,n_source,n_target,dim,note\n"
+    ));
+    for m in [
+        "mmd2_rbf",
+        "frechet",
+        "cov_alignment",
+        "domain_probe_acc",
+        "domain_probe_auc",
+        "proxy_a_distance",
+        "target_probe_acc",
+        "target_probe_bal_acc",
+        "logme_target",
+        "cka_label_target",
+    ] {
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.split(',').nth(2) == Some(m))
+                .count(),
+            3,
+            "{m} at every layer"
+        );
+    }
+    assert!(!text.contains("NaN"));
+    assert!(
+        !text.contains("source_probe"),
+        "source has no labels: skipped, not an error"
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("r1/compare.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["params"]["seed"], 11);
+    assert!(json["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().contains("source_probe skipped")));
+    assert!(
+        json["layers"][0]["values"][0]["details"]["sigma"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let d = run_with_seed(&s, &t, tmp.path(), "12");
+    assert_ne!(
+        std::fs::read(tmp.path().join("r1/metrics.csv")).unwrap(),
+        d,
+        "another seed, other draws"
+    );
+}
+
+fn run_with_seed(
+    s: &std::path::Path,
+    t: &std::path::Path,
+    tmp: &std::path::Path,
+    seed: &str,
+) -> Vec<u8> {
+    let out = tmp.join(format!("seed{seed}"));
+    let mut c = assert_cmd::Command::cargo_bin("domsim").unwrap();
+    c.args([
+        "--quiet",
+        "--threads",
+        "1",
+        "--seed",
+        seed,
+        "compare",
+        "--permutations",
+        "50",
+        "--bootstrap",
+        "30",
+        "--source",
+    ])
+    .arg(s)
+    .arg("--target")
+    .arg(t)
+    .arg("--out")
+    .arg(&out)
+    .assert()
+    .success();
+    std::fs::read(out.join("metrics.csv")).unwrap()
+}
+
+#[test]
+fn compare_input_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = npy_sets(tmp.path());
+    domsim()
+        .args(["compare", "--metrics", "mmd3", "--source"])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("unknown metric 'mmd3'")
+                .and(predicate::str::contains("mmd2_rbf")),
+        );
+    std::fs::rename(t.join("2_layer.npy"), t.join("2_other.npy")).unwrap();
+    domsim()
+        .args(["compare", "--source"])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(tmp.path().join("o"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("only in source: [2_layer]"));
+}
