@@ -34,5 +34,6 @@ pub mod npy;
 pub mod output;
 pub mod pool;
 pub mod preprocess;
+pub mod verdict;
 
 pub use error::{Error, Result};
