@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
+use crate::analyze::{self, AnalyzeConfig};
 use crate::compare::{self, CompareConfig};
 use crate::extract::{self, ExtractConfig};
 use crate::metrics::Params;
@@ -53,6 +54,70 @@ pub enum Command {
         after_help = "Example:\n  domsim compare --source emb/animals --target emb/xray --out report/\n  domsim compare --source a --target b --out r --metrics mmd2_rbf,frechet --permutations 500 --seed 7"
     )]
     Compare(CompareArgs),
+    /// The whole question in one command: extract both folders, compare, decide, chart and report.
+    #[command(
+        after_help = "Example:\n  domsim analyze --source ../shared/datasets/animals --target ../shared/datasets/chest_xray --out out/animals_vs_xray\n  domsim analyze --model resnet50.onnx --norm imagenet --source imgs/a --target imgs/b --out report --json"
+    )]
+    Analyze(AnalyzeArgs),
+    /// Re-render charts, verdict, HTML and summary from an existing compare/analyze folder (no recomputation).
+    #[command(after_help = "Example:\n  domsim report out/animals_vs_xray")]
+    Report(ReportArgs),
+}
+
+/// `domsim analyze`.
+#[derive(Debug, ClapArgs)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Source image folder (what the model was trained on, or like it).
+    #[arg(long, value_name = "DIR")]
+    pub source: PathBuf,
+    /// Target image folder (your images; one sub-folder per class enables the task probe).
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+    /// Report folder to write (embeddings are cached under it).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub prep: PrepArgs,
+    #[command(flatten)]
+    pub metric: MetricArgs,
+    /// Print summary.json to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Overwrite a non-empty output folder that domsim did not make.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `domsim report`.
+#[derive(Debug, ClapArgs)]
+pub struct ReportArgs {
+    /// A folder written by `domsim analyze` or `domsim compare`.
+    pub dir: PathBuf,
+    /// Print summary.json to stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Preprocessing and pooling options shared by `extract` and `analyze`.
+#[derive(Debug, ClapArgs)]
+pub struct PrepArgs {
+    /// Pooling of spatial/token axes.
+    #[arg(long, value_enum, default_value = "avg")]
+    pub pool: PoolArg,
+    /// Normalisation preset: imagenet, pm1 (x/127.5-1), unit (x/255), raw (0-255). Default: the model's own.
+    #[arg(long, value_enum, conflicts_with_all = ["mean", "std"])]
+    pub norm: Option<NormArg>,
+    /// Per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std).
+    #[arg(long, value_delimiter = ',', num_args = 3, requires = "std")]
+    pub mean: Vec<f32>,
+    /// Per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean).
+    #[arg(long, value_delimiter = ',', num_args = 3, requires = "mean")]
+    pub std: Vec<f32>,
+    /// Images per inference call.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
 }
 
 /// Estimator settings shared by `compare` and `analyze`.
@@ -183,21 +248,8 @@ pub struct ExtractArgs {
     /// Embedding folder to write.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Pooling of spatial/token axes.
-    #[arg(long, value_enum, default_value = "avg")]
-    pub pool: PoolArg,
-    /// Normalisation preset: imagenet, pm1 (x/127.5-1), unit (x/255), raw (0-255). Default: the model's own.
-    #[arg(long, value_enum, conflicts_with_all = ["mean", "std"])]
-    pub norm: Option<NormArg>,
-    /// Per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std).
-    #[arg(long, value_delimiter = ',', num_args = 3, requires = "std")]
-    pub mean: Vec<f32>,
-    /// Per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean).
-    #[arg(long, value_delimiter = ',', num_args = 3, requires = "mean")]
-    pub std: Vec<f32>,
-    /// Images per inference call.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub prep: PrepArgs,
     /// Overwrite a non-empty output folder that domsim did not make.
     #[arg(long)]
     pub force: bool,
@@ -225,6 +277,44 @@ pub enum NormArg {
     Unit,
     /// 0-255.
     Raw,
+}
+
+impl PrepArgs {
+    /// Fills the preprocessing, pooling and model settings of an extraction config.
+    fn apply(&self, model: &ModelArgs, cfg: &mut ExtractConfig) -> Result<()> {
+        cfg.norm = match (self.norm, self.mean.is_empty()) {
+            (Some(n), _) => Normalization::preset(match n {
+                NormArg::Imagenet => "imagenet",
+                NormArg::Pm1 => "pm1",
+                NormArg::Unit => "unit",
+                NormArg::Raw => "raw",
+            }),
+            (None, false) => {
+                if self.std.iter().any(|s| *s <= 0.0) {
+                    bail!(crate::Error::Input("--std values must be positive".into()));
+                }
+                Some(Normalization {
+                    preset: "custom".into(),
+                    mean: [self.mean[0], self.mean[1], self.mean[2]],
+                    std: [self.std[0], self.std[1], self.std[2]],
+                })
+            }
+            (None, true) => None,
+        };
+        if self.batch == 0 {
+            bail!(crate::Error::Input("--batch must be at least 1".into()));
+        }
+        cfg.batch_size = self.batch;
+        cfg.pool = match self.pool {
+            PoolArg::Avg => Pool::Avg,
+            PoolArg::Max => Pool::Max,
+            PoolArg::Avgmax => Pool::AvgMax,
+        };
+        cfg.selection = model.selection();
+        cfg.size = model.size;
+        cfg.layout = model.layout();
+        Ok(())
+    }
 }
 
 impl ModelArgs {
@@ -292,40 +382,9 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Extract(a) => {
-            let norm = match (a.norm, a.mean.is_empty()) {
-                (Some(n), _) => Normalization::preset(match n {
-                    NormArg::Imagenet => "imagenet",
-                    NormArg::Pm1 => "pm1",
-                    NormArg::Unit => "unit",
-                    NormArg::Raw => "raw",
-                }),
-                (None, false) => {
-                    if a.std.iter().any(|s| *s <= 0.0) {
-                        bail!(crate::Error::Input("--std values must be positive".into()));
-                    }
-                    Some(Normalization {
-                        preset: "custom".into(),
-                        mean: [a.mean[0], a.mean[1], a.mean[2]],
-                        std: [a.std[0], a.std[1], a.std[2]],
-                    })
-                }
-                (None, true) => None,
-            };
-            if a.batch == 0 {
-                bail!(crate::Error::Input("--batch must be at least 1".into()));
-            }
             let mut cfg = ExtractConfig::new(a.model.path(), a.images, a.out);
-            cfg.selection = a.model.selection();
-            cfg.norm = norm;
-            cfg.pool = match a.pool {
-                PoolArg::Avg => Pool::Avg,
-                PoolArg::Max => Pool::Max,
-                PoolArg::Avgmax => Pool::AvgMax,
-            };
-            cfg.batch_size = a.batch;
+            a.prep.apply(&a.model, &mut cfg)?;
             cfg.threads = threads;
-            cfg.size = a.model.size;
-            cfg.layout = a.model.layout();
             cfg.force = a.force;
             cfg.progress = !args.quiet;
             cfg.ort_lib = ort_lib;
@@ -369,5 +428,52 @@ pub fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
+        Command::Analyze(a) => {
+            let mut ecfg = ExtractConfig::new(a.model.path(), a.source.clone(), a.out.clone());
+            a.prep.apply(&a.model, &mut ecfg)?;
+            ecfg.threads = threads;
+            ecfg.progress = !args.quiet && !a.json;
+            ecfg.ort_lib = ort_lib;
+            let ccfg = CompareConfig {
+                source: PathBuf::new(),
+                target: PathBuf::new(),
+                out: a.out.clone(),
+                metrics: (!a.metric.metrics.is_empty()).then(|| a.metric.metrics.clone()),
+                params: a.metric.params(args.seed)?,
+                similarity: !a.metric.no_similarity,
+                progress: !args.quiet && !a.json,
+                force: a.force,
+            };
+            let cfg = AnalyzeConfig {
+                source: a.source,
+                target: a.target,
+                out: a.out.clone(),
+                extract: ecfg,
+                compare: ccfg,
+                scatter_max_n: 1000,
+            };
+            let o = analyze::analyze(&cfg)?;
+            for (k, name) in ["source", "target"].iter().enumerate() {
+                if o.reused[k] && !args.quiet && !a.json {
+                    eprintln!("domsim: reused cached {name} embeddings (fingerprint matched)");
+                }
+            }
+            print_summary(&o.report, &a.out, a.json, args.quiet)
+        }
+        Command::Report(a) => {
+            let r = analyze::rerender(&a.dir)?;
+            print_summary(&r, &a.dir, a.json, args.quiet)
+        }
     }
+}
+
+fn print_summary(r: &crate::report::RunReport, dir: &std::path::Path, json: bool, quiet: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &crate::report::summary::summary_json(r))?;
+        writeln!(out)?;
+    } else if !quiet {
+        write!(out, "{}", crate::report::summary::text(r, dir))?;
+    }
+    Ok(())
 }

@@ -46,7 +46,7 @@ pub struct CompareConfig {
 }
 
 /// All metric values at one layer.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LayerResult {
     /// Depth index.
     pub depth: usize,
@@ -63,7 +63,7 @@ pub struct LayerResult {
 }
 
 /// One within-set similarity value.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SimilarityValue {
     /// `source` or `target`.
     pub set: String,
@@ -91,7 +91,7 @@ pub struct SetSummary {
 }
 
 /// Everything `compare` computed (`compare.json`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CompareReport {
     /// domsim version.
     pub domsim_version: String,
@@ -144,8 +144,8 @@ fn label_indices(labels: &Option<Vec<String>>) -> (Option<Vec<usize>>, Vec<Strin
 pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
     let src = EmbeddingSet::open(&cfg.source)?;
     let tgt = EmbeddingSet::open(&cfg.target)?;
-    let report = compute(&src, &tgt, cfg)?;
     output::prepare_dir(&cfg.out, cfg.force)?;
+    let report = compute(&src, &tgt, cfg)?;
     write_report(&report, &cfg.out)?;
     Ok(report)
 }
@@ -457,4 +457,16 @@ pub fn write_report(r: &CompareReport, out: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(r)
         .map_err(|e| Error::Analysis(format!("cannot encode compare.json: {e}")))?;
     write_atomic(&out.join("compare.json"), &json)
+}
+
+/// Reads a `compare.json` written by [`write_report`].
+pub fn read_report(dir: &Path) -> Result<CompareReport> {
+    let p = dir.join("compare.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        Error::Input(format!(
+            "cannot read '{}': {e}; run `domsim compare` or `domsim analyze` into this folder first",
+            p.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Input(format!("'{}' is not a domsim compare.json: {e}", p.display())))
 }

@@ -96,6 +96,10 @@ pub struct Manifest {
     pub batch_size: usize,
     /// Layers in depth order.
     pub layers: Vec<LayerEntry>,
+    /// Fingerprint of the request (model, settings, file list with sizes and times), used by `analyze` to
+    /// reuse embeddings.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// File name for layer `index` of `count`: `<NN>_<safe-name>.npy`. Everything outside `[A-Za-z0-9._-]`

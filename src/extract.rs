@@ -51,6 +51,8 @@ pub struct ExtractConfig {
     pub ort_lib: Option<PathBuf>,
     /// Decoder memory limit per image, bytes.
     pub max_alloc: u64,
+    /// Fingerprint recorded in the manifest (set by `analyze`).
+    pub fingerprint: Option<String>,
 }
 
 impl ExtractConfig {
@@ -71,6 +73,7 @@ impl ExtractConfig {
             progress: false,
             ort_lib: None,
             max_alloc: 512 << 20,
+            fingerprint: None,
         }
     }
 }
@@ -96,10 +99,15 @@ pub struct ExtractSummary {
 /// Runs `extract` end to end with the ONNX Runtime backend.
 pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
     let set = ImageSet::scan(&cfg.images)?;
+    let model = OnnxModel::load(&cfg.model, cfg.threads, cfg.ort_lib.as_deref(), cfg.size, cfg.layout)?;
+    extract_with(&model, &set, cfg)
+}
+
+/// `extract` with a model already loaded and a folder already scanned.
+pub fn extract_with(model: &OnnxModel, set: &ImageSet, cfg: &ExtractConfig) -> Result<ExtractSummary> {
     let ort_lib = cfg.ort_lib.as_deref();
-    let model = OnnxModel::load(&cfg.model, cfg.threads, ort_lib, cfg.size, cfg.layout)?;
     let layers = model.select(&cfg.selection)?;
-    let norm = resolve_norm(cfg.norm.clone(), &model);
+    let norm = resolve_norm(cfg.norm.clone(), model);
     let mut emb = model.embedder(layers, ort_lib)?;
     let info = ModelInfo {
         file: cfg
@@ -111,7 +119,7 @@ pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
         bundled_default: model.is_default(),
     };
     output::prepare_dir(&cfg.out, cfg.force)?;
-    run(&mut emb, &set, norm, info, cfg)
+    run(&mut emb, set, norm, info, cfg)
 }
 
 /// The normalisation used when the user gives none: the bundled model's own (`pm1`), else ImageNet mean/std.
@@ -315,6 +323,7 @@ pub fn run<E: Embedder>(
         threads: cfg.threads,
         batch_size: run_batch,
         layers: embeddings::entries(&layers, &run_info),
+        fingerprint: cfg.fingerprint.clone(),
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     write_atomic(&out.join("manifest.json"), &json)?;

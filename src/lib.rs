@@ -22,6 +22,7 @@
 //! # Ok::<(), domsim::Error>(())
 //! ```
 
+pub mod analyze;
 pub mod cli;
 pub mod compare;
 pub mod dataset;
@@ -34,6 +35,7 @@ pub mod npy;
 pub mod output;
 pub mod pool;
 pub mod preprocess;
+pub mod report;
 pub mod verdict;
 
 pub use error::{Error, Result};

@@ -16,8 +16,10 @@
 //! - without labels: L is the deepest layer of the initial run of *close* layers; when the very first layer is
 //!   not close there is no safe cut.
 //!
-//! **Poor match**: when the earliest layer is already `domain-specific`-far (`dom ≥ 0.95`, `p ≤ 0.01`), the
-//! verdict says so plainly: consider a domain-specific model or training from scratch.
+//! **Poor match**: when the earliest layer is already far (`dom ≥ 0.95`, `p ≤ 0.01`), the verdict says so
+//! plainly. Without target labels, or when the best target probe stays below 0.75 balanced accuracy, it
+//! advises a domain-specific model or training from scratch; otherwise it says the features help despite
+//! the gap.
 //!
 //! Ties in the probe values are broken towards the deeper layer; missing metrics never count as evidence.
 
@@ -30,6 +32,8 @@ pub const CLOSE_DOMAIN_ACC: f64 = 0.75;
 pub const FAR_DOMAIN_ACC: f64 = 0.95;
 /// Significance level of the MMD² test.
 pub const ALPHA: f64 = 0.01;
+/// Best target-probe balanced accuracy from which frozen features count as useful despite a domain gap.
+pub const USEFUL_TASK: f64 = 0.75;
 /// Tie margin for the task probe when no CI is available.
 pub const TIE_MARGIN: f64 = 0.02;
 
@@ -229,13 +233,22 @@ pub fn decide(ev: &[Evidence], warnings: Vec<String>) -> Verdict {
         })
     };
 
+    let best_task = best.and_then(|(bi, _)| ev[bi].task);
     let poor_match = ev.first().filter(|e| is_far(e)).map(|e| {
-        format!(
-            "even the earliest layer ({}) separates source and target (domain probe {}, MMD2 p={}): the pretrained features do not match these images. Consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers.",
+        let gap = format!(
+            "Even the earliest layer ({}) separates source and target (domain probe {}, MMD2 p={}): to this model the target images look unlike its training images at every depth.",
             e.layer,
             fmt(e.domain_acc),
             fmt_p(e.mmd_p)
-        )
+        );
+        match best_task {
+            Some(t) if t >= USEFUL_TASK => format!(
+                "{gap} Yet frozen features still separate the target classes (best balanced accuracy {t:.3}), so transfer helps despite the gap; a domain-specific pretrained model may still do better."
+            ),
+            _ => format!(
+                "{gap} The model is a poor match: consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers."
+            ),
+        }
     });
     let n = |l: Label| layers.iter().filter(|v| v.label == l).count();
     let summary = format!(
@@ -245,6 +258,10 @@ pub fn decide(ev: &[Evidence], warnings: Vec<String>) -> Verdict {
         n(Label::Partial),
         n(Label::DomainSpecific),
         match &cut {
+            Some(c) if c.depth + 1 == ev.len() => format!(
+                "Recommended cut: freeze every measured layer up to depth {} ({}) and train only what comes after it (a new head). ",
+                c.depth, c.layer
+            ),
             Some(c) => format!("Recommended cut: freeze layers up to depth {} ({}) and re-train from depth {} on. ", c.depth, c.layer, c.depth + 1),
             None => "No safe cut: no layer is close to the source and the target has no labels to judge usefulness. ".into(),
         },
@@ -380,7 +397,8 @@ mod tests {
         let cut = v.cut.unwrap();
         assert_eq!(cut.depth, 3);
         assert!(cut.evidence.contains("peaks at depth 2"));
-        assert!(v.poor_match.unwrap().contains("earliest layer"));
+        let pm = v.poor_match.unwrap();
+        assert!(pm.contains("earliest layer") && pm.contains("transfer helps despite the gap"), "{pm}");
     }
 
     #[test]
@@ -389,7 +407,7 @@ mod tests {
         let v = decide(&evs, vec![]);
         assert!(v.cut.is_none());
         assert!(v.summary.contains("No safe cut"));
-        assert!(v.poor_match.is_some());
+        assert!(v.poor_match.unwrap().contains("poor match"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct SetData<'a> {
 }
 
 /// Parameters shared by every metric; all of them are written to `compare.json`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     /// Master seed.
     pub seed: u64,
@@ -94,7 +94,7 @@ impl Ctx<'_> {
 }
 
 /// One output value of a metric at one layer (one row of `metrics.csv`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricValue {
     /// Output name (`mmd2_rbf`, `domain_probe_acc`, ...).
     pub metric: String,

@@ -1,0 +1,107 @@
+//! `report.html`: one self-contained page (PNGs embedded as data URIs, inline CSS, no script, no external
+//! URL) with the verdict, the per-layer table and the charts. It opens offline.
+
+use super::RunReport;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Standard base64 (RFC 4648) with padding.
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.3}"))
+}
+
+/// The page.
+pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
+    let v = &r.verdict;
+    let mut h = String::new();
+    h.push_str("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>domsim report</title><style>");
+    h.push_str("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l{text-align:left}.transfers{background:#e6f4e6}.partial{background:#fff6dc}.domain-specific{background:#fbe3e3}img{max-width:100%;border:1px solid #eee;margin:1em 0}.warn{color:#8a4b00}code{background:#f4f4f4}");
+    h.push_str("</style></head><body>");
+    h.push_str("<h1>domsim: will these layers transfer?</h1>");
+    let c = &r.compare;
+    h.push_str(&format!(
+        "<p>Source: <code>{}</code> ({} images). Target: <code>{}</code> ({} images{}).</p>",
+        esc(&c.source.dir),
+        c.source.n,
+        esc(&c.target.dir),
+        c.target.n,
+        if c.target.classes.is_empty() { String::new() } else { format!(", classes: {}", esc(&c.target.classes.join(", "))) }
+    ));
+    h.push_str(&format!("<h2>Verdict</h2><p><b>{}</b></p>", esc(&v.summary)));
+    if let Some(cut) = &v.cut {
+        h.push_str(&format!("<p>Evidence for the cut: {}</p>", esc(&cut.evidence)));
+    }
+    if !v.warnings.is_empty() {
+        h.push_str("<ul>");
+        for w in &v.warnings {
+            h.push_str(&format!("<li class=\"warn\">{}</li>", esc(w)));
+        }
+        h.push_str("</ul>");
+    }
+    h.push_str("<h2>Per layer</h2><table><tr><th>depth</th><th>layer</th><th>dim</th><th>MMD²</th><th>p</th><th>domain probe</th><th>cov. align.</th><th>target probe (bal.)</th><th>LogME</th><th>label</th><th>reason</th></tr>");
+    for (l, lv) in c.layers.iter().zip(&v.layers) {
+        let get = |m: &str| l.values.iter().find(|x| x.metric == m);
+        h.push_str(&format!(
+            "<tr class=\"{}\"><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+            lv.label.as_str(),
+            l.depth,
+            esc(&l.layer),
+            l.dim,
+            cell(get("mmd2_rbf").and_then(|x| x.value)),
+            get("mmd2_rbf").and_then(|x| x.p_value).map_or("–".into(), |p| format!("{p:.3}")),
+            cell(get("domain_probe_acc").and_then(|x| x.value)),
+            cell(get("cov_alignment").and_then(|x| x.value)),
+            cell(get("target_probe_bal_acc").and_then(|x| x.value)),
+            cell(get("logme_target").and_then(|x| x.value)),
+            lv.label.as_str(),
+            esc(&lv.reason)
+        ));
+    }
+    h.push_str("</table>");
+    h.push_str("<h2>Charts</h2>");
+    for (name, bytes) in pngs {
+        h.push_str(&format!(
+            "<h3>{}</h3><img alt=\"{}\" src=\"data:image/png;base64,{}\">",
+            esc(name),
+            esc(name),
+            base64(bytes)
+        ));
+    }
+    h.push_str(&format!(
+        "<h2>How these numbers were made</h2><p>Seed {}, {} permutations, {} bootstrap resamples, {}-fold probes with C = {}. Estimators are stated per value in <code>metrics.csv</code>; all parameters are in <code>compare.json</code>. Rule: {}</p>",
+        c.params.seed, c.params.permutations, c.params.bootstrap, c.params.folds, c.params.c, esc(&v.rule)
+    ));
+    h.push_str("</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_rfc4648_vectors() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+    }
+}

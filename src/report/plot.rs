@@ -1,0 +1,362 @@
+//! PNG charts (plotters, bitmap backend, the bundled DejaVu Sans font): metrics by depth, layer × layer CKA
+//! heatmaps with a colour bar, and 2-D PCA scatters of the embeddings.
+
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontTransform;
+
+use super::PcaPoint;
+use crate::compare::CompareReport;
+use crate::error::{Error, Result};
+use crate::verdict::Verdict;
+
+static FONT: Once = Once::new();
+const FONT_BYTES: &[u8] = include_bytes!("../../data/fonts/DejaVuSans.ttf");
+
+fn font() {
+    FONT.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT_BYTES);
+    });
+}
+
+fn perr<E: std::fmt::Display>(e: E) -> Error {
+    Error::Analysis(format!("cannot draw chart: {e}"))
+}
+
+/// A short, legible layer name: `/_blocks.4/Add_output_0` → `_blocks.4/Add`.
+pub fn short_name(name: &str) -> String {
+    let s = name.trim_start_matches('/').trim_end_matches("_output_0");
+    if s.chars().count() > 40 {
+        let tail: String = s.chars().rev().take(39).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Renders with `draw` into a `w` × `h` RGB buffer and encodes it as PNG.
+fn png(w: u32, h: u32, draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> Result<Vec<u8>> {
+    font();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        draw(&root)?;
+        root.present().map_err(perr)?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| perr("buffer size"))?;
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(perr)?;
+    Ok(out)
+}
+
+struct Series {
+    label: String,
+    color: RGBColor,
+    points: Vec<(f64, f64, Option<(f64, f64)>, bool)>,
+}
+
+fn series(r: &CompareReport, metric: &str, label: &str, color: RGBColor) -> Option<Series> {
+    let points: Vec<_> = r
+        .layers
+        .iter()
+        .filter_map(|l| {
+            let v = l.values.iter().find(|v| v.metric == metric)?;
+            Some((l.depth as f64, v.value?, v.ci, v.p_value.is_none_or(|p| p <= 0.01)))
+        })
+        .collect();
+    (!points.is_empty()).then(|| Series {
+        label: label.into(),
+        color,
+        points,
+    })
+}
+
+const BLUE_: RGBColor = RGBColor(31, 119, 180);
+const ORANGE_: RGBColor = RGBColor(230, 120, 20);
+const GREEN_: RGBColor = RGBColor(44, 160, 44);
+const PURPLE_: RGBColor = RGBColor(148, 103, 189);
+
+#[allow(clippy::too_many_arguments)]
+fn panel(
+    area: &DrawingArea<BitMapBackend, Shift>,
+    title: &str,
+    y_desc: &str,
+    names: &[String],
+    list: &[Series],
+    y: (f64, f64),
+    hline: Option<(f64, &str)>,
+    cut: Option<usize>,
+    legend: SeriesLabelPosition,
+) -> Result<()> {
+    let l = names.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .margin_right(30)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..(l as f64 - 0.5), y.0..y.1)
+        .map_err(perr)?;
+    let fmt_x = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() > 1e-6 || i < 0.0 || i as usize >= l {
+            return String::new();
+        }
+        format!("{}", i as usize)
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_labels(l)
+        .x_label_formatter(&fmt_x)
+        .y_desc(y_desc)
+        .x_desc("depth (names below)")
+        .axis_desc_style(("sans-serif", 16))
+        .label_style(("sans-serif", 14))
+        .light_line_style(WHITE.mix(0.0));
+    mesh.draw().map_err(perr)?;
+    if let Some((v, label)) = hline {
+        chart
+            .draw_series(DashedLineSeries::new(vec![(-0.5, v), (l as f64 - 0.5, v)], 6, 6, BLACK.mix(0.4).stroke_width(1)))
+            .map_err(perr)?
+            .label(label.to_string())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    }
+    if let Some(c) = cut {
+        let xc = c as f64 + 0.5;
+        chart
+            .draw_series(DashedLineSeries::new(vec![(xc, y.0), (xc, y.1)], 8, 5, RED.stroke_width(2)))
+            .map_err(perr)?
+            .label(format!("recommended cut (after depth {c})"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    }
+    for s in list {
+        let band: Vec<(f64, f64, f64)> = s.points.iter().filter_map(|p| p.2.map(|(lo, hi)| (p.0, lo, hi))).collect();
+        if band.len() >= 2 {
+            let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.1.clamp(y.0, y.1))).collect();
+            poly.extend(band.iter().rev().map(|b| (b.0, b.2.clamp(y.0, y.1))));
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly, s.color.mix(0.18).filled())))
+                .map_err(perr)?;
+        }
+        let c = s.color;
+        chart
+            .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))
+            .map_err(perr)?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(s.points.iter().map(|p| {
+                let style = if p.3 { c.filled() } else { WHITE.filled() };
+                Circle::new((p.0, p.1), 4, style)
+            }))
+            .map_err(perr)?;
+        chart
+            .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.stroke_width(1))))
+            .map_err(perr)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(perr)?;
+    Ok(())
+}
+
+/// `metrics_by_depth.png`: distance, domain probe and target usefulness against depth, CI bands, cut marked.
+pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
+    let names: Vec<String> = r.layers.iter().map(|l| short_name(&l.layer)).collect();
+    let cut = v.cut.as_ref().map(|c| c.depth);
+    let rows = names.len().div_ceil(3) as u32;
+    let legend_h = 40 + 22 * rows;
+    png(1400, 1350 + legend_h, |root| {
+        let (plots, key) = root.split_vertically(1350);
+        let areas = plots.split_evenly((3, 1));
+        key.draw(&Text::new("Layers by depth:", (20, 10), ("sans-serif", 16).into_font()))
+            .map_err(perr)?;
+        for (i, n) in names.iter().enumerate() {
+            let (col, row) = (i as u32 / rows, i as u32 % rows);
+            key.draw(&Text::new(
+                format!("{i:>2}  {n}"),
+                (20 + 460 * col as i32, 36 + 22 * row as i32),
+                ("sans-serif", 15).into_font(),
+            ))
+            .map_err(perr)?;
+        }
+        let mmd: Vec<Series> = series(r, "mmd2_rbf", "MMD² (RBF, unbiased; filled = p ≤ 0.01)", BLUE_).into_iter().collect();
+        let top = mmd
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
+            .fold(0.0f64, f64::max)
+            .max(1e-6)
+            * 1.1;
+        panel(&areas[0], "Distribution distance, source vs target", "MMD² (median-heuristic σ per layer)", &names, &mmd, (0.0, top), None, cut, SeriesLabelPosition::UpperRight)?;
+        let dom: Vec<Series> = series(r, "domain_probe_acc", "domain probe accuracy (5-fold CV, 95% CI)", ORANGE_).into_iter().collect();
+        panel(&areas[1], "Can a linear probe tell source from target?", "accuracy", &names, &dom, (0.4, 1.02), Some((0.5, "chance (0.5)")), cut, SeriesLabelPosition::LowerRight)?;
+        let mut task: Vec<Series> = Vec::new();
+        task.extend(series(r, "target_probe_bal_acc", "target task probe, balanced accuracy (95% CI)", GREEN_));
+        task.extend(series(r, "source_probe_bal_acc", "source task probe, balanced accuracy", PURPLE_));
+        if task.is_empty() {
+            let cov: Vec<Series> = series(r, "cov_alignment", "covariance alignment (1 = same feature covariance)", GREEN_).into_iter().collect();
+            panel(&areas[2], "Target usefulness (no target labels: covariance alignment shown)", "cosine", &names, &cov, (0.0, 1.02), None, cut, SeriesLabelPosition::LowerRight)
+        } else {
+            let k = r.target.classes.len().max(2) as f64;
+            panel(&areas[2], "Is the layer useful for the target task?", "balanced accuracy", &names, &task, (0.0, 1.02), Some((1.0 / k, "chance")), cut, SeriesLabelPosition::LowerRight)
+        }
+    })
+}
+
+fn viridis(t: f64) -> RGBColor {
+    const A: [(f64, f64, f64); 5] = [(68., 1., 84.), (59., 82., 139.), (33., 145., 140.), (94., 201., 98.), (253., 231., 37.)];
+    let t = t.clamp(0.0, 1.0) * 4.0;
+    let i = (t.floor() as usize).min(3);
+    let f = t - i as f64;
+    let (a, b) = (A[i], A[i + 1]);
+    RGBColor(
+        (a.0 + (b.0 - a.0) * f) as u8,
+        (a.1 + (b.1 - a.1) * f) as u8,
+        (a.2 + (b.2 - a.2) * f) as u8,
+    )
+}
+
+fn diverging(t: f64) -> RGBColor {
+    // −1 blue, 0 white, +1 red
+    let t = t.clamp(-1.0, 1.0);
+    let (r, g, b) = if t < 0.0 {
+        let f = -t;
+        (255.0 - 196.0 * f, 255.0 - 150.0 * f, 255.0 - 75.0 * f)
+    } else {
+        (255.0 - 50.0 * t, 255.0 - 200.0 * t, 255.0 - 200.0 * t)
+    };
+    RGBColor(r as u8, g as u8, b as u8)
+}
+
+/// A layer × layer heatmap with a colour bar. `range` is the colour scale.
+pub fn heatmap(title: &str, names: &[String], m: &[Vec<f64>], range: (f64, f64), diverge: bool) -> Result<Vec<u8>> {
+    let l = names.len();
+    let color = |v: f64| {
+        if diverge {
+            diverging(v / range.1.abs().max(1e-12))
+        } else {
+            viridis((v - range.0) / (range.1 - range.0).max(1e-12))
+        }
+    };
+    png(1100, 1000, |root| {
+        let (main, bar) = root.split_horizontally(960);
+        let mut chart = ChartBuilder::on(&main)
+            .caption(title, ("sans-serif", 22))
+            .margin(10)
+            .x_label_area_size(200)
+            .y_label_area_size(220)
+            .build_cartesian_2d(0f64..l as f64, 0f64..l as f64)
+            .map_err(perr)?;
+        let fmt = |x: &f64| {
+            let i = (x - 0.5).round();
+            if (x - 0.5 - i).abs() > 1e-6 || i < 0.0 || i as usize >= l {
+                String::new()
+            } else {
+                format!("{} {}", i as usize, names[i as usize])
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(2 * l + 1)
+            .y_labels(2 * l + 1)
+            .x_label_formatter(&fmt)
+            .y_label_formatter(&fmt)
+            .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
+            .y_label_style(("sans-serif", 13))
+            .draw()
+            .map_err(perr)?;
+        chart
+            .draw_series((0..l).flat_map(|a| {
+                (0..l).map(move |b| (a, b))
+            }).map(|(a, b)| {
+                Rectangle::new([(a as f64, b as f64), (a as f64 + 1.0, b as f64 + 1.0)], color(m[a][b]).filled())
+            }))
+            .map_err(perr)?;
+        let mut cb = ChartBuilder::on(&bar)
+            .margin_top(50)
+            .margin_bottom(210)
+            .margin_right(10)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..1f64, range.0..range.1)
+            .map_err(perr)?;
+        cb.configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(6)
+            .y_label_style(("sans-serif", 13))
+            .draw()
+            .map_err(perr)?;
+        let steps = 100;
+        cb.draw_series((0..steps).map(|i| {
+            let lo = range.0 + (range.1 - range.0) * i as f64 / steps as f64;
+            let hi = range.0 + (range.1 - range.0) * (i + 1) as f64 / steps as f64;
+            Rectangle::new([(0.0, lo), (1.0, hi)], color((lo + hi) / 2.0).filled())
+        }))
+        .map_err(perr)?;
+        Ok(())
+    })
+}
+
+/// A 2-D PCA scatter of one layer, coloured by set and label.
+pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
+    let mut groups: Vec<(String, String)> = pts.iter().map(|p| (p.set.clone(), p.label.clone())).collect();
+    groups.sort();
+    groups.dedup();
+    let palette = [BLUE_, ORANGE_, GREEN_, PURPLE_, RGBColor(214, 39, 40), RGBColor(140, 86, 75), RGBColor(127, 127, 127), RGBColor(23, 190, 207)];
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in pts {
+        x0 = x0.min(p.pc1);
+        x1 = x1.max(p.pc1);
+        y0 = y0.min(p.pc2);
+        y1 = y1.max(p.pc2);
+    }
+    let pad = |a: f64, b: f64| ((b - a).abs() * 0.05).max(1e-6);
+    let (px, py) = (pad(x0, x1), pad(y0, y1));
+    png(1000, 850, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+            .map_err(perr)?;
+        chart
+            .configure_mesh()
+            .x_desc("PC 1")
+            .y_desc("PC 2")
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 16))
+            .draw()
+            .map_err(perr)?;
+        for (gi, (set, label)) in groups.iter().enumerate() {
+            let c = palette[gi % palette.len()];
+            let name = if label.is_empty() { set.clone() } else { format!("{set}: {label}") };
+            chart
+                .draw_series(
+                    pts.iter()
+                        .filter(|p| &p.set == set && &p.label == label)
+                        .map(|p| Circle::new((p.pc1, p.pc2), 3, c.mix(0.6).filled())),
+                )
+                .map_err(perr)?
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(perr)?;
+        Ok(())
+    })
+}

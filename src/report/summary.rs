@@ -1,0 +1,68 @@
+//! The terminal summary (a compact table, colour only on a terminal) and `summary.json`.
+
+use std::io::IsTerminal;
+
+use super::RunReport;
+use crate::verdict::Label;
+
+/// `summary.json`: paths, parameters, the verdict, versions.
+pub fn summary_json(r: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "domsim_version": env!("CARGO_PKG_VERSION"),
+        "source": {"dir": r.compare.source.dir, "n": r.compare.source.n, "classes": r.compare.source.classes,
+                   "model": r.compare.source.manifest.as_ref().map(|m| &m.model)},
+        "target": {"dir": r.compare.target.dir, "n": r.compare.target.n, "classes": r.compare.target.classes},
+        "params": r.compare.params,
+        "verdict": {"summary": r.verdict.summary, "cut": r.verdict.cut, "poor_match": r.verdict.poor_match,
+                    "warnings": r.verdict.warnings,
+                    "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
+        "files": ["metrics.csv", "similarity.csv", "compare.json", "verdict.json", "summary.json", "embedding_pca.csv",
+                  "metrics_by_depth.png", "cka_source.png", "cka_target.png", "cka_difference.png", "report.html"],
+        "run": r.extra,
+    })
+}
+
+fn paint(s: &str, label: Label, color: bool) -> String {
+    if !color {
+        return s.to_string();
+    }
+    let code = match label {
+        Label::Transfers => "32",
+        Label::Partial => "33",
+        Label::DomainSpecific => "31",
+    };
+    format!("\x1b[{code}m{s}\x1b[0m")
+}
+
+/// The human summary.
+pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:>5}  {:<30} {:>8} {:>7} {:>7} {:>7} {:>7}  {}\n",
+        "depth", "layer", "MMD2", "p", "domain", "task", "LogME", "label"
+    ));
+    for (l, v) in r.compare.layers.iter().zip(&r.verdict.layers) {
+        let get = |m: &str| l.values.iter().find(|x| x.metric == m);
+        let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
+        s.push_str(&format!(
+            "{:>5}  {:<30} {:>8} {:>7} {:>7} {:>7} {:>7}  {}\n",
+            l.depth,
+            super::plot::short_name(&l.layer),
+            f(get("mmd2_rbf").and_then(|x| x.value)),
+            f(get("mmd2_rbf").and_then(|x| x.p_value)),
+            f(get("domain_probe_acc").and_then(|x| x.value)),
+            f(get("target_probe_bal_acc").and_then(|x| x.value)),
+            f(get("logme_target").and_then(|x| x.value)),
+            paint(v.label.as_str(), v.label, color)
+        ));
+    }
+    s.push('\n');
+    s.push_str(&r.verdict.summary);
+    s.push('\n');
+    for w in &r.verdict.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s.push_str(&format!("report: {}\n", out_dir.join("report.html").display()));
+    s
+}
