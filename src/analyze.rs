@@ -86,7 +86,10 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     let mut reused = [false; 2];
     let mut dirs = Vec::new();
     let mut run_info = serde_json::Map::new();
-    for (k, (name, images)) in [("source", &cfg.source), ("target", &cfg.target)].into_iter().enumerate() {
+    for (k, (name, images)) in [("source", &cfg.source), ("target", &cfg.target)]
+        .into_iter()
+        .enumerate()
+    {
         let set = ImageSet::scan(images)?;
         let dir = cfg.out.join("embeddings").join(name);
         let fp = fingerprint(&model_sha, &set, &cfg.extract)?;
@@ -95,7 +98,13 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         } else {
             if model.is_none() {
                 let e = &cfg.extract;
-                model = Some(OnnxModel::load(&e.model, e.threads, e.ort_lib.as_deref(), e.size, e.layout)?);
+                model = Some(OnnxModel::load(
+                    &e.model,
+                    e.threads,
+                    e.ort_lib.as_deref(),
+                    e.size,
+                    e.layout,
+                )?);
             }
             let mut ecfg = cfg.extract.clone();
             ecfg.images = images.clone();
@@ -149,7 +158,10 @@ pub fn rerender(dir: &Path) -> Result<RunReport> {
         compare: cmp,
         verdict,
         pca,
-        extra: prev.get("run").cloned().unwrap_or_else(|| serde_json::json!({"report_dir": dir.display().to_string()})),
+        extra: prev
+            .get("run")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"report_dir": dir.display().to_string()})),
     };
     report::write_all(&rr, dir)?;
     Ok(rr)

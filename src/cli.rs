@@ -467,7 +467,12 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-fn print_summary(r: &crate::report::RunReport, dir: &std::path::Path, json: bool, quiet: bool) -> Result<()> {
+fn print_summary(
+    r: &crate::report::RunReport,
+    dir: &std::path::Path,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &crate::report::summary::summary_json(r))?;

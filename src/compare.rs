@@ -468,5 +468,10 @@ pub fn read_report(dir: &Path) -> Result<CompareReport> {
             p.display()
         ))
     })?;
-    serde_json::from_str(&text).map_err(|e| Error::Input(format!("'{}' is not a domsim compare.json: {e}", p.display())))
+    serde_json::from_str(&text).map_err(|e| {
+        Error::Input(format!(
+            "'{}' is not a domsim compare.json: {e}",
+            p.display()
+        ))
+    })
 }

@@ -99,12 +99,22 @@ pub struct ExtractSummary {
 /// Runs `extract` end to end with the ONNX Runtime backend.
 pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
     let set = ImageSet::scan(&cfg.images)?;
-    let model = OnnxModel::load(&cfg.model, cfg.threads, cfg.ort_lib.as_deref(), cfg.size, cfg.layout)?;
+    let model = OnnxModel::load(
+        &cfg.model,
+        cfg.threads,
+        cfg.ort_lib.as_deref(),
+        cfg.size,
+        cfg.layout,
+    )?;
     extract_with(&model, &set, cfg)
 }
 
 /// `extract` with a model already loaded and a folder already scanned.
-pub fn extract_with(model: &OnnxModel, set: &ImageSet, cfg: &ExtractConfig) -> Result<ExtractSummary> {
+pub fn extract_with(
+    model: &OnnxModel,
+    set: &ImageSet,
+    cfg: &ExtractConfig,
+) -> Result<ExtractSummary> {
     let ort_lib = cfg.ort_lib.as_deref();
     let layers = model.select(&cfg.selection)?;
     let norm = resolve_norm(cfg.norm.clone(), model);

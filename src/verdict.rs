@@ -129,7 +129,13 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 fn fmt_p(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |x| if x < 0.001 { format!("{x:.1e}") } else { format!("{x:.3}") })
+    v.map_or("n/a".into(), |x| {
+        if x < 0.001 {
+            format!("{x:.1e}")
+        } else {
+            format!("{x:.3}")
+        }
+    })
 }
 
 fn is_close(e: &Evidence) -> bool {
@@ -150,7 +156,9 @@ fn task_best(ev: &[Evidence]) -> Option<(usize, f64)> {
             Some((_, b)) if b > t => acc,
             _ => Some((i, t)),
         })?;
-    let thr = ev[bi].task_ci.map_or(best - TIE_MARGIN, |(lo, _)| lo.min(best));
+    let thr = ev[bi]
+        .task_ci
+        .map_or(best - TIE_MARGIN, |(lo, _)| lo.min(best));
     Some((bi, thr))
 }
 
@@ -179,12 +187,29 @@ pub fn decide(ev: &[Evidence], warnings: Vec<String>) -> Verdict {
                 fmt_p(e.mmd_p)
             );
             if e.task.is_some() {
-                why.push_str(&format!("; target probe {}{}", fmt(e.task), if use_ { " (tied with the best layer)" } else { "" }));
+                why.push_str(&format!(
+                    "; target probe {}{}",
+                    fmt(e.task),
+                    if use_ {
+                        " (tied with the best layer)"
+                    } else {
+                        ""
+                    }
+                ));
             }
             let reason = match label {
                 Label::Transfers if close => format!("close to the source: {why}"),
-                Label::Transfers => format!("useful for the target task despite the domain gap: {why}"),
-                Label::DomainSpecific => format!("separates the domains{}: {why}", if e.task.is_some() { " and is below the best target probe" } else { "" }),
+                Label::Transfers => {
+                    format!("useful for the target task despite the domain gap: {why}")
+                }
+                Label::DomainSpecific => format!(
+                    "separates the domains{}: {why}",
+                    if e.task.is_some() {
+                        " and is below the best target probe"
+                    } else {
+                        ""
+                    }
+                ),
                 Label::Partial => format!("moderate gap: {why}"),
             };
             LayerVerdict {
@@ -197,12 +222,20 @@ pub fn decide(ev: &[Evidence], warnings: Vec<String>) -> Verdict {
         .collect();
 
     let cut = if let Some((bi, thr)) = best {
-        let deepest = ev.iter().rposition(|e| e.task.is_some_and(|t| t >= thr)).unwrap_or(bi);
-        let logme_peak = ev
+        let deepest = ev
             .iter()
-            .filter(|e| e.logme.is_some())
-            .max_by(|a, b| a.logme.unwrap_or(f64::MIN).total_cmp(&b.logme.unwrap_or(f64::MIN)));
-        let tied: Vec<usize> = ev.iter().filter(|e| e.task.is_some_and(|t| t >= thr)).map(|e| e.depth).collect();
+            .rposition(|e| e.task.is_some_and(|t| t >= thr))
+            .unwrap_or(bi);
+        let logme_peak = ev.iter().filter(|e| e.logme.is_some()).max_by(|a, b| {
+            a.logme
+                .unwrap_or(f64::MIN)
+                .total_cmp(&b.logme.unwrap_or(f64::MIN))
+        });
+        let tied: Vec<usize> = ev
+            .iter()
+            .filter(|e| e.task.is_some_and(|t| t >= thr))
+            .map(|e| e.depth)
+            .collect();
         Some(Cut {
             depth: ev[deepest].depth,
             layer: ev[deepest].layer.clone(),
@@ -320,11 +353,18 @@ pub fn input_warnings(source: Option<&Manifest>, target: Option<&Manifest>) -> V
             ));
         }
         if m.n_skipped > 0 {
-            w.push(format!("{name}: {} files were skipped (see skipped.csv)", m.n_skipped));
+            w.push(format!(
+                "{name}: {} files were skipped (see skipped.csv)",
+                m.n_skipped
+            ));
         }
     }
     if let (Some(s), Some(t)) = (source, target) {
-        let area = |m: &Manifest| (m.preprocessing.median_native_size[0] as f64 * m.preprocessing.median_native_size[1] as f64).sqrt();
+        let area = |m: &Manifest| {
+            (m.preprocessing.median_native_size[0] as f64
+                * m.preprocessing.median_native_size[1] as f64)
+                .sqrt()
+        };
         let (a, b) = (area(s), area(t));
         if a > 0.0 && b > 0.0 && (a / b).max(b / a) > 2.0 {
             w.push(format!(
@@ -362,13 +402,17 @@ mod tests {
         // (domain acc, p) → expected label
         let cases = [
             (0.55, 0.5, Label::Transfers),
-            (0.90, 0.5, Label::Transfers),       // not significant: close
-            (0.70, 0.001, Label::Transfers),     // probe near chance: close
-            (0.85, 0.005, Label::Partial),       // moderate gap
+            (0.90, 0.5, Label::Transfers),   // not significant: close
+            (0.70, 0.001, Label::Transfers), // probe near chance: close
+            (0.85, 0.005, Label::Partial),   // moderate gap
             (0.99, 0.005, Label::DomainSpecific), // far
-            (0.96, 0.02, Label::Transfers),      // p > 0.01 wins: close
+            (0.96, 0.02, Label::Transfers),  // p > 0.01 wins: close
         ];
-        let evs: Vec<Evidence> = cases.iter().enumerate().map(|(i, c)| ev(i, c.0, c.1, None)).collect();
+        let evs: Vec<Evidence> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ev(i, c.0, c.1, None))
+            .collect();
         let v = decide(&evs, vec![]);
         for (lv, c) in v.layers.iter().zip(cases.iter()) {
             assert_eq!(lv.label, c.2, "{lv:?}");
@@ -392,13 +436,22 @@ mod tests {
         let labels: Vec<Label> = v.layers.iter().map(|l| l.label).collect();
         assert_eq!(
             labels,
-            [Label::DomainSpecific, Label::Transfers, Label::Transfers, Label::Transfers, Label::DomainSpecific]
+            [
+                Label::DomainSpecific,
+                Label::Transfers,
+                Label::Transfers,
+                Label::Transfers,
+                Label::DomainSpecific
+            ]
         );
         let cut = v.cut.unwrap();
         assert_eq!(cut.depth, 3);
         assert!(cut.evidence.contains("peaks at depth 2"));
         let pm = v.poor_match.unwrap();
-        assert!(pm.contains("earliest layer") && pm.contains("transfer helps despite the gap"), "{pm}");
+        assert!(
+            pm.contains("earliest layer") && pm.contains("transfer helps despite the gap"),
+            "{pm}"
+        );
     }
 
     #[test]
@@ -412,7 +465,10 @@ mod tests {
 
     #[test]
     fn ties_without_intervals_use_the_margin_and_prefer_depth() {
-        let mut evs = vec![ev(0, 0.6, 0.5, Some((0.80, 0.0, 0.0))), ev(1, 0.6, 0.5, Some((0.79, 0.0, 0.0)))];
+        let mut evs = vec![
+            ev(0, 0.6, 0.5, Some((0.80, 0.0, 0.0))),
+            ev(1, 0.6, 0.5, Some((0.79, 0.0, 0.0))),
+        ];
         for e in &mut evs {
             e.task_ci = None;
         }
@@ -421,7 +477,11 @@ mod tests {
 
     #[test]
     fn missing_metrics_are_not_evidence() {
-        let e = Evidence { depth: 0, layer: "x".into(), ..Default::default() };
+        let e = Evidence {
+            depth: 0,
+            layer: "x".into(),
+            ..Default::default()
+        };
         let v = decide(&[e], vec![]);
         assert_eq!(v.layers[0].label, Label::Partial);
         assert!(v.layers[0].reason.contains("n/a"));

@@ -4,7 +4,10 @@
 use super::RunReport;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Standard base64 (RFC 4648) with padding.
@@ -44,11 +47,21 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         c.source.n,
         esc(&c.target.dir),
         c.target.n,
-        if c.target.classes.is_empty() { String::new() } else { format!(", classes: {}", esc(&c.target.classes.join(", "))) }
+        if c.target.classes.is_empty() {
+            String::new()
+        } else {
+            format!(", classes: {}", esc(&c.target.classes.join(", ")))
+        }
     ));
-    h.push_str(&format!("<h2>Verdict</h2><p><b>{}</b></p>", esc(&v.summary)));
+    h.push_str(&format!(
+        "<h2>Verdict</h2><p><b>{}</b></p>",
+        esc(&v.summary)
+    ));
     if let Some(cut) = &v.cut {
-        h.push_str(&format!("<p>Evidence for the cut: {}</p>", esc(&cut.evidence)));
+        h.push_str(&format!(
+            "<p>Evidence for the cut: {}</p>",
+            esc(&cut.evidence)
+        ));
     }
     if !v.warnings.is_empty() {
         h.push_str("<ul>");

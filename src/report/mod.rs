@@ -62,18 +62,31 @@ pub fn scatter_depths(n_layers: usize) -> Vec<usize> {
 
 /// Projects both sets at the given layers on the pooled sample's first two principal components
 /// (at most `max_per_set` seeded rows per set).
-pub fn pca_points(src: &EmbeddingSet, tgt: &EmbeddingSet, depths: &[usize], max_per_set: usize, seed: u64) -> Result<Vec<PcaPoint>> {
-    let params = crate::metrics::Params { seed, ..Default::default() };
+pub fn pca_points(
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    depths: &[usize],
+    max_per_set: usize,
+    seed: u64,
+) -> Result<Vec<PcaPoint>> {
+    let params = crate::metrics::Params {
+        seed,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     for &d in depths {
-        let ctx = Ctx { params: &params, depth: d };
+        let ctx = Ctx {
+            params: &params,
+            depth: d,
+        };
         let mut rng = ctx.rng(21);
         let xs = src.read_layer(d)?;
         let xt = tgt.read_layer(d)?;
         let is = subsample(xs.nrows(), max_per_set, &mut rng);
         let it = subsample(xt.nrows(), max_per_set, &mut rng);
         let (xs, xt) = (xs.select(Axis(0), &is), xt.select(Axis(0), &it));
-        let pooled = ndarray::concatenate(Axis(0), &[xs.view(), xt.view()]).map_err(|e| Error::Analysis(e.to_string()))?;
+        let pooled = ndarray::concatenate(Axis(0), &[xs.view(), xt.view()])
+            .map_err(|e| Error::Analysis(e.to_string()))?;
         let cov = covariance(&pooled.view());
         let (_, vecs) = sym_eigh(&cov).map_err(Error::Analysis)?;
         let k = vecs.ncols();
@@ -88,7 +101,10 @@ pub fn pca_points(src: &EmbeddingSet, tgt: &EmbeddingSet, depths: &[usize], max_
             let (set, label) = if r < is.len() {
                 ("source", src.labels.as_ref().map(|l| l[is[r]].clone()))
             } else {
-                ("target", tgt.labels.as_ref().map(|l| l[it[r - is.len()]].clone()))
+                (
+                    "target",
+                    tgt.labels.as_ref().map(|l| l[it[r - is.len()]].clone()),
+                )
             };
             out.push(PcaPoint {
                 layer: name.clone(),
@@ -106,7 +122,15 @@ pub fn pca_points(src: &EmbeddingSet, tgt: &EmbeddingSet, depths: &[usize], max_
 pub fn pca_csv(pts: &[PcaPoint]) -> Vec<u8> {
     csv_bytes(
         &["layer", "set", "label", "pc1", "pc2"],
-        pts.iter().map(|p| vec![p.layer.clone(), p.set.clone(), p.label.clone(), format!("{}", p.pc1), format!("{}", p.pc2)]),
+        pts.iter().map(|p| {
+            vec![
+                p.layer.clone(),
+                p.set.clone(),
+                p.label.clone(),
+                format!("{}", p.pc1),
+                format!("{}", p.pc2),
+            ]
+        }),
     )
 }
 
@@ -115,7 +139,8 @@ pub fn read_pca(path: &Path) -> Result<Vec<PcaPoint>> {
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let mut r = csv::Reader::from_path(path).map_err(|e| Error::Input(format!("cannot read '{}': {e}", path.display())))?;
+    let mut r = csv::Reader::from_path(path)
+        .map_err(|e| Error::Input(format!("cannot read '{}': {e}", path.display())))?;
     r.deserialize()
         .map(|x| x.map_err(|e| Error::Input(format!("'{}': {e}", path.display()))))
         .collect()
@@ -125,13 +150,17 @@ pub fn read_pca(path: &Path) -> Result<Vec<PcaPoint>> {
 pub fn verdict_for(c: &CompareReport) -> Verdict {
     let warnings = verdict::input_warnings(c.source.manifest.as_ref(), c.target.manifest.as_ref());
     let mut v = verdict::decide(&verdict::evidence(c), warnings);
-    v.warnings.extend(c.notes.iter().filter(|n| n.contains("WARNING")).cloned());
+    v.warnings
+        .extend(c.notes.iter().filter(|n| n.contains("WARNING")).cloned());
     v
 }
 
 /// File name of the scatter for a layer.
 pub fn scatter_file(depth: usize, layer: &str) -> String {
-    format!("embedding_{}.png", crate::embeddings::layer_file_name(depth, 100, layer).trim_end_matches(".npy"))
+    format!(
+        "embedding_{}.png",
+        crate::embeddings::layer_file_name(depth, 100, layer).trim_end_matches(".npy")
+    )
 }
 
 struct Fn_<F: Fn(&RunReport) -> Result<Vec<u8>>>(String, F);
@@ -148,8 +177,15 @@ impl<F: Fn(&RunReport) -> Result<Vec<u8>>> Exporter for Fn_<F> {
 fn sim_matrix(c: &CompareReport, set: &str, measure: &str, names: &[String]) -> Vec<Vec<f64>> {
     let l = names.len();
     let mut m = vec![vec![0.0; l]; l];
-    for s in c.similarity.iter().filter(|s| s.set == set && s.measure == measure) {
-        if let (Some(a), Some(b)) = (names.iter().position(|n| *n == s.layer_a), names.iter().position(|n| *n == s.layer_b)) {
+    for s in c
+        .similarity
+        .iter()
+        .filter(|s| s.set == set && s.measure == measure)
+    {
+        if let (Some(a), Some(b)) = (
+            names.iter().position(|n| *n == s.layer_a),
+            names.iter().position(|n| *n == s.layer_b),
+        ) {
             m[a][b] = s.value;
         }
     }
@@ -163,7 +199,9 @@ pub fn exporters(r: &RunReport) -> Vec<Box<dyn Exporter>> {
         Box::new(Fn_("verdict.json".into(), |r: &RunReport| {
             serde_json::to_vec_pretty(&r.verdict).map_err(|e| Error::Analysis(e.to_string()))
         })),
-        Box::new(Fn_("metrics_by_depth.png".into(), |r: &RunReport| plot::metrics_by_depth(&r.compare, &r.verdict))),
+        Box::new(Fn_("metrics_by_depth.png".into(), |r: &RunReport| {
+            plot::metrics_by_depth(&r.compare, &r.verdict)
+        })),
     ];
     if !r.compare.similarity.is_empty() {
         for (file, set) in [("cka_source.png", "source"), ("cka_target.png", "target")] {
@@ -171,33 +209,65 @@ pub fn exporters(r: &RunReport) -> Vec<Box<dyn Exporter>> {
                 let names: Vec<String> = r.compare.layers.iter().map(|l| l.layer.clone()).collect();
                 let short: Vec<String> = names.iter().map(|n| plot::short_name(n)).collect();
                 let m = sim_matrix(&r.compare, set, "cka_linear", &names);
-                plot::heatmap(&format!("Linear CKA between layers, {set} images (1 = same representation)"), &short, &m, (0.0, 1.0), false)
+                plot::heatmap(
+                    &format!("Linear CKA between layers, {set} images (1 = same representation)"),
+                    &short,
+                    &m,
+                    (0.0, 1.0),
+                    false,
+                )
             })));
         }
-        v.push(Box::new(Fn_("cka_difference.png".into(), |r: &RunReport| {
-            let names: Vec<String> = r.compare.layers.iter().map(|l| l.layer.clone()).collect();
-            let short: Vec<String> = names.iter().map(|n| plot::short_name(n)).collect();
-            let s = sim_matrix(&r.compare, "source", "cka_linear", &names);
-            let t = sim_matrix(&r.compare, "target", "cka_linear", &names);
-            let d: Vec<Vec<f64>> = s.iter().zip(&t).map(|(a, b)| a.iter().zip(b).map(|(x, y)| y - x).collect()).collect();
-            let top = d.iter().flatten().fold(0.0f64, |a, v| a.max(v.abs())).max(0.05);
-            plot::heatmap("Linear CKA difference, target − source (red: more alike on target)", &short, &d, (-top, top), true)
-        })));
+        v.push(Box::new(Fn_(
+            "cka_difference.png".into(),
+            |r: &RunReport| {
+                let names: Vec<String> = r.compare.layers.iter().map(|l| l.layer.clone()).collect();
+                let short: Vec<String> = names.iter().map(|n| plot::short_name(n)).collect();
+                let s = sim_matrix(&r.compare, "source", "cka_linear", &names);
+                let t = sim_matrix(&r.compare, "target", "cka_linear", &names);
+                let d: Vec<Vec<f64>> = s
+                    .iter()
+                    .zip(&t)
+                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| y - x).collect())
+                    .collect();
+                let top = d
+                    .iter()
+                    .flatten()
+                    .fold(0.0f64, |a, v| a.max(v.abs()))
+                    .max(0.05);
+                plot::heatmap(
+                    "Linear CKA difference, target − source (red: more alike on target)",
+                    &short,
+                    &d,
+                    (-top, top),
+                    true,
+                )
+            },
+        )));
     }
     let depths = scatter_depths(r.compare.layers.len());
     for d in depths {
-        let Some(layer) = r.compare.layers.get(d).map(|l| l.layer.clone()) else { continue };
+        let Some(layer) = r.compare.layers.get(d).map(|l| l.layer.clone()) else {
+            continue;
+        };
         if !r.pca.iter().any(|p| p.layer == layer) {
             continue;
         }
         let file = scatter_file(d, &layer);
         v.push(Box::new(Fn_(file, move |r: &RunReport| {
             let pts: Vec<&PcaPoint> = r.pca.iter().filter(|p| p.layer == layer).collect();
-            plot::scatter(&format!("Depth {d}: {} — PCA of source and target embeddings", plot::short_name(&layer)), &pts)
+            plot::scatter(
+                &format!(
+                    "Depth {d}: {} — PCA of source and target embeddings",
+                    plot::short_name(&layer)
+                ),
+                &pts,
+            )
         })));
     }
     v.push(Box::new(Fn_("summary.json".into(), |r: &RunReport| {
-        serde_json::to_vec_pretty(&summary::summary_json(r)).map_err(|e| Error::Analysis(e.to_string()))
+        serde_json::to_vec_pretty(&summary::summary_json(r))
+            .map_err(|e| Error::Analysis(e.to_string()))
     })));
     v
 }

@@ -5,7 +5,6 @@ use std::sync::Once;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::FontTransform;
 
 use super::PcaPoint;
 use crate::compare::CompareReport;
@@ -29,7 +28,14 @@ fn perr<E: std::fmt::Display>(e: E) -> Error {
 pub fn short_name(name: &str) -> String {
     let s = name.trim_start_matches('/').trim_end_matches("_output_0");
     if s.chars().count() > 40 {
-        let tail: String = s.chars().rev().take(39).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(39)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     } else {
         s.to_string()
@@ -37,7 +43,11 @@ pub fn short_name(name: &str) -> String {
 }
 
 /// Renders with `draw` into a `w` × `h` RGB buffer and encodes it as PNG.
-fn png(w: u32, h: u32, draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>) -> Result<Vec<u8>> {
+fn png(
+    w: u32,
+    h: u32,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<Vec<u8>> {
     font();
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
@@ -65,7 +75,12 @@ fn series(r: &CompareReport, metric: &str, label: &str, color: RGBColor) -> Opti
         .iter()
         .filter_map(|l| {
             let v = l.values.iter().find(|v| v.metric == metric)?;
-            Some((l.depth as f64, v.value?, v.ci, v.p_value.is_none_or(|p| p <= 0.01)))
+            Some((
+                l.depth as f64,
+                v.value?,
+                v.ci,
+                v.p_value.is_none_or(|p| p <= 0.01),
+            ))
         })
         .collect();
     (!points.is_empty()).then(|| Series {
@@ -119,7 +134,12 @@ fn panel(
     mesh.draw().map_err(perr)?;
     if let Some((v, label)) = hline {
         chart
-            .draw_series(DashedLineSeries::new(vec![(-0.5, v), (l as f64 - 0.5, v)], 6, 6, BLACK.mix(0.4).stroke_width(1)))
+            .draw_series(DashedLineSeries::new(
+                vec![(-0.5, v), (l as f64 - 0.5, v)],
+                6,
+                6,
+                BLACK.mix(0.4).stroke_width(1),
+            ))
             .map_err(perr)?
             .label(label.to_string())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
@@ -127,23 +147,39 @@ fn panel(
     if let Some(c) = cut {
         let xc = c as f64 + 0.5;
         chart
-            .draw_series(DashedLineSeries::new(vec![(xc, y.0), (xc, y.1)], 8, 5, RED.stroke_width(2)))
+            .draw_series(DashedLineSeries::new(
+                vec![(xc, y.0), (xc, y.1)],
+                8,
+                5,
+                RED.stroke_width(2),
+            ))
             .map_err(perr)?
             .label(format!("recommended cut (after depth {c})"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     }
     for s in list {
-        let band: Vec<(f64, f64, f64)> = s.points.iter().filter_map(|p| p.2.map(|(lo, hi)| (p.0, lo, hi))).collect();
+        let band: Vec<(f64, f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| p.2.map(|(lo, hi)| (p.0, lo, hi)))
+            .collect();
         if band.len() >= 2 {
-            let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.1.clamp(y.0, y.1))).collect();
+            let mut poly: Vec<(f64, f64)> =
+                band.iter().map(|b| (b.0, b.1.clamp(y.0, y.1))).collect();
             poly.extend(band.iter().rev().map(|b| (b.0, b.2.clamp(y.0, y.1))));
             chart
-                .draw_series(std::iter::once(Polygon::new(poly, s.color.mix(0.18).filled())))
+                .draw_series(std::iter::once(Polygon::new(
+                    poly,
+                    s.color.mix(0.18).filled(),
+                )))
                 .map_err(perr)?;
         }
         let c = s.color;
         chart
-            .draw_series(LineSeries::new(s.points.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                s.points.iter().map(|p| (p.0, p.1)),
+                c.stroke_width(2),
+            ))
             .map_err(perr)?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
@@ -154,7 +190,11 @@ fn panel(
             }))
             .map_err(perr)?;
         chart
-            .draw_series(s.points.iter().map(|p| Circle::new((p.0, p.1), 4, c.stroke_width(1))))
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|p| Circle::new((p.0, p.1), 4, c.stroke_width(1))),
+            )
             .map_err(perr)?;
     }
     chart
@@ -177,8 +217,12 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
     png(1400, 1350 + legend_h, |root| {
         let (plots, key) = root.split_vertically(1350);
         let areas = plots.split_evenly((3, 1));
-        key.draw(&Text::new("Layers by depth:", (20, 10), ("sans-serif", 16).into_font()))
-            .map_err(perr)?;
+        key.draw(&Text::new(
+            "Layers by depth:",
+            (20, 10),
+            ("sans-serif", 16).into_font(),
+        ))
+        .map_err(perr)?;
         for (i, n) in names.iter().enumerate() {
             let (col, row) = (i as u32 / rows, i as u32 % rows);
             key.draw(&Text::new(
@@ -188,31 +232,108 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             ))
             .map_err(perr)?;
         }
-        let mmd: Vec<Series> = series(r, "mmd2_rbf", "MMD² (RBF, unbiased; filled = p ≤ 0.01)", BLUE_).into_iter().collect();
+        let mmd: Vec<Series> = series(
+            r,
+            "mmd2_rbf",
+            "MMD² (RBF, unbiased; filled = p ≤ 0.01)",
+            BLUE_,
+        )
+        .into_iter()
+        .collect();
         let top = mmd
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
             .fold(0.0f64, f64::max)
             .max(1e-6)
             * 1.1;
-        panel(&areas[0], "Distribution distance, source vs target", "MMD² (median-heuristic σ per layer)", &names, &mmd, (0.0, top), None, cut, SeriesLabelPosition::UpperRight)?;
-        let dom: Vec<Series> = series(r, "domain_probe_acc", "domain probe accuracy (5-fold CV, 95% CI)", ORANGE_).into_iter().collect();
-        panel(&areas[1], "Can a linear probe tell source from target?", "accuracy", &names, &dom, (0.4, 1.02), Some((0.5, "chance (0.5)")), cut, SeriesLabelPosition::LowerRight)?;
+        panel(
+            &areas[0],
+            "Distribution distance, source vs target",
+            "MMD² (median-heuristic σ per layer)",
+            &names,
+            &mmd,
+            (0.0, top),
+            None,
+            cut,
+            SeriesLabelPosition::UpperRight,
+        )?;
+        let dom: Vec<Series> = series(
+            r,
+            "domain_probe_acc",
+            "domain probe accuracy (5-fold CV, 95% CI)",
+            ORANGE_,
+        )
+        .into_iter()
+        .collect();
+        panel(
+            &areas[1],
+            "Can a linear probe tell source from target?",
+            "accuracy",
+            &names,
+            &dom,
+            (0.4, 1.02),
+            Some((0.5, "chance (0.5)")),
+            cut,
+            SeriesLabelPosition::LowerRight,
+        )?;
         let mut task: Vec<Series> = Vec::new();
-        task.extend(series(r, "target_probe_bal_acc", "target task probe, balanced accuracy (95% CI)", GREEN_));
-        task.extend(series(r, "source_probe_bal_acc", "source task probe, balanced accuracy", PURPLE_));
+        task.extend(series(
+            r,
+            "target_probe_bal_acc",
+            "target task probe, balanced accuracy (95% CI)",
+            GREEN_,
+        ));
+        task.extend(series(
+            r,
+            "source_probe_bal_acc",
+            "source task probe, balanced accuracy",
+            PURPLE_,
+        ));
         if task.is_empty() {
-            let cov: Vec<Series> = series(r, "cov_alignment", "covariance alignment (1 = same feature covariance)", GREEN_).into_iter().collect();
-            panel(&areas[2], "Target usefulness (no target labels: covariance alignment shown)", "cosine", &names, &cov, (0.0, 1.02), None, cut, SeriesLabelPosition::LowerRight)
+            let cov: Vec<Series> = series(
+                r,
+                "cov_alignment",
+                "covariance alignment (1 = same feature covariance)",
+                GREEN_,
+            )
+            .into_iter()
+            .collect();
+            panel(
+                &areas[2],
+                "Target usefulness (no target labels: covariance alignment shown)",
+                "cosine",
+                &names,
+                &cov,
+                (0.0, 1.02),
+                None,
+                cut,
+                SeriesLabelPosition::LowerRight,
+            )
         } else {
             let k = r.target.classes.len().max(2) as f64;
-            panel(&areas[2], "Is the layer useful for the target task?", "balanced accuracy", &names, &task, (0.0, 1.02), Some((1.0 / k, "chance")), cut, SeriesLabelPosition::LowerRight)
+            panel(
+                &areas[2],
+                "Is the layer useful for the target task?",
+                "balanced accuracy",
+                &names,
+                &task,
+                (0.0, 1.02),
+                Some((1.0 / k, "chance")),
+                cut,
+                SeriesLabelPosition::LowerRight,
+            )
         }
     })
 }
 
 fn viridis(t: f64) -> RGBColor {
-    const A: [(f64, f64, f64); 5] = [(68., 1., 84.), (59., 82., 139.), (33., 145., 140.), (94., 201., 98.), (253., 231., 37.)];
+    const A: [(f64, f64, f64); 5] = [
+        (68., 1., 84.),
+        (59., 82., 139.),
+        (33., 145., 140.),
+        (94., 201., 98.),
+        (253., 231., 37.),
+    ];
     let t = t.clamp(0.0, 1.0) * 4.0;
     let i = (t.floor() as usize).min(3);
     let f = t - i as f64;
@@ -237,7 +358,13 @@ fn diverging(t: f64) -> RGBColor {
 }
 
 /// A layer × layer heatmap with a colour bar. `range` is the colour scale.
-pub fn heatmap(title: &str, names: &[String], m: &[Vec<f64>], range: (f64, f64), diverge: bool) -> Result<Vec<u8>> {
+pub fn heatmap(
+    title: &str,
+    names: &[String],
+    m: &[Vec<f64>],
+    range: (f64, f64),
+    diverge: bool,
+) -> Result<Vec<u8>> {
     let l = names.len();
     let color = |v: f64| {
         if diverge {
@@ -246,44 +373,48 @@ pub fn heatmap(title: &str, names: &[String], m: &[Vec<f64>], range: (f64, f64),
             viridis((v - range.0) / (range.1 - range.0).max(1e-12))
         }
     };
-    png(1100, 1000, |root| {
-        let (main, bar) = root.split_horizontally(960);
+    png(1150, 900, |root| {
+        let (main, bar) = root.split_horizontally(1010);
         let mut chart = ChartBuilder::on(&main)
             .caption(title, ("sans-serif", 22))
             .margin(10)
-            .x_label_area_size(200)
-            .y_label_area_size(220)
+            .x_label_area_size(50)
+            .y_label_area_size(300)
             .build_cartesian_2d(0f64..l as f64, 0f64..l as f64)
             .map_err(perr)?;
-        let fmt = |x: &f64| {
+        let cell = |x: &f64| {
             let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() > 1e-6 || i < 0.0 || i as usize >= l {
-                String::new()
-            } else {
-                format!("{} {}", i as usize, names[i as usize])
-            }
+            ((x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < l).then_some(i as usize)
         };
+        let fmt_x = |x: &f64| cell(x).map_or(String::new(), |i| i.to_string());
+        let fmt_y = |x: &f64| cell(x).map_or(String::new(), |i| format!("{} {}", i, names[i]));
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(2 * l + 1)
             .y_labels(2 * l + 1)
-            .x_label_formatter(&fmt)
-            .y_label_formatter(&fmt)
-            .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
+            .x_label_formatter(&fmt_x)
+            .y_label_formatter(&fmt_y)
+            .x_desc("depth")
+            .x_label_style(("sans-serif", 13))
             .y_label_style(("sans-serif", 13))
             .draw()
             .map_err(perr)?;
         chart
-            .draw_series((0..l).flat_map(|a| {
-                (0..l).map(move |b| (a, b))
-            }).map(|(a, b)| {
-                Rectangle::new([(a as f64, b as f64), (a as f64 + 1.0, b as f64 + 1.0)], color(m[a][b]).filled())
-            }))
+            .draw_series(
+                (0..l)
+                    .flat_map(|a| (0..l).map(move |b| (a, b)))
+                    .map(|(a, b)| {
+                        Rectangle::new(
+                            [(a as f64, b as f64), (a as f64 + 1.0, b as f64 + 1.0)],
+                            color(m[a][b]).filled(),
+                        )
+                    }),
+            )
             .map_err(perr)?;
         let mut cb = ChartBuilder::on(&bar)
             .margin_top(50)
-            .margin_bottom(210)
+            .margin_bottom(60)
             .margin_right(10)
             .y_label_area_size(55)
             .build_cartesian_2d(0f64..1f64, range.0..range.1)
@@ -308,10 +439,22 @@ pub fn heatmap(title: &str, names: &[String], m: &[Vec<f64>], range: (f64, f64),
 
 /// A 2-D PCA scatter of one layer, coloured by set and label.
 pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
-    let mut groups: Vec<(String, String)> = pts.iter().map(|p| (p.set.clone(), p.label.clone())).collect();
+    let mut groups: Vec<(String, String)> = pts
+        .iter()
+        .map(|p| (p.set.clone(), p.label.clone()))
+        .collect();
     groups.sort();
     groups.dedup();
-    let palette = [BLUE_, ORANGE_, GREEN_, PURPLE_, RGBColor(214, 39, 40), RGBColor(140, 86, 75), RGBColor(127, 127, 127), RGBColor(23, 190, 207)];
+    let palette = [
+        BLUE_,
+        ORANGE_,
+        GREEN_,
+        PURPLE_,
+        RGBColor(214, 39, 40),
+        RGBColor(140, 86, 75),
+        RGBColor(127, 127, 127),
+        RGBColor(23, 190, 207),
+    ];
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in pts {
         x0 = x0.min(p.pc1);
@@ -339,7 +482,11 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
             .map_err(perr)?;
         for (gi, (set, label)) in groups.iter().enumerate() {
             let c = palette[gi % palette.len()];
-            let name = if label.is_empty() { set.clone() } else { format!("{set}: {label}") };
+            let name = if label.is_empty() {
+                set.clone()
+            } else {
+                format!("{set}: {label}")
+            };
             chart
                 .draw_series(
                     pts.iter()
@@ -352,6 +499,7 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .label_font(("sans-serif", 14))

@@ -63,6 +63,9 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     for w in &r.verdict.warnings {
         s.push_str(&format!("warning: {w}\n"));
     }
-    s.push_str(&format!("report: {}\n", out_dir.join("report.html").display()));
+    s.push_str(&format!(
+        "report: {}\n",
+        out_dir.join("report.html").display()
+    ));
     s
 }

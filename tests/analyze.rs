@@ -1,0 +1,229 @@
+//! `domsim analyze` and `domsim report` end to end on small subsets of the shared datasets: every file is
+//! written and well-formed, the cache is reused (proved by the manifest fingerprint flag and untouched
+//! files, not by timing), and `report` re-renders without recomputation.
+
+mod common;
+
+use common::{copy_subset, datasets, domsim};
+use serde_json::Value;
+
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let img =
+        image::open(path).unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()));
+    (img.width(), img.height())
+}
+
+#[test]
+fn analyze_writes_every_report_file_and_reuses_its_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("animals");
+    let tgt = tmp.path().join("xray");
+    copy_subset(&datasets().join("animals"), &src, 0, 16, 24);
+    copy_subset(
+        &datasets().join("chest_xray/NORMAL"),
+        &tgt.join("NORMAL"),
+        0,
+        50,
+        12,
+    );
+    copy_subset(
+        &datasets().join("chest_xray/PNEUMONIA"),
+        &tgt.join("PNEUMONIA"),
+        0,
+        50,
+        12,
+    );
+    let out = tmp.path().join("report");
+    let run = || {
+        domsim()
+            .args([
+                "analyze",
+                "--permutations",
+                "50",
+                "--bootstrap",
+                "50",
+                "--source",
+            ])
+            .arg(&src)
+            .arg("--target")
+            .arg(&tgt)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for f in [
+        "metrics.csv",
+        "similarity.csv",
+        "compare.json",
+        "verdict.json",
+        "summary.json",
+        "embedding_pca.csv",
+        "metrics_by_depth.png",
+        "cka_source.png",
+        "cka_target.png",
+        "cka_difference.png",
+        "report.html",
+        "embeddings/source/manifest.json",
+        "embeddings/target/manifest.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} written");
+    }
+    // PNGs decode, at their stated sizes (19 layers: a 7-row name key under the panels)
+    assert_eq!(
+        png_size(&out.join("metrics_by_depth.png")),
+        (1400, 1350 + 40 + 22 * 7)
+    );
+    for f in ["cka_source.png", "cka_target.png", "cka_difference.png"] {
+        assert_eq!(png_size(&out.join(f)), (1150, 900), "{f}");
+    }
+    let scatters: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("embedding_") && n.ends_with(".png"))
+        .collect();
+    assert_eq!(
+        scatters.len(),
+        3,
+        "early, middle and late layers: {scatters:?}"
+    );
+    for s in &scatters {
+        assert_eq!(png_size(&out.join(s)), (1000, 850));
+    }
+    // the HTML is self-contained
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("src=\"/"),
+        "no external URL"
+    );
+    assert_eq!(html.matches("data:image/png;base64,").count(), 7);
+    // the CSVs parse and hold every layer
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(out.join("embeddings/source/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(layers.len(), 19);
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    for l in &layers {
+        for m in [
+            "mmd2_rbf",
+            "domain_probe_acc",
+            "target_probe_bal_acc",
+            "logme_target",
+            "cka_label_target",
+        ] {
+            assert!(rows.iter().any(|x| &x[1] == l && &x[2] == m), "{m} at {l}");
+        }
+    }
+    let mut r = csv::Reader::from_path(out.join("similarity.csv")).unwrap();
+    assert_eq!(r.records().count(), 2 * 3 * 19 * 19);
+    let verdict: Value =
+        serde_json::from_slice(&std::fs::read(out.join("verdict.json")).unwrap()).unwrap();
+    assert_eq!(verdict["layers"].as_array().unwrap().len(), 19);
+    assert!(verdict["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("greyscale")));
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["run"]["embeddings"]["source"]["reused_cached_embeddings"],
+        false
+    );
+    assert_eq!(
+        summary["target"]["classes"],
+        serde_json::json!(["NORMAL", "PNEUMONIA"])
+    );
+
+    // second run: the cached embeddings are reused, their files untouched
+    let npy = out.join(format!(
+        "embeddings/target/{}",
+        manifest["layers"][0]["file"].as_str().unwrap()
+    ));
+    let before = std::fs::metadata(&npy).unwrap().modified().unwrap();
+    let metrics_before = std::fs::read(out.join("metrics.csv")).unwrap();
+    let second = run();
+    assert!(second.status.success());
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["run"]["embeddings"]["source"]["reused_cached_embeddings"],
+        true
+    );
+    assert_eq!(
+        summary["run"]["embeddings"]["target"]["reused_cached_embeddings"],
+        true
+    );
+    assert_eq!(std::fs::metadata(&npy).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join("metrics.csv")).unwrap(),
+        metrics_before,
+        "same inputs and seed, same bytes"
+    );
+
+    // a changed image folder invalidates the cache of that set only
+    std::fs::remove_file(
+        std::fs::read_dir(&src)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert!(run().status.success());
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["run"]["embeddings"]["source"]["reused_cached_embeddings"],
+        false
+    );
+    assert_eq!(
+        summary["run"]["embeddings"]["target"]["reused_cached_embeddings"],
+        true
+    );
+
+    // report re-renders from the folder alone, and --json prints the summary
+    std::fs::remove_file(out.join("metrics_by_depth.png")).unwrap();
+    let rep = domsim()
+        .args(["report", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    let v: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    assert!(v["verdict"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("layers transfer"));
+    assert!(out.join("metrics_by_depth.png").is_file());
+}
+
+#[test]
+fn report_on_a_folder_without_compare_output_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    domsim()
+        .arg("report")
+        .arg(tmp.path())
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("compare.json"));
+}

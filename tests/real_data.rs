@@ -1,0 +1,98 @@
+//! The measures on real data with the bundled model: animals vs chest X-rays must differ at the deepest layers,
+//! two interleaved halves of the animal set must not, and the NORMAL vs PNEUMONIA probe must learn.
+
+mod common;
+
+use common::{copy_subset, datasets, domsim};
+
+fn metric(rows: &[csv::StringRecord], depth: usize, m: &str) -> (f64, Option<f64>) {
+    let r = rows
+        .iter()
+        .find(|r| r[0].parse::<usize>().unwrap() == depth && &r[2] == m)
+        .unwrap_or_else(|| panic!("{m} at depth {depth}"));
+    (r[3].parse().unwrap(), r[6].parse().ok())
+}
+
+fn analyze(
+    src: &std::path::Path,
+    tgt: &std::path::Path,
+    out: &std::path::Path,
+) -> Vec<csv::StringRecord> {
+    let o = domsim()
+        .args(["analyze", "--no-similarity", "--source"])
+        .arg(src)
+        .arg("--target")
+        .arg(tgt)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    r.records().map(|x| x.unwrap()).collect()
+}
+
+#[test]
+fn animals_vs_xrays_differ_and_interleaved_halves_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let animals = datasets().join("animals");
+    let xray = tmp.path().join("xray");
+    copy_subset(
+        &datasets().join("chest_xray/NORMAL"),
+        &xray.join("NORMAL"),
+        0,
+        13,
+        100,
+    );
+    copy_subset(
+        &datasets().join("chest_xray/PNEUMONIA"),
+        &xray.join("PNEUMONIA"),
+        0,
+        13,
+        100,
+    );
+    let rows = analyze(&animals, &xray, &tmp.path().join("a_vs_x"));
+    let depth = rows
+        .iter()
+        .map(|r| r[0].parse::<usize>().unwrap())
+        .max()
+        .unwrap();
+    for d in [depth - 2, depth - 1, depth] {
+        let (acc, _) = metric(&rows, d, "domain_probe_acc");
+        let (_, p) = metric(&rows, d, "mmd2_rbf");
+        eprintln!(
+            "animals vs x-rays, depth {d}: domain probe {acc:.3}, MMD2 p {:.4}",
+            p.unwrap()
+        );
+        assert!(acc >= 0.95, "depth {d}: domain probe {acc}");
+        assert!(p.unwrap() <= 0.01, "depth {d}: p {p:?}");
+    }
+    let best = (0..=depth)
+        .map(|d| metric(&rows, d, "target_probe_bal_acc").0)
+        .fold(0.0, f64::max);
+    eprintln!("NORMAL vs PNEUMONIA: best balanced target probe {best:.3}");
+    assert!(best >= 0.75, "target probe peaks at {best}");
+
+    let even = tmp.path().join("even");
+    let odd = tmp.path().join("odd");
+    copy_subset(&animals, &even, 0, 2, 1000);
+    copy_subset(&animals, &odd, 1, 2, 1000);
+    let rows = analyze(&even, &odd, &tmp.path().join("halves"));
+    let ps: Vec<f64> = (0..=depth)
+        .map(|d| metric(&rows, d, "mmd2_rbf").1.unwrap())
+        .collect();
+    let accs: Vec<f64> = (0..=depth)
+        .map(|d| metric(&rows, d, "domain_probe_acc").0)
+        .collect();
+    eprintln!("halves: MMD2 p per depth {ps:.3?}; domain probe {accs:.3?}");
+    let not_sig = ps.iter().filter(|&&p| p > 0.01).count();
+    assert!(
+        not_sig * 2 > ps.len(),
+        "p > 0.01 at only {not_sig} of {} layers",
+        ps.len()
+    );
+    assert!(
+        accs.iter().all(|&a| a < 0.7),
+        "domain probe near chance: {accs:?}"
+    );
+}
