@@ -63,10 +63,13 @@ fn png(
     Ok(out)
 }
 
+/// (depth, value, CI, significant).
+type Point = (f64, f64, Option<(f64, f64)>, bool);
+
 struct Series {
     label: String,
     color: RGBColor,
-    points: Vec<(f64, f64, Option<(f64, f64)>, bool)>,
+    points: Vec<Point>,
 }
 
 fn series(r: &CompareReport, metric: &str, label: &str, color: RGBColor) -> Option<Series> {
