@@ -9,7 +9,7 @@
 use ndarray::{Array2, Axis};
 
 use super::kernel::{median, sq_dists};
-use super::linalg::{centred, fro2, row_sq_norms};
+use super::linalg::{centred, fro2, gram_t, matmul_tn, row_sq_norms};
 use super::{Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
@@ -29,7 +29,7 @@ impl LinearRep {
     /// Centres `x` and caches its self-similarity.
     pub fn new(x: &Array2<f64>) -> Self {
         let x = centred(&x.view());
-        let g = x.t().dot(&x);
+        let g = gram_t(&x.view());
         let row_sq = row_sq_norms(&x.view());
         let total_sq = row_sq.sum();
         LinearRep {
@@ -49,7 +49,7 @@ fn debias(xty: f64, a: &LinearRep, b: &LinearRep, n: f64) -> f64 {
 /// Linear CKA `‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)` on centred features, and its debiased form (the unbiased HSIC
 /// estimator), from one cross product.
 pub fn linear_cka_pair(a: &LinearRep, b: &LinearRep) -> (f64, f64) {
-    let xty = fro2(&b.x.t().dot(&a.x));
+    let xty = fro2(&matmul_tn(&b.x.view(), &a.x.view()));
     let biased = xty / (a.self_sim.sqrt() * b.self_sim.sqrt());
     let n = a.x.nrows() as f64;
     let num = debias(xty, a, b, n);

@@ -6,7 +6,7 @@
 
 use ndarray::Array2;
 
-use super::linalg::{col_means, covariance, sqrtm_psd, sym_eigvals};
+use super::linalg::{col_means, covariance, matmul, sqrtm_psd, sym_eigvals};
 use super::{Ctx, Metric, MetricValue, SetData};
 use crate::error::{Error, Result};
 
@@ -19,7 +19,7 @@ pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> std::result::Result<f64, Str
     let diff = &mx - &my;
     let (cx, cy) = (covariance(&x.view()), covariance(&y.view()));
     let a = sqrtm_psd(&cx)?;
-    let mut mid = a.dot(&cy).dot(&a);
+    let mut mid = matmul(&matmul(&a.view(), &cy.view()).view(), &a.view());
     // symmetrise against round-off
     let t = mid.t().to_owned();
     mid = (&mid + &t) * 0.5;

@@ -1,5 +1,6 @@
-//! Small dense linear-algebra helpers on ndarray, with faer for the symmetric eigen-decomposition
-//! (zero-copy adapter; faer runs sequentially here so results do not depend on the thread count).
+//! Small dense linear-algebra helpers on ndarray, with faer (through a zero-copy adapter) for the products
+//! that dominate the cost (Gram matrices, cross products) and for the symmetric eigen-decomposition. faer
+//! runs on the rayon pool sized by `--threads`.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -15,9 +16,69 @@ pub fn centred(x: &ArrayView2<f64>) -> Array2<f64> {
     x - &mu
 }
 
-/// Gram matrix `AᵀA`.
+fn faer_view<'a>(a: &'a ndarray::ArrayView2<'a, f64>) -> faer::MatRef<'a, f64> {
+    let (n, p) = a.dim();
+    faer::MatRef::from_row_major_slice(a.as_slice().expect("standard layout"), n, p)
+}
+
+/// Gram matrix `AᵀA` (faer, lower triangle computed and mirrored: half the flops of a general product).
+/// faer splits the work over output blocks, so the result does not depend on the thread count.
 pub fn gram_t(a: &ArrayView2<f64>) -> Array2<f64> {
-    a.t().dot(a)
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let a = a.as_standard_layout();
+    let av = a.view();
+    let m = faer_view(&av);
+    let p = a.ncols();
+    let mut out = faer::Mat::<f64>::zeros(p, p);
+    matmul(
+        out.as_mut(),
+        BlockStructure::TriangularLower,
+        faer::Accum::Replace,
+        m.transpose(),
+        BlockStructure::Rectangular,
+        m,
+        BlockStructure::Rectangular,
+        1.0,
+        faer::Par::rayon(0),
+    );
+    Array2::from_shape_fn(
+        (p, p),
+        |(i, j)| if i >= j { out[(i, j)] } else { out[(j, i)] },
+    )
+}
+
+/// `AᵀB` for row-major `A` (n × p) and `B` (n × q), with faer.
+pub fn matmul_tn(a: &ArrayView2<f64>, b: &ArrayView2<f64>) -> Array2<f64> {
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+    let (av, bv) = (a.view(), b.view());
+    let (ma, mb) = (faer_view(&av), faer_view(&bv));
+    let mut out = faer::Mat::<f64>::zeros(a.ncols(), b.ncols());
+    faer::linalg::matmul::matmul(
+        out.as_mut(),
+        faer::Accum::Replace,
+        ma.transpose(),
+        mb,
+        1.0,
+        faer::Par::rayon(0),
+    );
+    Array2::from_shape_fn((a.ncols(), b.ncols()), |(i, j)| out[(i, j)])
+}
+
+/// `AB` for row-major matrices, with faer.
+pub fn matmul(a: &ArrayView2<f64>, b: &ArrayView2<f64>) -> Array2<f64> {
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+    let (av, bv) = (a.view(), b.view());
+    let (ma, mb) = (faer_view(&av), faer_view(&bv));
+    let mut out = faer::Mat::<f64>::zeros(a.nrows(), b.ncols());
+    faer::linalg::matmul::matmul(
+        out.as_mut(),
+        faer::Accum::Replace,
+        ma,
+        mb,
+        1.0,
+        faer::Par::rayon(0),
+    );
+    Array2::from_shape_fn((a.nrows(), b.ncols()), |(i, j)| out[(i, j)])
 }
 
 /// Sample covariance with ddof = 1 of the rows of `x`.
@@ -63,7 +124,7 @@ pub fn sqrtm_psd(a: &Array2<f64>) -> Result<Array2<f64>, String> {
     let (vals, vecs) = sym_eigh(a)?;
     let s = vals.mapv(|v| v.max(0.0).sqrt());
     let vs = &vecs * &s;
-    Ok(vs.dot(&vecs.t()))
+    Ok(matmul(&vs.view(), &vecs.t()))
 }
 
 /// Row-wise squared norms.
