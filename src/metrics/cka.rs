@@ -10,8 +10,8 @@ use ndarray::{Array2, Axis};
 
 use super::kernel::{median, sq_dists};
 use super::linalg::{centred, fro2, gram_t, matmul_tn, row_sq_norms};
-use super::{Ctx, Metric, MetricValue, Needs, SetData};
-use crate::error::{Error, Result};
+use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
+use crate::error::Result;
 
 /// Pre-computed quantities of one centred representation, reused across all pairs.
 pub struct LinearRep {
@@ -135,17 +135,10 @@ impl Metric for CkaLabel {
         }
     }
     fn needs(&self) -> Needs {
-        if self.target {
-            Needs::TargetLabels
-        } else {
-            Needs::SourceLabels
-        }
+        Needs::labels_of(self.target)
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
-        let set = if self.target { t } else { s };
-        let y = set
-            .labels
-            .ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let (set, y) = labelled(self.target, s, t)?;
         let v = linear_cka(&LinearRep::new(set.x), &LinearRep::new(&one_hot(y)), false);
         Ok(vec![MetricValue::new(
             self.outputs()[0],

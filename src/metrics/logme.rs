@@ -7,7 +7,7 @@
 use ndarray::{Array1, Array2};
 
 use super::linalg::sym_eigh;
-use super::{Ctx, Metric, MetricValue, Needs, SetData};
+use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
 /// LogME of features `f` (n × d) for integer labels `y`.
@@ -71,17 +71,10 @@ impl Metric for LogMe {
         }
     }
     fn needs(&self) -> Needs {
-        if self.target {
-            Needs::TargetLabels
-        } else {
-            Needs::SourceLabels
-        }
+        Needs::labels_of(self.target)
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
-        let set = if self.target { t } else { s };
-        let y = set
-            .labels
-            .ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let (set, y) = labelled(self.target, s, t)?;
         let v = logme(set.x, y).map_err(|e| Error::Analysis(format!("LogME: {e}")))?;
         Ok(vec![MetricValue::new(
             self.outputs()[0],

@@ -153,6 +153,33 @@ pub enum Needs {
     SourceLabels,
 }
 
+impl Needs {
+    /// The labels a per-set metric needs: the target's or the source's.
+    pub fn labels_of(target: bool) -> Self {
+        if target {
+            Needs::TargetLabels
+        } else {
+            Needs::SourceLabels
+        }
+    }
+}
+
+/// The set a per-set metric reads (the target, else the source), with its labels.
+pub fn labelled<'a>(
+    target: bool,
+    s: &'a SetData<'a>,
+    t: &'a SetData<'a>,
+) -> Result<(&'a SetData<'a>, &'a [usize])> {
+    let set = if target { t } else { s };
+    let y = set.labels.ok_or_else(|| {
+        crate::Error::Analysis(format!(
+            "the {} set has no labels",
+            if target { "target" } else { "source" }
+        ))
+    })?;
+    Ok((set, y))
+}
+
 /// A per-layer measure between source and target.
 pub trait Metric: Sync {
     /// Group name used by `--metrics` (outputs are selectable by their own names too).

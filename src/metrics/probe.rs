@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::logreg;
 use super::stats::{auc, bootstrap_ci, stratified_folds, subsample};
-use super::{Ctx, Metric, MetricValue, Needs, SetData};
+use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
 /// (row, predicted class, score of class 1) for one fold.
@@ -255,19 +255,12 @@ impl Metric for TaskProbe {
         }
     }
     fn needs(&self) -> Needs {
-        if self.target {
-            Needs::TargetLabels
-        } else {
-            Needs::SourceLabels
-        }
+        Needs::labels_of(self.target)
     }
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
-        let set = if self.target { t } else { s };
         let names = self.outputs();
-        let labels = set
-            .labels
-            .ok_or_else(|| Error::Analysis("no labels".into()))?;
+        let (set, labels) = labelled(self.target, s, t)?;
         let mut rng = ctx.rng(if self.target { 3 } else { 4 });
         let keep = subsample(labels.len(), p.probe_max_n, &mut rng);
         let x = set.x.select(Axis(0), &keep);
