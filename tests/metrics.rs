@@ -478,3 +478,38 @@ fn compare_input_errors_are_clear() {
         .code(2)
         .stderr(predicate::str::contains("only in source: [2_layer]"));
 }
+
+#[test]
+fn frechet_cholesky_and_eigen_paths_agree_and_singular_covariances_work() {
+    use domsim::metrics::linalg::{col_means, covariance, sqrtm_psd, sym_eigvals};
+    // the eigen-only formula, written out: Tr sqrt(S_x^1/2 S_y S_x^1/2)
+    let by_eigen = |x: &Array2<f64>, y: &Array2<f64>| {
+        let (cx, cy) = (covariance(&x.view()), covariance(&y.view()));
+        let a = sqrtm_psd(&cx).unwrap();
+        let mid = a.dot(&cy).dot(&a);
+        let mid = (&mid + &mid.t()) * 0.5;
+        let tr: f64 = sym_eigvals(&mid)
+            .unwrap()
+            .iter()
+            .map(|v| v.max(0.0).sqrt())
+            .sum();
+        let d = &col_means(&x.view()) - &col_means(&y.view());
+        d.dot(&d) + cx.diag().sum() + cy.diag().sum() - 2.0 * tr
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    // full rank (the Cholesky path)
+    let (x, y) = (
+        randn(&mut rng, 200, 15),
+        randn(&mut rng, 180, 15) * 1.5 + 0.3,
+    );
+    assert!((frechet(&x, &y).unwrap() - by_eigen(&x, &y)).abs() < 1e-9);
+    // n < d: singular covariance (the eigen fallback), still finite and equal to the formula
+    let (x, y) = (randn(&mut rng, 10, 30), randn(&mut rng, 12, 30) + 0.5);
+    let v = frechet(&x, &y).unwrap();
+    assert!(v.is_finite() && v > 0.0);
+    assert!(
+        (v - by_eigen(&x, &y)).abs() < 1e-8,
+        "{v} vs {}",
+        by_eigen(&x, &y)
+    );
+}

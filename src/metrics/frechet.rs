@@ -1,12 +1,15 @@
 //! Fréchet distance between Gaussians fitted to the two sets (the FID formula, Heusel et al. 2017, on any
 //! layer): ‖μ_s − μ_t‖² + Tr(Σ_s + Σ_t − 2 (Σ_s Σ_t)^{1/2}), covariances with ddof = 1.
 //!
-//! The trace of the matrix square root is computed stably as Σ √λ_i of the symmetric PSD matrix
-//! `Σ_s^{1/2} Σ_t Σ_s^{1/2}` (eigen-decompositions only, no complex square root).
+//! The trace of the matrix square root is computed stably as Σ √λ_i of a symmetric PSD matrix similar to
+//! `Σ_s Σ_t`: `Lᵀ Σ_t L` with the Cholesky factor `Σ_s = L Lᵀ`, or `Σ_s^{1/2} Σ_t Σ_s^{1/2}` when `Σ_s` is
+//! singular (symmetric eigen-decompositions only, never a complex square root).
 
 use ndarray::Array2;
 
-use super::linalg::{col_means, covariance, matmul, sqrtm_psd, sym_eigvals};
+use super::linalg::{
+    cholesky_lower, col_means, covariance, matmul, matmul_tn, sqrtm_psd, sym_eigvals,
+};
 use super::{Ctx, Metric, MetricValue, SetData};
 use crate::error::{Error, Result};
 
@@ -18,8 +21,13 @@ pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> std::result::Result<f64, Str
     let (mx, my) = (col_means(&x.view()), col_means(&y.view()));
     let diff = &mx - &my;
     let (cx, cy) = (covariance(&x.view()), covariance(&y.view()));
-    let a = sqrtm_psd(&cx)?;
-    let mut mid = matmul(&matmul(&a.view(), &cy.view()).view(), &a.view());
+    // Tr (Σ_x Σ_y)^{1/2} = Σ √λ of any symmetric matrix similar to Σ_x Σ_y: Lᵀ Σ_y L with Σ_x = L Lᵀ when Σ_x is
+    // positive definite (one Cholesky), else Σ_x^{1/2} Σ_y Σ_x^{1/2} (one more eigen-decomposition).
+    let a = match cholesky_lower(&cx) {
+        Some(l) => l,
+        None => sqrtm_psd(&cx)?,
+    };
+    let mut mid = matmul_tn(&a.view(), &matmul(&cy.view(), &a.view()).view());
     // symmetrise against round-off
     let t = mid.t().to_owned();
     mid = (&mid + &t) * 0.5;

@@ -131,3 +131,19 @@ pub fn sqrtm_psd(a: &Array2<f64>) -> Result<Array2<f64>, String> {
 pub fn row_sq_norms(x: &ArrayView2<f64>) -> Array1<f64> {
     x.rows().into_iter().map(|r| r.dot(&r)).collect()
 }
+
+/// Lower Cholesky factor of a symmetric positive definite matrix; `None` when it is not positive definite.
+pub fn cholesky_lower(a: &Array2<f64>) -> Option<Array2<f64>> {
+    let n = a.nrows();
+    let a = a.as_standard_layout();
+    let m = faer::MatRef::from_row_major_slice(a.as_slice()?, n, n);
+    let llt = m.llt(faer::Side::Lower).ok()?;
+    let l = llt.L();
+    Some(Array2::from_shape_fn((n, n), |(i, j)| {
+        if i >= j {
+            l[(i, j)]
+        } else {
+            0.0
+        }
+    }))
+}
