@@ -354,7 +354,7 @@ pub fn within_set(
         set.layers.len() as u64,
         &format!("CKA within {set_name}"),
     );
-    let mut reps = Vec::new();
+    let mut raws = Vec::new();
     let mut grams = Vec::new();
     let mut sub: Option<Vec<usize>> = None;
     for i in 0..set.layers.len() {
@@ -365,10 +365,11 @@ pub fn within_set(
             subsample(x.nrows(), params.cka_rbf_max_n, &mut rng)
         });
         grams.push(centred_rbf_gram(&x.select(Axis(0), idx), params.cka_rbf_t));
-        reps.push(LinearRep::new(&x));
+        raws.push(x);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let reps: Vec<LinearRep> = raws.iter().map(LinearRep::new).collect();
     let names: Vec<&str> = set.layers.iter().map(|l| l.name.as_str()).collect();
     let l = names.len();
     let mut lin = vec![vec![0.0; l]; l];

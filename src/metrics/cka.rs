@@ -6,35 +6,49 @@
 //! that set's one-hot labels. It is never computed between source and target rows: unpaired, it measures only
 //! a bias floor of about d/n (see the module docs of [`crate::compare`]).
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::kernel::{median, sq_dists};
-use super::linalg::{centred, fro2, gram_t, matmul_tn, row_sq_norms};
+use super::linalg::{col_means, fro2, gram_t, matmul_tn, row_sq_norms};
 use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::Result;
 
-/// Pre-computed quantities of one centred representation, reused across all pairs.
-pub struct LinearRep {
-    /// Centred features.
-    pub x: Array2<f64>,
-    /// ‖XᵀX‖²_F.
+/// Pre-computed quantities of one representation, reused across all pairs. Centring is applied algebraically
+/// (`XcᵀXc = XᵀX − n μμᵀ`, `‖x_i − μ‖² = ‖x_i‖² − 2 x_i·μ + ‖μ‖²`), so the features are borrowed, never copied.
+pub struct LinearRep<'a> {
+    /// The features (not centred).
+    pub x: ArrayView2<'a, f64>,
+    /// Column means.
+    pub mean: Array1<f64>,
+    /// ‖XcᵀXc‖²_F.
     pub self_sim: f64,
-    /// Per-row squared norms (debiased form).
-    pub row_sq: ndarray::Array1<f64>,
+    /// Per-row squared norms of the centred rows (debiased form).
+    pub row_sq: Array1<f64>,
     /// Sum of the row squared norms.
     pub total_sq: f64,
 }
 
-impl LinearRep {
-    /// Centres `x` and caches its self-similarity.
-    pub fn new(x: &Array2<f64>) -> Self {
-        let x = centred(&x.view());
-        let g = gram_t(&x.view());
-        let row_sq = row_sq_norms(&x.view());
+impl<'a> LinearRep<'a> {
+    /// Caches the self-similarity of the centred `x`.
+    pub fn new(x: &'a Array2<f64>) -> Self {
+        let n = x.nrows() as f64;
+        let mean = col_means(&x.view());
+        let mut g = gram_t(&x.view());
+        for ((i, j), v) in g.indexed_iter_mut() {
+            *v -= n * mean[i] * mean[j];
+        }
+        let mm = mean.dot(&mean);
+        let xm = x.dot(&mean);
+        let row_sq: Array1<f64> = row_sq_norms(&x.view())
+            .iter()
+            .zip(xm.iter())
+            .map(|(r, d)| (r - 2.0 * d + mm).max(0.0))
+            .collect();
         let total_sq = row_sq.sum();
         LinearRep {
             self_sim: fro2(&g),
-            x,
+            x: x.view(),
+            mean,
             row_sq,
             total_sq,
         }
@@ -49,9 +63,13 @@ fn debias(xty: f64, a: &LinearRep, b: &LinearRep, n: f64) -> f64 {
 /// Linear CKA `‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)` on centred features, and its debiased form (the unbiased HSIC
 /// estimator), from one cross product.
 pub fn linear_cka_pair(a: &LinearRep, b: &LinearRep) -> (f64, f64) {
-    let xty = fro2(&matmul_tn(&b.x.view(), &a.x.view()));
-    let biased = xty / (a.self_sim.sqrt() * b.self_sim.sqrt());
     let n = a.x.nrows() as f64;
+    let mut c = matmul_tn(&b.x, &a.x);
+    for ((i, j), v) in c.indexed_iter_mut() {
+        *v -= n * b.mean[i] * a.mean[j];
+    }
+    let xty = fro2(&c);
+    let biased = xty / (a.self_sim.sqrt() * b.self_sim.sqrt());
     let num = debias(xty, a, b, n);
     let da = debias(a.self_sim, a, a, n);
     let db = debias(b.self_sim, b, b, n);
@@ -139,7 +157,8 @@ impl Metric for CkaLabel {
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let (set, y) = labelled(self.target, s, t)?;
-        let v = linear_cka(&LinearRep::new(set.x), &LinearRep::new(&one_hot(y)), false);
+        let oh = one_hot(y);
+        let v = linear_cka(&LinearRep::new(set.x), &LinearRep::new(&oh), false);
         Ok(vec![MetricValue::new(
             self.outputs()[0],
             v,
