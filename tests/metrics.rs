@@ -105,6 +105,11 @@ fn cka_properties() {
         (lin(&(&x * 3.7), &y) - base).abs() < 1e-10,
         "isotropic scaling"
     );
+    // centring is algebraic (XᵀX − nμμᵀ): a large common offset must not cost accuracy
+    assert!(
+        (lin(&(&x + 1e3), &(&y - 5e2)) - base).abs() < 1e-8,
+        "translation invariance"
+    );
     let a = randn(&mut rng, 12, 12) + Array2::<f64>::eye(12) * 0.1;
     assert!(
         (lin(&x.dot(&a), &y) - base).abs() > 1e-3,
