@@ -153,6 +153,11 @@ fn debiased_cka_matches_the_slow_unbiased_hsic() {
     assert!((slow - fast).abs() < 1e-10, "{slow} vs {fast}");
 }
 
+/// A committed float .npy of class or fold indices, as usize.
+fn index_npy(rel: &str) -> Vec<usize> {
+    npy(&fixture(rel)).iter().map(|&v| v as usize).collect()
+}
+
 fn crosscheck() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("crosscheck/expected.json")).unwrap())
         .unwrap()
@@ -230,10 +235,7 @@ fn frechet_matches_numpy_and_scipy() {
 fn logme_matches_the_reference_algorithm() {
     let exp = crosscheck();
     let xt = npy(&fixture("crosscheck/xt.npy"));
-    let y: Vec<usize> = npy(&fixture("crosscheck/yt.npy"))
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
+    let y: Vec<usize> = index_npy("crosscheck/yt.npy");
     let v = logme(&xt, &y).unwrap();
     let want = exp["logme_target"].as_f64().unwrap();
     assert!((v - want).abs() < 1e-6, "domsim {v} vs reference {want}");
@@ -243,14 +245,8 @@ fn logme_matches_the_reference_algorithm() {
 fn probes_agree_with_sklearn_on_the_same_folds() {
     let exp = crosscheck();
     let xt = npy(&fixture("crosscheck/xt.npy"));
-    let y: Vec<usize> = npy(&fixture("crosscheck/yt.npy"))
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
-    let folds: Vec<usize> = npy(&fixture("crosscheck/folds.npy"))
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
+    let y: Vec<usize> = index_npy("crosscheck/yt.npy");
+    let folds: Vec<usize> = index_npy("crosscheck/folds.npy");
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let r = cv_probe_folds(&xt, &y, &folds, 1.0, 0, &mut rng).unwrap();
     let want = exp["target_probe_acc_sklearn"].as_f64().unwrap();
@@ -266,10 +262,7 @@ fn probes_agree_with_sklearn_on_the_same_folds() {
     )
     .unwrap();
     let dy: Vec<usize> = (0..500).map(|i| usize::from(i >= 250)).collect();
-    let dfolds: Vec<usize> = npy(&fixture("crosscheck/dom_folds.npy"))
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
+    let dfolds: Vec<usize> = index_npy("crosscheck/dom_folds.npy");
     let r = cv_probe_folds(&dom, &dy, &dfolds, 1.0, 0, &mut rng).unwrap();
     let want = exp["domain_probe_acc_sklearn"].as_f64().unwrap();
     assert!(
@@ -339,38 +332,13 @@ fn npy_sets(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
 fn compare_is_byte_identical_across_runs_and_thread_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let (s, t) = npy_sets(tmp.path());
-    let run = |threads: &str, out: &str| {
-        let mut c = assert_cmd::Command::cargo_bin("domsim").unwrap();
-        c.args([
-            "--quiet",
-            "--threads",
-            threads,
-            "--seed",
-            "11",
-            "compare",
-            "--permutations",
-            "50",
-            "--bootstrap",
-            "30",
-            "--source",
-        ])
-        .arg(&s)
-        .arg("--target")
-        .arg(&t)
-        .arg("--out")
-        .arg(tmp.path().join(out))
-        .assert()
-        .success();
-        (
-            std::fs::read(tmp.path().join(out).join("metrics.csv")).unwrap(),
-            std::fs::read(tmp.path().join(out).join("similarity.csv")).unwrap(),
-        )
-    };
+    let run = |threads: &str, out: &str| compare_cli(&s, &t, &tmp.path().join(out), threads, "11");
     let a = run("1", "r1");
     let b = run("2", "r2");
     let c = run("1", "r3");
     assert_eq!(a, b, "thread count changes nothing");
     assert_eq!(a, c, "same seed, same bytes");
+    let a_metrics = a.0.clone();
     let text = String::from_utf8(a.0).unwrap();
     assert!(text.starts_with(
         "depth,layer,metric,value,ci_low,ci_high,p_value,n_source,n_target,dim,note\n"
@@ -415,26 +383,23 @@ fn compare_is_byte_identical_across_runs_and_thread_counts() {
             .unwrap()
             > 0.0
     );
-    let d = run_with_seed(&s, &t, tmp.path(), "12");
-    assert_ne!(
-        std::fs::read(tmp.path().join("r1/metrics.csv")).unwrap(),
-        d,
-        "another seed, other draws"
-    );
+    let d = compare_cli(&s, &t, &tmp.path().join("seed12"), "1", "12");
+    assert_ne!(a_metrics, d.0, "another seed, other draws");
 }
 
-fn run_with_seed(
+/// Runs `domsim compare` (B = 50, 30 bootstrap resamples) and returns `metrics.csv` and `similarity.csv`.
+fn compare_cli(
     s: &std::path::Path,
     t: &std::path::Path,
-    tmp: &std::path::Path,
+    out: &std::path::Path,
+    threads: &str,
     seed: &str,
-) -> Vec<u8> {
-    let out = tmp.join(format!("seed{seed}"));
+) -> (Vec<u8>, Vec<u8>) {
     let mut c = assert_cmd::Command::cargo_bin("domsim").unwrap();
     c.args([
         "--quiet",
         "--threads",
-        "1",
+        threads,
         "--seed",
         seed,
         "compare",
@@ -448,10 +413,13 @@ fn run_with_seed(
     .arg("--target")
     .arg(t)
     .arg("--out")
-    .arg(&out)
+    .arg(out)
     .assert()
     .success();
-    std::fs::read(out.join("metrics.csv")).unwrap()
+    (
+        std::fs::read(out.join("metrics.csv")).unwrap(),
+        std::fs::read(out.join("similarity.csv")).unwrap(),
+    )
 }
 
 #[test]
