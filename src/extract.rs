@@ -398,9 +398,22 @@ fn infer<E: Embedder>(
     let raw = emb.run(batch, n_run)?;
     for (k, r) in raw.iter().enumerate() {
         let name = &layers[k].name;
+        if let Some(o) = outs.get(k) {
+            if r.shape.first() != Some(&n_run) || r.shape[1..] != o.run_shape[1..] {
+                return Err(Error::Runtime(format!(
+                    "layer '{name}' returned shape {:?}, expected batch {n_run} and {:?} per image",
+                    r.shape,
+                    &o.run_shape[1..]
+                )));
+            }
+        }
+        // The first batch fixes each layer's layout, dimension and file.
+        let layout = outs.get(k).map_or_else(
+            || pool::tensor_layout(&layers[k].op_type, &r.shape, contract),
+            |o| o.layout,
+        );
+        let (dim, rows) = pool::pool(r, layout, mode, name)?;
         if outs.len() <= k {
-            let layout = pool::tensor_layout(&layers[k].op_type, &r.shape, contract);
-            let (dim, _) = pool::pool(r, layout, mode, name)?;
             let file = out_dir.join(format!(
                 "layers/{}",
                 embeddings::layer_file_name(k, layers.len(), name)
@@ -413,14 +426,6 @@ fn infer<E: Embedder>(
             });
         }
         let o = &mut outs[k];
-        if r.shape.first() != Some(&n_run) || r.shape[1..] != o.run_shape[1..] {
-            return Err(Error::Runtime(format!(
-                "layer '{name}' returned shape {:?}, expected batch {n_run} and {:?} per image",
-                r.shape,
-                &o.run_shape[1..]
-            )));
-        }
-        let (dim, rows) = pool::pool(r, o.layout, mode, name)?;
         o.writer.write_rows(&rows[..items.len() * dim])?;
     }
     Ok(())

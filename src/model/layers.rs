@@ -165,21 +165,21 @@ fn evenly_spaced(n: usize, k: usize) -> Vec<usize> {
 }
 
 /// The default selection over float candidates `all` (module docs), as indices into `all`.
-/// `node_names[i]` is the producing node's name of `all[i]`.
-pub fn default_selection(all: &[Layer], node_names: &[String], residual: &[bool]) -> Vec<usize> {
+/// `cands[i]` is the candidate `all[i]` came from.
+pub fn default_selection(all: &[Layer], cands: &[Candidate]) -> Vec<usize> {
     let idx: Vec<usize> = (0..all.len()).filter(|&i| !all[i].graph_output).collect();
     let mut blocks: Vec<usize> = Vec::new();
     let mut g = 0;
     while g < idx.len() {
-        let s = scope(&node_names[idx[g]]);
+        let s = scope(&cands[idx[g]].node_name);
         let mut e = g;
-        while s.is_some() && e + 1 < idx.len() && scope(&node_names[idx[e + 1]]) == s {
+        while s.is_some() && e + 1 < idx.len() && scope(&cands[idx[e + 1]].node_name) == s {
             e += 1;
         }
         let group = &idx[g..=e];
         let activation_only = group.iter().all(|&i| is_activation(&all[i].op_type));
         for &i in group {
-            if residual[i] && i != idx[e] {
+            if cands[i].residual && i != idx[e] {
                 blocks.push(i);
             }
         }

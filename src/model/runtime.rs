@@ -251,11 +251,7 @@ impl OnnxModel {
         let idx = match sel {
             Selection::All => (0..all.len()).collect(),
             Selection::Names(names) => layers::select_names(all, names)?,
-            Selection::Default => {
-                let names: Vec<String> = cands.iter().map(|c| c.node_name.clone()).collect();
-                let residual: Vec<bool> = cands.iter().map(|c| c.residual).collect();
-                layers::default_selection(all, &names, &residual)
-            }
+            Selection::Default => layers::default_selection(all, cands),
         };
         Ok(idx.into_iter().map(|i| all[i].clone()).collect())
     }

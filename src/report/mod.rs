@@ -174,6 +174,13 @@ impl<F: Fn(&RunReport) -> Result<Vec<u8>>> Exporter for Fn_<F> {
     }
 }
 
+/// Full and short layer names, in depth order.
+fn layer_names(c: &CompareReport) -> (Vec<String>, Vec<String>) {
+    let names: Vec<String> = c.layers.iter().map(|l| l.layer.clone()).collect();
+    let short = names.iter().map(|n| plot::short_name(n)).collect();
+    (names, short)
+}
+
 fn sim_matrix(c: &CompareReport, set: &str, measure: &str, names: &[String]) -> Vec<Vec<f64>> {
     let l = names.len();
     let mut m = vec![vec![0.0; l]; l];
@@ -206,8 +213,7 @@ pub fn exporters(r: &RunReport) -> Vec<Box<dyn Exporter>> {
     if !r.compare.similarity.is_empty() {
         for (file, set) in [("cka_source.png", "source"), ("cka_target.png", "target")] {
             v.push(Box::new(Fn_(file.into(), move |r: &RunReport| {
-                let names: Vec<String> = r.compare.layers.iter().map(|l| l.layer.clone()).collect();
-                let short: Vec<String> = names.iter().map(|n| plot::short_name(n)).collect();
+                let (names, short) = layer_names(&r.compare);
                 let m = sim_matrix(&r.compare, set, "cka_linear", &names);
                 plot::heatmap(
                     &format!("Linear CKA between layers, {set} images (1 = same representation)"),
@@ -221,8 +227,7 @@ pub fn exporters(r: &RunReport) -> Vec<Box<dyn Exporter>> {
         v.push(Box::new(Fn_(
             "cka_difference.png".into(),
             |r: &RunReport| {
-                let names: Vec<String> = r.compare.layers.iter().map(|l| l.layer.clone()).collect();
-                let short: Vec<String> = names.iter().map(|n| plot::short_name(n)).collect();
+                let (names, short) = layer_names(&r.compare);
                 let s = sim_matrix(&r.compare, "source", "cka_linear", &names);
                 let t = sim_matrix(&r.compare, "target", "cka_linear", &names);
                 let d: Vec<Vec<f64>> = s
