@@ -48,7 +48,7 @@ fn kernels(c: &mut Criterion) {
             b.iter(|| frechet(&x, &y).unwrap())
         });
         g.bench_with_input(BenchmarkId::new("mmd2_rbf_200perm", &id), &(), |b, _| {
-            b.iter(|| mmd2_rbf(&x, &y, 200, 0, None, &mut ChaCha8Rng::seed_from_u64(0)))
+            b.iter(|| mmd2_rbf(&x, &y, 200, None, &mut ChaCha8Rng::seed_from_u64(0)))
         });
         if n <= 5000 {
             let pooled = ndarray::concatenate(ndarray::Axis(0), &[x.view(), y.view()]).unwrap();
@@ -59,8 +59,8 @@ fn kernels(c: &mut Criterion) {
                         &pooled,
                         &labels,
                         5,
+                        1,
                         1.0,
-                        0,
                         &mut ChaCha8Rng::seed_from_u64(0),
                     )
                     .unwrap()

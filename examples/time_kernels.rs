@@ -35,18 +35,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let t_fd = best(reps, || frechet(&x, &y).unwrap());
     let t_mmd = best(reps, || {
-        mmd2_rbf(
-            &x,
-            &y,
-            200,
-            0,
-            Some(sigma),
-            &mut ChaCha8Rng::seed_from_u64(0),
-        )
+        mmd2_rbf(&x, &y, 200, Some(sigma), &mut ChaCha8Rng::seed_from_u64(0))
     });
     let (cka, _) = linear_cka_pair(&LinearRep::new(&x), &LinearRep::new(&y));
     let fd = frechet(&x, &y)?;
-    let mmd = mmd2_rbf(&x, &y, 0, 0, Some(sigma), &mut ChaCha8Rng::seed_from_u64(0)).mmd2;
+    let mmd = mmd2_rbf(&x, &y, 0, Some(sigma), &mut ChaCha8Rng::seed_from_u64(0)).mmd2;
     println!(
         "{{\"linear_cka\": {t_cka}, \"frechet\": {t_fd}, \"mmd2_200perm\": {t_mmd}, \"values\": {{\"linear_cka\": {cka}, \"frechet\": {fd}, \"mmd2\": {mmd}}}}}"
     );

@@ -26,7 +26,7 @@ pub struct Args {
     /// Threads for decoding, ONNX Runtime (intra-op) and metrics. Default: all cores.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
-    /// Seed for every random choice (permutations, folds, bootstraps).
+    /// Seed for every random choice (permutations, folds, subsamples).
     #[arg(long, global = true, default_value_t = 0)]
     pub seed: u64,
     /// ONNX Runtime library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, then the checkout's .ort/, then beside the executable.
@@ -126,15 +126,21 @@ pub struct MetricArgs {
     /// Metrics to compute, comma-separated (groups or outputs, e.g. mmd2_rbf,domain_probe). Default: all.
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,
-    /// Permutations for the MMD² test.
-    #[arg(long, default_value_t = 200)]
+    /// Permutations for the MMD² test (99 to 100000; the default lets Holm's adjustment over 19 layers reach 0.01).
+    #[arg(long, default_value_t = 1999)]
     pub permutations: usize,
-    /// Bootstrap resamples for confidence intervals.
-    #[arg(long, default_value_t = 200)]
-    pub bootstrap: usize,
-    /// Cross-validation folds for probes.
+    /// Cross-validation folds for probes and k-NN.
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
+    /// Repeats of the stratified k-fold cross-validation (1 to 20; the same folds at every layer).
+    #[arg(long, default_value_t = 3)]
+    pub cv_repeats: usize,
+    /// Equivalence margin (balanced accuracy) for "tied with the best layer" (0 to 0.2).
+    #[arg(long, default_value_t = 0.01)]
+    pub tie_margin: f64,
+    /// Neighbours of the k-NN score (1 to 100).
+    #[arg(long, default_value_t = 10)]
+    pub knn_k: usize,
     /// Inverse L2 regularisation of the logistic probes (scikit-learn's C).
     #[arg(long = "C", default_value_t = 1.0)]
     pub c: f64,
@@ -160,6 +166,27 @@ impl MetricArgs {
         if self.c.is_nan() || self.c <= 0.0 {
             bail!(crate::Error::Input("--C must be positive".into()));
         }
+        if !(99..=100_000).contains(&self.permutations) {
+            bail!(crate::Error::Input(format!(
+                "--permutations must be between 99 and 100000 (got {}): fewer cannot reach the 0.01 level",
+                self.permutations
+            )));
+        }
+        if !(1..=20).contains(&self.cv_repeats) {
+            bail!(crate::Error::Input(
+                "--cv-repeats must be between 1 and 20".into()
+            ));
+        }
+        if !(0.0..=0.2).contains(&self.tie_margin) {
+            bail!(crate::Error::Input(
+                "--tie-margin must be between 0 and 0.2".into()
+            ));
+        }
+        if !(1..=100).contains(&self.knn_k) {
+            bail!(crate::Error::Input(
+                "--knn-k must be between 1 and 100".into()
+            ));
+        }
         if self.probe_max_n < 4 || self.mmd_max_n < 4 || self.cka_rbf_max_n < 4 {
             bail!(crate::Error::Input(
                 "the --*-max-n limits must be at least 4".into()
@@ -168,8 +195,10 @@ impl MetricArgs {
         Ok(Params {
             seed,
             permutations: self.permutations,
-            bootstrap: self.bootstrap,
             folds: self.folds,
+            cv_repeats: self.cv_repeats,
+            tie_margin: self.tie_margin,
+            knn_k: self.knn_k,
             c: self.c,
             probe_max_n: self.probe_max_n,
             mmd_max_n: self.mmd_max_n,

@@ -20,7 +20,8 @@ use ndarray::{Array2, Axis};
 use crate::embeddings::EmbeddingSet;
 use crate::error::{input_err, Error, Result};
 use crate::metrics::cka::{centred_rbf_gram, gram_cka, linear_cka_pair, LinearRep};
-use crate::metrics::stats::subsample;
+use crate::metrics::probe::MIN_CLASS;
+use crate::metrics::stats::{corrected_cv_ci, holm, subsample};
 use crate::metrics::{registry, Ctx, MetricValue, Needs, Params, SetData};
 use crate::output::{self, csv_bytes, write_atomic};
 
@@ -250,9 +251,11 @@ pub fn compute(
         .collect();
 
     let bar = progress(cfg.progress, pairs.len() as u64, "compare layers");
-    let mut layers = Vec::new();
+    let mut layers: Vec<LayerResult> = Vec::new();
+    let mut kept = Vec::new();
     let mut n_rows = (0, 0);
-    for (depth, &(si, ti)) in pairs.iter().enumerate() {
+    let mut prev: Option<(Array2<f64>, Array2<f64>)> = None;
+    for &(si, ti) in &pairs {
         let name = &src.layers[si].name;
         bar.set_message(format!("compare {name}"));
         let xs = src.read_layer(si)?;
@@ -264,7 +267,18 @@ pub fn compute(
                 xt.ncols()
             ));
         }
+        if let (Some((ps, pt)), Some(last)) = (&prev, layers.last()) {
+            if same_features(ps, &xs) && same_features(pt, &xt) {
+                notes.push(format!(
+                    "layer '{name}' holds the same features as '{}' (max relative difference <= {SAME_TOL:e}) and is measured once, as '{}'",
+                    last.layer, last.layer
+                ));
+                bar.inc(1);
+                continue;
+            }
+        }
         n_rows = (xs.nrows(), xt.nrows());
+        let depth = layers.len();
         let s = SetData {
             x: &xs,
             labels: s_lab.as_deref(),
@@ -294,14 +308,19 @@ pub fn compute(
             n_target: xt.nrows(),
             values,
         });
+        kept.push((si, ti));
+        prev = Some((xs, xt));
         bar.inc(1);
     }
     bar.finish_and_clear();
+    across_layers(&mut layers, &cfg.params, &mut notes);
+    notes.extend(class_warnings(&t_lab, &t_classes, "target"));
 
     let mut similarity = Vec::new();
     if cfg.similarity {
-        for (set_name, set) in [("source", src), ("target", tgt)] {
-            similarity.extend(within_set(set_name, set, &cfg.params, cfg.progress)?);
+        let (ks, kt): (Vec<usize>, Vec<usize>) = kept.iter().copied().unzip();
+        for (set_name, set, idx) in [("source", src, &ks), ("target", tgt, &kt)] {
+            similarity.extend(within_set(set_name, set, idx, &cfg.params, cfg.progress)?);
         }
         let cap = cfg.params.cka_rbf_max_n;
         if n_rows.0 > cap || n_rows.1 > cap {
@@ -327,6 +346,130 @@ pub fn compute(
     })
 }
 
+/// Largest relative difference at which two layers count as holding the same features.
+pub const SAME_TOL: f64 = 1e-5;
+
+/// Whether two matrices hold the same features (same shape, max |a − b| ≤ SAME_TOL · max |a|).
+fn same_features(a: &Array2<f64>, b: &Array2<f64>) -> bool {
+    if a.dim() != b.dim() {
+        return false;
+    }
+    let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter()
+        .zip(b.iter())
+        .all(|(x, y)| (x - y).abs() <= SAME_TOL * scale)
+}
+
+/// Outputs compared with the best layer by paired per-fold differences (`<metric>_vs_best`).
+pub const PAIRED: [&str; 2] = ["target_probe_bal_acc", "target_knn_bal_acc"];
+
+/// Cross-layer statistics, once every layer is measured: Holm-adjusted MMD² p-values, and for each output
+/// in [`PAIRED`] the difference of each layer to the best layer on the same folds, with its corrected
+/// repeated-CV interval (`<metric>_vs_best`; 0 at the best layer).
+pub fn across_layers(layers: &mut [LayerResult], params: &Params, notes: &mut Vec<String>) {
+    let ps: Vec<Option<f64>> = layers
+        .iter()
+        .map(|l| {
+            l.values
+                .iter()
+                .find(|v| v.metric == "mmd2_rbf")
+                .and_then(|v| v.p_value)
+        })
+        .collect();
+    let adj = holm(&ps);
+    for (l, a) in layers.iter_mut().zip(adj) {
+        if let Some(v) = l.values.iter_mut().find(|v| v.metric == "mmd2_rbf") {
+            v.p_holm = a;
+        }
+    }
+    let n_tests = ps.iter().flatten().count();
+    if n_tests > 0 && (n_tests as f64) / (params.permutations as f64 + 1.0) > crate::verdict::ALPHA
+    {
+        notes.push(format!(
+            "WARNING: with {} permutations no Holm-adjusted MMD2 p-value over {n_tests} layers can reach {}: raise --permutations to at least {}",
+            params.permutations,
+            crate::verdict::ALPHA,
+            (n_tests as f64 / crate::verdict::ALPHA).ceil() as usize - 1
+        ));
+    }
+    for metric in PAIRED {
+        let folds: Vec<Option<(f64, Vec<f64>)>> = layers
+            .iter()
+            .map(|l| {
+                l.values
+                    .iter()
+                    .find(|v| v.metric == metric)
+                    .and_then(|v| v.value.map(|x| (x, v.folds.clone())))
+                    .filter(|(_, f)| !f.is_empty())
+            })
+            .collect();
+        let Some(best) = (0..layers.len())
+            .filter(|&i| folds[i].is_some())
+            .max_by(|&a, &b| {
+                let (x, y) = (folds[a].as_ref().unwrap().0, folds[b].as_ref().unwrap().0);
+                x.total_cmp(&y).then(a.cmp(&b))
+            })
+        else {
+            continue;
+        };
+        let best_folds = folds[best].as_ref().unwrap().1.clone();
+        let best_name = layers[best].layer.clone();
+        let k = params.folds.max(2);
+        for (i, l) in layers.iter_mut().enumerate() {
+            let Some((_, f)) = &folds[i] else { continue };
+            if f.len() != best_folds.len() {
+                continue;
+            }
+            let d: Vec<f64> = f.iter().zip(&best_folds).map(|(a, b)| a - b).collect();
+            let k_used = l
+                .values
+                .iter()
+                .find(|v| v.metric == metric)
+                .and_then(|v| v.details.get("folds").and_then(|x| x.as_u64()))
+                .map_or(k, |x| x as usize);
+            let name = format!("{metric}_vs_best");
+            let mut v = match corrected_cv_ci(&d, k_used) {
+                Some((m, ci)) => {
+                    let mut v = MetricValue::new(
+                        &name,
+                        m,
+                        format!(
+                            "paired difference to the best layer '{best_name}' on the same {} folds; CI: corrected repeated-CV t interval (Nadeau & Bengio 2003); tied when ci_high >= -{} (margin)",
+                            d.len(),
+                            params.tie_margin
+                        ),
+                    );
+                    v.ci = Some(ci);
+                    v
+                }
+                None if i == best => {
+                    MetricValue::new(&name, 0.0, format!("the best layer ('{best_name}')"))
+                }
+                None => MetricValue::new(&name, f64::NAN, "not computed: too few folds"),
+            };
+            v.details = serde_json::json!({"best_layer": best_name, "margin": params.tie_margin});
+            l.values.push(v);
+        }
+    }
+}
+
+/// Warnings for classes too small for the task scores (they are dropped there).
+fn class_warnings(labels: &Option<Vec<usize>>, classes: &[String], set: &str) -> Vec<String> {
+    let Some(y) = labels else { return Vec::new() };
+    classes
+        .iter()
+        .enumerate()
+        .filter_map(|(c, name)| {
+            let n = y.iter().filter(|&&v| v == c).count();
+            (n > 0 && n < MIN_CLASS).then(|| {
+                format!(
+                    "WARNING: {set} class '{name}' has {n} image(s) (< {MIN_CLASS}) and is dropped from the task probe and k-NN; add images or merge it"
+                )
+            })
+        })
+        .collect()
+}
+
 fn progress(on: bool, len: u64, msg: &str) -> ProgressBar {
     if on && std::io::stderr().is_terminal() {
         let b = ProgressBar::new(len);
@@ -346,18 +489,19 @@ fn progress(on: bool, len: u64, msg: &str) -> ProgressBar {
 pub fn within_set(
     set_name: &str,
     set: &EmbeddingSet,
+    layer_idx: &[usize],
     params: &Params,
     show: bool,
 ) -> Result<Vec<SimilarityValue>> {
     let bar = progress(
         show,
-        set.layers.len() as u64,
+        layer_idx.len() as u64,
         &format!("CKA within {set_name}"),
     );
     let mut raws = Vec::new();
     let mut grams = Vec::new();
     let mut sub: Option<Vec<usize>> = None;
-    for i in 0..set.layers.len() {
+    for &i in layer_idx {
         let x: Array2<f64> = set.read_layer(i)?;
         let idx = sub.get_or_insert_with(|| {
             let ctx = Ctx { params, depth: 0 };
@@ -370,7 +514,10 @@ pub fn within_set(
     }
     bar.finish_and_clear();
     let reps: Vec<LinearRep> = raws.iter().map(LinearRep::new).collect();
-    let names: Vec<&str> = set.layers.iter().map(|l| l.name.as_str()).collect();
+    let names: Vec<&str> = layer_idx
+        .iter()
+        .map(|&i| set.layers[i].name.as_str())
+        .collect();
     let l = names.len();
     let mut lin = vec![vec![0.0; l]; l];
     let mut deb = vec![vec![0.0; l]; l];
@@ -412,7 +559,7 @@ fn num(v: Option<f64>) -> String {
 /// The `metrics.csv` bytes: one tidy row per layer and metric.
 pub fn metrics_csv(r: &CompareReport) -> Vec<u8> {
     let header = [
-        "depth", "layer", "metric", "value", "ci_low", "ci_high", "p_value", "n_source",
+        "depth", "layer", "metric", "value", "ci_low", "ci_high", "p_value", "p_holm", "n_source",
         "n_target", "dim", "note",
     ];
     let rows = r.layers.iter().flat_map(|l| {
@@ -425,6 +572,7 @@ pub fn metrics_csv(r: &CompareReport) -> Vec<u8> {
                 num(v.ci.map(|c| c.0)),
                 num(v.ci.map(|c| c.1)),
                 num(v.p_value),
+                num(v.p_holm),
                 l.n_source.to_string(),
                 l.n_target.to_string(),
                 l.dim.to_string(),

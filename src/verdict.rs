@@ -1,41 +1,51 @@
-//! From per-layer metrics to a recommendation. The rule (also in the README):
+//! From per-layer metrics to a recommendation: one decision, from which the labels, the plan (where to cut)
+//! and the summary are all derived, so they can never contradict each other. The rule (also in the README):
 //!
-//! **Per layer**, with `dom` = the domain-probe accuracy, `p` = the MMD² permutation p-value, and `task` = the
-//! target-probe balanced accuracy (when the target has labels):
-//! - the layer is *close* when `dom ≤ 0.75` (a linear probe barely tells the sets apart) or `p > 0.01` (no
-//!   significant distribution difference);
-//! - the layer is *useful* when `task` is statistically tied with the best layer's: `task ≥ ci_low` of the best
-//!   layer's bootstrap interval (without intervals: within 0.02 of the best);
-//! - `transfers`: close, or useful;
-//! - `domain-specific`: `dom ≥ 0.95` and `p ≤ 0.01`, and not useful;
-//! - `partial`: everything else (a moderate gap, or a gap with some task signal).
+//! **Per layer**, with `dom` the domain-probe accuracy and its corrected repeated-CV interval, `p_holm` the
+//! Holm-adjusted MMD² p-value across layers, `task` the target-probe balanced accuracy with its interval,
+//! and `Δ` the paired difference of `task` to the best layer on the same folds (with its interval):
+//! - *close* needs positive evidence: the upper bound of `dom`'s interval is ≤ 0.75 (the two sets are hard
+//!   to tell apart); a test too weak to see a gap is no evidence of closeness;
+//! - *within the source's spread*: `dom ≤ spread + 0.05`, with `spread` the same probe between two groups of
+//!   the source's own classes (`source_spread_acc`): a gap no larger than class content alone makes inside
+//!   the model's training distribution is no evidence of a domain shift (two ImageNet-like photo sets with
+//!   different classes separate at deep layers for that reason alone);
+//! - *far*: `dom ≥ 0.95`, `p_holm ≤ 0.01`, and not within the source's spread;
+//! - *tied* with the best layer: the upper bound of `Δ`'s interval is ≥ −margin (default 0.01: not shown
+//!   worse than the best by more than the margin);
+//! - *useful*: tied, and the layer itself is clearly above chance (the lower bound of `task` > 1/k) and at
+//!   least the floor 0.70 balanced accuracy. A best layer below the floor makes no layer useful.
+//! - label `transfers` = close, within the spread, or useful; `domain-specific` = far and not useful;
+//!   `partial` otherwise.
 //!
-//! **The cut** ("freeze layers up to L, re-train from L+1"):
-//! - with target labels: L is the deepest layer tied with the best target probe (same tie rule), so the most
-//!   layers are frozen for no measurable loss; the LogME peak is quoted as a second opinion;
-//! - without labels: L is the deepest layer of the initial run of *close* layers; when the very first layer is
-//!   not close there is no safe cut.
+//! **The plan**:
+//! - with target labels and no useful layer: fine-tune every layer (the frozen features do not solve the
+//!   task), and consider a domain-specific model; the summary says "poor match";
+//! - with target labels and an *input-level shift* (the earliest layer is far): fine-tune every layer, the
+//!   first blocks included (Lee et al. 2023, "Surgical fine-tuning": input-level shifts are repaired in the
+//!   first blocks); the deepest useful layer is quoted as the cheaper fallback;
+//! - with target labels otherwise: freeze through the deepest useful layer (as much as is free) and train
+//!   the rest;
+//! - without labels: no cut from domain separability alone. The depth profile is reported as a diagnosis
+//!   (where the shift starts); a cut is given only through the initial run of layers that are close or
+//!   within the source's spread; otherwise
+//!   the advice is to label a few images per class, which is what usefulness needs.
 //!
-//! **Poor match**: when the earliest layer is already far (`dom ≥ 0.95`, `p ≤ 0.01`), the verdict says so
-//! plainly. Without target labels, or when the best target probe stays below 0.75 balanced accuracy, it
-//! advises a domain-specific model or training from scratch; otherwise it says the features help despite
-//! the gap.
-//!
-//! Ties in the probe values are broken towards the deeper layer; missing metrics never count as evidence.
+//! Missing metrics never count as evidence.
 
 use crate::compare::CompareReport;
 use crate::embeddings::Manifest;
 
-/// Domain-probe accuracy at or below which a layer is close.
+/// Upper interval bound of the domain-probe accuracy at or below which a layer is close.
 pub const CLOSE_DOMAIN_ACC: f64 = 0.75;
-/// Domain-probe accuracy at or above which a layer is far.
+/// Domain-probe accuracy at or above which a layer is far (with a significant Holm-adjusted MMD² test).
 pub const FAR_DOMAIN_ACC: f64 = 0.95;
-/// Significance level of the MMD² test.
+/// Family-wise significance level of the MMD² tests (Holm-adjusted across layers).
 pub const ALPHA: f64 = 0.01;
-/// Best target-probe balanced accuracy from which frozen features count as useful despite a domain gap.
-pub const USEFUL_TASK: f64 = 0.75;
-/// Tie margin for the task probe when no CI is available.
-pub const TIE_MARGIN: f64 = 0.02;
+/// Balanced accuracy a layer's task probe must reach to be useful.
+pub const USEFUL_FLOOR: f64 = 0.70;
+/// How far the domain probe may exceed the source's own spread and still count as within it.
+pub const SPREAD_MARGIN: f64 = 0.05;
 
 /// The numbers the rule reads at one layer.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -46,16 +56,34 @@ pub struct Evidence {
     pub layer: String,
     /// Domain-probe accuracy.
     pub domain_acc: Option<f64>,
+    /// Its corrected repeated-CV interval.
+    #[serde(default)]
+    pub domain_ci: Option<(f64, f64)>,
+    /// The domain probe between two groups of the source's classes (`source_spread_acc`).
+    #[serde(default)]
+    pub spread: Option<f64>,
     /// MMD² value.
     pub mmd2: Option<f64>,
     /// MMD² permutation p-value.
     pub mmd_p: Option<f64>,
+    /// Holm-adjusted MMD² p-value.
+    #[serde(default)]
+    pub mmd_p_holm: Option<f64>,
     /// Target-probe balanced accuracy.
     pub task: Option<f64>,
-    /// Its bootstrap CI.
+    /// Its interval.
     pub task_ci: Option<(f64, f64)>,
+    /// Paired difference of the task probe to the best layer, with its interval.
+    #[serde(default)]
+    pub task_vs_best: Option<(f64, (f64, f64))>,
+    /// k-NN balanced accuracy (a second opinion, quoted).
+    #[serde(default)]
+    pub knn: Option<f64>,
     /// LogME on the target.
     pub logme: Option<f64>,
+    /// Number of target classes the task probe used (chance = 1/k).
+    #[serde(default)]
+    pub classes: Option<usize>,
 }
 
 /// The label of one layer.
@@ -105,16 +133,42 @@ pub struct Cut {
     pub evidence: String,
 }
 
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanKind {
+    /// Freeze through the cut, train the rest.
+    FreezeThrough,
+    /// Fine-tune every layer.
+    TrainAll,
+    /// No recommendation can be made from this evidence.
+    NoAdvice,
+}
+
+/// The plan, in one place: the cut (when freezing), the kind, and the words.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// The kind of plan.
+    pub kind: PlanKind,
+    /// One sentence.
+    pub text: String,
+}
+
 /// `verdict.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// Per layer, depth order.
     pub layers: Vec<LayerVerdict>,
-    /// The cut, when one can be recommended.
+    /// The plan.
+    pub plan: Plan,
+    /// The cut, when the plan freezes layers.
     pub cut: Option<Cut>,
+    /// Where the shift starts, in words (the depth profile of the domain gap).
+    pub diagnosis: String,
     /// A one-paragraph answer.
     pub summary: String,
-    /// Set when even the earliest layer is far apart.
+    /// Set when the frozen features do not solve the target task, or (without labels) even the earliest
+    /// layer is far.
     pub poor_match: Option<String>,
     /// Input mismatches and estimate warnings.
     pub warnings: Vec<String>,
@@ -128,6 +182,10 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |x| format!("{x:.3}"))
 }
 
+fn fmt_ci(v: Option<(f64, f64)>) -> String {
+    v.map_or(String::new(), |(a, b)| format!(" [{a:.3}, {b:.3}]"))
+}
+
 fn fmt_p(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |x| {
         if x < 0.001 {
@@ -138,79 +196,99 @@ fn fmt_p(v: Option<f64>) -> String {
     })
 }
 
-fn is_close(e: &Evidence) -> bool {
-    e.domain_acc.is_some_and(|a| a <= CLOSE_DOMAIN_ACC) || e.mmd_p.is_some_and(|p| p > ALPHA)
+/// The facts the rule derives at one layer; everything else is derived from these.
+#[derive(Debug, Clone, Copy, Default)]
+struct Facts {
+    close: bool,
+    within_spread: bool,
+    far: bool,
+    tied: bool,
+    useful: bool,
 }
 
-fn is_far(e: &Evidence) -> bool {
-    e.domain_acc.is_some_and(|a| a >= FAR_DOMAIN_ACC) && e.mmd_p.is_none_or(|p| p <= ALPHA)
+fn facts(e: &Evidence, margin: f64, labelled_ok: bool) -> Facts {
+    let close = e.domain_ci.is_some_and(|(_, hi)| hi <= CLOSE_DOMAIN_ACC);
+    let within_spread =
+        matches!((e.domain_acc, e.spread), (Some(d), Some(s)) if d <= s + SPREAD_MARGIN);
+    let far = e.domain_acc.is_some_and(|a| a >= FAR_DOMAIN_ACC)
+        && e.mmd_p_holm.or(e.mmd_p).is_none_or(|p| p <= ALPHA)
+        && !within_spread;
+    let tied = e.task_vs_best.is_some_and(|(_, (_, hi))| hi >= -margin);
+    let chance = 1.0 / e.classes.unwrap_or(2).max(2) as f64;
+    let above_chance = e.task_ci.is_some_and(|(lo, _)| lo > chance);
+    let useful = labelled_ok && tied && above_chance && e.task.is_some_and(|t| t >= USEFUL_FLOOR);
+    Facts {
+        close,
+        within_spread,
+        far,
+        tied,
+        useful,
+    }
 }
 
-/// Index of the best task value, and the threshold a layer must reach to tie with it.
-fn task_best(ev: &[Evidence]) -> Option<(usize, f64)> {
-    let (bi, best) = ev
+/// Applies the rule (module docs) to per-layer evidence, with the tie margin in balanced accuracy.
+pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
+    let labelled = ev.iter().any(|e| e.task.is_some());
+    let best = ev
         .iter()
         .enumerate()
         .filter_map(|(i, e)| e.task.map(|t| (i, t)))
         .fold(None, |acc: Option<(usize, f64)>, (i, t)| match acc {
-            Some((_, b)) if b > t => acc,
+            Some((_, b)) if b >= t => acc,
             _ => Some((i, t)),
-        })?;
-    let thr = ev[bi]
-        .task_ci
-        .map_or(best - TIE_MARGIN, |(lo, _)| lo.min(best));
-    Some((bi, thr))
-}
-
-/// Applies the rule (module docs) to per-layer evidence.
-pub fn decide(ev: &[Evidence], warnings: Vec<String>) -> Verdict {
-    let best = task_best(ev);
-    let useful = |e: &Evidence| match (best, e.task) {
-        (Some((_, thr)), Some(t)) => t >= thr,
-        _ => false,
-    };
+        });
+    let fs: Vec<Facts> = ev.iter().map(|e| facts(e, margin, labelled)).collect();
+    let any_useful = fs.iter().any(|f| f.useful);
     let layers: Vec<LayerVerdict> = ev
         .iter()
-        .map(|e| {
-            let (close, far, use_) = (is_close(e), is_far(e), useful(e));
-            let label = if close || use_ {
+        .zip(&fs)
+        .map(|(e, f)| {
+            let label = if f.close || f.within_spread || f.useful {
                 Label::Transfers
-            } else if far {
+            } else if f.far {
                 Label::DomainSpecific
             } else {
                 Label::Partial
             };
             let mut why = format!(
-                "domain probe {} (0.5 = indistinguishable), MMD2 {} p={}",
+                "domain probe {}{} (0.5 = indistinguishable; the source's own class groups: {}), MMD2 {} p={} (Holm {})",
                 fmt(e.domain_acc),
+                fmt_ci(e.domain_ci),
+                fmt(e.spread),
                 fmt(e.mmd2),
-                fmt_p(e.mmd_p)
+                fmt_p(e.mmd_p),
+                fmt_p(e.mmd_p_holm)
             );
             if e.task.is_some() {
                 why.push_str(&format!(
-                    "; target probe {}{}",
+                    "; target probe {}{}{}",
                     fmt(e.task),
-                    if use_ {
-                        " (tied with the best layer)"
-                    } else {
-                        ""
+                    fmt_ci(e.task_ci),
+                    match (f.useful, f.tied, e.task_vs_best) {
+                        (true, _, _) => " (tied with the best layer)".to_string(),
+                        (false, true, _) => " (tied with the best layer, but below the usefulness floor or chance)".to_string(),
+                        (false, false, Some((d, _))) => format!(" ({d:+.3} vs the best layer)"),
+                        _ => String::new(),
                     }
                 ));
             }
             let reason = match label {
-                Label::Transfers if close => format!("close to the source: {why}"),
+                Label::Transfers if f.close => format!("close to the source: {why}"),
+                Label::Transfers if f.within_spread && !f.useful => format!(
+                    "the gap is no larger than between the source's own class groups (class content, not domain): {why}"
+                ),
                 Label::Transfers => {
                     format!("useful for the target task despite the domain gap: {why}")
                 }
                 Label::DomainSpecific => format!(
                     "separates the domains{}: {why}",
                     if e.task.is_some() {
-                        " and is below the best target probe"
+                        " and is not useful for the target task"
                     } else {
                         ""
                     }
                 ),
-                Label::Partial => format!("moderate gap: {why}"),
+                Label::Partial => format!("neither shown close nor far, nor useful: {why}"),
             };
             LayerVerdict {
                 depth: e.depth,
@@ -221,93 +299,155 @@ pub fn decide(ev: &[Evidence], warnings: Vec<String>) -> Verdict {
         })
         .collect();
 
-    let cut = if let Some((bi, thr)) = best {
-        let deepest = ev
-            .iter()
-            .rposition(|e| e.task.is_some_and(|t| t >= thr))
-            .unwrap_or(bi);
-        let logme_peak = ev.iter().filter(|e| e.logme.is_some()).max_by(|a, b| {
-            a.logme
-                .unwrap_or(f64::MIN)
-                .total_cmp(&b.logme.unwrap_or(f64::MIN))
-        });
-        let tied: Vec<usize> = ev
-            .iter()
-            .filter(|e| e.task.is_some_and(|t| t >= thr))
-            .map(|e| e.depth)
-            .collect();
-        Some(Cut {
-            depth: ev[deepest].depth,
-            layer: ev[deepest].layer.clone(),
-            evidence: format!(
-                "the target probe peaks at depth {} ({}: balanced accuracy {}); layers at depths {:?} are tied with it (>= {:.3}), the deepest of them is depth {}{}",
-                ev[bi].depth,
-                ev[bi].layer,
-                fmt(ev[bi].task),
-                tied,
-                thr,
-                ev[deepest].depth,
-                logme_peak.map_or(String::new(), |l| format!("; LogME peaks at depth {} ({})", l.depth, fmt(l.logme)))
-            ),
-        })
-    } else {
-        let run = ev.iter().take_while(|e| is_close(e)).count();
-        (run > 0).then(|| {
-            let e = &ev[run - 1];
-            Cut {
-                depth: e.depth,
-                layer: e.layer.clone(),
-                evidence: format!(
-                    "no target labels: the first {run} layer(s) are close to the source (domain probe <= {CLOSE_DOMAIN_ACC} or MMD2 p > {ALPHA}); from depth {} on the gap is significant{}",
-                    e.depth + 1,
-                    ev.get(run).map_or(String::new(), |n| format!(" (domain probe {}, p={})", fmt(n.domain_acc), fmt_p(n.mmd_p)))
-                ),
-            }
-        })
+    // where the shift starts
+    let first_far = fs.iter().position(|f| f.far);
+    let close_run = fs.iter().take_while(|f| f.close || f.within_spread).count();
+    let input_shift = first_far == Some(0);
+    let diagnosis = match first_far {
+        Some(0) => format!(
+            "The shift is at the input level: the earliest layer ({}) already separates source and target (domain probe {}). Input-level shifts are best repaired by tuning the first blocks (Lee et al. 2023, surgical fine-tuning), so early layers are not safe to freeze.",
+            ev[0].layer,
+            fmt(ev[0].domain_acc)
+        ),
+        Some(d) => format!(
+            "The sets separate from depth {} ({}, domain probe {}); {} earlier layer(s) are close or within the source's own spread.",
+            ev[d].depth,
+            ev[d].layer,
+            fmt(ev[d].domain_acc),
+            close_run
+        ),
+        None if close_run == ev.len() && !ev.is_empty() => {
+            "No layer separates the sets beyond the source's own spread: every layer is close or within it.".to_string()
+        }
+        None => "No layer separates the sets clearly (no layer is far).".to_string(),
     };
 
-    let best_task = best.and_then(|(bi, _)| ev[bi].task);
-    let poor_match = ev.first().filter(|e| is_far(e)).map(|e| {
-        let gap = format!(
-            "Even the earliest layer ({}) separates source and target (domain probe {}, MMD2 p={}): to this model the target images look unlike its training images at every depth.",
-            e.layer,
-            fmt(e.domain_acc),
-            fmt_p(e.mmd_p)
-        );
-        match best_task {
-            Some(t) if t >= USEFUL_TASK => format!(
-                "{gap} Yet frozen features still separate the target classes (best balanced accuracy {t:.3}), so transfer helps despite the gap; a domain-specific pretrained model may still do better."
-            ),
-            _ => format!(
-                "{gap} The model is a poor match: consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers."
-            ),
-        }
+    let deepest_useful = fs.iter().rposition(|f| f.useful);
+    let cut_at = |i: usize, evidence: String| Cut {
+        depth: ev[i].depth,
+        layer: ev[i].layer.clone(),
+        evidence,
+    };
+    let tied_depths: Vec<usize> = ev
+        .iter()
+        .zip(&fs)
+        .filter(|(_, f)| f.useful)
+        .map(|(e, _)| e.depth)
+        .collect();
+    let logme_peak = ev.iter().filter(|e| e.logme.is_some()).max_by(|a, b| {
+        a.logme
+            .unwrap_or(f64::MIN)
+            .total_cmp(&b.logme.unwrap_or(f64::MIN))
     });
+    let useful_evidence = |i: usize| {
+        let (bi, _) = best.expect("labelled");
+        format!(
+            "the target probe peaks at depth {} ({}: balanced accuracy {}{}); layers at depths {:?} are tied with it (paired difference on the same folds, interval reaching -{margin}) and above the floor {USEFUL_FLOOR}; the deepest of them is depth {}{}",
+            ev[bi].depth,
+            ev[bi].layer,
+            fmt(ev[bi].task),
+            fmt_ci(ev[bi].task_ci),
+            tied_depths,
+            ev[i].depth,
+            logme_peak.map_or(String::new(), |l| format!("; LogME peaks at depth {} ({})", l.depth, fmt(l.logme)))
+        )
+    };
+    let (plan, cut, poor_match) = if labelled {
+        let best_task = best.map(|(_, t)| t);
+        match deepest_useful {
+            None => (
+                Plan {
+                    kind: PlanKind::TrainAll,
+                    text: format!(
+                        "Fine-tune every layer: no layer's frozen features solve the target task (best target probe {} balanced accuracy, floor {USEFUL_FLOOR}, chance {:.3}).",
+                        fmt(best_task),
+                        1.0 / ev.iter().find_map(|e| e.classes).unwrap_or(2).max(2) as f64
+                    ),
+                },
+                None,
+                Some("The model is a poor match for this task: its frozen features do not reach a useful accuracy at any depth. Consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers.".to_string()),
+            ),
+            Some(i) if input_shift => (
+                Plan {
+                    kind: PlanKind::TrainAll,
+                    text: format!(
+                        "Fine-tune every layer, the first blocks included: the shift is at the input level. Frozen features are useful (up to depth {}, {}), so if compute is short, freezing through depth {} and training the rest is the cheaper fallback.",
+                        ev[i].depth,
+                        ev[i].layer,
+                        ev[i].depth
+                    ),
+                },
+                Some(cut_at(i, useful_evidence(i))),
+                None,
+            ),
+            Some(i) => {
+                let last = i + 1 == ev.len();
+                (
+                    Plan {
+                        kind: PlanKind::FreezeThrough,
+                        text: if last {
+                            format!("Freeze every measured layer up to depth {} ({}) and train only what comes after it (a new head).", ev[i].depth, ev[i].layer)
+                        } else {
+                            format!("Freeze layers up to depth {} ({}) and re-train from depth {} on.", ev[i].depth, ev[i].layer, ev[i].depth + 1)
+                        },
+                    },
+                    Some(cut_at(i, useful_evidence(i))),
+                    None,
+                )
+            }
+        }
+    } else if close_run > 0 {
+        let i = close_run - 1;
+        (
+            Plan {
+                kind: PlanKind::FreezeThrough,
+                text: format!(
+                    "Freeze layers up to depth {} ({}): they are close to the source or within its own spread; re-train from depth {} on. Labels (a few dozen images per class in sub-folders) would show whether deeper layers are useful despite the gap.",
+                    ev[i].depth, ev[i].layer, ev[i].depth + 1
+                ),
+            },
+            Some(cut_at(i, format!(
+                "no target labels: the first {close_run} layer(s) are close to the source (upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}) or within the source's own spread (domain probe <= source_spread_acc + {SPREAD_MARGIN}){}",
+                ev.get(close_run).map_or(String::new(), |n| format!("; depth {} is not (domain probe {}{})", n.depth, fmt(n.domain_acc), fmt_ci(n.domain_ci)))
+            ))),
+            None,
+        )
+    } else {
+        (
+            Plan {
+                kind: PlanKind::NoAdvice,
+                text: "No cut can be recommended from domain separability alone: no early layer is shown close to the source, and a gap may come from different classes rather than a different domain. Put a few dozen labelled target images per class in sub-folders: usefulness for your task is what decides where to cut.".into(),
+            },
+            None,
+            first_far.filter(|&d| d == 0).map(|_| {
+                "Even the earliest layer separates source and target: to this model the target images look unlike its training images at every depth. Without labels there is no evidence that its features help; a domain-specific pretrained model may suit better.".to_string()
+            }),
+        )
+    };
     let n = |l: Label| layers.iter().filter(|v| v.label == l).count();
     let summary = format!(
-        "{} of {} layers transfer, {} partial, {} domain-specific. {}{}",
+        "{} of {} layers transfer, {} partial, {} domain-specific. {} {}{}",
         n(Label::Transfers),
         layers.len(),
         n(Label::Partial),
         n(Label::DomainSpecific),
-        match &cut {
-            Some(c) if c.depth + 1 == ev.len() => format!(
-                "Recommended cut: freeze every measured layer up to depth {} ({}) and train only what comes after it (a new head). ",
-                c.depth, c.layer
-            ),
-            Some(c) => format!("Recommended cut: freeze layers up to depth {} ({}) and re-train from depth {} on. ", c.depth, c.layer, c.depth + 1),
-            None => "No safe cut: no layer is close to the source and the target has no labels to judge usefulness. ".into(),
-        },
-        poor_match.as_deref().unwrap_or("")
+        plan.text,
+        diagnosis,
+        poor_match
+            .as_deref()
+            .map_or(String::new(), |p| format!(" {p}"))
     );
+    debug_assert!(any_useful || plan.kind != PlanKind::FreezeThrough || !labelled);
     Verdict {
         layers,
+        plan,
         cut,
+        diagnosis,
         summary: summary.trim().to_string(),
         poor_match,
         warnings,
         rule: format!(
-            "close: domain probe <= {CLOSE_DOMAIN_ACC} or MMD2 p > {ALPHA}; far: domain probe >= {FAR_DOMAIN_ACC} and p <= {ALPHA}; useful: target probe >= lower CI bound of the best layer (or within {TIE_MARGIN}); transfers = close or useful; domain-specific = far and not useful; else partial. Cut: deepest layer tied with the best target probe, else the last of the initial run of close layers."
+            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: domain probe >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close, within spread or useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); earliest layer far (input-level shift) -> fine-tune all, first blocks included; else freeze through the deepest useful layer. Without labels: freeze through the initial run of close or within-spread layers, else no advice."
         ),
         evidence: ev.to_vec(),
     }
@@ -323,11 +463,20 @@ pub fn evidence(r: &CompareReport) -> Vec<Evidence> {
                 depth: l.depth,
                 layer: l.layer.clone(),
                 domain_acc: get("domain_probe_acc").and_then(|v| v.value),
+                domain_ci: get("domain_probe_acc").and_then(|v| v.ci),
+                spread: get("source_spread_acc").and_then(|v| v.value),
                 mmd2: get("mmd2_rbf").and_then(|v| v.value),
                 mmd_p: get("mmd2_rbf").and_then(|v| v.p_value),
+                mmd_p_holm: get("mmd2_rbf").and_then(|v| v.p_holm),
                 task: get("target_probe_bal_acc").and_then(|v| v.value),
                 task_ci: get("target_probe_bal_acc").and_then(|v| v.ci),
+                task_vs_best: get("target_probe_bal_acc_vs_best")
+                    .and_then(|v| v.value.map(|d| (d, v.ci.unwrap_or((d, d))))),
+                knn: get("target_knn_bal_acc").and_then(|v| v.value),
                 logme: get("logme_target").and_then(|v| v.value),
+                classes: get("target_probe_bal_acc")
+                    .and_then(|v| v.details.get("classes").and_then(|c| c.as_u64()))
+                    .map(|c| c as usize),
             }
         })
         .collect()
@@ -384,95 +533,237 @@ pub fn input_warnings(source: Option<&Manifest>, target: Option<&Manifest>) -> V
 mod tests {
     use super::*;
 
-    fn ev(depth: usize, dom: f64, p: f64, task: Option<(f64, f64, f64)>) -> Evidence {
+    /// One layer: (domain acc, its interval, Holm p, spread, task, task interval, paired Δ and interval).
+    #[allow(clippy::type_complexity)]
+    fn ev(
+        depth: usize,
+        dom: (f64, f64, f64),
+        p: f64,
+        spread: f64,
+        task: Option<(f64, f64, f64, f64, f64, f64)>,
+        classes: usize,
+    ) -> Evidence {
         Evidence {
             depth,
             layer: format!("l{depth}"),
-            domain_acc: Some(dom),
+            domain_acc: Some(dom.0),
+            domain_ci: Some((dom.1, dom.2)),
+            spread: Some(spread),
             mmd2: Some(0.1),
             mmd_p: Some(p),
+            mmd_p_holm: Some(p),
             task: task.map(|t| t.0),
             task_ci: task.map(|t| (t.1, t.2)),
+            task_vs_best: task.map(|t| (t.3, (t.4, t.5))),
+            knn: None,
             logme: task.map(|t| t.0 - 1.0),
+            classes: task.map(|_| classes),
         }
+    }
+
+    /// Labels, plan and summary come from one decision: they never contradict each other.
+    fn consistent(v: &Verdict) {
+        let useful_claimed = v
+            .layers
+            .iter()
+            .any(|l| l.reason.contains("useful for the target task despite"));
+        if v.poor_match.is_some() && v.evidence.iter().any(|e| e.task.is_some()) {
+            assert!(
+                !useful_claimed,
+                "poor match but a layer is called useful: {v:#?}"
+            );
+            assert_eq!(v.plan.kind, PlanKind::TrainAll);
+        }
+        match v.plan.kind {
+            PlanKind::FreezeThrough => {
+                let c = v.cut.as_ref().expect("a freeze plan has a cut");
+                assert!(v.summary.contains(&format!("depth {}", c.depth)));
+                assert_eq!(v.layers[c.depth].label, Label::Transfers);
+            }
+            PlanKind::TrainAll => assert!(v.summary.contains("Fine-tune every layer")),
+            PlanKind::NoAdvice => assert!(v.cut.is_none()),
+        }
+        assert!(v.summary.contains(&v.plan.text));
     }
 
     #[test]
     fn table_of_labels_without_labels() {
-        // (domain acc, p) → expected label
+        // (domain acc, interval, Holm p, spread) -> label
         let cases = [
-            (0.55, 0.5, Label::Transfers),
-            (0.90, 0.5, Label::Transfers),   // not significant: close
-            (0.70, 0.001, Label::Transfers), // probe near chance: close
-            (0.85, 0.005, Label::Partial),   // moderate gap
-            (0.99, 0.005, Label::DomainSpecific), // far
-            (0.96, 0.02, Label::Transfers),  // p > 0.01 wins: close
+            ((0.52, 0.45, 0.60), 0.5, 0.55, Label::Transfers), // close: interval under 0.75
+            ((0.70, 0.60, 0.80), 0.5, 0.55, Label::Partial), // not significant, but no positive evidence
+            ((0.85, 0.80, 0.90), 0.001, 0.55, Label::Partial), // moderate gap
+            ((0.99, 0.98, 1.00), 0.001, 0.55, Label::DomainSpecific), // far
+            ((0.99, 0.98, 1.00), 0.02, 0.55, Label::Partial), // not significant after Holm
+            ((0.97, 0.95, 0.99), 0.001, 0.95, Label::Transfers), // within the source's own spread
         ];
         let evs: Vec<Evidence> = cases
             .iter()
             .enumerate()
-            .map(|(i, c)| ev(i, c.0, c.1, None))
+            .map(|(i, c)| ev(i, c.0, c.1, c.2, None, 0))
             .collect();
-        let v = decide(&evs, vec![]);
+        let v = decide(&evs, 0.01, vec![]);
         for (lv, c) in v.layers.iter().zip(cases.iter()) {
-            assert_eq!(lv.label, c.2, "{lv:?}");
+            assert_eq!(lv.label, c.3, "{lv:?}");
             assert!(lv.reason.contains("domain probe"));
         }
-        // cut: the initial run of close layers ends at depth 2
-        assert_eq!(v.cut.as_ref().unwrap().depth, 2);
-        assert!(v.poor_match.is_none());
+        // the initial run of close layers ends at depth 0
+        assert_eq!(v.plan.kind, PlanKind::FreezeThrough);
+        assert_eq!(v.cut.as_ref().unwrap().depth, 0);
+        consistent(&v);
     }
 
     #[test]
-    fn cut_is_the_deepest_layer_tied_with_the_best_probe() {
+    fn two_imagenet_like_sets_without_labels_transfer_deep() {
+        // early layers close, deep layers separate by class content as much as the source's own class groups
+        let evs: Vec<Evidence> = (0..6)
+            .map(|d| {
+                let dom = 0.55 + 0.08 * d as f64;
+                let spread = 0.55 + 0.07 * d as f64;
+                ev(d, (dom, dom - 0.05, dom + 0.05), 0.0005, spread, None, 0)
+            })
+            .collect();
+        let v = decide(&evs, 0.01, vec![]);
+        assert!(
+            v.layers.iter().all(|l| l.label == Label::Transfers),
+            "{v:#?}"
+        );
+        assert_eq!(v.cut.as_ref().unwrap().depth, 5);
+        consistent(&v);
+    }
+
+    #[test]
+    fn unlabelled_input_level_shift_gives_no_cut_but_a_diagnosis() {
         let evs = vec![
-            ev(0, 0.99, 0.005, Some((0.70, 0.66, 0.74))),
-            ev(1, 0.99, 0.005, Some((0.86, 0.83, 0.89))),
-            ev(2, 0.99, 0.005, Some((0.88, 0.85, 0.91))), // best
-            ev(3, 0.99, 0.005, Some((0.86, 0.82, 0.90))), // tied (>= 0.85)
-            ev(4, 0.99, 0.005, Some((0.80, 0.76, 0.84))), // not tied
+            ev(0, (0.99, 0.98, 1.0), 0.001, 0.55, None, 0),
+            ev(1, (0.999, 0.99, 1.0), 0.001, 0.60, None, 0),
         ];
-        let v = decide(&evs, vec![]);
+        let v = decide(&evs, 0.01, vec![]);
+        assert_eq!(v.plan.kind, PlanKind::NoAdvice);
+        assert!(v.cut.is_none());
+        assert!(v.diagnosis.contains("input level"));
+        assert!(v.summary.contains("labelled target images"));
+        assert!(v.poor_match.is_some());
+        consistent(&v);
+    }
+
+    #[test]
+    fn cut_is_the_deepest_useful_layer_tied_by_paired_differences() {
+        let evs = vec![
+            ev(
+                0,
+                (0.60, 0.55, 0.65),
+                0.5,
+                0.55,
+                Some((0.70, 0.66, 0.74, -0.18, -0.22, -0.14)),
+                2,
+            ),
+            ev(
+                1,
+                (0.80, 0.75, 0.85),
+                0.001,
+                0.55,
+                Some((0.84, 0.81, 0.87, -0.04, -0.055, -0.025)),
+                2,
+            ),
+            ev(
+                2,
+                (0.99, 0.98, 1.0),
+                0.001,
+                0.55,
+                Some((0.88, 0.85, 0.91, 0.0, 0.0, 0.0)),
+                2,
+            ), // best
+            ev(
+                3,
+                (0.99, 0.98, 1.0),
+                0.001,
+                0.55,
+                Some((0.875, 0.84, 0.91, -0.005, -0.02, 0.01)),
+                2,
+            ), // tied
+            ev(
+                4,
+                (0.99, 0.98, 1.0),
+                0.001,
+                0.55,
+                Some((0.80, 0.76, 0.84, -0.08, -0.11, -0.05)),
+                2,
+            ), // worse
+        ];
+        let v = decide(&evs, 0.01, vec![]);
         let labels: Vec<Label> = v.layers.iter().map(|l| l.label).collect();
         assert_eq!(
             labels,
             [
-                Label::DomainSpecific,
-                Label::Transfers,
+                Label::Transfers, // close
+                Label::Partial,   // Δ interval below -0.01: not tied; not far
                 Label::Transfers,
                 Label::Transfers,
                 Label::DomainSpecific
             ]
         );
-        let cut = v.cut.unwrap();
+        assert_eq!(v.plan.kind, PlanKind::FreezeThrough);
+        let cut = v.cut.as_ref().unwrap();
         assert_eq!(cut.depth, 3);
         assert!(cut.evidence.contains("peaks at depth 2"));
-        let pm = v.poor_match.unwrap();
+        assert!(v.poor_match.is_none());
+        consistent(&v);
+    }
+
+    #[test]
+    fn small_many_class_task_below_the_floor_is_a_poor_match_everywhere() {
+        // the bone-like case: 11 classes, best balanced accuracy 0.32 (chance 0.09), far from the first layer
+        let evs: Vec<Evidence> = (0..4)
+            .map(|d| {
+                let t = 0.26 + 0.02 * d as f64;
+                ev(
+                    d,
+                    (0.99, 0.98, 1.0),
+                    0.001,
+                    0.55,
+                    Some((t, t - 0.05, t + 0.05, t - 0.32, t - 0.36, t - 0.28 + 0.01)),
+                    11,
+                )
+            })
+            .collect();
+        let v = decide(&evs, 0.01, vec![]);
         assert!(
-            pm.contains("earliest layer") && pm.contains("transfer helps despite the gap"),
-            "{pm}"
+            v.layers.iter().all(|l| l.label != Label::Transfers),
+            "{v:#?}"
         );
-    }
-
-    #[test]
-    fn no_cut_when_nothing_is_close_and_no_labels() {
-        let evs = vec![ev(0, 0.99, 0.005, None), ev(1, 0.999, 0.005, None)];
-        let v = decide(&evs, vec![]);
+        assert_eq!(v.plan.kind, PlanKind::TrainAll);
         assert!(v.cut.is_none());
-        assert!(v.summary.contains("No safe cut"));
-        assert!(v.poor_match.unwrap().contains("poor match"));
+        assert!(v.poor_match.as_ref().unwrap().contains("poor match"));
+        consistent(&v);
     }
 
     #[test]
-    fn ties_without_intervals_use_the_margin_and_prefer_depth() {
-        let mut evs = vec![
-            ev(0, 0.6, 0.5, Some((0.80, 0.0, 0.0))),
-            ev(1, 0.6, 0.5, Some((0.79, 0.0, 0.0))),
+    fn labelled_input_level_shift_fine_tunes_everything_with_a_fallback() {
+        let evs = vec![
+            ev(
+                0,
+                (0.99, 0.98, 1.0),
+                0.001,
+                0.55,
+                Some((0.80, 0.75, 0.85, -0.10, -0.14, -0.06)),
+                2,
+            ),
+            ev(
+                1,
+                (1.0, 1.0, 1.0),
+                0.001,
+                0.6,
+                Some((0.90, 0.87, 0.93, 0.0, 0.0, 0.0)),
+                2,
+            ),
         ];
-        for e in &mut evs {
-            e.task_ci = None;
-        }
-        assert_eq!(decide(&evs, vec![]).cut.unwrap().depth, 1);
+        let v = decide(&evs, 0.01, vec![]);
+        assert_eq!(v.plan.kind, PlanKind::TrainAll);
+        assert!(v.plan.text.contains("first blocks"));
+        assert_eq!(v.cut.as_ref().unwrap().depth, 1);
+        assert!(v.diagnosis.contains("Lee et al. 2023"));
+        consistent(&v);
     }
 
     #[test]
@@ -482,8 +773,10 @@ mod tests {
             layer: "x".into(),
             ..Default::default()
         };
-        let v = decide(&[e], vec![]);
+        let v = decide(&[e], 0.01, vec![]);
         assert_eq!(v.layers[0].label, Label::Partial);
         assert!(v.layers[0].reason.contains("n/a"));
+        assert_eq!(v.plan.kind, PlanKind::NoAdvice);
+        consistent(&v);
     }
 }

@@ -39,9 +39,9 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
             .args([
                 "analyze",
                 "--permutations",
-                "50",
-                "--bootstrap",
-                "50",
+                "99",
+                "--cv-repeats",
+                "1",
                 "--source",
             ])
             .arg(&src)

@@ -339,6 +339,8 @@ class Cache:
                 self.depth += 1
                 self.x = torch.cat([self.staged.stage(self.depth, self.x[i:i + 64])
                                     for i in range(0, len(self.x), 64)])
+                if self.x.dim() == 4:
+                    self.x = self.x.contiguous(memory_format=torch.channels_last)
         return self.x
 
 
@@ -365,7 +367,10 @@ def train_one(base_state, staged, cfg, lr, seed, xtr, ytr, xte, yte, k):
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), BATCH):
             b = perm[i:i + BATCH]
-            loss = F.cross_entropy(head(staged.run(xtr[b], start)), ytr_t[b])
+            xb = xtr[b]
+            if xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(head(staged.run(xb, start)), ytr_t[b])
             opt.zero_grad()
             loss.backward()
             opt.step()

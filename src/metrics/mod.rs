@@ -16,6 +16,7 @@ pub mod logreg;
 pub mod mmd;
 pub mod probe;
 pub mod stats;
+pub mod transfer;
 
 use ndarray::Array2;
 use rand::SeedableRng;
@@ -40,10 +41,17 @@ pub struct Params {
     pub seed: u64,
     /// Permutations for the MMD² test (B).
     pub permutations: usize,
-    /// Bootstrap resamples for confidence intervals.
-    pub bootstrap: usize,
     /// Folds for cross-validated probes (reduced to the smallest class count when needed).
     pub folds: usize,
+    /// Repeats of the stratified k-fold cross-validation (one fold assignment shared by every layer).
+    #[serde(default = "default_repeats")]
+    pub cv_repeats: usize,
+    /// Equivalence margin for "tied with the best layer" (balanced accuracy).
+    #[serde(default = "default_margin")]
+    pub tie_margin: f64,
+    /// Neighbours of the k-NN score.
+    #[serde(default = "default_knn_k")]
+    pub knn_k: usize,
     /// Inverse L2 regularisation of the logistic probes (scikit-learn's C).
     pub c: f64,
     /// Most rows per set used by probes (a seeded subsample beyond that).
@@ -56,13 +64,25 @@ pub struct Params {
     pub cka_rbf_t: f64,
 }
 
+fn default_repeats() -> usize {
+    3
+}
+fn default_margin() -> f64 {
+    0.01
+}
+fn default_knn_k() -> usize {
+    10
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params {
             seed: 0,
-            permutations: 200,
-            bootstrap: 200,
+            permutations: 1999,
             folds: 5,
+            cv_repeats: default_repeats(),
+            tie_margin: default_margin(),
+            knn_k: default_knn_k(),
             c: 1.0,
             probe_max_n: 5000,
             mmd_max_n: 20_000,
@@ -91,6 +111,17 @@ impl Ctx<'_> {
         );
         r
     }
+
+    /// A generator seeded from the master seed and a name only (the same at every layer): for draws that
+    /// layers must share, such as fold assignments and subsamples, so layers are compared on equal terms.
+    pub fn shared_rng(&self, name: &str) -> ChaCha8Rng {
+        let mut r = ChaCha8Rng::seed_from_u64(self.params.seed);
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        r.set_stream(h);
+        r
+    }
 }
 
 /// One output value of a metric at one layer (one row of `metrics.csv`).
@@ -104,10 +135,16 @@ pub struct MetricValue {
     pub ci: Option<(f64, f64)>,
     /// Permutation p-value, when tested.
     pub p_value: Option<f64>,
+    /// Holm-adjusted p-value across layers, when tested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_holm: Option<f64>,
     /// Estimator details and warnings.
     pub note: String,
     /// Parameters specific to this value (σ, folds, ...), for `compare.json`.
     pub details: serde_json::Value,
+    /// Per-fold scores (repeat-major) of cross-validated values: the unit of paired layer comparisons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<f64>,
 }
 
 impl MetricValue {
@@ -119,8 +156,10 @@ impl MetricValue {
             value,
             ci: None,
             p_value: None,
+            p_holm: None,
             note,
             details: serde_json::Value::Null,
+            folds: Vec::new(),
         }
     }
 }
@@ -201,9 +240,12 @@ pub fn registry() -> Vec<Box<dyn Metric>> {
         Box::new(frechet::Frechet),
         Box::new(cov::CovAlignment),
         Box::new(probe::DomainProbe),
+        Box::new(probe::SourceSpread),
         Box::new(probe::TaskProbe { target: true }),
         Box::new(logme::LogMe { target: true }),
         Box::new(cka::CkaLabel { target: true }),
+        Box::new(transfer::Knn { target: true }),
+        Box::new(transfer::HScore { target: true }),
         Box::new(probe::TaskProbe { target: false }),
         Box::new(logme::LogMe { target: false }),
         Box::new(cka::CkaLabel { target: false }),

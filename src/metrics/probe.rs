@@ -1,43 +1,49 @@
 //! Linear probes: L2-regularised logistic regression ([`super::logreg`]: scikit-learn's objective, binary for two
 //! classes, multinomial for more; the intercept is not penalised) on frozen features, standardised with the training fold's statistics, evaluated by
-//! stratified k-fold cross-validation. Accuracy, balanced accuracy and AUC use the pooled out-of-fold
-//! predictions; their 95 % CIs are percentile bootstraps over those predictions (folds held fixed).
+//! repeated stratified k-fold cross-validation (default 3 x 5) with one fold assignment shared by every layer.
+//! Accuracy, balanced accuracy and AUC are means of the per-fold scores; their 95 % intervals are corrected
+//! repeated-CV t intervals (Nadeau & Bengio 2003; Bouckaert & Frank 2004) that include the refitting
+//! variance, which a bootstrap over fixed out-of-fold predictions leaves out (it covered 88 %, not 95 %).
+//! The per-fold scores are kept, so layers are compared by paired differences on the same folds.
 //!
 //! - Domain probe: source (0) vs target (1), balanced by a seeded subsample of the larger set; also the proxy
 //!   A-distance `2(1 − 2ε)` with ε the cross-validated error (Ben-David et al. 2010).
 //! - Task probe: the set's own class labels (one sub-folder per class).
 
-use ndarray::{concatenate, Array1, Array2, Axis};
+use ndarray::{concatenate, Array2, Axis};
 use rand::Rng;
 use rayon::prelude::*;
 
 use super::logreg;
-use super::stats::{auc, bootstrap_ci, stratified_folds, subsample};
+use super::stats::{auc, corrected_cv_ci, repeated_folds, subsample};
 use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
-/// (row, predicted class, score of class 1) for one fold.
-type FoldPredictions = Vec<(usize, usize, f64)>;
-
-/// Cross-validated probe outcome.
+/// Per-fold scores of a classifier under repeated stratified k-fold cross-validation.
 #[derive(Debug, Clone)]
 pub struct ProbeResult {
-    /// Accuracy of the pooled out-of-fold predictions.
+    /// Mean per-fold accuracy.
     pub acc: f64,
-    /// Mean per-class recall.
+    /// Mean per-fold balanced accuracy (mean per-class recall).
     pub bal_acc: f64,
-    /// AUC of class 1 vs the rest (two classes only).
+    /// Mean per-fold AUC of class 1 vs the rest (two classes only).
     pub auc: Option<f64>,
-    /// CI of accuracy.
+    /// Corrected repeated-CV 95 % interval of accuracy ([`corrected_cv_ci`]).
     pub acc_ci: Option<(f64, f64)>,
-    /// CI of balanced accuracy.
+    /// Its interval for balanced accuracy.
     pub bal_ci: Option<(f64, f64)>,
-    /// CI of AUC.
+    /// Its interval for AUC.
     pub auc_ci: Option<(f64, f64)>,
-    /// Folds used.
+    /// Folds per repeat.
     pub folds: usize,
-    /// Out-of-fold predicted class per row.
-    pub predictions: Vec<usize>,
+    /// Repeats.
+    pub repeats: usize,
+    /// Accuracy per (repeat, fold), repeat-major: the unit of paired comparisons between layers.
+    pub fold_acc: Vec<f64>,
+    /// Balanced accuracy per (repeat, fold).
+    pub fold_bal: Vec<f64>,
+    /// AUC per (repeat, fold) (two classes only).
+    pub fold_auc: Vec<f64>,
 }
 
 fn standardise(train: &Array2<f64>, test: &Array2<f64>) -> (Array2<f64>, Array2<f64>) {
@@ -64,103 +70,128 @@ fn balanced_accuracy(y: &[usize], pred: &[usize], idx: &[usize], k: usize) -> f6
     present.iter().sum::<f64>() / present.len().max(1) as f64
 }
 
-/// Stratified k-fold cross-validated logistic probe of `y` (classes 0..k) from `x`.
+/// Scores any classifier by repeated cross-validation. `predict(train, test)` returns, for each test row in
+/// order, the predicted class and the score of class 1. Folds (`folds[r][i]` = fold of row i in repeat r)
+/// are fitted in parallel and scored one by one, so the result does not depend on the thread count.
+pub fn cv_scores<F>(
+    y: &[usize],
+    folds: &[Vec<usize>],
+    predict: F,
+) -> std::result::Result<ProbeResult, String>
+where
+    F: Fn(&[usize], &[usize]) -> Vec<(usize, f64)> + Sync,
+{
+    let k = y.iter().max().map_or(0, |m| m + 1);
+    let n = y.len();
+    let n_folds = folds
+        .iter()
+        .flat_map(|f| f.iter().max())
+        .max()
+        .map_or(0, |m| m + 1);
+    let jobs: Vec<(usize, usize)> = (0..folds.len())
+        .flat_map(|r| (0..n_folds).map(move |f| (r, f)))
+        .collect();
+    let per: Vec<Option<(f64, f64, f64)>> = jobs
+        .par_iter()
+        .map(|&(r, f)| {
+            let tr: Vec<usize> = (0..n).filter(|&i| folds[r][i] != f).collect();
+            let te: Vec<usize> = (0..n).filter(|&i| folds[r][i] == f).collect();
+            if te.is_empty() || tr.is_empty() {
+                return None;
+            }
+            let out = predict(&tr, &te);
+            let mut pred = vec![0usize; n];
+            let mut score = Vec::with_capacity(te.len());
+            let mut hits = 0usize;
+            for (&i, &(p, s)) in te.iter().zip(&out) {
+                pred[i] = p;
+                hits += usize::from(p == y[i]);
+                score.push(s);
+            }
+            let pos: Vec<bool> = te.iter().map(|&i| y[i] == 1).collect();
+            let a = if k == 2 { auc(&score, &pos) } else { f64::NAN };
+            Some((
+                hits as f64 / te.len() as f64,
+                balanced_accuracy(y, &pred, &te, k),
+                a,
+            ))
+        })
+        .collect();
+    let per: Vec<(f64, f64, f64)> = per.into_iter().flatten().collect();
+    if per.len() < 2 {
+        return Err("too few non-empty folds".into());
+    }
+    let col = |j: usize| -> Vec<f64> {
+        per.iter()
+            .map(|t| match j {
+                0 => t.0,
+                1 => t.1,
+                _ => t.2,
+            })
+            .collect()
+    };
+    let (fold_acc, fold_bal) = (col(0), col(1));
+    let fold_auc = if k == 2 { col(2) } else { Vec::new() };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // scores live in [0, 1]: the interval is clipped there
+    let ci =
+        |v: &[f64]| corrected_cv_ci(v, n_folds).map(|(_, (lo, hi))| (lo.max(0.0), hi.min(1.0)));
+    Ok(ProbeResult {
+        acc: mean(&fold_acc),
+        bal_acc: mean(&fold_bal),
+        auc: (k == 2).then(|| mean(&fold_auc)),
+        acc_ci: ci(&fold_acc),
+        bal_ci: ci(&fold_bal),
+        auc_ci: if k == 2 { ci(&fold_auc) } else { None },
+        folds: n_folds,
+        repeats: folds.len(),
+        fold_acc,
+        fold_bal,
+        fold_auc,
+    })
+}
+
+/// Repeated stratified k-fold cross-validated logistic probe of `y` (classes 0..k) from `x`.
 pub fn cv_probe<R: Rng>(
     x: &Array2<f64>,
     y: &[usize],
     folds: usize,
+    repeats: usize,
     c: f64,
-    boots: usize,
     rng: &mut R,
 ) -> std::result::Result<ProbeResult, String> {
-    let fold = stratified_folds(y, folds, rng);
-    cv_probe_folds(x, y, &fold, c, boots, rng)
+    let fold = repeated_folds(y, folds, repeats, rng);
+    cv_probe_folds(x, y, &fold, c)
 }
 
-/// The probe on given fold ids (`fold[i]` in `0..folds`), e.g. folds made by scikit-learn.
-pub fn cv_probe_folds<R: Rng>(
+/// The logistic probe on given fold assignments (`fold[r][i]` in `0..folds`), e.g. folds made by scikit-learn.
+pub fn cv_probe_folds(
     x: &Array2<f64>,
     y: &[usize],
-    fold: &[usize],
+    fold: &[Vec<usize>],
     c: f64,
-    boots: usize,
-    rng: &mut R,
 ) -> std::result::Result<ProbeResult, String> {
     let k = y.iter().max().map_or(0, |m| m + 1);
-    let folds = fold.iter().max().map_or(0, |m| m + 1);
-    let n = y.len();
-    // Folds are independent: fit them in parallel, then place the predictions by index (deterministic).
-    let per_fold: Vec<std::result::Result<FoldPredictions, String>> = (0..folds)
-        .into_par_iter()
-        .map(|f| {
-            let tr: Vec<usize> = (0..n).filter(|&i| fold[i] != f).collect();
-            let te: Vec<usize> = (0..n).filter(|&i| fold[i] == f).collect();
-            if te.is_empty() {
-                return Ok(Vec::new());
-            }
-            let (xtr, xte) = standardise(&x.select(Axis(0), &tr), &x.select(Axis(0), &te));
-            let ytr: Array1<usize> = tr.iter().map(|&i| y[i]).collect();
-            let ytr: Vec<usize> = ytr.to_vec();
-            let model = logreg::fit(&xtr.view(), &ytr, k, c);
-            let proba = model.predict_proba(&xte.view());
-            let classes: Vec<usize> = (0..k).collect();
-            Ok(te
-                .iter()
-                .enumerate()
-                .map(|(r, &i)| {
-                    let row = proba.row(r);
-                    let best = (0..row.len())
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .unwrap_or(0);
-                    let s = classes
-                        .iter()
-                        .position(|&cl| cl == 1)
-                        .map_or(0.0, |p| row[p]);
-                    (i, classes[best], s)
-                })
-                .collect())
-        })
-        .collect();
-    let mut pred = vec![0usize; n];
-    let mut score = vec![0f64; n];
-    for r in per_fold {
-        for (i, p, s) in r? {
-            pred[i] = p;
-            score[i] = s;
-        }
-    }
-    let correct: Vec<f64> = (0..n)
-        .map(|i| f64::from(u8::from(pred[i] == y[i])))
-        .collect();
-    let all: Vec<usize> = (0..n).collect();
-    let acc = correct.iter().sum::<f64>() / n as f64;
-    let bal_acc = balanced_accuracy(y, &pred, &all, k);
-    let pos: Vec<bool> = y.iter().map(|&c| c == 1).collect();
-    let auc_v = (k == 2).then(|| auc(&score, &pos));
-    let acc_ci = bootstrap_ci(n, boots, rng, |idx| {
-        idx.iter().map(|&i| correct[i]).sum::<f64>() / idx.len() as f64
-    });
-    let bal_ci = bootstrap_ci(n, boots, rng, |idx| balanced_accuracy(y, &pred, idx, k));
-    let auc_ci = if k == 2 {
-        bootstrap_ci(n, boots, rng, |idx| {
-            let s: Vec<f64> = idx.iter().map(|&i| score[i]).collect();
-            let p: Vec<bool> = idx.iter().map(|&i| pos[i]).collect();
-            auc(&s, &p)
-        })
-    } else {
-        None
-    };
-    Ok(ProbeResult {
-        acc,
-        bal_acc,
-        auc: auc_v,
-        acc_ci,
-        bal_ci,
-        auc_ci,
-        folds,
-        predictions: pred,
+    cv_scores(y, fold, |tr, te| {
+        let (xtr, xte) = standardise(&x.select(Axis(0), tr), &x.select(Axis(0), te));
+        let ytr: Vec<usize> = tr.iter().map(|&i| y[i]).collect();
+        let model = logreg::fit(&xtr.view(), &ytr, k, c);
+        let proba = model.predict_proba(&xte.view());
+        proba
+            .rows()
+            .into_iter()
+            .map(|row| {
+                let best = (0..row.len())
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
+                (best, if row.len() > 1 { row[1] } else { 0.0 })
+            })
+            .collect()
     })
 }
+
+/// Smallest class kept by the task probes and k-NN; smaller classes are dropped with a warning.
+pub const MIN_CLASS: usize = 5;
 
 /// Checks labels for a probe; returns (folds, warning) or why it cannot run.
 pub fn probe_folds(y: &[usize], want: usize) -> std::result::Result<(usize, String), String> {
@@ -187,6 +218,88 @@ pub fn probe_folds(y: &[usize], want: usize) -> std::result::Result<(usize, Stri
     Ok((folds, warn))
 }
 
+/// The rows, labels and fold assignments every task score of one set uses (target probe, k-NN): the same
+/// at every layer, so that layers are compared on the same splits. Classes under [`MIN_CLASS`] images are
+/// dropped (the caller reports them); labels are re-indexed densely.
+pub struct TaskSplit {
+    /// Rows of the set used.
+    pub rows: Vec<usize>,
+    /// Dense labels of those rows.
+    pub y: Vec<usize>,
+    /// `folds[r][i]`: fold of row i in repeat r.
+    pub folds: Vec<Vec<usize>>,
+    /// Folds per repeat.
+    pub k: usize,
+    /// Classes kept.
+    pub classes: usize,
+    /// Estimator text for the note.
+    pub note: String,
+}
+
+/// Builds the [`TaskSplit`] of a labelled set (seeded by the master seed only, never by the layer).
+pub fn task_split(
+    labels: &[usize],
+    ctx: &Ctx,
+    target: bool,
+) -> std::result::Result<TaskSplit, String> {
+    let p = ctx.params;
+    let mut rng = ctx.shared_rng(if target {
+        "target_task_folds"
+    } else {
+        "source_task_folds"
+    });
+    let k_all = labels.iter().max().map_or(0, |m| m + 1);
+    let counts: Vec<usize> = (0..k_all)
+        .map(|c| labels.iter().filter(|&&v| v == c).count())
+        .collect();
+    let kept: Vec<usize> = (0..k_all).filter(|&c| counts[c] >= MIN_CLASS).collect();
+    let dropped = counts.iter().filter(|&&c| c > 0 && c < MIN_CLASS).count();
+    let usable: Vec<usize> = (0..labels.len())
+        .filter(|&i| counts[labels[i]] >= MIN_CLASS)
+        .collect();
+    let pick = subsample(usable.len(), p.probe_max_n, &mut rng);
+    let rows: Vec<usize> = pick.iter().map(|&j| usable[j]).collect();
+    let y: Vec<usize> = rows
+        .iter()
+        .map(|&i| kept.iter().position(|&c| c == labels[i]).unwrap_or(0))
+        .collect();
+    let (k, warn) = probe_folds(&y, p.folds)?;
+    let folds = repeated_folds(&y, k, p.cv_repeats, &mut rng);
+    let note = format!(
+        "{} rows, {} classes{}, {} x stratified {k}-fold (the same folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}",
+        rows.len(),
+        kept.len(),
+        if dropped > 0 {
+            format!(" ({dropped} class(es) under {MIN_CLASS} images dropped)")
+        } else {
+            String::new()
+        },
+        p.cv_repeats
+    );
+    Ok(TaskSplit {
+        rows,
+        y,
+        folds,
+        k,
+        classes: kept.len(),
+        note,
+    })
+}
+
+/// A value with its corrected interval and per-fold scores.
+pub fn fold_value(
+    metric: &str,
+    mean: f64,
+    ci: Option<(f64, f64)>,
+    folds: &[f64],
+    note: &str,
+) -> MetricValue {
+    let mut v = MetricValue::new(metric, mean, note.to_string());
+    v.ci = ci;
+    v.folds = folds.to_vec();
+    v
+}
+
 /// `domain_probe_acc`, `domain_probe_auc`, `proxy_a_distance`.
 pub struct DomainProbe;
 
@@ -199,30 +312,33 @@ impl Metric for DomainProbe {
     }
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
-        let mut rng = ctx.rng(2);
+        // rows and folds are shared by every layer: layers are compared on the same splits
+        let mut rng = ctx.shared_rng("domain_probe");
         let m = s.x.nrows().min(t.x.nrows()).min(p.probe_max_n);
         let xs = s.x.select(Axis(0), &subsample(s.x.nrows(), m, &mut rng));
         let xt = t.x.select(Axis(0), &subsample(t.x.nrows(), m, &mut rng));
         let x = concatenate(Axis(0), &[xs.view(), xt.view()]).expect("same width");
         let y: Vec<usize> = (0..2 * m).map(|i| usize::from(i >= m)).collect();
         let (folds, warn) = probe_folds(&y, p.folds).map_err(Error::Analysis)?;
-        let r = cv_probe(&x, &y, folds, p.c, p.bootstrap, &mut rng).map_err(Error::Analysis)?;
+        let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng).map_err(Error::Analysis)?;
         let base = format!(
-            "logistic regression C={}, standardised, balanced {m}+{m} rows (seeded subsample), stratified {folds}-fold, out-of-fold; CI: bootstrap over out-of-fold predictions ({} resamples){warn}",
-            p.c, p.bootstrap
+            "logistic regression C={}, standardised, balanced {m}+{m} rows (seeded subsample), {} x stratified {folds}-fold (the same rows and folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}",
+            p.c, p.cv_repeats
         );
-        let details = serde_json::json!({"c": p.c, "folds": folds, "rows_per_set": m});
-        let mut acc = MetricValue::new("domain_probe_acc", r.acc, base.clone());
-        acc.ci = r.acc_ci;
+        let details = serde_json::json!({"c": p.c, "folds": folds, "repeats": p.cv_repeats, "rows_per_set": m});
+        let mut acc = fold_value("domain_probe_acc", r.acc, r.acc_ci, &r.fold_acc, &base);
         acc.details = details.clone();
-        let mut auc_v =
-            MetricValue::new("domain_probe_auc", r.auc.unwrap_or(f64::NAN), base.clone());
-        auc_v.ci = r.auc_ci;
+        let mut auc_v = fold_value(
+            "domain_probe_auc",
+            r.auc.unwrap_or(f64::NAN),
+            r.auc_ci,
+            &r.fold_auc,
+            &base,
+        );
         auc_v.details = details.clone();
-        let err = 1.0 - r.acc;
         let mut pad = MetricValue::new(
             "proxy_a_distance",
-            2.0 * (1.0 - 2.0 * err),
+            2.0 * (2.0 * r.acc - 1.0),
             format!("2(1-2*err) with err = 1 - domain_probe_acc; {base}"),
         );
         pad.ci = r
@@ -230,6 +346,75 @@ impl Metric for DomainProbe {
             .map(|(lo, hi)| (2.0 * (2.0 * lo - 1.0), 2.0 * (2.0 * hi - 1.0)));
         pad.details = details;
         Ok(vec![acc, auc_v, pad])
+    }
+}
+
+/// `source_spread_acc`: the domain probe between two halves of the *source* set, the calibration of the
+/// domain probe. A probe can separate two sets of photos by their classes alone (animals vs everyday objects
+/// at a deep layer), which is no domain gap; the same probe between two groups of the source's own classes
+/// measures how much class content alone separates at this layer. Groups: the first and second half of the
+/// source's classes when it has labels, else the first and second half of its rows in file order (sorted
+/// ImageNet-style names group classes; an interleaved split would measure nothing but noise).
+pub struct SourceSpread;
+
+impl Metric for SourceSpread {
+    fn name(&self) -> &'static str {
+        "source_spread"
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        &["source_spread_acc"]
+    }
+    fn compute(&self, s: &SetData, _t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
+        let p = ctx.params;
+        let n = s.x.nrows();
+        let (a, b, how): (Vec<usize>, Vec<usize>, &str) = match s.labels {
+            Some(y) if s.classes.len() >= 2 => {
+                let half = s.classes.len() / 2;
+                (
+                    (0..n).filter(|&i| y[i] < half).collect(),
+                    (0..n).filter(|&i| y[i] >= half).collect(),
+                    "first vs second half of the source classes",
+                )
+            }
+            _ => (
+                (0..n / 2).collect(),
+                (n / 2..n).collect(),
+                "first vs second half of the source rows in file order",
+            ),
+        };
+        let m = a.len().min(b.len()).min(p.probe_max_n);
+        if m < 10 {
+            return Ok(vec![MetricValue::new(
+                "source_spread_acc",
+                f64::NAN,
+                "not computed: the source has fewer than 20 rows",
+            )]);
+        }
+        let mut rng = ctx.shared_rng("source_spread");
+        let ia: Vec<usize> = subsample(a.len(), m, &mut rng)
+            .iter()
+            .map(|&i| a[i])
+            .collect();
+        let ib: Vec<usize> = subsample(b.len(), m, &mut rng)
+            .iter()
+            .map(|&i| b[i])
+            .collect();
+        let rows: Vec<usize> = ia.into_iter().chain(ib).collect();
+        let x = s.x.select(Axis(0), &rows);
+        let y: Vec<usize> = (0..2 * m).map(|i| usize::from(i >= m)).collect();
+        let (folds, warn) = probe_folds(&y, p.folds).map_err(Error::Analysis)?;
+        let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng).map_err(Error::Analysis)?;
+        let note = format!(
+            "domain probe between two groups of the source ({how}), {m}+{m} rows, logistic regression C={}, {} x stratified {folds}-fold; CI: corrected repeated-CV t interval{warn}",
+            p.c, p.cv_repeats
+        );
+        Ok(vec![fold_value(
+            "source_spread_acc",
+            r.acc,
+            r.acc_ci,
+            &r.fold_acc,
+            &note,
+        )])
     }
 }
 
@@ -261,11 +446,7 @@ impl Metric for TaskProbe {
         let p = ctx.params;
         let names = self.outputs();
         let (set, labels) = labelled(self.target, s, t)?;
-        let mut rng = ctx.rng(if self.target { 3 } else { 4 });
-        let keep = subsample(labels.len(), p.probe_max_n, &mut rng);
-        let x = set.x.select(Axis(0), &keep);
-        let y: Vec<usize> = keep.iter().map(|&i| labels[i]).collect();
-        let (folds, warn) = match probe_folds(&y, p.folds) {
+        let split = match task_split(labels, ctx, self.target) {
             Ok(v) => v,
             Err(why) => {
                 return Ok(names
@@ -274,21 +455,16 @@ impl Metric for TaskProbe {
                     .collect())
             }
         };
-        let r = cv_probe(&x, &y, folds, p.c, p.bootstrap, &mut rng).map_err(Error::Analysis)?;
+        let x = set.x.select(Axis(0), &split.rows);
+        let r = cv_probe_folds(&x, &split.y, &split.folds, p.c).map_err(Error::Analysis)?;
         let note = format!(
-            "multinomial logistic regression C={}, standardised, {} rows, {} classes, stratified {folds}-fold, out-of-fold; CI: bootstrap over out-of-fold predictions ({} resamples){warn}",
-            p.c,
-            y.len(),
-            set.classes.len(),
-            p.bootstrap
+            "multinomial logistic regression C={}, standardised, {}",
+            p.c, split.note
         );
-        let details =
-            serde_json::json!({"c": p.c, "folds": folds, "rows": y.len(), "classes": set.classes});
-        let mut acc = MetricValue::new(names[0], r.acc, note.clone());
-        acc.ci = r.acc_ci;
+        let details = serde_json::json!({"c": p.c, "folds": split.k, "repeats": p.cv_repeats, "rows": split.rows.len(), "classes": split.classes});
+        let mut acc = fold_value(names[0], r.acc, r.acc_ci, &r.fold_acc, &note);
         acc.details = details.clone();
-        let mut bal = MetricValue::new(names[1], r.bal_acc, note);
-        bal.ci = r.bal_ci;
+        let mut bal = fold_value(names[1], r.bal_acc, r.bal_ci, &r.fold_bal, &note);
         bal.details = details;
         Ok(vec![acc, bal])
     }

@@ -1,4 +1,7 @@
-//! Small statistics helpers: percentile bootstrap intervals, AUC, seeded subsampling, stratified folds.
+//! Small statistics helpers: percentile bootstrap intervals, AUC, seeded subsampling, stratified folds,
+//! repeated cross-validation intervals corrected for overlapping training sets (Nadeau & Bengio 2003,
+//! "Inference for the generalization error"; Bouckaert & Frank 2004, the corrected repeated k-fold t-test),
+//! Student-t quantiles, and Holm's step-down adjustment (Holm 1979).
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -25,28 +28,6 @@ pub fn ci95(mut reps: Vec<f64>) -> Option<(f64, f64)> {
         percentile_sorted(&reps, 0.025),
         percentile_sorted(&reps, 0.975),
     ))
-}
-
-/// Percentile bootstrap CI of a statistic of n items, resampling items with replacement.
-pub fn bootstrap_ci<R: Rng>(
-    n: usize,
-    b: usize,
-    rng: &mut R,
-    stat: impl Fn(&[usize]) -> f64,
-) -> Option<(f64, f64)> {
-    if n == 0 || b == 0 {
-        return None;
-    }
-    let mut idx = vec![0usize; n];
-    let reps = (0..b)
-        .map(|_| {
-            for v in idx.iter_mut() {
-                *v = rng.gen_range(0..n);
-            }
-            stat(&idx)
-        })
-        .collect();
-    ci95(reps)
 }
 
 /// Area under the ROC curve of `scores` for `positive` labels (Mann–Whitney, ties averaged).
@@ -106,9 +87,201 @@ pub fn stratified_folds<R: Rng>(labels: &[usize], k: usize, rng: &mut R) -> Vec<
     fold
 }
 
+/// Repeated stratified k-fold: `repeats` independent fold assignments (each one [`stratified_folds`]).
+pub fn repeated_folds<R: Rng>(
+    labels: &[usize],
+    k: usize,
+    repeats: usize,
+    rng: &mut R,
+) -> Vec<Vec<usize>> {
+    (0..repeats.max(1))
+        .map(|_| stratified_folds(labels, k, rng))
+        .collect()
+}
+
+/// Mean and 95 % interval of per-fold scores from `r` repeats of `k`-fold cross-validation, with the
+/// Nadeau–Bengio variance correction `(1/(r·k) + n_test/n_train) · s²` and a t quantile on `r·k − 1` degrees
+/// of freedom (Bouckaert & Frank 2004). The plain `s²/(r·k)` ignores that the training sets overlap and
+/// under-covers; the correction includes the refitting variance. For paired comparisons pass the per-fold
+/// differences of two scores computed on the same folds.
+pub fn corrected_cv_ci(scores: &[f64], k: usize) -> Option<(f64, (f64, f64))> {
+    let n = scores.len();
+    if n < 2 || k < 2 || scores.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let mean = scores.iter().sum::<f64>() / n as f64;
+    let var = scores.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let ratio = 1.0 / (k - 1) as f64; // n_test / n_train for k folds
+    let se = ((1.0 / n as f64 + ratio) * var).sqrt();
+    let t = student_t_quantile(0.975, (n - 1) as f64);
+    Some((mean, (mean - t * se, mean + t * se)))
+}
+
+/// Regularised incomplete beta function I_x(a, b) (continued fraction, Numerical Recipes §6.4).
+fn inc_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    let cf = |x: f64, a: f64, b: f64| {
+        let tiny = 1e-300;
+        let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+        let mut c = 1.0;
+        let mut d = 1.0 - qab * x / qap;
+        if d.abs() < tiny {
+            d = tiny;
+        }
+        d = 1.0 / d;
+        let mut h = d;
+        for m in 1..300 {
+            let m = m as f64;
+            let m2 = 2.0 * m;
+            let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+            d = 1.0 + aa * d;
+            d = if d.abs() < tiny { tiny } else { d };
+            c = 1.0 + aa / c;
+            c = if c.abs() < tiny { tiny } else { c };
+            d = 1.0 / d;
+            h *= d * c;
+            let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+            d = 1.0 + aa * d;
+            d = if d.abs() < tiny { tiny } else { d };
+            c = 1.0 + aa / c;
+            c = if c.abs() < tiny { tiny } else { c };
+            d = 1.0 / d;
+            let del = d * c;
+            h *= del;
+            if (del - 1.0).abs() < 1e-15 {
+                break;
+            }
+        }
+        h
+    };
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * cf(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * cf(1.0 - x, b, a) / b
+    }
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms).
+fn ln_gamma(x: f64) -> f64 {
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return std::f64::consts::PI.ln()
+            - (std::f64::consts::PI * x).sin().ln()
+            - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let s = C[1..]
+        .iter()
+        .enumerate()
+        .fold(C[0], |acc, (i, c)| acc + c / (x + i as f64 + 1.0));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + s.ln()
+}
+
+/// CDF of Student's t with `df` degrees of freedom.
+pub fn student_t_cdf(t: f64, df: f64) -> f64 {
+    let x = df / (df + t * t);
+    let tail = 0.5 * inc_beta(x, df / 2.0, 0.5);
+    if t >= 0.0 {
+        1.0 - tail
+    } else {
+        tail
+    }
+}
+
+/// Quantile `q` (0 < q < 1) of Student's t with `df` degrees of freedom (bisection on the CDF, 1e-12).
+pub fn student_t_quantile(q: f64, df: f64) -> f64 {
+    let (mut lo, mut hi) = (-1e3, 1e3);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if student_t_cdf(mid, df) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo < 1e-12 {
+            break;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Holm's step-down adjusted p-values (same order as the input; `None` stays `None`).
+pub fn holm(p: &[Option<f64>]) -> Vec<Option<f64>> {
+    let mut idx: Vec<usize> = (0..p.len()).filter(|&i| p[i].is_some()).collect();
+    idx.sort_by(|&a, &b| p[a].unwrap().total_cmp(&p[b].unwrap()).then(a.cmp(&b)));
+    let m = idx.len();
+    let mut out = vec![None; p.len()];
+    let mut running = 0.0f64;
+    for (rank, &i) in idx.iter().enumerate() {
+        let adj = ((m - rank) as f64 * p[i].unwrap()).min(1.0);
+        running = running.max(adj);
+        out[i] = Some(running);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t_quantiles_match_tables() {
+        // scipy.stats.t.ppf(0.975, df) for df = 1, 2, 4, 9, 14, 30, 1e6
+        for (df, want) in [
+            (1.0, 12.706204736174707),
+            (2.0, 4.302652729749464),
+            (4.0, 2.7764451051977934),
+            (9.0, 2.2621571628540993),
+            (14.0, 2.1447866879169273),
+            (30.0, 2.0422724563012373),
+            (1e6, 1.959966432),
+        ] {
+            let got = student_t_quantile(0.975, df);
+            assert!((got - want).abs() < 1e-6, "df {df}: {got} vs {want}");
+        }
+        assert!((student_t_cdf(0.0, 5.0) - 0.5).abs() < 1e-15);
+    }
+
+    #[test]
+    fn holm_matches_the_definition() {
+        // statsmodels multipletests([0.01, 0.04, 0.03, 0.005], method="holm") = [0.03, 0.06, 0.06, 0.02]
+        let got = holm(&[Some(0.01), Some(0.04), Some(0.03), None, Some(0.005)]);
+        let want = [Some(0.03), Some(0.06), Some(0.06), None, Some(0.02)];
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.is_some(), w.is_some());
+            if let (Some(g), Some(w)) = (g, w) {
+                assert!((g - w).abs() < 1e-12, "{got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn corrected_interval_is_wider_than_naive() {
+        let s = [0.80, 0.82, 0.78, 0.81, 0.79, 0.83, 0.80, 0.77, 0.82, 0.80];
+        let (m, (lo, hi)) = corrected_cv_ci(&s, 5).unwrap();
+        assert!((m - 0.802).abs() < 1e-12);
+        let sd = (s.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 9.0).sqrt();
+        let naive = student_t_quantile(0.975, 9.0) * sd / 10f64.sqrt();
+        assert!(hi - m > 1.5 * naive && (hi - m - (m - lo)).abs() < 1e-12);
+        assert!(corrected_cv_ci(&[0.5], 5).is_none());
+    }
 
     #[test]
     fn auc_known_values() {

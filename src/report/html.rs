@@ -57,6 +57,7 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         "<h2>Verdict</h2><p><b>{}</b></p>",
         esc(&v.summary)
     ));
+    h.push_str(&format!("<p>Where the shift is: {}</p>", esc(&v.diagnosis)));
     if let Some(cut) = &v.cut {
         h.push_str(&format!(
             "<p>Evidence for the cut: {}</p>",
@@ -100,8 +101,8 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         ));
     }
     h.push_str(&format!(
-        "<h2>How these numbers were made</h2><p>Seed {}, {} permutations, {} bootstrap resamples, {}-fold probes with C = {}. Estimators are stated per value in <code>metrics.csv</code>; all parameters are in <code>compare.json</code>. Rule: {}</p>",
-        c.params.seed, c.params.permutations, c.params.bootstrap, c.params.folds, c.params.c, esc(&v.rule)
+        "<h2>How these numbers were made</h2><p>Seed {}, {} permutations, {} x {}-fold cross-validation (the same folds at every layer) for probes and k-NN, C = {}. Estimators are stated per value in <code>metrics.csv</code>; all parameters are in <code>compare.json</code>. Rule: {}</p>",
+        c.params.seed, c.params.permutations, c.params.cv_repeats, c.params.folds, c.params.c, esc(&v.rule)
     ));
     h.push_str("</body></html>\n");
     h

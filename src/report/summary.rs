@@ -13,7 +13,7 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
                    "model": r.compare.source.manifest.as_ref().map(|m| &m.model)},
         "target": {"dir": r.compare.target.dir, "n": r.compare.target.n, "classes": r.compare.target.classes},
         "params": r.compare.params,
-        "verdict": {"summary": r.verdict.summary, "cut": r.verdict.cut, "poor_match": r.verdict.poor_match,
+        "verdict": {"summary": r.verdict.summary, "plan": r.verdict.plan, "cut": r.verdict.cut, "diagnosis": r.verdict.diagnosis, "poor_match": r.verdict.poor_match,
                     "warnings": r.verdict.warnings,
                     "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
         "files": ["metrics.csv", "similarity.csv", "compare.json", "verdict.json", "summary.json", "embedding_pca.csv",
