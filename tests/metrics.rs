@@ -484,3 +484,46 @@ fn frechet_cholesky_and_eigen_paths_agree_and_singular_covariances_work() {
         by_eigen(&x, &y)
     );
 }
+
+#[test]
+fn knn_and_hscore_agree_with_references() {
+    use domsim::metrics::probe::cv_scores;
+    use domsim::metrics::transfer::{hscore_shrinkage, knn_predict};
+    let exp = crosscheck();
+    let xt = npy(&fixture("crosscheck/xt.npy"));
+    let y: Vec<usize> = index_npy("crosscheck/yt.npy");
+    let folds: Vec<usize> = index_npy("crosscheck/folds.npy");
+    let r = cv_scores(&y, &[folds], |tr, te| {
+        let ytr: Vec<usize> = tr.iter().map(|&i| y[i]).collect();
+        knn_predict(
+            &xt.select(ndarray::Axis(0), tr),
+            &ytr,
+            &xt.select(ndarray::Axis(0), te),
+            3,
+            10,
+        )
+    })
+    .unwrap();
+    // the same tie rule re-implemented in numpy: equal to rounding; scikit-learn breaks tied votes by class
+    // index instead, so it may differ by a few images
+    let numpy = exp["knn10_bal_acc_numpy"].as_f64().unwrap();
+    assert!(
+        (r.bal_acc - numpy).abs() < 1e-12,
+        "{} vs {numpy}",
+        r.bal_acc
+    );
+    let sk = exp["knn10_bal_acc_sklearn"].as_f64().unwrap();
+    assert!(
+        (r.bal_acc - sk).abs() < 0.02,
+        "{} vs sklearn {sk}",
+        r.bal_acc
+    );
+    // the shrinkage H-score against tllib's regularized_h_score with scikit-learn's LedoitWolf
+    let (h, a) = hscore_shrinkage(&xt, &y).unwrap();
+    let want = exp["hscore_regularized"].as_f64().unwrap();
+    assert!(
+        (h - want).abs() < 1e-9 * want.abs().max(1.0),
+        "{h} vs {want}"
+    );
+    assert!((a - exp["hscore_shrinkage"].as_f64().unwrap()).abs() < 1e-12);
+}
