@@ -74,6 +74,48 @@ fn resized_rgb(path: &Path) -> Vec<u8> {
     }
 }
 
+/// The entries of an uncompressed (`np.savez`) archive: name → bytes.
+fn npz_entries(path: &Path) -> std::collections::HashMap<String, Vec<u8>> {
+    let b = std::fs::read(path).unwrap();
+    let le16 = |i: usize| usize::from(u16::from_le_bytes([b[i], b[i + 1]]));
+    let le32 = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let mut out = std::collections::HashMap::new();
+    let mut i = 0;
+    while i + 30 <= b.len() && b[i..i + 4] == [0x50, 0x4b, 3, 4] {
+        assert_eq!(
+            le16(i + 8),
+            0,
+            "the test reads stored (uncompressed) .npz entries only"
+        );
+        let (size, name_len, extra) = (le32(i + 18), le16(i + 26), le16(i + 28));
+        let name = String::from_utf8(b[i + 30..i + 30 + name_len].to_vec()).unwrap();
+        let start = i + 30 + name_len + extra;
+        out.insert(name, b[start..start + size].to_vec());
+        i = start + size;
+    }
+    out
+}
+
+/// The raw uint8 payload of a `.npy` entry (C order) and its shape.
+fn npy_u8(b: &[u8]) -> (Vec<usize>, &[u8]) {
+    let hlen = usize::from(u16::from_le_bytes([b[8], b[9]]));
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(header.contains("'|u1'"), "{header}");
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = shape
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    (shape, &b[10 + hlen..])
+}
+
 /// The training split of one target as class folders under `dir`; `None` when this target cannot be rebuilt.
 fn training_split(target: &str, dir: &Path) -> Option<()> {
     let csv_path = study_dir().join(format!("splits/{target}.csv"));
@@ -81,8 +123,10 @@ fn training_split(target: &str, dir: &Path) -> Option<()> {
     let base = match target {
         "chest_xray" => datasets().join("chest_xray"),
         "cats_dogs" | "cats_dogs_noise" => datasets().join("cats_dogs"),
+        "pneumoniamnist" => datasets().join("pneumoniamnist.npz"),
         _ => return None,
     };
+    let npz = (target == "pneumoniamnist").then(|| npz_entries(&base));
     for row in r.records() {
         let row = row.unwrap();
         if &row[2] != "train" {
@@ -91,7 +135,18 @@ fn training_split(target: &str, dir: &Path) -> Option<()> {
         let rel = &row[0];
         let dst = dir.join(rel);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        if target == "cats_dogs_noise" {
+        if let Some(npz) = &npz {
+            // NORMAL/train_00012.png: image 12 of the "train" split, 28 x 28 grey, as the study saved it
+            let stem = Path::new(rel).file_stem().unwrap().to_str().unwrap();
+            let (split, k) = stem.split_once('_').unwrap();
+            let (shape, px) = npy_u8(&npz[&format!("{split}_images.npy")]);
+            let k: usize = k.parse().unwrap();
+            let (h, w) = (shape[1], shape[2]);
+            image::GrayImage::from_raw(w as u32, h as u32, px[k * h * w..(k + 1) * h * w].to_vec())
+                .unwrap()
+                .save(&dst)
+                .unwrap();
+        } else if target == "cats_dogs_noise" {
             let src = base.join(rel).with_extension("jpg");
             let name = src.file_name().unwrap().to_str().unwrap().to_string();
             let noisy = gaussian_noise(&resized_rgb(&src), &name);
@@ -111,7 +166,9 @@ fn plan_config(verdict: &serde_json::Value, layers: &[serde_json::Value]) -> Str
     if verdict["plan"]["kind"] == "train_all" {
         return "train_all".into();
     }
-    let name = verdict["cut"]["layer"].as_str().expect("a freeze plan has a cut");
+    let name = verdict["cut"]["layer"]
+        .as_str()
+        .expect("a freeze plan has a cut");
     let d = layers
         .iter()
         .position(|l| l["name"] == name)
@@ -121,6 +178,18 @@ fn plan_config(verdict: &serde_json::Value, layers: &[serde_json::Value]) -> Str
     } else {
         format!("freeze_through_{d}")
     }
+}
+
+#[test]
+fn pneumoniamnist_is_read_from_the_npz() {
+    let e = npz_entries(&datasets().join("pneumoniamnist.npz"));
+    let (shape, px) = npy_u8(&e["train_images.npy"]);
+    assert_eq!(shape[1..], [28, 28]);
+    assert_eq!(px.len(), shape.iter().product::<usize>());
+    assert_eq!(
+        shape[0] + npy_u8(&e["val_images.npy"]).0[0] + npy_u8(&e["test_images.npy"]).0[0],
+        3166
+    );
 }
 
 #[test]
@@ -150,7 +219,7 @@ fn recommended_plan_lies_in_the_fine_tuning_tie_set() {
         }
         let dir = tmp.path().join(target).join("images");
         if training_split(target, &dir).is_none() {
-            eprintln!("{target}: not rebuilt here (needs the .npz decoder); skipped");
+            eprintln!("{target}: unknown target; skipped");
             continue;
         }
         let rep = tmp.path().join(target).join("report");
@@ -184,4 +253,35 @@ fn recommended_plan_lies_in_the_fine_tuning_tie_set() {
         "domsim disagrees with fine-tuning: {failures:?}"
     );
     eprintln!("{checked} discriminating target(s) checked");
+}
+
+/// Local check (needs the study's images under target/finetune/, made by `reports/finetune/run.sh`):
+/// the noisy images regenerated here differ from the study's by rounding only.
+/// `cargo test --release --test finetune_guard -- --ignored`
+#[test]
+#[ignore]
+fn regenerated_noise_matches_the_studys_images() {
+    let study =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/finetune/images/cats_dogs_noise/cat");
+    let mut worst = 0.0f64;
+    for name in ["cat.1.png", "cat.103.png", "cat.10.png"] {
+        let theirs = image::open(study.join(name)).unwrap().to_rgb8().into_raw();
+        let src = datasets()
+            .join("cats_dogs/cat")
+            .join(name)
+            .with_extension("jpg");
+        let ours = gaussian_noise(
+            &resized_rgb(&src),
+            src.file_name().unwrap().to_str().unwrap(),
+        );
+        let mad = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / ours.len() as f64;
+        eprintln!("{name}: mean absolute difference {mad:.3} grey levels");
+        worst = worst.max(mad);
+    }
+    assert!(worst < 1.0, "{worst}");
 }

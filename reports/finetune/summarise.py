@@ -179,6 +179,12 @@ def main(targets):
         w.writerows(rows)
     with open(os.path.join(study.HERE, "ground_truth.json"), "w") as f:
         json.dump(gt, f, indent=1, sort_keys=True)
+    secs = sum(float(r["seconds"]) for r in csv.DictReader(open(study.RESULTS)))
+    if os.path.exists(study.LR_GRID_CSV):
+        secs += sum(float(r["seconds"]) for r in csv.DictReader(open(study.LR_GRID_CSV)))
+    n_runs = sum(len(v) for c in res.values() for v in c.values())
+    lines.append(f"Total: {n_runs} fine-tuning runs plus the learning-rate grid, {secs / 3600:.2f} h of wall time on "
+                 "2 CPU cores (the `seconds` column of results.csv and lr_grid.csv).")
     with open(os.path.join(study.HERE, "agreement.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
