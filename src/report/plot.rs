@@ -82,7 +82,9 @@ fn series(r: &CompareReport, metric: &str, label: &str, color: RGBColor) -> Opti
                 l.depth as f64,
                 v.value?,
                 v.ci,
-                v.p_value.is_none_or(|p| p <= 0.01),
+                v.p_holm
+                    .or(v.p_value)
+                    .is_none_or(|p| p <= crate::verdict::ALPHA),
             ))
         })
         .collect();
@@ -107,7 +109,7 @@ fn panel(
     list: &[Series],
     y: (f64, f64),
     hline: Option<(f64, &str)>,
-    cut: Option<usize>,
+    cut: Option<&(usize, String)>,
     legend: SeriesLabelPosition,
 ) -> Result<()> {
     let l = names.len();
@@ -147,8 +149,8 @@ fn panel(
             .label(label.to_string())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
     }
-    if let Some(c) = cut {
-        let xc = c as f64 + 0.5;
+    if let Some((c, cut_label)) = cut {
+        let xc = *c as f64 + 0.5;
         chart
             .draw_series(DashedLineSeries::new(
                 vec![(xc, y.0), (xc, y.1)],
@@ -157,7 +159,7 @@ fn panel(
                 RED.stroke_width(2),
             ))
             .map_err(perr)?
-            .label(format!("recommended cut (after depth {c})"))
+            .label(cut_label.clone())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     }
     for s in list {
@@ -214,7 +216,14 @@ fn panel(
 /// `metrics_by_depth.png`: distance, domain probe and target usefulness against depth, CI bands, cut marked.
 pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
     let names: Vec<String> = r.layers.iter().map(|l| short_name(&l.layer)).collect();
-    let cut = v.cut.as_ref().map(|c| c.depth);
+    let cut = v.cut.as_ref().map(|c| {
+        let what = match v.plan.kind {
+            crate::verdict::PlanKind::FreezeThrough => "recommended cut",
+            _ => "fallback cut (the plan: fine-tune every layer)",
+        };
+        (c.depth, format!("{what} (after depth {})", c.depth))
+    });
+    let cut = cut.as_ref();
     let rows = names.len().div_ceil(3) as u32;
     let legend_h = 40 + 22 * rows;
     png(1400, 1350 + legend_h, |root| {
@@ -238,7 +247,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
         let mmd: Vec<Series> = series(
             r,
             "mmd2_rbf",
-            "MMD² (RBF, unbiased; filled = p ≤ 0.01)",
+            "MMD² (RBF, unbiased; filled = Holm-adjusted p ≤ 0.01)",
             BLUE_,
         )
         .into_iter()
@@ -263,7 +272,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
         let dom: Vec<Series> = series(
             r,
             "domain_probe_acc",
-            "domain probe accuracy (5-fold CV, 95% CI)",
+            "domain probe accuracy (3 x 5-fold CV, corrected 95% CI)",
             ORANGE_,
         )
         .into_iter()
@@ -283,8 +292,14 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
         task.extend(series(
             r,
             "target_probe_bal_acc",
-            "target task probe, balanced accuracy (95% CI)",
+            "target task probe, balanced accuracy (corrected 95% CI)",
             GREEN_,
+        ));
+        task.extend(series(
+            r,
+            "target_knn_bal_acc",
+            "target 10-NN (cosine), balanced accuracy",
+            BLUE_,
         ));
         task.extend(series(
             r,
