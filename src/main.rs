@@ -10,10 +10,16 @@ fn main() -> ExitCode {
     match domsim::cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
+            // a closed pipe (`domsim layers --json | head`) is not an error, whoever wrapped it
+            let broken = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                    || c.downcast_ref::<serde_json::Error>()
+                        .and_then(|j| j.io_error_kind())
+                        == Some(std::io::ErrorKind::BrokenPipe)
+            });
+            if broken {
+                return ExitCode::SUCCESS;
             }
             eprintln!("domsim: error: {e:#}");
             let code = e

@@ -402,3 +402,20 @@ fn default_selection_spans_stem_to_final_features() {
     // blocks 10, 12, 13 and 14 end in a residual Add; 11 and 15 do not
     assert_eq!(pat.as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    // `domsim layers --json | head -c 0`: the reader is gone before domsim writes (it loads the model
+    // first), so every write meets a closed pipe
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("domsim"))
+        .args(["layers", "--all", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "exit {:?}: {err}", res.status);
+    assert!(!err.contains("error"), "{err}");
+}
