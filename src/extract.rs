@@ -242,21 +242,28 @@ pub fn run<E: Embedder>(
             }
             Ok(())
         };
-        for decoded in rx.iter() {
-            let n = decoded.len() as u64;
-            for (i, r) in decoded {
-                match r {
-                    Ok((px, info)) => {
-                        pending.push((i, px));
-                        infos.push(info);
+        // The consumer owns the receiver: when inference or writing fails part-way, dropping it makes the
+        // producer's next send fail, so the producer stops instead of blocking on a full channel forever.
+        let rx = rx;
+        let consumed = (|| {
+            for decoded in rx.iter() {
+                let n = decoded.len() as u64;
+                for (i, r) in decoded {
+                    match r {
+                        Ok((px, info)) => {
+                            pending.push((i, px));
+                            infos.push(info);
+                        }
+                        Err(reason) => skipped.push((set.files[i].clone(), reason)),
                     }
-                    Err(reason) => skipped.push((set.files[i].clone(), reason)),
                 }
+                step(&mut pending, false)?;
+                bar.inc(n);
             }
-            step(&mut pending, false)?;
-            bar.inc(n);
-        }
-        step(&mut pending, true)
+            step(&mut pending, true)
+        })();
+        drop(rx);
+        consumed
     });
     bar.finish_and_clear();
 

@@ -419,3 +419,94 @@ fn a_closed_pipe_is_not_an_error() {
     assert!(res.status.success(), "exit {:?}: {err}", res.status);
     assert!(!err.contains("error"), "{err}");
 }
+
+/// A backend that fails on its `fail_at`-th batch (beside the real one, never instead of it).
+struct FailingEmbedder {
+    contract: domsim::model::InputContract,
+    layers: Vec<domsim::model::Layer>,
+    calls: usize,
+    fail_at: usize,
+}
+
+impl domsim::model::Embedder for FailingEmbedder {
+    fn contract(&self) -> &domsim::model::InputContract {
+        &self.contract
+    }
+    fn layers(&self) -> &[domsim::model::Layer] {
+        &self.layers
+    }
+    fn run(
+        &mut self,
+        _batch: domsim::model::InputBatch,
+        n: usize,
+    ) -> domsim::Result<Vec<domsim::model::RawOutput>> {
+        self.calls += 1;
+        if self.calls == self.fail_at {
+            return Err(domsim::Error::Analysis(
+                "fake backend: inference failed".into(),
+            ));
+        }
+        Ok(vec![domsim::model::RawOutput {
+            shape: vec![n, 4],
+            data: vec![0.5; n * 4],
+        }])
+    }
+}
+
+#[test]
+fn extract_fails_cleanly_when_inference_fails_part_way() {
+    use domsim::model::{ElemType, InputContract, Layout};
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    // 120 images: many chunks still to decode when the second batch fails
+    copy_subset(&datasets().join("animals"), &imgs, 0, 3, 120);
+    let out = tmp.path().join("emb");
+    std::fs::create_dir_all(&out).unwrap();
+    let set = domsim::dataset::ImageSet::scan(&imgs).unwrap();
+    let mut emb = FailingEmbedder {
+        contract: InputContract {
+            name: "input".into(),
+            layout: Layout::Nchw,
+            elem: ElemType::F32,
+            channels: 3,
+            height: 32,
+            width: 32,
+            fixed_batch: None,
+            dynamic_size: false,
+        },
+        layers: vec![domsim::model::Layer {
+            name: "fake".into(),
+            op_type: "Fake".into(),
+            shape: vec![-1, 4],
+            node_index: 0,
+            graph_output: false,
+        }],
+        calls: 0,
+        fail_at: 2,
+    };
+    let mut cfg =
+        domsim::extract::ExtractConfig::new("fake.onnx".into(), imgs.clone(), out.clone());
+    cfg.batch_size = 4;
+    cfg.threads = 2;
+    let model = domsim::embeddings::ModelInfo {
+        file: "fake.onnx".into(),
+        sha256: "0".repeat(64),
+        bundled_default: false,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let norm = domsim::preprocess::Normalization::preset("pm1").unwrap();
+        let r = domsim::extract::run(&mut emb, &set, norm, model, &cfg);
+        tx.send(r.err().map(|e| e.to_string())).unwrap();
+    });
+    let err = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("extract hung after an inference error")
+        .expect("extract must fail");
+    assert!(err.contains("inference failed"), "{err}");
+    assert!(
+        !out.join("manifest.json").exists(),
+        "a failed run must not look complete"
+    );
+}
