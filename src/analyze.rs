@@ -127,8 +127,11 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     ccfg.out = cfg.out.clone();
     let cmp = compare::compute(&src, &tgt, &ccfg)?;
     compare::write_report(&cmp, &cfg.out)?;
-    let depths = report::scatter_depths(cmp.layers.len());
-    let pca = report::pca_points(&src, &tgt, &depths, cfg.scatter_max_n, ccfg.params.seed)?;
+    let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())
+        .into_iter()
+        .map(|d| (d, cmp.layers[d].layer.clone()))
+        .collect();
+    let pca = report::pca_points(&src, &tgt, &scatter, cfg.scatter_max_n, ccfg.params.seed)?;
     write_atomic(&cfg.out.join("embedding_pca.csv"), &report::pca_csv(&pca))?;
     let verdict = report::verdict_for(&cmp);
     let rr = RunReport {

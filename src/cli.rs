@@ -109,11 +109,11 @@ pub struct PrepArgs {
     /// Normalisation preset: imagenet, pm1 (x/127.5-1), unit (x/255), raw (0-255). Default: the model's own.
     #[arg(long, value_enum, conflicts_with_all = ["mean", "std"])]
     pub norm: Option<NormArg>,
-    /// Per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std).
-    #[arg(long, value_delimiter = ',', num_args = 3, requires = "std")]
+    /// Per-channel mean on the 0-1 scale, e.g. 0.485,0.456,0.406 (with --std; commas or spaces).
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, requires = "std")]
     pub mean: Vec<f32>,
-    /// Per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean).
-    #[arg(long, value_delimiter = ',', num_args = 3, requires = "mean")]
+    /// Per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean; commas or spaces).
+    #[arg(long, value_delimiter = ',', num_args = 1..=3, requires = "mean")]
     pub std: Vec<f32>,
     /// Images per inference call.
     #[arg(long, default_value_t = 16)]
@@ -319,8 +319,24 @@ impl PrepArgs {
                 NormArg::Raw => "raw",
             }),
             (None, false) => {
-                if self.std.iter().any(|s| *s <= 0.0) {
-                    bail!(crate::Error::Input("--std values must be positive".into()));
+                if self.mean.len() != 3 || self.std.len() != 3 {
+                    bail!(crate::Error::Input(format!(
+                        "--mean and --std take 3 values each (one per channel), e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225; got {} and {}",
+                        self.mean.len(),
+                        self.std.len()
+                    )));
+                }
+                if self.mean.iter().any(|m| !m.is_finite()) {
+                    bail!(crate::Error::Input(format!(
+                        "--mean values must be finite numbers (got {:?})",
+                        self.mean
+                    )));
+                }
+                if self.std.iter().any(|s| !s.is_finite() || *s < 1e-6) {
+                    bail!(crate::Error::Input(format!(
+                        "--std values must be finite and at least 1e-6 (got {:?}): a smaller std makes every pixel non-finite",
+                        self.std
+                    )));
                 }
                 Some(Normalization {
                     preset: "custom".into(),

@@ -267,6 +267,29 @@ pub fn compute(
                 xt.ncols()
             ));
         }
+        let bad = (non_finite(&xs), non_finite(&xt));
+        if bad.0 + bad.1 > 0 {
+            let why = format!(
+                "not computed: layer '{name}' holds {} non-finite value(s) (NaN or infinity) in the source and {} in the target; domsim never computes on them (check the model's outputs at this layer, or the .npy file)",
+                bad.0, bad.1
+            );
+            notes.push(format!("WARNING: {why}"));
+            layers.push(LayerResult {
+                depth: layers.len(),
+                layer: name.clone(),
+                dim: xs.ncols(),
+                n_source: xs.nrows(),
+                n_target: xt.nrows(),
+                values: runnable
+                    .iter()
+                    .flat_map(|m| m.outputs().iter())
+                    .map(|o| MetricValue::new(o, f64::NAN, why.clone()))
+                    .collect(),
+            });
+            prev = None;
+            bar.inc(1);
+            continue;
+        }
         if let (Some((ps, pt)), Some(last)) = (&prev, layers.last()) {
             if same_features(ps, &xs) && same_features(pt, &xt) {
                 notes.push(format!(
@@ -344,6 +367,11 @@ pub fn compute(
         similarity,
         notes,
     })
+}
+
+/// Number of NaN or infinite entries.
+pub fn non_finite(x: &Array2<f64>) -> usize {
+    x.iter().filter(|v| !v.is_finite()).count()
 }
 
 /// Largest relative difference at which two layers count as holding the same features.

@@ -227,3 +227,41 @@ fn report_on_a_folder_without_compare_output_is_a_clear_error() {
         .code(2)
         .stderr(predicates::str::contains("compare.json"));
 }
+
+#[test]
+fn report_drops_non_finite_scatter_points_instead_of_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let tgt = tmp.path().join("tgt");
+    copy_subset(&datasets().join("animals"), &src, 0, 20, 12);
+    copy_subset(&datasets().join("animals"), &tgt, 1, 20, 12);
+    let out = tmp.path().join("report");
+    domsim()
+        .args([
+            "analyze",
+            "--permutations",
+            "99",
+            "--no-similarity",
+            "--source",
+        ])
+        .arg(&src)
+        .arg("--target")
+        .arg(&tgt)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let pca = out.join("embedding_pca.csv");
+    let text = std::fs::read_to_string(&pca).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let cols: Vec<&str> = lines[1].split(',').collect();
+    let n = cols.len();
+    lines[1] = format!("{},inf,{}", cols[..n - 2].join(","), cols[n - 1]);
+    std::fs::write(&pca, lines.join("\n") + "\n").unwrap();
+    domsim()
+        .args(["report"])
+        .arg(&out)
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+        .success();
+}

@@ -510,3 +510,48 @@ fn extract_fails_cleanly_when_inference_fails_part_way() {
         "a failed run must not look complete"
     );
 }
+
+#[test]
+fn normalisation_parameters_are_validated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    copy_subset(&datasets().join("animals"), &imgs, 0, 50, 3);
+    for (args, says) in [
+        (
+            &["--mean", "0.5,0.5,0.5", "--std", "nan,1,1"][..],
+            "--std values must be finite",
+        ),
+        (
+            &["--mean", "0.5,0.5,0.5", "--std", "1e-45,1,1"][..],
+            "at least 1e-6",
+        ),
+        (
+            &["--mean", "inf,0,0", "--std", "1,1,1"][..],
+            "--mean values must be finite",
+        ),
+        (
+            &["--mean", "0.5,0.5", "--std", "1,1,1"][..],
+            "3 values each",
+        ),
+    ] {
+        domsim()
+            .args(["extract", "--images"])
+            .arg(&imgs)
+            .arg("--out")
+            .arg(tmp.path().join("e"))
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says));
+    }
+    // the documented comma form works
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(tmp.path().join("ok"))
+        .args(["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"])
+        .assert()
+        .success();
+}

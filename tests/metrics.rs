@@ -527,3 +527,43 @@ fn knn_and_hscore_agree_with_references() {
     );
     assert!((a - exp["hscore_shrinkage"].as_f64().unwrap()).abs() < 1e-12);
 }
+
+#[test]
+fn non_finite_layers_are_reported_and_never_computed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = npy_sets(tmp.path());
+    // one NaN in layer 1 of the target, an infinity in layer 2 of the source
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut bad = randn(&mut rng, 70, 8);
+    bad[[3, 2]] = f64::NAN;
+    write_npy(&t.join("1_layer.npy"), &bad);
+    let mut inf = randn(&mut rng, 80, 6);
+    inf[[0, 0]] = f64::INFINITY;
+    write_npy(&s.join("2_layer.npy"), &inf);
+    let out = tmp.path().join("r");
+    compare_cli(&s, &t, &out, "2", "0");
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    for depth in ["1", "2"] {
+        let at: Vec<&csv::StringRecord> = rows.iter().filter(|r| &r[0] == depth).collect();
+        assert!(!at.is_empty());
+        for row in at {
+            assert_eq!(
+                &row[3], "",
+                "a value was computed on non-finite data: {row:?}"
+            );
+            assert!(row[11].contains("non-finite"), "{row:?}");
+        }
+    }
+    // layer 0 is computed as usual
+    assert!(rows
+        .iter()
+        .any(|r| &r[0] == "0" && &r[2] == "mmd2_rbf" && !r[3].is_empty()));
+    let cmp: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert!(cmp["notes"].as_array().unwrap().iter().any(|n| n
+        .as_str()
+        .unwrap()
+        .contains("WARNING")
+        && n.as_str().unwrap().contains("1 non-finite")));
+}

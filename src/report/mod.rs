@@ -65,7 +65,7 @@ pub fn scatter_depths(n_layers: usize) -> Vec<usize> {
 pub fn pca_points(
     src: &EmbeddingSet,
     tgt: &EmbeddingSet,
-    depths: &[usize],
+    layers: &[(usize, String)],
     max_per_set: usize,
     seed: u64,
 ) -> Result<Vec<PcaPoint>> {
@@ -74,14 +74,21 @@ pub fn pca_points(
         ..Default::default()
     };
     let mut out = Vec::new();
-    for &d in depths {
+    let index = |set: &EmbeddingSet, name: &str| set.layers.iter().position(|l| l.name == name);
+    for (d, name) in layers {
+        let (Some(si), Some(ti)) = (index(src, name), index(tgt, name)) else {
+            continue;
+        };
         let ctx = Ctx {
             params: &params,
-            depth: d,
+            depth: *d,
         };
         let mut rng = ctx.rng(21);
-        let xs = src.read_layer(d)?;
-        let xt = tgt.read_layer(d)?;
+        let xs = src.read_layer(si)?;
+        let xt = tgt.read_layer(ti)?;
+        if crate::compare::non_finite(&xs) + crate::compare::non_finite(&xt) > 0 {
+            continue; // never computed on; compare reports the layer
+        }
         let is = subsample(xs.nrows(), max_per_set, &mut rng);
         let it = subsample(xt.nrows(), max_per_set, &mut rng);
         let (xs, xt) = (xs.select(Axis(0), &is), xt.select(Axis(0), &it));
@@ -96,7 +103,6 @@ pub fn pca_points(
             ndarray::stack(Axis(1), &[vecs.column(0), vecs.column(0)]).expect("same length")
         };
         let proj = centred(&pooled.view()).dot(&basis);
-        let name = src.layers[d].name.clone();
         for (r, row) in proj.rows().into_iter().enumerate() {
             let (set, label) = if r < is.len() {
                 ("source", src.labels.as_ref().map(|l| l[is[r]].clone()))
@@ -141,9 +147,15 @@ pub fn read_pca(path: &Path) -> Result<Vec<PcaPoint>> {
     }
     let mut r = csv::Reader::from_path(path)
         .map_err(|e| Error::Input(format!("cannot read '{}': {e}", path.display())))?;
-    r.deserialize()
+    let pts: Vec<PcaPoint> = r
+        .deserialize()
         .map(|x| x.map_err(|e| Error::Input(format!("'{}': {e}", path.display()))))
-        .collect()
+        .collect::<Result<_>>()?;
+    // a hand-edited or damaged file: non-finite coordinates are dropped, never drawn
+    Ok(pts
+        .into_iter()
+        .filter(|p| p.pc1.is_finite() && p.pc2.is_finite())
+        .collect())
 }
 
 /// Builds the verdict from a compare report (the rule in [`crate::verdict`]).
