@@ -108,6 +108,9 @@ pub struct CompareReport {
     pub similarity: Vec<SimilarityValue>,
     /// Notes: skipped metrics, warnings.
     pub notes: Vec<String>,
+    /// Wall time per metric group and for the within-set similarity, summed over layers (seconds).
+    #[serde(default)]
+    pub timings_s: std::collections::BTreeMap<String, f64>,
 }
 
 /// Every selectable metric name (groups and outputs).
@@ -252,6 +255,7 @@ pub fn compute(
 
     let bar = progress(cfg.progress, pairs.len() as u64, "compare layers");
     let mut layers: Vec<LayerResult> = Vec::new();
+    let mut timings = std::collections::BTreeMap::new();
     let mut kept = Vec::new();
     let mut n_rows = (0, 0);
     let mut prev: Option<(Array2<f64>, Array2<f64>)> = None;
@@ -318,9 +322,11 @@ pub fn compute(
         };
         let mut values = Vec::new();
         for m in &runnable {
+            let t0 = std::time::Instant::now();
             let v = m.compute(&s, &t, &ctx).map_err(|e| {
                 Error::Analysis(format!("metric {} at layer '{name}': {e}", m.name()))
             })?;
+            *timings.entry(m.name().to_string()).or_insert(0.0) += t0.elapsed().as_secs_f64();
             values.extend(v);
         }
         layers.push(LayerResult {
@@ -341,10 +347,12 @@ pub fn compute(
 
     let mut similarity = Vec::new();
     if cfg.similarity {
+        let t0 = std::time::Instant::now();
         let (ks, kt): (Vec<usize>, Vec<usize>) = kept.iter().copied().unzip();
         for (set_name, set, idx) in [("source", src, &ks), ("target", tgt, &kt)] {
             similarity.extend(within_set(set_name, set, idx, &cfg.params, cfg.progress)?);
         }
+        timings.insert("similarity".into(), t0.elapsed().as_secs_f64());
         let cap = cfg.params.cka_rbf_max_n;
         if n_rows.0 > cap || n_rows.1 > cap {
             notes.push(format!(
@@ -366,6 +374,7 @@ pub fn compute(
         layers,
         similarity,
         notes,
+        timings_s: timings,
     })
 }
 

@@ -22,8 +22,10 @@ pub struct LogReg {
     pub converged: bool,
 }
 
-/// Largest |gradient| accepted as converged.
-pub const GTOL: f64 = 1e-6;
+/// Largest |gradient| of the mean-form objective accepted as converged: scikit-learn's default `tol`
+/// (1e-4) for lbfgs. It was 1e-6; on the chest X-ray target probe that took 2-3x the time for balanced
+/// accuracies equal to the third decimal.
+pub const GTOL: f64 = 1e-4;
 /// Iteration cap.
 pub const MAX_ITER: usize = 1000;
 
