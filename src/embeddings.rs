@@ -259,14 +259,57 @@ fn read_labels(dir: &Path) -> Result<Labels> {
         let (Some(lc), pc) = (col("label"), col("path")) else {
             return input_err(format!("'{}' needs a 'label' column", p.display()));
         };
+        let rc = col("row");
+        let mut rows = Vec::new();
         let mut labels = Vec::new();
         let mut paths = Vec::new();
-        for rec in r.records() {
+        for (line, rec) in r.records().enumerate() {
             let rec =
                 rec.map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?;
             labels.push(rec.get(lc).unwrap_or("").to_string());
             if let Some(pc) = pc {
                 paths.push(rec.get(pc).unwrap_or("").to_string());
+            }
+            if let Some(rc) = rc {
+                let v = rec.get(rc).unwrap_or("");
+                rows.push(v.trim().parse::<usize>().map_err(|_| {
+                    Error::Input(format!(
+                        "'{}', line {}: row '{v}' is not a row number (0, 1, 2, ...)",
+                        p.display(),
+                        line + 2
+                    ))
+                })?);
+            }
+        }
+        if rc.is_some() {
+            // the `row` column says which matrix row each label belongs to: place labels by it
+            let n = labels.len();
+            let mut seen = vec![false; n];
+            for &row in &rows {
+                if row >= n || seen[row] {
+                    return input_err(format!(
+                        "'{}': row {row} is {}; the rows must be 0..{} (one line per matrix row)",
+                        p.display(),
+                        if row >= n {
+                            "past the end"
+                        } else {
+                            "listed twice"
+                        },
+                        n.saturating_sub(1)
+                    ));
+                }
+                seen[row] = true;
+            }
+            let place = |v: &[String]| {
+                let mut out = vec![String::new(); n];
+                for (i, &row) in rows.iter().enumerate() {
+                    out[row] = v[i].clone();
+                }
+                out
+            };
+            labels = place(&labels);
+            if !paths.is_empty() {
+                paths = place(&paths);
             }
         }
         let any_label = labels.iter().any(|l| !l.is_empty());

@@ -567,3 +567,39 @@ fn non_finite_layers_are_reported_and_never_computed_on() {
         .contains("WARNING")
         && n.as_str().unwrap().contains("1 non-finite")));
 }
+
+#[test]
+fn labels_csv_rows_are_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = npy_sets(tmp.path());
+    // the same labels as npy_sets writes, lines sorted by label (all cats, then all dogs): same result
+    let mut lines: Vec<String> = (0..70)
+        .map(|r| format!("{r},{}", if r % 2 == 0 { "cat" } else { "dog" }))
+        .collect();
+    let base = compare_cli(&s, &t, &tmp.path().join("a"), "1", "0").0;
+    lines.sort_by_key(|l| l.ends_with("dog"));
+    std::fs::write(
+        t.join("labels.csv"),
+        format!("row,label\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    let shuffled = compare_cli(&s, &t, &tmp.path().join("b"), "1", "0").0;
+    assert_eq!(base, shuffled, "labels.csv's row column was ignored");
+    // a row past the end is refused
+    lines[0] = "70,cat".into();
+    std::fs::write(
+        t.join("labels.csv"),
+        format!("row,label\n{}\n", lines.join("\n")),
+    )
+    .unwrap();
+    let mut c = assert_cmd::Command::cargo_bin("domsim").unwrap();
+    c.args(["--quiet", "compare", "--permutations", "99", "--source"])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(tmp.path().join("c"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("row 70 is past the end"));
+}

@@ -44,6 +44,24 @@ pub struct ProbeResult {
     pub fold_bal: Vec<f64>,
     /// AUC per (repeat, fold) (two classes only).
     pub fold_auc: Vec<f64>,
+    /// Fits that stopped at the iteration cap before reaching the gradient tolerance.
+    pub not_converged: usize,
+}
+
+impl ProbeResult {
+    /// A warning for the note when some fits did not converge (empty otherwise).
+    pub fn convergence_warning(&self) -> String {
+        if self.not_converged == 0 {
+            String::new()
+        } else {
+            format!(
+                "; WARNING {} of {} fits stopped at {} L-BFGS iterations before converging",
+                self.not_converged,
+                self.fold_acc.len(),
+                logreg::MAX_ITER
+            )
+        }
+    }
 }
 
 fn standardise(train: &Array2<f64>, test: &Array2<f64>) -> (Array2<f64>, Array2<f64>) {
@@ -148,6 +166,7 @@ where
         fold_acc,
         fold_bal,
         fold_auc,
+        not_converged: 0,
     })
 }
 
@@ -172,10 +191,14 @@ pub fn cv_probe_folds(
     c: f64,
 ) -> std::result::Result<ProbeResult, String> {
     let k = y.iter().max().map_or(0, |m| m + 1);
-    cv_scores(y, fold, |tr, te| {
+    let stuck = std::sync::atomic::AtomicUsize::new(0);
+    let mut r = cv_scores(y, fold, |tr, te| {
         let (xtr, xte) = standardise(&x.select(Axis(0), tr), &x.select(Axis(0), te));
         let ytr: Vec<usize> = tr.iter().map(|&i| y[i]).collect();
         let model = logreg::fit(&xtr.view(), &ytr, k, c);
+        if !model.converged {
+            stuck.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let proba = model.predict_proba(&xte.view());
         proba
             .rows()
@@ -187,7 +210,9 @@ pub fn cv_probe_folds(
                 (best, if row.len() > 1 { row[1] } else { 0.0 })
             })
             .collect()
-    })
+    })?;
+    r.not_converged = stuck.into_inner();
+    Ok(r)
 }
 
 /// Smallest class kept by the task probes and k-NN; smaller classes are dropped with a warning.
@@ -322,8 +347,8 @@ impl Metric for DomainProbe {
         let (folds, warn) = probe_folds(&y, p.folds).map_err(Error::Analysis)?;
         let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng).map_err(Error::Analysis)?;
         let base = format!(
-            "logistic regression C={}, standardised, balanced {m}+{m} rows (seeded subsample), {} x stratified {folds}-fold (the same rows and folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}",
-            p.c, p.cv_repeats
+            "logistic regression C={}, standardised, balanced {m}+{m} rows (seeded subsample), {} x stratified {folds}-fold (the same rows and folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}{}",
+            p.c, p.cv_repeats, r.convergence_warning()
         );
         let details = serde_json::json!({"c": p.c, "folds": folds, "repeats": p.cv_repeats, "rows_per_set": m});
         let mut acc = fold_value("domain_probe_acc", r.acc, r.acc_ci, &r.fold_acc, &base);
@@ -458,8 +483,10 @@ impl Metric for TaskProbe {
         let x = set.x.select(Axis(0), &split.rows);
         let r = cv_probe_folds(&x, &split.y, &split.folds, p.c).map_err(Error::Analysis)?;
         let note = format!(
-            "multinomial logistic regression C={}, standardised, {}",
-            p.c, split.note
+            "multinomial logistic regression C={}, standardised, {}{}",
+            p.c,
+            split.note,
+            r.convergence_warning()
         );
         let details = serde_json::json!({"c": p.c, "folds": split.k, "repeats": p.cv_repeats, "rows": split.rows.len(), "classes": split.classes});
         let mut acc = fold_value(names[0], r.acc, r.acc_ci, &r.fold_acc, &note);
