@@ -6,7 +6,6 @@
 //!   vote goes to the class with the larger summed similarity, then the smaller class index. Brute force
 //!   (one matrix product per fold): with d up to 1280 and n in the thousands, trees do not prune; see
 //!   `benches/vs_linfa.rs` (linfa-nn's linear search was 18x slower, its trees 23-59x).
-//!   `benches/knn.rs` for the comparison with linfa-nn.
 //! - **Shrinkage H-score** (`hscore_target`; Ibrahim, Ponomareva & Mazumder 2022, "Newer is not always
 //!   better"): `tr(Σ_α⁻¹ (1 − α) cov(E[f | y]))` with `Σ_α` the Ledoit–Wolf shrunk covariance of the centred
 //!   features (shrinkage α by Ledoit & Wolf 2004, as in scikit-learn's `ledoit_wolf_shrinkage`) and `cov` with
