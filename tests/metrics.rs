@@ -603,3 +603,34 @@ fn labels_csv_rows_are_honoured() {
         .code(2)
         .stderr(predicates::str::contains("row 70 is past the end"));
 }
+
+/// The reduced, seeded version of `examples/null_calibration.rs` (which runs 200 splits of real X-ray
+/// embeddings): under the null the MMD² test keeps its size and the domain probe's corrected interval
+/// covers 0.5 at about its nominal rate. 80 draws, so the bounds leave room for binomial noise.
+#[test]
+fn null_calibration_reduced() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2026);
+    let draws = 80;
+    let (mut rejected, mut covered) = (0, 0);
+    for _ in 0..draws {
+        let a = randn(&mut rng, 100, 16);
+        let b = randn(&mut rng, 100, 16);
+        rejected += usize::from(mmd2_rbf(&a, &b, 199, None, &mut rng).p_value <= 0.05);
+        let z = ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.view()]).unwrap();
+        let y: Vec<usize> = (0..200).map(|i| usize::from(i >= 100)).collect();
+        let (lo, hi) = cv_probe(&z, &y, 5, 3, 1.0, &mut rng)
+            .unwrap()
+            .acc_ci
+            .unwrap();
+        covered += usize::from(lo <= 0.5 && 0.5 <= hi);
+    }
+    eprintln!("MMD2 p <= 0.05 in {rejected}/{draws}; domain-probe interval covers 0.5 in {covered}/{draws}");
+    assert!(
+        rejected <= 10,
+        "MMD2 test rejects {rejected}/{draws} under the null"
+    );
+    assert!(
+        covered >= 68,
+        "domain-probe interval covers 0.5 in only {covered}/{draws}"
+    );
+}
