@@ -224,7 +224,7 @@ fn recommended_plan_lies_in_the_fine_tuning_tie_set() {
         }
         let rep = tmp.path().join(target).join("report");
         domsim()
-            .args(["--quiet", "analyze", "--source"])
+            .args(["analyze", "--source"])
             .arg(datasets().join("animals"))
             .arg("--target")
             .arg(&dir)

@@ -195,7 +195,7 @@ def chart(panels):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.6 * len(panels)), squeeze=False)
     for ax, (t, table, prof, depth_of, rec, ties) in zip(axes[:, 0], panels):
         xs, ms, sds = [], [], []
         for d in range(-1, 19):
@@ -224,7 +224,7 @@ def chart(panels):
         ax.set_title(f"{t}: green rings = tie set (paired t-test across seeds, α = {TIE_ALPHA})")
         ax.set_xlabel("depth of the last frozen layer")
         ax.set_ylabel("test balanced accuracy")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(study.HERE, "finetune_by_depth.png"), dpi=90)
