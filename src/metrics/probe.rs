@@ -311,6 +311,35 @@ pub fn task_split(
     })
 }
 
+/// A task score (accuracy and balanced accuracy, named `names`) computed by `score` on the labelled set's
+/// shared [`TaskSplit`]; when no split can be made, both values are empty with the reason.
+pub fn task_metric(
+    target: bool,
+    names: &[&str],
+    s: &SetData,
+    t: &SetData,
+    ctx: &Ctx,
+    score: impl FnOnce(&Array2<f64>, &TaskSplit) -> Result<(ProbeResult, String, serde_json::Value)>,
+) -> Result<Vec<MetricValue>> {
+    let (set, labels) = labelled(target, s, t)?;
+    let split = match task_split(labels, ctx, target) {
+        Ok(v) => v,
+        Err(why) => {
+            return Ok(names
+                .iter()
+                .map(|n| MetricValue::new(n, f64::NAN, format!("not computed: {why}")))
+                .collect())
+        }
+    };
+    let x = set.x.select(Axis(0), &split.rows);
+    let (r, note, details) = score(&x, &split)?;
+    let mut acc = fold_value(names[0], r.acc, r.acc_ci, &r.fold_acc, &note);
+    acc.details = details.clone();
+    let mut bal = fold_value(names[1], r.bal_acc, r.bal_ci, &r.fold_bal, &note);
+    bal.details = details;
+    Ok(vec![acc, bal])
+}
+
 /// A value with its corrected interval and per-fold scores.
 pub fn fold_value(
     metric: &str,
@@ -469,30 +498,16 @@ impl Metric for TaskProbe {
     }
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
-        let names = self.outputs();
-        let (set, labels) = labelled(self.target, s, t)?;
-        let split = match task_split(labels, ctx, self.target) {
-            Ok(v) => v,
-            Err(why) => {
-                return Ok(names
-                    .iter()
-                    .map(|n| MetricValue::new(n, f64::NAN, format!("not computed: {why}")))
-                    .collect())
-            }
-        };
-        let x = set.x.select(Axis(0), &split.rows);
-        let r = cv_probe_folds(&x, &split.y, &split.folds, p.c).map_err(Error::Analysis)?;
-        let note = format!(
-            "multinomial logistic regression C={}, standardised, {}{}",
-            p.c,
-            split.note,
-            r.convergence_warning()
-        );
-        let details = serde_json::json!({"c": p.c, "folds": split.k, "repeats": p.cv_repeats, "rows": split.rows.len(), "classes": split.classes});
-        let mut acc = fold_value(names[0], r.acc, r.acc_ci, &r.fold_acc, &note);
-        acc.details = details.clone();
-        let mut bal = fold_value(names[1], r.bal_acc, r.bal_ci, &r.fold_bal, &note);
-        bal.details = details;
-        Ok(vec![acc, bal])
+        task_metric(self.target, self.outputs(), s, t, ctx, |x, split| {
+            let r = cv_probe_folds(x, &split.y, &split.folds, p.c).map_err(Error::Analysis)?;
+            let note = format!(
+                "multinomial logistic regression C={}, standardised, {}{}",
+                p.c,
+                split.note,
+                r.convergence_warning()
+            );
+            let details = serde_json::json!({"c": p.c, "folds": split.k, "repeats": p.cv_repeats, "rows": split.rows.len(), "classes": split.classes});
+            Ok((r, note, details))
+        })
     }
 }

@@ -14,7 +14,7 @@
 use ndarray::{Array2, Axis};
 
 use super::linalg::{cholesky_lower, gram_t, matmul};
-use super::probe::{cv_scores, fold_value, task_split};
+use super::probe::{cv_scores, task_metric};
 use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
@@ -147,37 +147,23 @@ impl Metric for Knn {
         Needs::labels_of(self.target)
     }
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
-        let names = self.outputs();
-        let (set, labels) = labelled(self.target, s, t)?;
-        let split = match task_split(labels, ctx, self.target) {
-            Ok(v) => v,
-            Err(why) => {
-                return Ok(names
-                    .iter()
-                    .map(|n| MetricValue::new(n, f64::NAN, format!("not computed: {why}")))
-                    .collect())
-            }
-        };
-        let x = set.x.select(Axis(0), &split.rows);
         let k = ctx.params.knn_k;
-        let r = cv_scores(&split.y, &split.folds, |tr, te| {
-            let ytr: Vec<usize> = tr.iter().map(|&i| split.y[i]).collect();
-            knn_predict(
-                &x.select(Axis(0), tr),
-                &ytr,
-                &x.select(Axis(0), te),
-                split.classes,
-                k,
-            )
+        task_metric(self.target, self.outputs(), s, t, ctx, |x, split| {
+            let r = cv_scores(&split.y, &split.folds, |tr, te| {
+                let ytr: Vec<usize> = tr.iter().map(|&i| split.y[i]).collect();
+                knn_predict(
+                    &x.select(Axis(0), tr),
+                    &ytr,
+                    &x.select(Axis(0), te),
+                    split.classes,
+                    k,
+                )
+            })
+            .map_err(Error::Analysis)?;
+            let note = format!("cosine {k}-NN majority vote, {}", split.note);
+            let details = serde_json::json!({"k": k, "folds": split.k, "repeats": ctx.params.cv_repeats, "rows": split.rows.len()});
+            Ok((r, note, details))
         })
-        .map_err(Error::Analysis)?;
-        let note = format!("cosine {k}-NN majority vote, {}", split.note);
-        let details = serde_json::json!({"k": k, "folds": split.k, "repeats": ctx.params.cv_repeats, "rows": split.rows.len()});
-        let mut acc = fold_value(names[0], r.acc, r.acc_ci, &r.fold_acc, &note);
-        acc.details = details.clone();
-        let mut bal = fold_value(names[1], r.bal_acc, r.bal_ci, &r.fold_bal, &note);
-        bal.details = details;
-        Ok(vec![acc, bal])
     }
 }
 
