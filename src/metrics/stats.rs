@@ -105,12 +105,30 @@ pub fn repeated_folds<R: Rng>(
 /// under-covers; the correction includes the refitting variance. For paired comparisons pass the per-fold
 /// differences of two scores computed on the same folds.
 pub fn corrected_cv_ci(scores: &[f64], k: usize) -> Option<(f64, (f64, f64))> {
+    corrected_cv_ci_floor(scores, k, 0.0)
+}
+
+/// Sample variance (n − 1) of finite values; `None` under 2 values.
+pub fn sample_variance(v: &[f64]) -> Option<f64> {
+    if v.len() < 2 {
+        return None;
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    Some(v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64)
+}
+
+/// [`corrected_cv_ci`] with the variance floored at `var_floor`: never narrower than the plain interval.
+pub fn corrected_cv_ci_floor(
+    scores: &[f64],
+    k: usize,
+    var_floor: f64,
+) -> Option<(f64, (f64, f64))> {
     let n = scores.len();
     if n < 2 || k < 2 || scores.iter().any(|v| !v.is_finite()) {
         return None;
     }
     let mean = scores.iter().sum::<f64>() / n as f64;
-    let var = scores.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let var = sample_variance(scores)?.max(var_floor);
     let ratio = 1.0 / (k - 1) as f64; // n_test / n_train for k folds
     let se = ((1.0 / n as f64 + ratio) * var).sqrt();
     let t = student_t_quantile(0.975, (n - 1) as f64);
