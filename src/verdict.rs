@@ -402,8 +402,12 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
             Plan {
                 kind: PlanKind::FreezeThrough,
                 text: format!(
-                    "Freeze layers up to depth {} ({}): they are close to the source or within its own spread; re-train from depth {} on. Labels (a few dozen images per class in sub-folders) would show whether deeper layers are useful despite the gap.",
-                    ev[i].depth, ev[i].layer, ev[i].depth + 1
+                    "{} Labels (a few dozen images per class in sub-folders) would show whether deeper layers are useful despite the gap.",
+                    if i + 1 == ev.len() {
+                        format!("Freeze every measured layer up to depth {} ({}): all are close to the source or within its own spread; train only a new head.", ev[i].depth, ev[i].layer)
+                    } else {
+                        format!("Freeze layers up to depth {} ({}): they are close to the source or within its own spread; re-train from depth {} on.", ev[i].depth, ev[i].layer, ev[i].depth + 1)
+                    }
                 ),
             },
             Some(cut_at(i, format!(
