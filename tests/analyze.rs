@@ -137,7 +137,7 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
             "logme_target",
             "cka_label_target",
         ] {
-            assert!(rows.iter().any(|x| &x[1] == *l && &x[2] == m), "{m} at {l}");
+            assert!(rows.iter().any(|x| x[1] == **l && &x[2] == m), "{m} at {l}");
         }
     }
     let mut r = csv::Reader::from_path(out.join("similarity.csv")).unwrap();
