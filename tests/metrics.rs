@@ -634,3 +634,75 @@ fn null_calibration_reduced() {
         "domain-probe interval covers 0.5 in only {covered}/{draws}"
     );
 }
+
+#[test]
+fn near_duplicates_and_user_groups_stay_within_one_fold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = npy_sets(tmp.path());
+    // rows 60..70 of every target layer become copies of row 0 (a class-0 image repeated)
+    for (i, d) in [4usize, 8, 6].iter().enumerate() {
+        let p = t.join(format!("{i}_layer.npy"));
+        let mut x = common::npy(&p);
+        for r in 60..70 {
+            let row = x.row(0).to_owned();
+            x.row_mut(r).assign(&row);
+        }
+        assert_eq!(x.ncols(), *d);
+        write_npy(&p, &x);
+    }
+    let mut labels = String::from("row,label\n");
+    for r in 0..70 {
+        labels.push_str(&format!(
+            "{r},{}\n",
+            if r % 2 == 0 || r >= 60 { "cat" } else { "dog" }
+        ));
+    }
+    std::fs::write(t.join("labels.csv"), labels).unwrap();
+    let out = tmp.path().join("r");
+    compare_cli(&s, &t, &out, "1", "0");
+    let cmp: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    let notes: Vec<&str> = cmp["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    // the 11 copies form a group; in these 6-dimensional random features a few chance neighbours may
+    // join other small groups, which only makes the folds coarser
+    let note = notes
+        .iter()
+        .find(|n| n.contains("group(s) of near-duplicate target images"))
+        .unwrap_or_else(|| panic!("{notes:?}"));
+    let images: usize = note
+        .split(" images;")
+        .next()
+        .unwrap()
+        .rsplit('(')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((11..=20).contains(&images), "{note}");
+    // the user's groups.csv takes over (matched by the paths of index.csv)
+    std::fs::remove_file(t.join("labels.csv")).unwrap();
+    let mut index = String::from("row,path,label\n");
+    let mut groups = String::from("path,group\n");
+    for r in 0..70 {
+        let lab = if r % 2 == 0 || r >= 60 { "cat" } else { "dog" };
+        index.push_str(&format!("{r},img{r}.png,{lab}\n"));
+        if r < 4 {
+            groups.push_str(&format!("img{r}.png,patient7\n"));
+        }
+    }
+    std::fs::write(t.join("index.csv"), index).unwrap();
+    std::fs::write(t.join("groups.csv"), groups).unwrap();
+    let out = tmp.path().join("r2");
+    compare_cli(&s, &t, &out, "1", "0");
+    let cmp: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
+    assert!(cmp["notes"].as_array().unwrap().iter().any(|n| n
+        .as_str()
+        .unwrap()
+        .contains("groups.csv: 1 group(s) of 2 or more images (4 images)")));
+}

@@ -9,6 +9,7 @@
 pub mod cka;
 pub mod cov;
 pub mod frechet;
+pub mod groups;
 pub mod kernel;
 pub mod linalg;
 pub mod logme;
@@ -32,6 +33,9 @@ pub struct SetData<'a> {
     pub labels: Option<&'a [usize]>,
     /// Class names, indexed by label.
     pub classes: &'a [String],
+    /// Group id per row (near-duplicate images, or the user's `groups.csv`): rows of one group never
+    /// straddle a cross-validation fold. `None`: every row is its own group.
+    pub groups: Option<&'a [usize]>,
 }
 
 /// Parameters shared by every metric; all of them are written to `compare.json`.

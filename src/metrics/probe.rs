@@ -15,7 +15,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::logreg;
-use super::stats::{auc, corrected_cv_ci, repeated_folds, subsample};
+use super::stats::{auc, corrected_cv_ci, group_stratified_folds, repeated_folds, subsample};
 use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
@@ -261,9 +261,11 @@ pub struct TaskSplit {
     pub note: String,
 }
 
-/// Builds the [`TaskSplit`] of a labelled set (seeded by the master seed only, never by the layer).
+/// Builds the [`TaskSplit`] of a labelled set (seeded by the master seed only, never by the layer); rows of
+/// one group (`groups`) stay within one fold.
 pub fn task_split(
     labels: &[usize],
+    groups: Option<&[usize]>,
     ctx: &Ctx,
     target: bool,
 ) -> std::result::Result<TaskSplit, String> {
@@ -289,9 +291,17 @@ pub fn task_split(
         .map(|&i| kept.iter().position(|&c| c == labels[i]).unwrap_or(0))
         .collect();
     let (k, warn) = probe_folds(&y, p.folds)?;
-    let folds = repeated_folds(&y, k, p.cv_repeats, &mut rng);
+    let folds = match groups {
+        Some(g) => {
+            let g: Vec<usize> = rows.iter().map(|&i| g[i]).collect();
+            (0..p.cv_repeats.max(1))
+                .map(|_| group_stratified_folds(&y, &g, k, &mut rng))
+                .collect()
+        }
+        None => repeated_folds(&y, k, p.cv_repeats, &mut rng),
+    };
     let note = format!(
-        "{} rows, {} classes{}, {} x stratified {k}-fold (the same folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}",
+        "{} rows, {} classes{}, {} x stratified {k}-fold{} (the same folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}",
         rows.len(),
         kept.len(),
         if dropped > 0 {
@@ -299,7 +309,12 @@ pub fn task_split(
         } else {
             String::new()
         },
-        p.cv_repeats
+        p.cv_repeats,
+        if groups.is_some() {
+            ", groups kept within one fold"
+        } else {
+            ""
+        }
     );
     Ok(TaskSplit {
         rows,
@@ -322,7 +337,7 @@ pub fn task_metric(
     score: impl FnOnce(&Array2<f64>, &TaskSplit) -> Result<(ProbeResult, String, serde_json::Value)>,
 ) -> Result<Vec<MetricValue>> {
     let (set, labels) = labelled(target, s, t)?;
-    let split = match task_split(labels, ctx, target) {
+    let split = match task_split(labels, set.groups, ctx, target) {
         Ok(v) => v,
         Err(why) => {
             return Ok(names

@@ -87,6 +87,36 @@ pub fn stratified_folds<R: Rng>(labels: &[usize], k: usize, rng: &mut R) -> Vec<
     fold
 }
 
+/// Stratified k-fold that keeps each group within one fold: groups (labelled by their first row's class)
+/// are shuffled, then each goes, largest first within its class, to the fold holding the fewest rows of
+/// that class so far. With every row its own group this is a stratified k-fold.
+pub fn group_stratified_folds<R: Rng>(
+    labels: &[usize],
+    groups: &[usize],
+    k: usize,
+    rng: &mut R,
+) -> Vec<usize> {
+    let mut members: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, &g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(i);
+    }
+    let mut list: Vec<Vec<usize>> = members.into_values().collect();
+    list.shuffle(rng);
+    list.sort_by_key(|m| (labels[m[0]], std::cmp::Reverse(m.len())));
+    let n_classes = labels.iter().max().map_or(0, |m| m + 1);
+    let mut load = vec![vec![0usize; k]; n_classes];
+    let mut fold = vec![0usize; labels.len()];
+    for m in list {
+        let c = labels[m[0]];
+        let f = (0..k).min_by_key(|&f| (load[c][f], f)).unwrap_or(0);
+        load[c][f] += m.len();
+        for i in m {
+            fold[i] = f;
+        }
+    }
+    fold
+}
+
 /// Repeated stratified k-fold: `repeats` independent fold assignments (each one [`stratified_folds`]).
 pub fn repeated_folds<R: Rng>(
     labels: &[usize],
@@ -258,6 +288,34 @@ pub fn holm(p: &[Option<f64>]) -> Vec<Option<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_never_straddle_folds_and_classes_stay_balanced() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let labels: Vec<usize> = (0..100).map(|i| usize::from(i >= 50)).collect();
+        // rows 0..12 are one near-duplicate group, 50..55 another, the rest singletons
+        let groups: Vec<usize> = (0..100)
+            .map(|i| {
+                if i < 12 {
+                    1000
+                } else if (50..55).contains(&i) {
+                    2000
+                } else {
+                    i
+                }
+            })
+            .collect();
+        let f = group_stratified_folds(&labels, &groups, 5, &mut rng);
+        assert!((0..12).all(|i| f[i] == f[0]));
+        assert!((50..55).all(|i| f[i] == f[50]));
+        for c in 0..2 {
+            let per: Vec<usize> = (0..5)
+                .map(|k| (0..100).filter(|&i| labels[i] == c && f[i] == k).count())
+                .collect();
+            assert!(per.iter().all(|&n| (8..=12).contains(&n)), "{per:?}");
+        }
+    }
 
     #[test]
     fn t_quantiles_match_tables() {
