@@ -381,12 +381,14 @@ def train_one(base_state, staged, cfg, lr, seed, xtr, ytr, xte, yte, k):
 
 
 def lr_for(t, family, base_state, staged, split, k, cfgs):
+    done = {}
     if os.path.exists(LR_GRID_CSV):
         with open(LR_GRID_CSV) as f:
-            rows = [r for r in csv.DictReader(f) if r["target"] == t and r["family"] == family]
-        if len(rows) == len(LR_GRID[family]):
-            best = max(rows, key=lambda r: (float(r["val_bal_acc"]), -float(r["lr"])))
-            return float(best["lr"])
+            done = {float(r["lr"]): float(r["val_bal_acc"]) for r in csv.DictReader(f)
+                    if r["target"] == t and r["family"] == family}
+    if all(lr in done for lr in LR_GRID[family]):
+        # best validation score; ties go to the smaller learning rate
+        return max(LR_GRID[family], key=lambda lr: (done[lr], -lr))
     # validation slice: 20 % of the training split, stratified, seeded
     paths, y = split["train"]
     rng = np.random.default_rng(SPLIT_SEED + 1)
@@ -396,7 +398,7 @@ def lr_for(t, family, base_state, staged, split, k, cfgs):
     cfg = next(c for c in cfgs if c[0] == LR_GRID_CONFIG[family])
     ctr = Cache(staged, [paths[i] for i in tr]).at(cfg[2])
     cva = Cache(staged, [paths[i] for i in va]).at(cfg[2])
-    for lr in LR_GRID[family]:
+    for lr in [lr for lr in LR_GRID[family] if lr not in done]:  # resumable: only the missing ones
         t0 = time.time()
         _, b = train_one(base_state, staged, cfg, lr, 0, ctr, y[tr], cva, y[va], k)
         append(LR_GRID_CSV, ["target", "family", "config", "lr", "n_fit", "n_val", "val_bal_acc", "seconds"],
