@@ -4,6 +4,11 @@
 //! Cached embeddings live in `REPORT_DIR/embeddings/{source,target}`. They are reused when the manifest's
 //! fingerprint matches the new request: SHA-256 over the model's SHA-256, the extraction settings, and every
 //! image's relative path, size and modification time.
+//!
+//! Either set may also be an embedding folder written by `domsim extract` (it holds a `manifest.json`): it is
+//! used as it is, after checking that it was made with the same model, input, preprocessing, pooling and
+//! layers as the other set. Without a source, the bundled model uses its bundled reference (an embedding
+//! folder of ImageNet photos, [`bundled_reference_path`]).
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +17,10 @@ use sha2::{Digest, Sha256};
 use crate::compare::{self, CompareConfig};
 use crate::dataset::ImageSet;
 use crate::embeddings::EmbeddingSet;
+use crate::embeddings::Manifest;
 use crate::error::{Error, Result};
 use crate::extract::{extract_with, ExtractConfig};
-use crate::model::runtime::sha256_file;
+use crate::model::runtime::{bundled_reference_path, sha256_file, DEFAULT_MODEL_SHA256};
 use crate::model::OnnxModel;
 use crate::output::{self, write_atomic};
 use crate::report::{self, RunReport};
@@ -22,9 +28,9 @@ use crate::report::{self, RunReport};
 /// Settings for `domsim analyze`.
 #[derive(Debug, Clone)]
 pub struct AnalyzeConfig {
-    /// Source image folder.
-    pub source: PathBuf,
-    /// Target image folder.
+    /// Source image folder or embedding folder; `None` = the bundled reference (bundled model only).
+    pub source: Option<PathBuf>,
+    /// Target image folder (or embedding folder).
     pub target: PathBuf,
     /// Report folder.
     pub out: PathBuf,
@@ -72,6 +78,69 @@ fn cached(dir: &Path, fp: &str) -> bool {
         .is_some_and(|m| m.fingerprint.as_deref() == Some(fp))
 }
 
+/// True when `dir` is an embedding folder written by `domsim extract`, not an image folder.
+pub fn is_embedding_folder(dir: &Path) -> bool {
+    dir.join("manifest.json").is_file()
+}
+
+/// The source to use: the given folder, else the bundled reference when the model is the bundled one.
+fn resolve_source(cfg: &AnalyzeConfig, model_sha: &str) -> Result<(PathBuf, bool)> {
+    match &cfg.source {
+        Some(p) => Ok((p.clone(), false)),
+        None if model_sha == DEFAULT_MODEL_SHA256 => {
+            let r = bundled_reference_path();
+            if !is_embedding_folder(&r) {
+                return Err(Error::Input(format!(
+                    "the bundled source reference '{}' is missing; regenerate it with `bash scripts/make-reference.sh`, or pass --source DIR",
+                    r.display()
+                )));
+            }
+            Ok((r, true))
+        }
+        None => Err(Error::Input(format!(
+            "no --source given, and the bundled source reference belongs to the bundled EfficientNet-Lite0 only, not to '{}'. Make a reusable reference for this model once from images like its training data: `domsim extract --model {} --images imagenet_like/ --out ref/`, then pass `--source ref/` (an embedding folder) or `--source imagenet_like/`",
+            cfg.extract.model.display(),
+            cfg.extract.model.display()
+        ))),
+    }
+}
+
+/// Checks that two manifests describe the same extraction (model, input, preprocessing, pooling, layers), so
+/// that a ready-made embedding folder can be compared with one extracted now.
+fn check_same_extraction(a: &Manifest, b: &Manifest, a_dir: &Path, b_dir: &Path) -> Result<()> {
+    let names = |m: &Manifest| m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    let differs: Vec<(&str, String, String)> = [
+        (
+            "model SHA-256",
+            a.model.sha256.clone(),
+            b.model.sha256.clone(),
+        ),
+        ("input", format!("{:?}", a.input), format!("{:?}", b.input)),
+        (
+            "normalisation",
+            format!("{:?}", a.preprocessing.normalization),
+            format!("{:?}", b.preprocessing.normalization),
+        ),
+        (
+            "pooling",
+            format!("{:?}", a.pooling),
+            format!("{:?}", b.pooling),
+        ),
+        ("layers", names(a).join(", "), names(b).join(", ")),
+    ]
+    .into_iter()
+    .filter(|(_, x, y)| x != y)
+    .collect();
+    match differs.first() {
+        None => Ok(()),
+        Some((what, x, y)) => Err(Error::Input(format!(
+            "the embeddings in '{}' and '{}' were not extracted alike: {what} differs ('{x}' vs '{y}'). Extract both with the same model and settings (--layers, --pool, --norm, --size), or pass image folders so that analyze extracts both",
+            a_dir.display(),
+            b_dir.display()
+        ))),
+    }
+}
+
 /// Runs the whole analysis.
 pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     output::prepare_dir(&cfg.out, cfg.compare.force)?;
@@ -82,14 +151,25 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         )),
         other => other,
     })?;
+    let (source, bundled_source) = resolve_source(cfg, &model_sha)?;
     let mut model: Option<OnnxModel> = None;
     let mut reused = [false; 2];
     let mut dirs = Vec::new();
     let mut run_info = serde_json::Map::new();
-    for (k, (name, images)) in [("source", &cfg.source), ("target", &cfg.target)]
+    let mut ready_made = [false; 2];
+    for (k, (name, images)) in [("source", &source), ("target", &cfg.target)]
         .into_iter()
         .enumerate()
     {
+        if is_embedding_folder(images) {
+            ready_made[k] = true;
+            run_info.insert(
+                name.into(),
+                serde_json::json!({"embeddings": images.display().to_string(), "embedding_folder_given": true, "bundled_reference": k == 0 && bundled_source}),
+            );
+            dirs.push(images.clone());
+            continue;
+        }
         let set = ImageSet::scan(images)?;
         let dir = cfg.out.join("embeddings").join(name);
         let fp = fingerprint(&model_sha, &set, &cfg.extract)?;
@@ -121,6 +201,30 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     }
     let src = EmbeddingSet::open(&dirs[0])?;
     let tgt = EmbeddingSet::open(&dirs[1])?;
+    if ready_made.iter().any(|&r| r) {
+        match (&src.manifest, &tgt.manifest) {
+            (Some(a), Some(b)) => check_same_extraction(a, b, &dirs[0], &dirs[1])?,
+            _ => unreachable!(
+                "both folders have a manifest: one was extracted here, the other was checked"
+            ),
+        }
+    }
+    let mut extra =
+        serde_json::json!({"embeddings": run_info, "report_dir": cfg.out.display().to_string()});
+    if bundled_source {
+        let m = src.manifest.as_ref().expect("checked above");
+        extra["source_reference"] = serde_json::json!({
+            "bundled": true,
+            "dir": dirs[0].display().to_string(),
+            "images": m.images,
+            "n_images": m.n_images,
+            "dtype": m.dtype,
+            "description": format!(
+                "the bundled reference: {} ImageNet photos ({}) embedded by the bundled EfficientNet-Lite0, stored as {}; every source-side metric uses at most these {} rows",
+                m.n_images, m.images, m.dtype.name(), m.n_images
+            ),
+        });
+    }
     let mut ccfg = cfg.compare.clone();
     ccfg.source = dirs[0].clone();
     ccfg.target = dirs[1].clone();
@@ -138,7 +242,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         compare: cmp,
         verdict,
         pca,
-        extra: serde_json::json!({"embeddings": run_info, "report_dir": cfg.out.display().to_string()}),
+        extra,
     };
     let files = report::write_all(&rr, &cfg.out)?;
     Ok(AnalyzeOutcome {

@@ -56,7 +56,7 @@ pub enum Command {
     Compare(CompareArgs),
     /// The whole question in one command: extract both folders, compare, decide, chart and report.
     #[command(
-        after_help = "Example:\n  domsim analyze --source ../shared/datasets/animals --target ../shared/datasets/chest_xray --out out/animals_vs_xray\n  domsim analyze --model resnet50.onnx --norm imagenet --source imgs/a --target imgs/b --out report --json"
+        after_help = "Example:\n  domsim analyze --target ../shared/datasets/chest_xray --out out/xray        # bundled model and reference\n  domsim analyze --source ../shared/datasets/animals --target ../shared/datasets/chest_xray --out out/animals_vs_xray\n  domsim analyze --model resnet50.onnx --norm imagenet --source ref/ --target imgs/b --out report --json"
     )]
     Analyze(AnalyzeArgs),
     /// Re-render charts, verdict, HTML and summary from an existing compare/analyze folder (no recomputation).
@@ -69,10 +69,12 @@ pub enum Command {
 pub struct AnalyzeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Source image folder (what the model was trained on, or like it).
+    /// Source: an image folder like the model's training data, or an embedding folder from `domsim extract`.
+    /// Omitted with the bundled model: its bundled reference (398 ImageNet photos, data/reference/).
     #[arg(long, value_name = "DIR")]
-    pub source: PathBuf,
-    /// Target image folder (your images; one sub-folder per class enables the task probe).
+    pub source: Option<PathBuf>,
+    /// Target image folder (your images; one sub-folder per class enables the task probe), or an embedding
+    /// folder.
     #[arg(long, value_name = "DIR")]
     pub target: PathBuf,
     /// Report folder to write (embeddings are cached under it).
@@ -279,6 +281,10 @@ pub struct ExtractArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub prep: PrepArgs,
+    /// Store the matrices as float16 (half the size; each value moves by at most 2^-11 relative). The bundled
+    /// source reference is stored so.
+    #[arg(long)]
+    pub float16: bool,
     /// Overwrite a non-empty output folder that domsim did not make.
     #[arg(long)]
     pub force: bool,
@@ -431,6 +437,9 @@ pub fn run(args: Args) -> Result<()> {
             a.prep.apply(&a.model, &mut cfg)?;
             cfg.threads = threads;
             cfg.force = a.force;
+            if a.float16 {
+                cfg.dtype = crate::npy::Dtype::Float16;
+            }
             cfg.progress = !args.quiet;
             cfg.ort_lib = ort_lib;
             let s = extract::extract(&cfg)?;
@@ -474,7 +483,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Analyze(a) => {
-            let mut ecfg = ExtractConfig::new(a.model.path(), a.source.clone(), a.out.clone());
+            let mut ecfg = ExtractConfig::new(a.model.path(), a.target.clone(), a.out.clone());
             a.prep.apply(&a.model, &mut ecfg)?;
             ecfg.threads = threads;
             ecfg.progress = !args.quiet && !a.json;

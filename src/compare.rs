@@ -296,10 +296,11 @@ pub fn compute(
             continue;
         }
         if let (Some((ps, pt)), Some(last)) = (&prev, layers.last()) {
-            if same_features(ps, &xs) && same_features(pt, &xt) {
+            let (tol_s, tol_t) = (same_tol(src), same_tol(tgt));
+            if same_features(ps, &xs, tol_s) && same_features(pt, &xt, tol_t) {
                 notes.push(format!(
-                    "layer '{name}' holds the same features as '{}' (max relative difference <= {SAME_TOL:e}) and is measured once, as '{}'",
-                    last.layer, last.layer
+                    "layer '{name}' holds the same features as '{}' (max relative difference <= {:e}) and is measured once, as '{}'",
+                    last.layer, tol_s.max(tol_t), last.layer
                 ));
                 bar.inc(1);
                 continue;
@@ -386,18 +387,27 @@ pub fn non_finite(x: &Array2<f64>) -> usize {
     x.iter().filter(|v| !v.is_finite()).count()
 }
 
-/// Largest relative difference at which two layers count as holding the same features.
+/// Largest relative difference at which two float32 layers count as holding the same features.
 pub const SAME_TOL: f64 = 1e-5;
 
-/// Whether two matrices hold the same features (same shape, max |a − b| ≤ SAME_TOL · max |a|).
-fn same_features(a: &Array2<f64>, b: &Array2<f64>) -> bool {
+/// The same-features tolerance for a set: [`SAME_TOL`], or for float16 storage two rounding steps of the
+/// largest value (2^-10), since each layer was rounded on its own.
+fn same_tol(set: &EmbeddingSet) -> f64 {
+    match set.manifest.as_ref().map(|m| m.dtype) {
+        Some(crate::npy::Dtype::Float16) => SAME_TOL.max(2f64.powi(-10)),
+        _ => SAME_TOL,
+    }
+}
+
+/// Whether two matrices hold the same features (same shape, max |a − b| ≤ tol · max |a|).
+fn same_features(a: &Array2<f64>, b: &Array2<f64>, tol: f64) -> bool {
     if a.dim() != b.dim() {
         return false;
     }
     let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
     a.iter()
         .zip(b.iter())
-        .all(|(x, y)| (x - y).abs() <= SAME_TOL * scale)
+        .all(|(x, y)| (x - y).abs() <= tol * scale)
 }
 
 /// Outputs compared with the best layer by paired per-fold differences (`<metric>_vs_best`).

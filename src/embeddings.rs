@@ -4,7 +4,7 @@
 //!   layers in depth order (index, name, op type, raw shape, pooled dimension, file). Written last: a folder
 //!   without it is incomplete.
 //! - `index.csv` (`row,path,label`): the row order of every matrix.
-//! - `layers/<NN>_<safe-name>.npy`: float32, C-order, n × d.
+//! - `layers/<NN>_<safe-name>.npy`: float32 (float16 with `extract --float16`), C-order, n × d.
 //! - `skipped.csv` (`path,reason`): every file that could not be used.
 
 use std::path::{Path, PathBuf};
@@ -100,6 +100,9 @@ pub struct Manifest {
     /// reuse embeddings.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// How the matrices are stored (float32 unless `extract --float16`).
+    #[serde(default)]
+    pub dtype: crate::npy::Dtype,
 }
 
 /// File name for layer `index` of `count`: `<NN>_<safe-name>.npy`. Everything outside `[A-Za-z0-9._-]`

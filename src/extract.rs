@@ -5,7 +5,7 @@
 //! rows are streamed to the `.npy` files as each batch finishes.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,7 +15,7 @@ use crate::dataset::ImageSet;
 use crate::embeddings::{self, Manifest, ModelInfo, PreprocessInfo};
 use crate::error::{input_err, Error, Result};
 use crate::model::{ElemType, Embedder, InputBatch, Layout, OnnxModel, Selection};
-use crate::npy::NpyWriter;
+use crate::npy::{Dtype, NpyWriter};
 use crate::output::{self, csv_bytes, write_atomic};
 use crate::pool::{self, Pool, TensorLayout};
 use crate::preprocess::{self, ImageInfo, Normalization, Pixels, Preprocess};
@@ -53,6 +53,8 @@ pub struct ExtractConfig {
     pub max_alloc: u64,
     /// Fingerprint recorded in the manifest (set by `analyze`).
     pub fingerprint: Option<String>,
+    /// How the matrices are stored.
+    pub dtype: Dtype,
 }
 
 impl ExtractConfig {
@@ -74,6 +76,7 @@ impl ExtractConfig {
             ort_lib: None,
             max_alloc: 512 << 20,
             fingerprint: None,
+            dtype: Dtype::Float32,
         }
     }
 }
@@ -235,9 +238,7 @@ pub fn run<E: Embedder>(
             while pending.len() >= run_batch || (flush && !pending.is_empty()) {
                 let take = pending.len().min(run_batch);
                 let items: Vec<(usize, Pixels)> = pending.drain(..take).collect();
-                infer(
-                    emb, &items, run_batch, &contract, cfg.pool, &layers, &mut outs, out,
-                )?;
+                infer(emb, &items, run_batch, &contract, &layers, &mut outs, cfg)?;
                 rows.extend(items.iter().map(|(i, _)| *i));
             }
             Ok(())
@@ -341,6 +342,7 @@ pub fn run<E: Embedder>(
         batch_size: run_batch,
         layers: embeddings::entries(&layers, &run_info),
         fingerprint: cfg.fingerprint.clone(),
+        dtype: cfg.dtype,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     write_atomic(&out.join("manifest.json"), &json)?;
@@ -362,17 +364,17 @@ fn pooling_note(p: Pool) -> String {
     format!("4-D maps: {what} over the spatial axes of each tensor's own layout; 3-D (N,T,C): the same over tokens; 2-D: as is")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs one batch, pools each layer (`cfg.pool`) and appends the rows to its file under `cfg.out`.
 fn infer<E: Embedder>(
     emb: &mut E,
     items: &[(usize, Pixels)],
     run_batch: usize,
     contract: &crate::model::InputContract,
-    mode: Pool,
     layers: &[crate::model::Layer],
     outs: &mut Vec<LayerOut>,
-    out_dir: &Path,
+    cfg: &ExtractConfig,
 ) -> Result<()> {
+    let (mode, out_dir) = (cfg.pool, &cfg.out);
     let per = contract.channels * contract.height * contract.width;
     // A model with a fixed batch gets exactly that many images; padding rows are dropped after pooling.
     let n_run = if contract.fixed_batch.is_some() {
@@ -426,7 +428,7 @@ fn infer<E: Embedder>(
                 embeddings::layer_file_name(k, layers.len(), name)
             ));
             outs.push(LayerOut {
-                writer: NpyWriter::create(&file, dim)?,
+                writer: NpyWriter::create(&file, dim, cfg.dtype)?,
                 layout,
                 run_shape: r.shape.clone(),
                 dim,

@@ -1,5 +1,6 @@
-//! The NPY format (numpy `format.py`, version 1.0 writer; 1.0–3.0 reader): 2-D little-endian float32
-//! matrices written row by row with bounded memory, and float32/float64 matrices read back.
+//! The NPY format (numpy `format.py`, version 1.0 writer; 1.0–3.0 reader): 2-D little-endian float32 (or,
+//! on request, float16) matrices written row by row with bounded memory, and float16/32/64 matrices read
+//! back.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -13,8 +14,47 @@ use crate::output::temp_path;
 /// Fixed header size, large enough for any 2-D shape, so the row count can be filled in at the end.
 const HEADER_LEN: usize = 128;
 
-fn header(rows: usize, cols: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+/// How matrix values are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// IEEE binary32 (`<f4`), exact for what ONNX Runtime returns.
+    #[default]
+    Float32,
+    /// IEEE binary16 (`<f2`), rounded to nearest even: relative error at most 2^-11 (4.9e-4), half the
+    /// size. Used for the bundled source reference.
+    Float16,
+}
+
+impl Dtype {
+    /// "float32" or "float16", as in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Float32 => "float32",
+            Dtype::Float16 => "float16",
+        }
+    }
+
+    fn descr(self) -> &'static str {
+        match self {
+            Dtype::Float32 => "<f4",
+            Dtype::Float16 => "<f2",
+        }
+    }
+
+    fn push(self, out: &mut Vec<u8>, v: f32) {
+        match self {
+            Dtype::Float32 => out.extend_from_slice(&v.to_le_bytes()),
+            Dtype::Float16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+        }
+    }
+}
+
+fn header(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
+    let dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}",
+        dtype.descr()
+    );
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(b"\x93NUMPY\x01\x00");
     h.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
@@ -26,22 +66,23 @@ fn header(rows: usize, cols: usize) -> Vec<u8> {
     h
 }
 
-/// Streams an n × d float32 matrix to a temp file; [`NpyWriter::finish`] fills in n and renames it into place.
+/// Streams an n × d matrix to a temp file; [`NpyWriter::finish`] fills in n and renames it into place.
 pub struct NpyWriter {
     out: BufWriter<File>,
     tmp: PathBuf,
     dest: PathBuf,
     cols: usize,
     rows: usize,
+    dtype: Dtype,
 }
 
 impl NpyWriter {
     /// Starts `dest` (written as a temp file beside it).
-    pub fn create(dest: &Path, cols: usize) -> Result<Self> {
+    pub fn create(dest: &Path, cols: usize, dtype: Dtype) -> Result<Self> {
         let tmp = temp_path(dest);
         let f = File::create(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
-        out.write_all(&header(0, cols))
+        out.write_all(&header(0, cols, dtype))
             .map_err(|e| Error::io("cannot write", &tmp, e))?;
         Ok(NpyWriter {
             out,
@@ -49,6 +90,7 @@ impl NpyWriter {
             dest: dest.to_path_buf(),
             cols,
             rows: 0,
+            dtype,
         })
     }
 
@@ -56,8 +98,8 @@ impl NpyWriter {
     pub fn write_rows(&mut self, data: &[f32]) -> Result<()> {
         debug_assert_eq!(data.len() % self.cols.max(1), 0);
         let mut bytes = Vec::with_capacity(data.len() * 4);
-        for v in data {
-            bytes.extend_from_slice(&v.to_le_bytes());
+        for &v in data {
+            self.dtype.push(&mut bytes, v);
         }
         self.out
             .write_all(&bytes)
@@ -74,13 +116,14 @@ impl NpyWriter {
             dest,
             cols,
             rows,
+            dtype,
         } = self;
         let mut f = out
             .into_inner()
             .map_err(|e| Error::io("cannot write", &tmp, e.into_error()))?;
         let io = |e| Error::io("cannot write", &tmp, e);
         f.seek(SeekFrom::Start(0)).map_err(io)?;
-        f.write_all(&header(rows, cols)).map_err(io)?;
+        f.write_all(&header(rows, cols, dtype)).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io("cannot rename into", &dest, e))
     }
@@ -88,15 +131,20 @@ impl NpyWriter {
 
 /// Encodes a whole matrix as NPY bytes (float32).
 pub fn to_bytes(a: &Array2<f32>) -> Vec<u8> {
+    to_bytes_as(a, Dtype::Float32)
+}
+
+/// Encodes a whole matrix as NPY bytes of the given type.
+pub fn to_bytes_as(a: &Array2<f32>, dtype: Dtype) -> Vec<u8> {
     let (r, c) = a.dim();
-    let mut v = header(r, c);
-    for x in a.iter() {
-        v.extend_from_slice(&x.to_le_bytes());
+    let mut v = header(r, c, dtype);
+    for &x in a.iter() {
+        dtype.push(&mut v, x);
     }
     v
 }
 
-/// Reads a 2-D float32 or float64 C-order NPY file as f64. A 1-D array is read as one column.
+/// Reads a 2-D float16, float32 or float64 C-order NPY file as f64. A 1-D array is read as one column.
 pub fn read(path: &Path) -> Result<Array2<f64>> {
     let mut f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
     let mut bytes = Vec::new();
@@ -126,9 +174,11 @@ fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
         4
     } else if descr.starts_with("'<f8'") {
         8
+    } else if descr.starts_with("'<f2'") {
+        2
     } else {
         return Err(format!(
-            "unsupported dtype {}; save float32 or float64 (little-endian)",
+            "unsupported dtype {}; save float16, float32 or float64 (little-endian)",
             descr.split(',').next().unwrap_or("")
         ));
     };
@@ -155,23 +205,32 @@ fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
         _ => return Err(format!("expected a 2-D matrix (n × d), got shape {dims:?}")),
     };
     let data = &b[start + hlen..];
-    if data.len() < r * c * elem {
+    let need = r
+        .checked_mul(c)
+        .and_then(|n| n.checked_mul(elem))
+        .ok_or_else(|| format!("shape ({r}, {c}) is too large"))?;
+    if data.len() < need {
         return Err(format!(
-            "truncated data: shape ({r}, {c}) needs {} bytes, file has {}",
-            r * c * elem,
+            "truncated data: shape ({r}, {c}) needs {need} bytes, file has {}",
             data.len()
         ));
     }
-    let v: Vec<f64> = if elem == 4 {
-        data.chunks_exact(4)
+    let v: Vec<f64> = match elem {
+        2 => data
+            .chunks_exact(2)
+            .take(r * c)
+            .map(|q| half::f16::from_le_bytes([q[0], q[1]]).to_f64())
+            .collect(),
+        4 => data
+            .chunks_exact(4)
             .take(r * c)
             .map(|q| f32::from_le_bytes([q[0], q[1], q[2], q[3]]) as f64)
-            .collect()
-    } else {
-        data.chunks_exact(8)
+            .collect(),
+        _ => data
+            .chunks_exact(8)
             .take(r * c)
             .map(|q| f64::from_le_bytes(q.try_into().expect("8 bytes")))
-            .collect()
+            .collect(),
     };
     Array2::from_shape_vec((r, c), v).map_err(|e| e.to_string())
 }
@@ -194,5 +253,30 @@ mod tests {
         let b = parse_bytes(&to_bytes(&a)).unwrap();
         assert_eq!(b, a.mapv(|x| x as f64));
         assert_eq!(to_bytes(&a).len(), HEADER_LEN + 48);
+    }
+
+    #[test]
+    fn float16_roundtrip_within_its_precision() {
+        let a = Array2::from_shape_fn((5, 7), |(i, j)| ((i * 7 + j) as f32 - 11.3) * 0.37);
+        let b = parse_bytes(&to_bytes_as(&a, Dtype::Float16)).unwrap();
+        assert_eq!(to_bytes_as(&a, Dtype::Float16).len(), HEADER_LEN + 70);
+        for (x, y) in a.iter().zip(b.iter()) {
+            assert!((*x as f64 - y).abs() <= x.abs() as f64 * 2f64.powi(-11) + 1e-7);
+        }
+        // exactly representable values survive unchanged
+        let c = Array2::from_shape_vec((1, 3), vec![0.5f32, -2.0, 1024.0]).unwrap();
+        assert_eq!(
+            parse_bytes(&to_bytes_as(&c, Dtype::Float16)).unwrap(),
+            c.mapv(|x| x as f64)
+        );
+    }
+
+    #[test]
+    fn overflowing_shape_is_an_error_not_a_panic() {
+        let mut b = to_bytes(&Array2::<f32>::zeros((1, 1)));
+        let h = String::from_utf8_lossy(&b[10..HEADER_LEN])
+            .replace("(1, 1)", "(99999999999, 99999999999)");
+        b.splice(10..HEADER_LEN, h.bytes().take(HEADER_LEN - 10));
+        assert!(parse_bytes(&b).is_err());
     }
 }

@@ -17,16 +17,28 @@ use crate::error::{input_err, Error, Result};
 pub const DEFAULT_MODEL_SHA256: &str =
     "9cded8acd30bc500e1089a8ee95643ce276925de6d2565bbccf1050cb068f782";
 
+/// A bundled file or folder: `data/<rel>` beside the executable when a release ships it there, else in the
+/// source tree.
+fn bundled(rel: &str) -> PathBuf {
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("data").join(rel)));
+    match beside_exe {
+        Some(p) if p.exists() => p,
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(rel),
+    }
+}
+
 /// Path of the bundled default model inside the source tree.
 pub fn default_model_path() -> PathBuf {
-    let beside_exe = std::env::current_exe().ok().and_then(|e| {
-        e.parent()
-            .map(|p| p.join("data/models/efficientnet_lite0.onnx"))
-    });
-    match beside_exe {
-        Some(p) if p.is_file() => p,
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/models/efficientnet_lite0.onnx"),
-    }
+    bundled("models/efficientnet_lite0.onnx")
+}
+
+/// The bundled source reference for the bundled model: an embedding folder (float16) of the 398 ImageNet
+/// photos in `../shared/datasets/animals` at every default layer, made by `scripts/make-reference.sh`
+/// (`data/reference/PROVENANCE.md`).
+pub fn bundled_reference_path() -> PathBuf {
+    bundled("reference/efficientnet_lite0_animals")
 }
 
 static ENV: OnceLock<Environment> = OnceLock::new();

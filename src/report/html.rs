@@ -53,6 +53,9 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             format!(", classes: {}", esc(&c.target.classes.join(", ")))
         }
     ));
+    if let Some(d) = super::summary::source_reference(r) {
+        h.push_str(&format!("<p>Source: {}.</p>", esc(d)));
+    }
     h.push_str(&format!(
         "<h2>Verdict</h2><p><b>{}</b></p>",
         esc(&v.summary)

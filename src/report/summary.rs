@@ -63,9 +63,20 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     for w in &r.verdict.warnings {
         s.push_str(&format!("warning: {w}\n"));
     }
+    if let Some(d) = source_reference(r) {
+        s.push_str(&format!("source: {d}\n"));
+    }
     s.push_str(&format!(
         "report: {}\n",
         out_dir.join("report.html").display()
     ));
     s
+}
+
+/// The sentence saying that the source was the bundled reference, when it was.
+pub fn source_reference(r: &RunReport) -> Option<&str> {
+    r.extra
+        .get("source_reference")
+        .and_then(|x| x.get("description"))
+        .and_then(|x| x.as_str())
 }
