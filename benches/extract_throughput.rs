@@ -42,11 +42,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut emb = model.embedder(layers, None)?;
     eprintln!("embedder: {:.3} s", t0.elapsed().as_secs_f64());
     let set = ImageSet::scan(&images)?;
-    let pre = Preprocess {
-        contract: emb.contract().clone(),
-        norm: resolve_norm(None, &model),
-        max_alloc: 512 << 20,
-    };
+    let pre = Preprocess::new(
+        emb.contract().clone(),
+        resolve_norm(None, &model),
+        512 << 20,
+    );
     let tensors: Vec<Vec<f32>> = (0..set.len())
         .filter_map(|i| match load(&set.path(i), &pre) {
             Ok((Pixels::F32(v), _)) => Some(v),

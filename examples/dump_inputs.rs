@@ -12,8 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (out, files) = args
         .split_first()
         .ok_or("usage: dump_inputs OUT.npy IMAGE...")?;
-    let pre = Preprocess {
-        contract: InputContract {
+    let pre = Preprocess::new(
+        InputContract {
             name: "input".into(),
             layout: Layout::Nchw,
             elem: ElemType::F32,
@@ -23,9 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fixed_batch: None,
             dynamic_size: false,
         },
-        norm: Normalization::preset("pm1").expect("preset"),
-        max_alloc: 512 << 20,
-    };
+        Normalization::preset("pm1").expect("preset"),
+        512 << 20,
+    );
     let mut rows = Vec::new();
     for f in files {
         match load(std::path::Path::new(f), &pre)? {

@@ -20,7 +20,7 @@ use crate::embeddings::EmbeddingSet;
 use crate::embeddings::Manifest;
 use crate::error::{Error, Result};
 use crate::extract::{extract_with, ExtractConfig};
-use crate::model::runtime::{bundled_reference_path, sha256_file, DEFAULT_MODEL_SHA256};
+use crate::model::runtime::{bundled_reference_path, model_identity, DEFAULT_MODEL_SHA256};
 use crate::model::OnnxModel;
 use crate::output::{self, write_atomic};
 use crate::report::{self, RunReport};
@@ -55,8 +55,15 @@ pub struct AnalyzeOutcome {
 fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractConfig) -> Result<String> {
     let mut h = Sha256::new();
     h.update(format!(
-        "{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|",
-        cfg.selection, cfg.norm, cfg.pool, cfg.batch_size, cfg.size, cfg.layout
+        "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|",
+        env!("CARGO_PKG_VERSION"),
+        cfg.selection,
+        cfg.norm,
+        cfg.pool,
+        cfg.batch_size,
+        cfg.size,
+        cfg.layout,
+        cfg.dtype
     ));
     for (i, f) in set.files.iter().enumerate() {
         let p = set.path(i);
@@ -143,8 +150,13 @@ fn check_same_extraction(a: &Manifest, b: &Manifest, a_dir: &Path, b_dir: &Path)
 
 /// Runs the whole analysis.
 pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("--target", &cfg.target)];
+    if let Some(s) = &cfg.source {
+        inputs.push(("--source", s));
+    }
+    output::check_out_is_not_an_input(&cfg.out, &inputs)?;
     output::prepare_dir(&cfg.out, cfg.compare.force)?;
-    let model_sha = sha256_file(&cfg.extract.model).map_err(|e| match e {
+    let model_sha = model_identity(&cfg.extract.model).map_err(|e| match e {
         Error::Io { path, .. } => Error::Input(format!(
             "model file '{}' cannot be read; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
             path.display()

@@ -23,8 +23,8 @@ pub struct Args {
     /// No progress bars or summaries on stderr/stdout (errors are still printed).
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Threads for decoding, ONNX Runtime (intra-op) and metrics. Default: all cores.
-    #[arg(long, global = true)]
+    /// Threads for decoding, ONNX Runtime (intra-op) and metrics (1 to 256). Default: all cores.
+    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub threads: Option<usize>,
     /// Seed for every random choice (permutations, folds, subsamples).
     #[arg(long, global = true, default_value_t = 0)]
@@ -117,8 +117,8 @@ pub struct PrepArgs {
     /// Per-channel std on the 0-1 scale, e.g. 0.229,0.224,0.225 (with --mean; commas or spaces).
     #[arg(long, value_delimiter = ',', num_args = 1..=3, requires = "mean")]
     pub std: Vec<f32>,
-    /// Images per inference call.
-    #[arg(long, default_value_t = 16)]
+    /// Images per inference call (1 to 256; at most 2 GiB of input pixels per call).
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub batch: usize,
 }
 
@@ -131,8 +131,8 @@ pub struct MetricArgs {
     /// Permutations for the MMD² test (99 to 100000; the default lets Holm's adjustment over 19 layers reach 0.01).
     #[arg(long, default_value_t = 1999)]
     pub permutations: usize,
-    /// Cross-validation folds for probes and k-NN.
-    #[arg(long, default_value_t = 5)]
+    /// Cross-validation folds for probes and k-NN (2 to 20).
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=20))]
     pub folds: usize,
     /// Repeats of the stratified k-fold cross-validation (1 to 20; the same folds at every layer).
     #[arg(long, default_value_t = 3)]
@@ -146,14 +146,14 @@ pub struct MetricArgs {
     /// Inverse L2 regularisation of the logistic probes (scikit-learn's C).
     #[arg(long = "C", default_value_t = 1.0)]
     pub c: f64,
-    /// Most rows per set for probes (seeded subsample beyond).
-    #[arg(long, default_value_t = 5000)]
+    /// Most rows per set for probes (seeded subsample beyond; 4 to 1000000).
+    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=1000000))]
     pub probe_max_n: usize,
-    /// Most rows per set for MMD² (seeded subsample beyond).
-    #[arg(long, default_value_t = 20000)]
+    /// Most rows per set for MMD² (seeded subsample beyond; 4 to 50000: the cost grows as n²).
+    #[arg(long, default_value_t = 20000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=50000))]
     pub mmd_max_n: usize,
-    /// Most rows for RBF CKA, which builds n × n kernels (seeded subsample beyond).
-    #[arg(long, default_value_t = 2000)]
+    /// Most rows for RBF CKA, which builds n × n kernels (seeded subsample beyond; 4 to 10000).
+    #[arg(long, default_value_t = 2000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=10000))]
     pub cka_rbf_max_n: usize,
     /// Skip the within-set layer × layer CKA.
     #[arg(long)]
@@ -162,11 +162,11 @@ pub struct MetricArgs {
 
 impl MetricArgs {
     fn params(&self, seed: u64) -> Result<Params> {
-        if self.folds < 2 {
-            bail!(crate::Error::Input("--folds must be at least 2".into()));
-        }
-        if self.c.is_nan() || self.c <= 0.0 {
-            bail!(crate::Error::Input("--C must be positive".into()));
+        if !(1e-6..=1e6).contains(&self.c) {
+            bail!(crate::Error::Input(format!(
+                "--C must be between 1e-6 and 1e6 (got {})",
+                self.c
+            )));
         }
         if !(99..=100_000).contains(&self.permutations) {
             bail!(crate::Error::Input(format!(
@@ -187,11 +187,6 @@ impl MetricArgs {
         if !(1..=100).contains(&self.knn_k) {
             bail!(crate::Error::Input(
                 "--knn-k must be between 1 and 100".into()
-            ));
-        }
-        if self.probe_max_n < 4 || self.mmd_max_n < 4 || self.cka_rbf_max_n < 4 {
-            bail!(crate::Error::Input(
-                "the --*-max-n limits must be at least 4".into()
             ));
         }
         Ok(Params {
@@ -241,8 +236,8 @@ pub struct ModelArgs {
     /// Layer names or glob patterns (`*`, `?`); repeatable.
     #[arg(long = "layers", value_name = "NAME", num_args = 1..)]
     pub layers: Vec<String>,
-    /// Spatial size for models whose input size is dynamic.
-    #[arg(long, value_name = "PIXELS")]
+    /// Spatial size for models whose input size is dynamic (16 to 2048).
+    #[arg(long, value_name = "PIXELS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=2048))]
     pub size: Option<usize>,
     /// Input layout, for models whose input shape does not say.
     #[arg(long, value_enum)]
@@ -352,8 +347,14 @@ impl PrepArgs {
             }
             (None, true) => None,
         };
-        if self.batch == 0 {
-            bail!(crate::Error::Input("--batch must be at least 1".into()));
+        let side = model.size.unwrap_or(224);
+        let bytes = self.batch as u64 * 3 * (side * side) as u64 * 4;
+        if bytes > 2 << 30 {
+            bail!(crate::Error::Input(format!(
+                "--batch {} at {side} px needs {:.1} GiB of input per inference call (limit 2 GiB); lower --batch or --size",
+                self.batch,
+                bytes as f64 / (1u64 << 30) as f64
+            )));
         }
         cfg.batch_size = self.batch;
         cfg.pool = match self.pool {

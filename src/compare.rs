@@ -148,6 +148,10 @@ fn label_indices(labels: &Option<Vec<String>>) -> (Option<Vec<usize>>, Vec<Strin
 pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
     let src = EmbeddingSet::open(&cfg.source)?;
     let tgt = EmbeddingSet::open(&cfg.target)?;
+    output::check_out_is_not_an_input(
+        &cfg.out,
+        &[("--source", &cfg.source), ("--target", &cfg.target)],
+    )?;
     output::prepare_dir(&cfg.out, cfg.force)?;
     let report = compute(&src, &tgt, cfg)?;
     write_report(&report, &cfg.out)?;
@@ -176,6 +180,12 @@ pub fn match_layers(src: &EmbeddingSet, tgt: &EmbeddingSet) -> Result<Vec<(usize
         .collect())
 }
 
+/// The first 12 characters of a SHA-256 as a manifest records it (all of it when shorter: a hand-edited
+/// manifest must not crash the comparison).
+fn short_sha(s: &str) -> &str {
+    s.char_indices().nth(12).map_or(s, |(i, _)| &s[..i])
+}
+
 fn check_models(src: &EmbeddingSet, tgt: &EmbeddingSet, notes: &mut Vec<String>) -> Result<()> {
     if let (Some(a), Some(b)) = (&src.manifest, &tgt.manifest) {
         if a.model.sha256 != b.model.sha256 {
@@ -183,10 +193,10 @@ fn check_models(src: &EmbeddingSet, tgt: &EmbeddingSet, notes: &mut Vec<String>)
                 "source '{}' was extracted with model {} ({}) and target '{}' with {} ({}); extract both with the same model",
                 src.dir.display(),
                 a.model.file,
-                &a.model.sha256[..12],
+                short_sha(&a.model.sha256),
                 tgt.dir.display(),
                 b.model.file,
-                &b.model.sha256[..12]
+                short_sha(&b.model.sha256)
             ));
         }
         if a.pooling != b.pooling {

@@ -1,9 +1,16 @@
 //! An image set on disk: a recursive, sorted, deterministic file list, with labels from the first-level
-//! sub-folder. Hidden files and folders (names starting with `.`) are ignored.
+//! sub-folder. Hidden files and folders (names starting with `.`) are ignored. Symbolic links to files and
+//! folders are followed (a folder reached twice, e.g. through a link loop, is scanned once). What is found but
+//! cannot be used is listed in [`ImageSet::excluded`] (and from there in `skipped.csv`): broken links, FIFOs,
+//! sockets and devices, names that are not UTF-8, files lying directly in the folder beside class
+//! sub-folders, and domsim's own output folders (a sub-folder holding domsim's `.domsim` marker, e.g. a report
+//! written inside the image folder), which are never scanned.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{input_err, Error, Result};
+use crate::output::MARKER;
 
 /// The files of an image folder, in a fixed order.
 #[derive(Debug, Clone)]
@@ -14,6 +21,8 @@ pub struct ImageSet {
     pub files: Vec<String>,
     /// Per file: the first-level sub-folder, or `None` for files directly in `root`.
     pub labels: Vec<Option<String>>,
+    /// Entries found but not used, with the reason (`path`, `reason`), sorted by path.
+    pub excluded: Vec<(String, String)>,
 }
 
 impl ImageSet {
@@ -25,13 +34,38 @@ impl ImageSet {
                 root.display()
             ));
         }
-        let mut files = Vec::new();
-        walk(root, root, &mut files)?;
+        let mut w = Walk {
+            root,
+            files: Vec::new(),
+            excluded: Vec::new(),
+            seen: HashSet::new(),
+        };
+        w.walk(root)?;
+        let (mut files, mut excluded) = (w.files, w.excluded);
+        // Files directly in the root beside class sub-folders would form a class named "": leave them out.
+        if files.iter().any(|f| f.contains('/')) {
+            let (loose, kept): (Vec<String>, Vec<String>) =
+                files.into_iter().partition(|f| !f.contains('/'));
+            files = kept;
+            excluded.extend(loose.into_iter().map(|f| {
+                (
+                    f,
+                    "lies directly in the image folder, beside class sub-folders: it has no class; move it into one"
+                        .to_string(),
+                )
+            }));
+        }
         files.sort();
+        excluded.sort();
         if files.is_empty() {
             return input_err(format!(
-                "image folder '{}' holds no files; put images (JPEG, PNG, BMP, TIFF, WebP) in it, optionally one sub-folder per class",
-                root.display()
+                "image folder '{}' holds no {}files{}; put images (JPEG, PNG, BMP, TIFF, WebP) in it, optionally one sub-folder per class",
+                root.display(),
+                if excluded.is_empty() { "" } else { "usable " },
+                match excluded.first() {
+                    Some((p, why)) => format!(" ({} left out, e.g. '{p}': {why})", excluded.len()),
+                    None => String::new(),
+                }
             ));
         }
         let labels = files
@@ -42,6 +76,7 @@ impl ImageSet {
             root: root.to_path_buf(),
             files,
             labels,
+            excluded,
         })
     }
 
@@ -61,28 +96,88 @@ impl ImageSet {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list folder", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| Error::io("cannot list folder", dir, e))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let ft = entry
-            .file_type()
-            .map_err(|e| Error::io("cannot stat", &path, e))?;
-        if ft.is_dir() {
-            walk(root, &path, out)?;
-        } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
-            let rel = path.strip_prefix(root).unwrap_or(&path);
-            let rel: Vec<String> = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
-            out.push(rel.join("/"));
-        }
+struct Walk<'a> {
+    root: &'a Path,
+    files: Vec<String>,
+    excluded: Vec<(String, String)>,
+    seen: HashSet<PathBuf>,
+}
+
+impl Walk<'_> {
+    fn rel(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(self.root).unwrap_or(path);
+        rel.components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
     }
-    Ok(())
+
+    fn walk(&mut self, dir: &Path) -> Result<()> {
+        // a folder reached twice (a link loop, or two links to one folder) is scanned once
+        let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if !self.seen.insert(canon) {
+            return Ok(());
+        }
+        if dir != self.root && dir.join(MARKER).is_file() {
+            let rel = self.rel(dir);
+            self.excluded.push((
+                format!("{rel}/"),
+                "a folder written by domsim (reports, embeddings); not scanned".into(),
+            ));
+            return Ok(());
+        }
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list folder", dir, e))?;
+        let mut entries = Vec::new();
+        for entry in rd {
+            entries.push(entry.map_err(|e| Error::io("cannot list folder", dir, e))?);
+        }
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let rel = self.rel(&path);
+            if name.to_str().is_none() {
+                self.excluded.push((
+                    rel,
+                    "the name is not valid UTF-8 (shown with U+FFFD); rename the file or folder"
+                        .into(),
+                ));
+                continue;
+            }
+            let ft = entry
+                .file_type()
+                .map_err(|e| Error::io("cannot stat", &path, e))?;
+            // follow links: what matters is what they point to
+            let target = if ft.is_symlink() {
+                match std::fs::metadata(&path) {
+                    Ok(m) => m.file_type(),
+                    Err(e) => {
+                        self.excluded.push((
+                            rel,
+                            format!(
+                                "a symbolic link that cannot be followed ({e}); fix or remove it"
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                ft
+            };
+            if target.is_dir() {
+                self.walk(&path)?;
+            } else if target.is_file() {
+                self.files.push(rel);
+            } else {
+                self.excluded.push((
+                    rel,
+                    "not a regular file (a FIFO, socket or device); not read".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -101,6 +101,7 @@ pub struct ExtractSummary {
 
 /// Runs `extract` end to end with the ONNX Runtime backend.
 pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
+    output::check_out_is_not_an_input(&cfg.out, &[("--images", &cfg.images)])?;
     let set = ImageSet::scan(&cfg.images)?;
     let model = OnnxModel::load(
         &cfg.model,
@@ -185,11 +186,7 @@ pub fn run<E: Embedder>(
 
     let contract = emb.contract().clone();
     let layers = emb.layers().to_vec();
-    let pre = Preprocess {
-        contract: contract.clone(),
-        norm: norm.clone(),
-        max_alloc: cfg.max_alloc,
-    };
+    let pre = Preprocess::new(contract.clone(), norm.clone(), cfg.max_alloc);
     let run_batch = contract.fixed_batch.unwrap_or(cfg.batch_size.max(1));
     let chunk = run_batch.max(16);
     let threads = cfg.threads.max(1);
@@ -212,7 +209,7 @@ pub fn run<E: Embedder>(
         ProgressBar::hidden()
     };
 
-    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut skipped: Vec<(String, String)> = set.excluded.clone();
     let mut rows: Vec<usize> = Vec::new();
     let mut infos: Vec<ImageInfo> = Vec::new();
     let mut outs: Vec<LayerOut> = Vec::new();

@@ -54,6 +54,26 @@ pub fn prepare_dir(dir: &Path, force: bool) -> Result<()> {
     )
 }
 
+/// Refuses an output folder that is one of the input folders (`--out` equal to `--images`, `--source` or
+/// `--target`): domsim would write its files among the user's. An output folder *inside* an input folder is
+/// allowed: scanning skips folders that hold domsim's marker.
+pub fn check_out_is_not_an_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let canon = |p: &Path| p.canonicalize().ok();
+    let Some(o) = canon(out) else {
+        return Ok(()); // does not exist yet: cannot be an existing input folder
+    };
+    for (flag, input) in inputs {
+        if canon(input).as_ref() == Some(&o) {
+            return input_err(format!(
+                "--out '{}' is the {flag} folder itself; domsim never writes among your images. Choose another folder, e.g. '{}'",
+                out.display(),
+                out.join("domsim_out").display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Removes a file if it exists.
 pub fn remove_if_exists(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {

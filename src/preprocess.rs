@@ -72,6 +72,85 @@ pub struct Preprocess {
     pub norm: Normalization,
     /// Decoder memory limit in bytes; larger images are skipped.
     pub max_alloc: u64,
+    /// Memory shared by all decoding threads (see [`DecodeBudget`]).
+    pub budget: std::sync::Arc<DecodeBudget>,
+}
+
+impl Preprocess {
+    /// Settings with a fresh shared decoding budget of `max(DECODE_BUDGET, max_alloc)`.
+    pub fn new(contract: InputContract, norm: Normalization, max_alloc: u64) -> Self {
+        Preprocess {
+            contract,
+            norm,
+            max_alloc,
+            budget: std::sync::Arc::new(DecodeBudget::new(DECODE_BUDGET.max(max_alloc))),
+        }
+    }
+}
+
+/// Decoding memory shared by all threads: each image reserves what its decode needs before decoding and
+/// returns it after, so the peak over all threads stays under the budget whatever the thread count (one
+/// image alone may need up to `max_alloc`, which is at most the budget).
+#[derive(Debug)]
+pub struct DecodeBudget {
+    total: u64,
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+/// Decoding memory shared by all threads, bytes (the README's limit).
+pub const DECODE_BUDGET: u64 = 1 << 30;
+
+impl DecodeBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: u64) -> Self {
+        DecodeBudget {
+            total,
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits until `n` bytes (at most the total) are free and reserves them until the guard drops.
+    pub fn reserve(&self, n: u64) -> BudgetGuard<'_> {
+        let n = n.min(self.total);
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used + n > self.total {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += n;
+        BudgetGuard { budget: self, n }
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A reservation in a [`DecodeBudget`], returned on drop.
+pub struct BudgetGuard<'a> {
+    budget: &'a DecodeBudget,
+    n: u64,
+}
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= self.n;
+        self.budget.freed.notify_all();
+    }
+}
+
+/// True when a JPEG's data stops before its end-of-image marker: no `FF D9` after the start of the last
+/// scan (`FF DA`). Inside entropy-coded data a `FF` byte is always stuffed or a restart marker, so this finds
+/// truncation without decoding; bytes appended after a complete image are allowed.
+pub fn jpeg_truncated(b: &[u8]) -> bool {
+    let find_last = |m: [u8; 2]| b.windows(2).rposition(|w| w == m);
+    match find_last([0xFF, 0xDA]) {
+        Some(sos) => !b[sos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false, // no scan at all: the decoder reports it
+    }
 }
 
 /// Largest width or height accepted (larger is skipped as absurd).
@@ -87,12 +166,17 @@ pub fn load(path: &Path, p: &Preprocess) -> Result<(Pixels, ImageInfo), String> 
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
+    if image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(&bytes)
+    {
+        return Err("truncated JPEG (the data ends before the end-of-image marker); re-copy or re-export the file".into());
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
     if reader.format().is_none() {
         return Err("not an image (unrecognised format)".into());
     }
+
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -101,6 +185,20 @@ pub fn load(path: &Path, p: &Preprocess) -> Result<(Pixels, ImageInfo), String> 
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| format!("cannot decode: {e}"))?;
+    // what decoding needs: the decoded buffer, plus its conversion to 8-bit RGB
+    let (w, h) = decoder.dimensions();
+    let need = decoder
+        .total_bytes()
+        .saturating_add(u64::from(w) * u64::from(h) * 3);
+    if need > p.max_alloc {
+        return Err(format!(
+            "needs {} MiB to decode ({w}x{h}, {:?}), over the {} MiB limit per image; downscale it first",
+            need >> 20,
+            decoder.color_type(),
+            p.max_alloc >> 20
+        ));
+    }
+    let _reserved = p.budget.reserve(need);
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -171,5 +269,50 @@ pub fn layout_pixels(px: &[u8], c: &InputContract, norm: &Normalization) -> Pixe
             }
             Pixels::F32(out)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decode_budget_bounds_the_peak_over_threads() {
+        let b = DecodeBudget::new(100);
+        let peak = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (b, peak) = (&b, &peak);
+                s.spawn(move || {
+                    for i in 0..50u64 {
+                        let _g = b.reserve(20 + (t * 7 + i) % 40);
+                        peak.fetch_max(b.in_use(), std::sync::atomic::Ordering::SeqCst);
+                        std::thread::yield_now();
+                    }
+                });
+            }
+        });
+        assert!(peak.into_inner() <= 100);
+        assert_eq!(b.in_use(), 0);
+        // a request larger than the whole budget waits for all of it, then proceeds alone
+        let _g = b.reserve(1000);
+        assert_eq!(b.in_use(), 100);
+    }
+
+    #[test]
+    fn truncation_is_found_before_decoding() {
+        let whole = [
+            0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD9,
+        ];
+        assert!(!jpeg_truncated(&whole));
+        assert!(jpeg_truncated(&whole[..10]));
+        let mut trailing = whole.to_vec();
+        trailing.extend_from_slice(b"trailer");
+        assert!(!jpeg_truncated(&trailing));
+        // a thumbnail's markers before the main scan do not count
+        let thumb_then_cut = [
+            0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xDA, 0x01, 0xFF, 0xD9, 0xFF, 0xDA, 0x00, 0x12,
+        ];
+        assert!(jpeg_truncated(&thumb_then_cut));
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{copy_subset, datasets, domsim, fixture, npy};
+use common::{copy_subset, datasets, domsim, fixture, huge_png, npy};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -196,34 +196,6 @@ fn real_subsets_give_consistent_shapes() {
         assert_eq!(a.dim(), (15, 2 * c), "{}", l["name"]);
         assert!(a.iter().all(|v| v.is_finite()));
     }
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
-}
-
-/// A PNG whose header claims `w` × `h` pixels but holds almost no data.
-fn huge_png(w: u32, h: u32) -> Vec<u8> {
-    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    v.extend_from_slice(&13u32.to_be_bytes());
-    v.extend_from_slice(&ihdr);
-    v.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    v
 }
 
 #[test]

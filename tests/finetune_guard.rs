@@ -54,8 +54,8 @@ fn gaussian_noise(rgb: &[u8], name: &str) -> Vec<u8> {
 }
 
 fn resized_rgb(path: &Path) -> Vec<u8> {
-    let p = Preprocess {
-        contract: InputContract {
+    let p = Preprocess::new(
+        InputContract {
             name: "input".into(),
             layout: Layout::Nhwc,
             elem: ElemType::U8,
@@ -65,9 +65,9 @@ fn resized_rgb(path: &Path) -> Vec<u8> {
             fixed_batch: None,
             dynamic_size: false,
         },
-        norm: Normalization::preset("raw").unwrap(),
-        max_alloc: 512 << 20,
-    };
+        Normalization::preset("raw").unwrap(),
+        512 << 20,
+    );
     match load(path, &p).unwrap().0 {
         Pixels::U8(v) => v,
         Pixels::F32(_) => unreachable!(),

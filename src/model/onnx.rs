@@ -60,11 +60,44 @@ pub struct NodeProto {
     pub op_type: String,
 }
 
-/// `onnx.TensorProto`: only the name is read (weights are skipped, not copied).
+/// `onnx.TensorProto`: the name and where external weights live (weights are skipped, not copied).
 #[derive(Clone, PartialEq, Message)]
 pub struct TensorProto {
     #[prost(string, tag = "8")]
     pub name: String,
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    /// 1 = EXTERNAL: the weights are in the file named by `external_data["location"]`.
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
+}
+
+/// `onnx.StringStringEntryProto`.
+#[derive(Clone, PartialEq, Message)]
+pub struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// The external weight files a graph's initializers name (`location`, relative to the model's folder),
+/// sorted and without repeats.
+pub fn external_files(g: &GraphProto) -> Vec<String> {
+    let mut v: Vec<String> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_location == 1)
+        .filter_map(|t| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == "location")
+                .map(|e| e.value.clone())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// `onnx.ValueInfoProto`: the name only. A graph output without a type is accepted: ONNX Runtime infers it.

@@ -152,12 +152,28 @@ pub struct OnnxModel {
     threads: usize,
 }
 
-fn session(bytes: &[u8], threads: usize, ort_lib: Option<&Path>) -> Result<Session> {
+/// A session on (patched) model bytes. External weight files are looked up in `model_dir`, the model's own
+/// folder, not the current directory.
+fn session(
+    bytes: &[u8],
+    model_dir: &Path,
+    threads: usize,
+    ort_lib: Option<&Path>,
+) -> Result<Session> {
     let env = environment(ort_lib)?;
+    let dir = if model_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        model_dir
+    };
     Ok(Session::builder(env)?
         .with_intra_threads(threads.max(1))?
         .with_inter_threads(1)?
         .with_intra_op_spinning(false)?
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            dir.to_string_lossy(),
+        )?
         .commit_from_memory(bytes)?)
 }
 
@@ -196,7 +212,7 @@ impl OnnxModel {
             .graph
             .filter(|g| !g.node.is_empty())
             .ok_or_else(|| not_onnx("it has no graph nodes".into()))?;
-        let sha256 = hex(&Sha256::digest(&bytes));
+        let sha256 = model_sha256(path, &bytes, &graph)?;
         // One session with every candidate exposed serves both the input contract and the layer types.
         let cands = layers::candidates(&graph);
         let extra: Vec<String> = cands
@@ -204,13 +220,16 @@ impl OnnxModel {
             .filter(|c| !c.graph_output)
             .map(|c| c.name.clone())
             .collect();
-        let sess =
-            session(&onnx::with_extra_outputs(&bytes, &extra), 1, ort_lib).map_err(
-                |e| match e {
-                    Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
-                    other => other,
-                },
-            )?;
+        let sess = session(
+            &onnx::with_extra_outputs(&bytes, &extra),
+            model_dir(path),
+            1,
+            ort_lib,
+        )
+        .map_err(|e| match e {
+            Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
+            other => other,
+        })?;
         let input = read_contract(path, &sess, size, layout)?;
         let mut all = Vec::new();
         let mut kept = Vec::new();
@@ -276,7 +295,7 @@ impl OnnxModel {
             .map(|l| l.name.clone())
             .collect();
         let bytes = onnx::with_extra_outputs(&self.bytes, &extra);
-        let session = session(&bytes, self.threads, ort_lib)?;
+        let session = session(&bytes, model_dir(&self.path), self.threads, ort_lib)?;
         Ok(OrtEmbedder {
             session,
             contract: self.input.clone(),
@@ -293,6 +312,55 @@ fn hex(b: &[u8]) -> String {
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
     Ok(hex(&Sha256::digest(&bytes)))
+}
+
+fn model_dir(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// The model's identity: the SHA-256 of its file, or, when its weights live in external files, the SHA-256
+/// of the file's hash followed by each external file's name and hash (so that other weights give another
+/// identity). An external file must lie inside the model's folder.
+fn model_sha256(path: &Path, bytes: &[u8], graph: &onnx::GraphProto) -> Result<String> {
+    let own = hex(&Sha256::digest(bytes));
+    let ext = onnx::external_files(graph);
+    if ext.is_empty() {
+        return Ok(own);
+    }
+    let mut h = Sha256::new();
+    h.update(own.as_bytes());
+    for loc in ext {
+        let rel = Path::new(&loc);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return input_err(format!(
+                "model '{}' names the external weight file '{loc}', which is outside the model's folder; ONNX external data must be a relative path inside it",
+                path.display()
+            ));
+        }
+        let f = model_dir(path).join(rel);
+        let fb = std::fs::read(&f).map_err(|e| {
+            Error::Input(format!(
+                "model '{}' keeps weights in the external file '{loc}', which cannot be read at '{}' ({e}); keep it beside the model",
+                path.display(),
+                f.display()
+            ))
+        })?;
+        h.update(format!("\0{loc}\0{}", hex(&Sha256::digest(&fb))).as_bytes());
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// The model's identity as [`OnnxModel::load`] computes it (external weight files included), from its path.
+pub fn model_identity(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    match onnx::decode(&bytes).ok().and_then(|m| m.graph) {
+        Some(g) => model_sha256(path, &bytes, &g),
+        None => Ok(hex(&Sha256::digest(&bytes))), // not a model: load() will say so
+    }
 }
 
 fn read_contract(

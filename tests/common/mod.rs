@@ -51,3 +51,47 @@ pub fn copy_subset(src: &Path, dest: &Path, offset: usize, step: usize, n: usize
 pub fn npy(path: &Path) -> ndarray::Array2<f64> {
     domsim::npy::read(path).unwrap_or_else(|e| panic!("{e}"))
 }
+
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A PNG whose header claims `w` × `h` 8-bit RGB pixels but holds almost no data.
+pub fn huge_png(w: u32, h: u32) -> Vec<u8> {
+    png_header(w, h, 8, 2)
+}
+
+/// A PNG with the given bit depth and colour type (2 = RGB, 6 = RGBA) whose header claims `w` × `h` pixels,
+/// followed by a token IDAT and IEND: a decoder reads the header and learns the size before any pixel.
+pub fn png_header(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
+    v.extend_from_slice(&13u32.to_be_bytes());
+    v.extend_from_slice(&ihdr);
+    v.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    for (kind, data) in [
+        (&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0x00][..]),
+        (b"IEND", b""),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(data);
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(&chunk);
+        v.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    v
+}

@@ -1,0 +1,327 @@
+//! Hostile and careless inputs, met the way a user meets them (through the binary): what an image folder may
+//! hold, numeric options out of range, hand-edited manifests, models with external weights, truncated and
+//! oversized images.
+
+mod common;
+
+use std::path::Path;
+
+use common::{datasets, domsim, fixture, npy, png_header};
+use predicates::prelude::*;
+
+fn skipped(out: &Path) -> Vec<(String, String)> {
+    let mut r = csv::Reader::from_path(out.join("skipped.csv")).unwrap();
+    r.records()
+        .map(|x| {
+            let x = x.unwrap();
+            (x[0].to_string(), x[1].to_string())
+        })
+        .collect()
+}
+
+fn index_paths(out: &Path) -> Vec<String> {
+    let mut r = csv::Reader::from_path(out.join("index.csv")).unwrap();
+    r.records().map(|x| x.unwrap()[1].to_string()).collect()
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn what_a_folder_holds_is_either_embedded_or_listed_in_skipped_csv() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    copy_dir(&fixture("images16"), &imgs);
+    // a loose file beside the class folders, a class folder that is a link, a broken link, a FIFO, a
+    // non-UTF-8 name
+    std::fs::copy(imgs.join("a/img0.png"), imgs.join("loose.png")).unwrap();
+    let elsewhere = tmp.path().join("elsewhere_c");
+    copy_dir(&fixture("images16/b"), &elsewhere);
+    std::os::unix::fs::symlink(&elsewhere, imgs.join("c")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("missing.png"), imgs.join("a/broken.png")).unwrap();
+    let fifo = imgs.join("b/pipe.png");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let bad_name = std::ffi::OsStr::from_bytes(b"b\xffd.png");
+    std::fs::copy(imgs.join("a/img0.png"), imgs.join("a").join(bad_name)).unwrap();
+    // a link loop must not hang the scan
+    std::os::unix::fs::symlink(&imgs, imgs.join("b/loop")).unwrap();
+
+    let out = imgs.join("emb"); // inside the image folder: allowed, and never scanned
+    for run in 0..2 {
+        domsim()
+            .args(["extract", "--images"])
+            .arg(&imgs)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        let paths = index_paths(&out);
+        let classes: std::collections::BTreeSet<&str> =
+            paths.iter().map(|p| p.split('/').next().unwrap()).collect();
+        assert_eq!(
+            classes.into_iter().collect::<Vec<_>>(),
+            ["a", "b", "c"],
+            "run {run}: {paths:?}"
+        );
+        let n_linked = std::fs::read_dir(&elsewhere).unwrap().count();
+        assert_eq!(
+            paths.iter().filter(|p| p.starts_with("c/")).count(),
+            n_linked
+        );
+        let sk = skipped(&out);
+        let why = |name: &str| -> String {
+            sk.iter()
+                .find(|(p, _)| p.contains(name))
+                .unwrap_or_else(|| panic!("run {run}: {name} not in skipped.csv: {sk:?}"))
+                .1
+                .clone()
+        };
+        assert!(why("loose.png").contains("beside class sub-folders"));
+        assert!(why("broken.png").contains("symbolic link"));
+        assert!(why("pipe.png").contains("not a regular file"));
+        assert!(why("b\u{fffd}d.png").contains("not valid UTF-8"));
+        if run == 1 {
+            assert!(why("emb/").contains("written by domsim"));
+        }
+        assert_eq!(manifest(&out)["n_skipped"], sk.len());
+    }
+}
+
+#[test]
+fn out_equal_to_an_input_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    copy_dir(&fixture("images16"), &imgs);
+    for args in [
+        vec!["extract", "--images", "IMGS", "--out", "IMGS", "--force"],
+        vec!["analyze", "--target", "IMGS", "--out", "IMGS", "--force"],
+    ] {
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| {
+                if a == "IMGS" {
+                    imgs.display().to_string()
+                } else {
+                    a.into()
+                }
+            })
+            .collect();
+        domsim()
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("never writes among your images"));
+    }
+    assert!(!imgs.join("manifest.json").exists() && !imgs.join(".domsim").exists());
+}
+
+#[test]
+fn numeric_options_have_ranges() {
+    for (args, says) in [
+        (vec!["--threads", "100000", "layers"], "1..=256"),
+        (vec!["--threads", "0", "layers"], "1..=256"),
+        (vec!["layers", "--size", "0"], "16..=2048"),
+        (vec!["layers", "--size", "100000"], "16..=2048"),
+        (
+            vec![
+                "extract", "--images", "x", "--out", "y", "--batch", "100000",
+            ],
+            "1..=256",
+        ),
+        (
+            vec![
+                "extract", "--images", "x", "--out", "y", "--batch", "256", "--size", "2048",
+            ],
+            "GiB of input per inference call",
+        ),
+        (
+            vec![
+                "compare",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--out",
+                "c",
+                "--mmd-max-n",
+                "100000000",
+            ],
+            "4..=50000",
+        ),
+        (
+            vec![
+                "compare", "--source", "a", "--target", "b", "--out", "c", "--folds", "1",
+            ],
+            "2..=20",
+        ),
+        (
+            vec![
+                "compare", "--source", "a", "--target", "b", "--out", "c", "--C", "inf",
+            ],
+            "--C must be between",
+        ),
+    ] {
+        // (not the `domsim()` helper: it sets --threads itself)
+        assert_cmd::Command::cargo_bin("domsim")
+            .unwrap()
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says));
+    }
+}
+
+#[test]
+fn a_hand_edited_manifest_with_a_short_sha_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        domsim()
+            .args(["extract", "--model"])
+            .arg(fixture("nchw_dyn/model.onnx"))
+            .arg("--images")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(d)
+            .assert()
+            .success();
+    }
+    let mut m = manifest(&b);
+    m["model"]["sha256"] = "abc".into();
+    std::fs::write(b.join("manifest.json"), m.to_string()).unwrap();
+    domsim()
+        .args(["compare", "--source"])
+        .arg(&a)
+        .arg("--target")
+        .arg(&b)
+        .arg("--out")
+        .arg(tmp.path().join("r"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("(abc)"));
+}
+
+#[test]
+fn external_weights_are_read_beside_the_model_and_are_part_of_its_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, ext) = (tmp.path().join("plain"), tmp.path().join("ext"));
+    domsim()
+        .args(["extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&plain)
+        .assert()
+        .success();
+    // run from another directory: the weights must be found beside the model, not in the current directory
+    domsim()
+        .current_dir(tmp.path())
+        .args(["extract", "--model"])
+        .arg(fixture("external/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&ext)
+        .assert()
+        .success();
+    let files = |d: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d.join("layers"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let (fp, fe) = (files(&plain), files(&ext));
+    assert_eq!(fp.len(), fe.len());
+    for (x, y) in fp.iter().zip(&fe) {
+        assert_eq!(npy(x), npy(y), "{}", x.display());
+    }
+    // other weights under the same model file: another identity
+    let moved = tmp.path().join("moved");
+    copy_dir(&fixture("external"), &moved);
+    let mut w = std::fs::read(moved.join("weights.bin")).unwrap();
+    w[0] ^= 0x40;
+    std::fs::write(moved.join("weights.bin"), w).unwrap();
+    let other = tmp.path().join("other");
+    domsim()
+        .args(["extract", "--model"])
+        .arg(moved.join("model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&other)
+        .assert()
+        .success();
+    let sha = |d: &Path| manifest(d)["model"]["sha256"].as_str().unwrap().to_string();
+    assert_ne!(sha(&ext), sha(&other));
+    assert_ne!(
+        sha(&ext),
+        domsim::model::runtime::sha256_file(&fixture("external/model.onnx")).unwrap()
+    );
+    // a missing weight file is named
+    std::fs::remove_file(moved.join("weights.bin")).unwrap();
+    domsim()
+        .args(["layers", "--model"])
+        .arg(moved.join("model.onnx"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("external file 'weights.bin'"));
+}
+
+#[test]
+fn truncated_jpegs_and_oversized_images_are_skipped_complete_ones_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("imgs");
+    std::fs::create_dir_all(&d).unwrap();
+    let jpeg = std::fs::read(datasets().join("animals/n01440764_tench.JPEG")).unwrap();
+    let n = jpeg.len();
+    for (i, cut) in [n / 10, n / 3, n / 2, 9 * n / 10, n - 2]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(d.join(format!("cut{i}.jpg")), &jpeg[..cut]).unwrap();
+    }
+    std::fs::write(d.join("whole.jpg"), &jpeg).unwrap();
+    let mut trailing = jpeg.clone();
+    trailing.extend_from_slice(b"appended bytes after the end-of-image marker");
+    std::fs::write(d.join("whole_trailing.jpg"), &trailing).unwrap();
+    std::fs::write(d.join("rgba16.png"), png_header(20_000, 20_000, 16, 6)).unwrap();
+    let out = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&d)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(index_paths(&out), ["whole.jpg", "whole_trailing.jpg"]);
+    let sk = skipped(&out);
+    assert_eq!(sk.len(), 6, "{sk:?}");
+    for (p, why) in &sk {
+        if p.starts_with("cut") {
+            assert!(why.contains("truncated JPEG"), "{p}: {why}");
+        } else {
+            assert!(why.contains("MiB to decode"), "{p}: {why}");
+        }
+    }
+}
