@@ -155,7 +155,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         inputs.push(("--source", s));
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
-    output::prepare_dir(&cfg.out, cfg.compare.force)?;
+    let _lock = output::prepare_dir(&cfg.out, cfg.compare.force)?;
     let model_sha = model_identity(&cfg.extract.model).map_err(|e| match e {
         Error::Io { path, .. } => Error::Input(format!(
             "model file '{}' cannot be read; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
@@ -267,6 +267,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
 /// `domsim report`: re-renders charts, verdict and summary from an existing compare output.
 pub fn rerender(dir: &Path) -> Result<RunReport> {
     let cmp = compare::read_report(dir)?;
+    let _lock = output::lock_domsim_dir(dir)?;
     let pca = report::read_pca(&dir.join("embedding_pca.csv"))?;
     let verdict = report::verdict_for(&cmp);
     let prev: serde_json::Value = std::fs::read(dir.join("summary.json"))

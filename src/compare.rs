@@ -152,7 +152,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         &cfg.out,
         &[("--source", &cfg.source), ("--target", &cfg.target)],
     )?;
-    output::prepare_dir(&cfg.out, cfg.force)?;
+    let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     let report = compute(&src, &tgt, cfg)?;
     write_report(&report, &cfg.out)?;
     Ok(report)

@@ -5,7 +5,7 @@
 //! rows are streamed to the `.npy` files as each batch finishes.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,8 +132,41 @@ pub fn extract_with(
         sha256: model.sha256.clone(),
         bundled_default: model.is_default(),
     };
-    output::prepare_dir(&cfg.out, cfg.force)?;
+    let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     run(&mut emb, set, norm, info, cfg)
+}
+
+/// Before a run into `out`: removes what marks the folder complete (`manifest.json`), then the layer files
+/// that the previous run's manifest lists, and nothing else. A file of someone else's where this run would
+/// write a layer file is refused, never overwritten.
+fn clear_previous_run(out: &Path, layers: &[crate::model::Layer]) -> Result<()> {
+    let mpath = out.join("manifest.json");
+    let listed: Vec<String> = std::fs::read_to_string(&mpath)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Manifest>(&t).ok())
+        .map(|m| m.layers.into_iter().map(|l| l.file).collect())
+        .unwrap_or_default();
+    for (i, l) in layers.iter().enumerate() {
+        let rel = format!(
+            "layers/{}",
+            embeddings::layer_file_name(i, layers.len(), &l.name)
+        );
+        let p = out.join(&rel);
+        if p.exists() && !listed.contains(&rel) {
+            return input_err(format!(
+                "'{}' exists and is not listed in a domsim manifest there; domsim will not overwrite it. Move it, or choose another --out",
+                p.display()
+            ));
+        }
+    }
+    output::remove_if_exists(&mpath)?;
+    for rel in listed {
+        // only files inside layers/, as domsim names them
+        if rel.starts_with("layers/") && !rel[7..].contains('/') && !rel.contains("..") {
+            output::remove_if_exists(&out.join(rel))?;
+        }
+    }
+    Ok(())
 }
 
 /// The normalisation used when the user gives none: the bundled model's own (`pm1`), else ImageNet mean/std.
@@ -168,24 +201,13 @@ pub fn run<E: Embedder>(
 ) -> Result<ExtractSummary> {
     let start = Instant::now();
     let out = &cfg.out;
-    // A re-run first removes what marks the folder complete, then the old layer files.
-    output::remove_if_exists(&out.join("manifest.json"))?;
+    let layers = emb.layers().to_vec();
+    clear_previous_run(out, &layers)?;
     let layer_dir = out.join("layers");
-    if layer_dir.is_dir() {
-        for e in std::fs::read_dir(&layer_dir)
-            .map_err(|e| Error::io("cannot list", &layer_dir, e))?
-            .flatten()
-        {
-            if e.path().extension().is_some_and(|x| x == "npy") {
-                output::remove_if_exists(&e.path())?;
-            }
-        }
-    }
     std::fs::create_dir_all(&layer_dir)
         .map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
 
     let contract = emb.contract().clone();
-    let layers = emb.layers().to_vec();
     let pre = Preprocess::new(contract.clone(), norm.clone(), cfg.max_alloc);
     let run_batch = contract.fixed_batch.unwrap_or(cfg.batch_size.max(1));
     let chunk = run_batch.max(16);

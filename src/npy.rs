@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 
 use crate::error::{input_err, Error, Result};
-use crate::output::temp_path;
+use crate::output::{persist, temp_file};
 
 /// Fixed header size, large enough for any 2-D shape, so the row count can be filled in at the end.
 const HEADER_LEN: usize = 128;
@@ -68,7 +68,7 @@ fn header(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
 
 /// Streams an n × d matrix to a temp file; [`NpyWriter::finish`] fills in n and renames it into place.
 pub struct NpyWriter {
-    out: BufWriter<File>,
+    out: BufWriter<tempfile::NamedTempFile>,
     tmp: PathBuf,
     dest: PathBuf,
     cols: usize,
@@ -79,8 +79,8 @@ pub struct NpyWriter {
 impl NpyWriter {
     /// Starts `dest` (written as a temp file beside it).
     pub fn create(dest: &Path, cols: usize, dtype: Dtype) -> Result<Self> {
-        let tmp = temp_path(dest);
-        let f = File::create(&tmp).map_err(|e| Error::io("cannot create", &tmp, e))?;
+        let f = temp_file(dest)?;
+        let tmp = f.path().to_path_buf();
         let mut out = BufWriter::with_capacity(1 << 20, f);
         out.write_all(&header(0, cols, dtype))
             .map_err(|e| Error::io("cannot write", &tmp, e))?;
@@ -124,8 +124,8 @@ impl NpyWriter {
         let io = |e| Error::io("cannot write", &tmp, e);
         f.seek(SeekFrom::Start(0)).map_err(io)?;
         f.write_all(&header(rows, cols, dtype)).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &dest).map_err(|e| Error::io("cannot rename into", &dest, e))
+        f.as_file().sync_all().map_err(io)?;
+        persist(f, &dest)
     }
 }
 

@@ -325,3 +325,117 @@ fn truncated_jpegs_and_oversized_images_are_skipped_complete_ones_kept() {
         }
     }
 }
+
+#[test]
+fn force_removes_only_what_domsims_manifest_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mine");
+    std::fs::create_dir_all(out.join("layers")).unwrap();
+    std::fs::write(out.join("layers/my_features.npy"), b"precious").unwrap();
+    std::fs::write(out.join("notes.txt"), b"precious too").unwrap();
+    let run = || {
+        domsim()
+            .args(["extract", "--model"])
+            .arg(fixture("nchw_dyn/model.onnx"))
+            .arg("--images")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--force")
+            .assert()
+    };
+    run().success();
+    run().success(); // the rerun removes and rewrites its own files only
+    assert_eq!(
+        std::fs::read(out.join("layers/my_features.npy")).unwrap(),
+        b"precious"
+    );
+    assert_eq!(
+        std::fs::read(out.join("notes.txt")).unwrap(),
+        b"precious too"
+    );
+    // a user's file where a layer file would go is refused, not overwritten
+    let m = manifest(&out);
+    let first = m["layers"][0]["file"].as_str().unwrap().to_string();
+    let mut edited = m.clone();
+    edited["layers"][0]["file"] = "layers/elsewhere.npy".into();
+    std::fs::write(out.join("manifest.json"), edited.to_string()).unwrap();
+    std::fs::write(out.join(&first), b"now the user's").unwrap();
+    run()
+        .code(2)
+        .stderr(predicate::str::contains("not listed in a domsim manifest"));
+    assert_eq!(std::fs::read(out.join(&first)).unwrap(), b"now the user's");
+}
+
+#[test]
+fn report_rewrites_only_folders_domsim_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let emb = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&emb)
+        .assert()
+        .success();
+    let d = tmp.path().join("users");
+    domsim()
+        .args(["compare", "--permutations", "99", "--source"])
+        .arg(&emb)
+        .arg("--target")
+        .arg(&emb)
+        .arg("--out")
+        .arg(&d)
+        .assert()
+        .success();
+    // the same files, but in a folder domsim did not make (no marker), with the user's own page
+    std::fs::remove_file(d.join(".domsim")).unwrap();
+    std::fs::write(d.join("report.html"), "the user's page").unwrap();
+    domsim()
+        .arg("report")
+        .arg(&d)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("was not written by domsim"));
+    assert_eq!(
+        std::fs::read_to_string(d.join("report.html")).unwrap(),
+        "the user's page"
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_and_killed_runs_leave_no_temp_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emb");
+    let run = || {
+        domsim()
+            .args(["extract", "--model"])
+            .arg(fixture("nchw_dyn/model.onnx"))
+            .arg("--images")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(&out)
+            .assert()
+    };
+    run().success();
+    // what a killed run leaves behind
+    std::fs::write(out.join(".domsim-tmp-abc123"), b"partial").unwrap();
+    std::fs::write(out.join("layers/.domsim-tmp-def456"), b"partial").unwrap();
+    {
+        let f = std::fs::File::open(out.join(".domsim.lock")).unwrap();
+        f.lock().unwrap(); // another run holds the folder
+        run()
+            .code(2)
+            .stderr(predicate::str::contains("another domsim run is writing to"));
+    }
+    run().success();
+    let leftovers: Vec<_> = [out.clone(), out.join("layers")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
