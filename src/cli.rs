@@ -416,18 +416,51 @@ pub fn run(args: Args) -> Result<()> {
                 a.model.size,
                 a.model.layout(),
             )?;
-            let layers = model.select(&a.model.selection())?;
+            let sel = a.model.selection();
+            // `--all` lists every float tensor, layout-op outputs too (selectable by name), and marks
+            // what the default selection takes
+            let (layers, marks): (Vec<_>, Vec<&str>) = if sel == Selection::All {
+                let default: Vec<String> = model
+                    .select(&Selection::Default)?
+                    .into_iter()
+                    .map(|l| l.name)
+                    .collect();
+                model
+                    .all_layers()
+                    .iter()
+                    .map(|l| {
+                        let mark = if default.contains(&l.name) {
+                            "default"
+                        } else if l.by_name_only {
+                            "by name only (a layout op's output)"
+                        } else {
+                            ""
+                        };
+                        (l.clone(), mark)
+                    })
+                    .unzip()
+            } else {
+                let l = model.select(&sel)?;
+                let n = l.len();
+                (l, vec![""; n])
+            };
             let mut out = std::io::stdout().lock();
             if a.json {
                 serde_json::to_writer_pretty(&mut out, &layers)?;
                 writeln!(out)?;
             } else if !args.quiet || a.json {
-                writeln!(out, "{:>5}  {:<48} {:<20} shape", "depth", "name", "op")?;
-                for (i, l) in layers.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{:>5}  {:<48} {:<20} {:<24} note",
+                    "depth", "name", "op", "shape"
+                )?;
+                for (i, (l, m)) in layers.iter().zip(&marks).enumerate() {
                     writeln!(
                         out,
-                        "{i:>5}  {:<48} {:<20} {:?}",
-                        l.name, l.op_type, l.shape
+                        "{i:>5}  {:<48} {:<20} {:<24} {m}",
+                        l.name,
+                        l.op_type,
+                        format!("{:?}", l.shape)
                     )?;
                 }
             }

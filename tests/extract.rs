@@ -453,6 +453,7 @@ fn extract_fails_cleanly_when_inference_fails_part_way() {
             shape: vec![-1, 4],
             node_index: 0,
             graph_output: false,
+            by_name_only: false,
         }],
         calls: 0,
         fail_at: 2,

@@ -439,3 +439,69 @@ fn a_second_writer_is_refused_and_killed_runs_leave_no_temp_files() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn reshaped_tensors_are_selectable_and_the_default_keeps_the_pooled_features_never_the_softmax() {
+    let model = fixture("deep_classifier/model.onnx");
+    let names = |args: &[&str]| -> Vec<String> {
+        let out = domsim()
+            .args(["layers", "--json", "--model"])
+            .arg(&model)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        v.iter()
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let default = names(&[]);
+    assert!(default.contains(&"pooled".to_string()), "{default:?}");
+    assert!(!default.iter().any(|n| n == "soft" || n == "probs"));
+    assert!(default.len() <= 20);
+    // every float tensor is listed by --all, the reshaped ones marked as selectable by name
+    let all = names(&["--all"]);
+    for n in ["flat", "soft", "probs", "pooled"] {
+        assert!(all.contains(&n.to_string()), "{n} in --all");
+    }
+    // (not the domsim() helper: --quiet prints no table)
+    let table = assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .args(["layers", "--all", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let line = |n: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(n))
+            .unwrap_or_else(|| panic!("{n} not listed:\n{table}"))
+            .to_string()
+    };
+    assert!(line("flat").contains("by name only"));
+    assert!(line("pooled").contains("default"));
+    // a Reshape output is extracted by name, and holds the pooled features
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emb");
+    domsim()
+        .args([
+            "extract", "--layers", "flat", "--layers", "pooled", "--model",
+        ])
+        .arg(&model)
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let m = manifest(&out);
+    let file = |i: usize| out.join(m["layers"][i]["file"].as_str().unwrap());
+    assert_eq!(m["layers"][1]["name"], "flat");
+    assert_eq!(npy(&file(0)), npy(&file(1)));
+}

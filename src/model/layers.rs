@@ -1,8 +1,10 @@
 //! Layer discovery: which tensors of an ONNX graph are candidate layers, and the default selection.
 //!
 //! **Candidates** are the outputs of graph nodes, in the graph's topological (node) order, that depend on the
-//! image input (not on weights alone), are not pure layout or bookkeeping ops (`Reshape`, `Transpose`, `Pad`,
-//! `Cast`, ...), and are float32 tensors as ONNX Runtime reports them.
+//! image input (not on weights alone) and are float32 tensors as ONNX Runtime reports them. Outputs of pure
+//! layout or bookkeeping ops (`Reshape`, `Flatten`, `Squeeze`, `Transpose`, `Pad`, `Cast`, ...) are
+//! selectable by name (`--layers`) but never chosen by `--all` or the default selection: they repeat the
+//! values of the tensor they reshape.
 //!
 //! **The default selection** (the rule documented in the README):
 //! 1. Group consecutive candidates by *scope*, the first component of the node name (`/_blocks.4/...` has scope
@@ -11,9 +13,14 @@
 //! 2. Residual `Add`s (two or more inputs computed from the image) are block outputs too.
 //! 3. A group made only of activations (`Relu`, `Clip`, ...) replaces the block output just before it: the
 //!    block-final activation is preferred to the pre-activation tensor.
-//! 4. The model's own graph outputs (logits) are left out: the selection ends at the final features.
+//! 4. The model's own graph outputs (logits) and every `Softmax`/`LogSoftmax` (a monotone function of the
+//!    logits) are left out: the selection ends at the final features.
 //! 5. More than 20 block outputs: keep 16 evenly spaced ones, always the first and the last. Fewer than 8: add
 //!    evenly spaced candidates until there are 12 (or all candidates, when fewer).
+//! 6. The classifier's input (the pooled penultimate features, found by walking back from the first graph
+//!    output through softmax, bias, layout ops to the final `Gemm`/`MatMul`/`Conv`, then past any
+//!    `Reshape`/`Flatten`/`Squeeze` to the tensor they reshape) is always included: the single most used
+//!    transfer feature.
 
 use std::collections::HashSet;
 
@@ -41,6 +48,9 @@ const LAYOUT_OPS: &[&str] = &[
     "Range",
     "Split",
 ];
+
+/// Ops whose output is never in the default selection (rule 4).
+const PROBABILITY_OPS: &[&str] = &["Softmax", "LogSoftmax"];
 
 /// Elementwise activations (rule 3 of the default selection).
 const ACTIVATION_OPS: &[&str] = &[
@@ -72,6 +82,10 @@ pub struct Candidate {
     pub residual: bool,
     /// True when this tensor is one of the model's own graph outputs.
     pub graph_output: bool,
+    /// True for the output of a layout op: selectable by name only.
+    pub layout_op: bool,
+    /// True for the classifier's input (rule 6).
+    pub classifier_input: bool,
 }
 
 /// A layer: a candidate with the shape and type ONNX Runtime reports.
@@ -88,6 +102,9 @@ pub struct Layer {
     /// True when the tensor is one of the model's own graph outputs.
     #[serde(default)]
     pub graph_output: bool,
+    /// True for the output of a layout op (`Reshape`, `Flatten`, ...): selectable by name only.
+    #[serde(default)]
+    pub by_name_only: bool,
 }
 
 /// Which layers to use.
@@ -95,7 +112,7 @@ pub struct Layer {
 pub enum Selection {
     /// The default selection (module docs).
     Default,
-    /// Every candidate.
+    /// Every candidate except layout-op outputs.
     All,
     /// Exact names or glob patterns (`*`, `?`).
     Names(Vec<String>),
@@ -123,19 +140,64 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
         }
         for o in node.output.iter().filter(|o| !o.is_empty()) {
             dynamic.insert(o.as_str());
-            if LAYOUT_OPS.contains(&node.op_type.as_str()) {
-                continue;
-            }
             out.push(Candidate {
                 name: o.clone(),
                 op_type: node.op_type.clone(),
                 node_name: node.name.clone(),
                 residual: node.op_type == "Add" && n_dyn >= 2,
                 graph_output: outputs.contains(o.as_str()),
+                layout_op: LAYOUT_OPS.contains(&node.op_type.as_str()),
+                classifier_input: false,
             });
         }
     }
+    if let Some(ci) = classifier_input(graph, &dynamic) {
+        for c in out.iter_mut().filter(|c| c.name == ci) {
+            c.classifier_input = true;
+        }
+    }
     out
+}
+
+/// The classifier's input (rule 6): from the first graph output back through softmax, bias, activation and
+/// layout ops to the final `Gemm`/`MatMul`/`Conv`, then its image-dependent input, past layout ops.
+fn classifier_input(graph: &GraphProto, dynamic: &HashSet<&str>) -> Option<String> {
+    let producer: std::collections::HashMap<&str, &super::onnx::NodeProto> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let dyn_input = |n: &super::onnx::NodeProto| -> Option<String> {
+        n.input
+            .iter()
+            .find(|i| dynamic.contains(i.as_str()))
+            .cloned()
+    };
+    let mut t = graph.output.first()?.name.clone();
+    for _ in 0..16 {
+        let n = producer.get(t.as_str())?;
+        let op = n.op_type.as_str();
+        if matches!(op, "Gemm" | "MatMul" | "Conv") {
+            let mut x = dyn_input(n)?;
+            for _ in 0..16 {
+                match producer.get(x.as_str()) {
+                    Some(p) if LAYOUT_OPS.contains(&p.op_type.as_str()) => x = dyn_input(p)?,
+                    _ => break,
+                }
+            }
+            return Some(x);
+        }
+        if PROBABILITY_OPS.contains(&op)
+            || LAYOUT_OPS.contains(&op)
+            || is_activation(op)
+            || matches!(op, "Add" | "Mul" | "Div" | "Sub")
+        {
+            t = dyn_input(n)?;
+        } else {
+            return None;
+        }
+    }
+    None
 }
 
 fn scope(node_name: &str) -> Option<&str> {
@@ -167,7 +229,13 @@ fn evenly_spaced(n: usize, k: usize) -> Vec<usize> {
 /// The default selection over float candidates `all` (module docs), as indices into `all`.
 /// `cands[i]` is the candidate `all[i]` came from.
 pub fn default_selection(all: &[Layer], cands: &[Candidate]) -> Vec<usize> {
-    let idx: Vec<usize> = (0..all.len()).filter(|&i| !all[i].graph_output).collect();
+    let idx: Vec<usize> = (0..all.len())
+        .filter(|&i| {
+            !all[i].graph_output
+                && !all[i].by_name_only
+                && !PROBABILITY_OPS.contains(&all[i].op_type.as_str())
+        })
+        .collect();
     let mut blocks: Vec<usize> = Vec::new();
     let mut g = 0;
     while g < idx.len() {
@@ -201,6 +269,13 @@ pub fn default_selection(all: &[Layer], cands: &[Candidate]) -> Vec<usize> {
         blocks.extend(extra);
         blocks.sort_unstable();
         blocks.dedup();
+    }
+    // rule 6: the classifier's input, whatever the thinning kept
+    if let Some(ci) = (0..all.len()).find(|&i| cands[i].classifier_input && !all[i].graph_output) {
+        if !blocks.contains(&ci) {
+            blocks.push(ci);
+            blocks.sort_unstable();
+        }
     }
     blocks
 }

@@ -244,6 +244,7 @@ impl OnnxModel {
                     shape,
                     node_index: all.len(),
                     graph_output: c.graph_output,
+                    by_name_only: c.layout_op,
                 });
                 kept.push(c);
             }
@@ -280,7 +281,7 @@ impl OnnxModel {
     pub fn select(&self, sel: &Selection) -> Result<Vec<Layer>> {
         let (all, cands) = (&self.all, &self.candidates);
         let idx = match sel {
-            Selection::All => (0..all.len()).collect(),
+            Selection::All => (0..all.len()).filter(|&i| !all[i].by_name_only).collect(),
             Selection::Names(names) => layers::select_names(all, names)?,
             Selection::Default => layers::default_selection(all, cands),
         };
