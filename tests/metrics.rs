@@ -385,6 +385,44 @@ fn compare_is_byte_identical_across_runs_and_thread_counts() {
     assert_ne!(a_metrics, d.0, "another seed, other draws");
 }
 
+#[test]
+fn compare_is_byte_identical_across_thread_counts_at_high_dimension() {
+    // Fréchet and LogME rest on eigen-decompositions of d x d matrices; at d >= 80 their parallel
+    // reductions used to change the last bits with the thread count
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (s, t) = (tmp.path().join("s"), tmp.path().join("t"));
+    std::fs::create_dir_all(&s).unwrap();
+    std::fs::create_dir_all(&t).unwrap();
+    for (i, d) in [96usize, 160, 320].iter().enumerate() {
+        write_npy(&s.join(format!("{i}_layer.npy")), &randn(&mut rng, 150, *d));
+        write_npy(
+            &t.join(format!("{i}_layer.npy")),
+            &(randn(&mut rng, 120, *d) * 1.3),
+        );
+    }
+    let mut labels = String::from("row,label\n");
+    for r in 0..120 {
+        labels.push_str(&format!("{r},{}\n", ["a", "b", "c"][r % 3]));
+    }
+    std::fs::write(t.join("labels.csv"), labels).unwrap();
+    let a = compare_cli(&s, &t, &tmp.path().join("r1"), "1", "3");
+    let b = compare_cli(&s, &t, &tmp.path().join("r2"), "2", "3");
+    let c = compare_cli(&s, &t, &tmp.path().join("r3"), "3", "3");
+    assert!(
+        a == b && a == c,
+        "metrics.csv and similarity.csv differ with --threads"
+    );
+    let text = String::from_utf8(a.0).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains(",frechet,")).count(), 3);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(",logme_target,"))
+            .count(),
+        3
+    );
+}
+
 /// Runs `domsim compare` (B = 99, 2 x 5-fold CV) and returns `metrics.csv` and `similarity.csv`.
 fn compare_cli(
     s: &std::path::Path,

@@ -1,6 +1,10 @@
 //! Small dense linear-algebra helpers on ndarray, with faer (through a zero-copy adapter) for the products
-//! that dominate the cost (Gram matrices, cross products) and for the symmetric eigen-decomposition. faer
-//! runs on the rayon pool sized by `--threads`.
+//! that dominate the cost (Gram matrices, cross products) and for the symmetric eigen-decomposition.
+//!
+//! Determinism across `--threads`: faer's products split their work over output blocks (each entry is one
+//! sum in a fixed order), so they run on the rayon pool. Its decompositions reduce across threads in an
+//! order that depends on the thread count, so they run sequentially ([`deterministic`]): the same inputs
+//! give the same bits at any thread count.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
@@ -93,8 +97,21 @@ pub fn fro2(a: &Array2<f64>) -> f64 {
     a.iter().map(|v| v * v).sum()
 }
 
+/// Makes faer's decompositions sequential (idempotent; `DOMSIM_PARALLEL_DECOMPOSITIONS=1` keeps them
+/// parallel, for the test that shows why): their result then does not depend on the thread count. Products
+/// keep their explicit rayon parallelism.
+pub fn deterministic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("DOMSIM_PARALLEL_DECOMPOSITIONS").is_none() {
+            faer::set_global_parallelism(faer::Par::Seq)
+        }
+    });
+}
+
 /// Eigen-decomposition of a symmetric matrix: eigenvalues ascending, eigenvectors as columns.
 pub fn sym_eigh(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), String> {
+    deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
     let slice = a.as_slice().ok_or("matrix not contiguous")?;
@@ -111,6 +128,7 @@ pub fn sym_eigh(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), String> {
 
 /// Eigenvalues of a symmetric matrix, ascending.
 pub fn sym_eigvals(a: &Array2<f64>) -> Result<Vec<f64>, String> {
+    deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
     let slice = a.as_slice().ok_or("matrix not contiguous")?;
@@ -134,6 +152,7 @@ pub fn row_sq_norms(x: &ArrayView2<f64>) -> Array1<f64> {
 
 /// Lower Cholesky factor of a symmetric positive definite matrix; `None` when it is not positive definite.
 pub fn cholesky_lower(a: &Array2<f64>) -> Option<Array2<f64>> {
+    deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
     let m = faer::MatRef::from_row_major_slice(a.as_slice()?, n, n);

@@ -6,14 +6,14 @@
 
 use ndarray::{Array1, Array2};
 
-use super::linalg::sym_eigh;
+use super::linalg::{gram_t, sym_eigh};
 use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
 use crate::error::{Error, Result};
 
 /// LogME of features `f` (n × d) for integer labels `y`.
 pub fn logme(f: &Array2<f64>, y: &[usize]) -> std::result::Result<f64, String> {
     let (n, d) = (f.nrows() as f64, f.ncols() as f64);
-    let ftf = f.t().dot(f);
+    let ftf = gram_t(&f.view()); // faer: the same bits at any thread count
     let (s, v) = sym_eigh(&ftf)?;
     let s = s.mapv(|x| x.max(0.0));
     let k = y.iter().max().map_or(0, |m| m + 1);
