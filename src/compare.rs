@@ -74,7 +74,8 @@ pub struct SimilarityValue {
     pub layer_b: String,
     /// `cka_linear`, `cka_linear_debiased` or `cka_rbf`.
     pub measure: String,
-    /// The value.
+    /// The value (NaN when undefined, e.g. debiased CKA of a constant layer; `null` in JSON).
+    #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub value: f64,
 }
 
@@ -275,6 +276,17 @@ pub fn compute(
         bar.set_message(format!("compare {name}"));
         let xs = src.read_layer(si)?;
         let xt = tgt.read_layer(ti)?;
+        for (which, dir, n) in [
+            ("source", &src.dir, xs.nrows()),
+            ("target", &tgt.dir, xt.nrows()),
+        ] {
+            if n < MIN_SET {
+                return input_err(format!(
+                    "the {which} '{}' holds {n} image(s); comparing needs at least {MIN_SET} per set (50 or more for advice to act on). Add images, or check skipped.csv for files that could not be read",
+                    dir.display()
+                ));
+            }
+        }
         if xs.ncols() != xt.ncols() {
             return input_err(format!(
                 "layer '{name}' has dimension {} in the source but {} in the target",
@@ -396,6 +408,9 @@ pub fn compute(
 pub fn non_finite(x: &Array2<f64>) -> usize {
     x.iter().filter(|v| !v.is_finite()).count()
 }
+
+/// Fewest rows per set that `compare` accepts: below it no probe, test or interval is defined.
+pub const MIN_SET: usize = 5;
 
 /// Largest relative difference at which two float32 layers count as holding the same features.
 pub const SAME_TOL: f64 = 1e-5;

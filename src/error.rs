@@ -9,8 +9,9 @@ pub enum Error {
     /// Bad usage or bad input (exit code 2): a missing model, an empty folder, a layer that does not exist.
     #[error("{0}")]
     Input(String),
-    /// A file could not be read or written.
-    #[error("{action} '{}': {source}", path.display())]
+    /// A file could not be read or written. The OS error is the `source` (printed after the message by
+    /// the binary, once).
+    #[error("{action} '{}'", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,

@@ -486,6 +486,18 @@ pub fn evidence(r: &CompareReport) -> Vec<Evidence> {
         .collect()
 }
 
+/// Fewest images per set below which every label rests on too little data to act on.
+pub const SMALL_SET: usize = 20;
+
+/// A warning when either set is smaller than [`SMALL_SET`].
+pub fn sample_size_warning(n_source: usize, n_target: usize) -> Option<String> {
+    (n_source.min(n_target) < SMALL_SET).then(|| {
+        format!(
+            "only {n_source} source and {n_target} target images: with fewer than {SMALL_SET} per set every interval is wide and the labels and plan rest on too little data to act on; use at least 50 images per set (a few dozen per class)"
+        )
+    })
+}
+
 /// Input-mismatch warnings from the two extraction manifests.
 pub fn input_warnings(source: Option<&Manifest>, target: Option<&Manifest>) -> Vec<String> {
     let mut w = Vec::new();

@@ -505,3 +505,100 @@ fn reshaped_tensors_are_selectable_and_the_default_keeps_the_pooled_features_nev
     assert_eq!(m["layers"][1]["name"], "flat");
     assert_eq!(npy(&file(0)), npy(&file(1)));
 }
+
+/// Writes an f32 matrix as NPY.
+fn write_npy(path: &Path, a: &ndarray::Array2<f32>) {
+    std::fs::write(path, domsim::npy::to_bytes(a)).unwrap();
+}
+
+#[test]
+fn report_reads_back_undefined_similarities_and_small_sets_are_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = (tmp.path().join("s"), tmp.path().join("t"));
+    for (k, d) in [&s, &t].into_iter().enumerate() {
+        std::fs::create_dir_all(d).unwrap();
+        let a = ndarray::Array2::from_shape_fn((12, 6), |(i, j)| {
+            ((i * 7 + j * 3 + k) % 11) as f32 - 5.0 + k as f32
+        });
+        write_npy(&d.join("0_a.npy"), &a);
+        // a constant layer: CKA with it is undefined (NaN, written as null)
+        write_npy(&d.join("1_const.npy"), &ndarray::Array2::ones((12, 4)));
+    }
+    let out = tmp.path().join("r");
+    domsim()
+        .args(["compare", "--permutations", "199", "--source"])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    assert!(std::fs::read_to_string(out.join("compare.json"))
+        .unwrap()
+        .contains("null"));
+    let rep = assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .arg("report")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        text.contains("only 12 source and 12 target images"),
+        "{text}"
+    );
+}
+
+#[test]
+fn messages_say_what_happened_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    // an ambiguous N x 3 x 3 x 3 input needs --layout
+    domsim()
+        .args(["layers", "--model"])
+        .arg(fixture("ambiguous/model.onnx"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "pass --layout nchw or --layout nhwc",
+        ));
+    domsim()
+        .args(["layers", "--layout", "nchw", "--model"])
+        .arg(fixture("ambiguous/model.onnx"))
+        .assert()
+        .success();
+    // one image per side: said up front, not as a probe's internal complaint
+    let (s, t) = (tmp.path().join("s"), tmp.path().join("t"));
+    for d in [&s, &t] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::copy(fixture("images16/a/img0.png"), d.join("only.png")).unwrap();
+    }
+    domsim()
+        .args(["analyze", "--source"])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(tmp.path().join("r"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "holds 1 image(s); comparing needs at least 5 per set",
+        ));
+    // an OS error is printed once
+    let out = domsim()
+        .args(["extract", "--images"])
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg("/proc/domsim_cannot_write_here")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
+}

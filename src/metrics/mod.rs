@@ -147,7 +147,11 @@ pub struct MetricValue {
     /// Parameters specific to this value (σ, folds, ...), for `compare.json`.
     pub details: serde_json::Value,
     /// Per-fold scores (repeat-major) of cross-validated values: the unit of paired layer comparisons.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "vec_f64_or_nan"
+    )]
     pub folds: Vec<f64>,
 }
 
@@ -254,4 +258,21 @@ pub fn registry() -> Vec<Box<dyn Metric>> {
         Box::new(logme::LogMe { target: false }),
         Box::new(cka::CkaLabel { target: false }),
     ]
+}
+
+/// Reads a JSON number, or `null` (how serde_json writes NaN) as NaN: domsim reads back what it wrote.
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// [`f64_or_nan`] for a list.
+pub fn vec_f64_or_nan<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<f64>, D::Error> {
+    use serde::Deserialize;
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
 }

@@ -412,7 +412,13 @@ fn read_contract(
     } else {
         None
     };
-    let layout = layout.or(guessed).unwrap_or(Layout::Nchw);
+    let Some(layout) = layout.or(guessed) else {
+        return input_err(format!(
+            "model '{}': input '{}' has shape {shape:?}, which does not say whether channels come first or last; pass --layout nchw or --layout nhwc",
+            path.display(),
+            inp.name()
+        ));
+    };
     let (c, h, w) = match layout {
         Layout::Nchw => (shape[1], shape[2], shape[3]),
         Layout::Nhwc => (shape[3], shape[1], shape[2]),

@@ -160,7 +160,9 @@ pub fn read_pca(path: &Path) -> Result<Vec<PcaPoint>> {
 
 /// Builds the verdict from a compare report (the rule in [`crate::verdict`]).
 pub fn verdict_for(c: &CompareReport) -> Verdict {
-    let warnings = verdict::input_warnings(c.source.manifest.as_ref(), c.target.manifest.as_ref());
+    let mut warnings =
+        verdict::input_warnings(c.source.manifest.as_ref(), c.target.manifest.as_ref());
+    warnings.extend(verdict::sample_size_warning(c.source.n, c.target.n));
     let mut v = verdict::decide(&verdict::evidence(c), c.params.tie_margin, warnings);
     v.warnings
         .extend(c.notes.iter().filter(|n| n.contains("WARNING")).cloned());
