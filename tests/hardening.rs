@@ -590,6 +590,29 @@ fn messages_say_what_happened_and_what_to_do() {
         .stderr(predicate::str::contains(
             "holds 1 image(s); comparing needs at least 5 per set",
         ));
+    // choosing only the domain probe says nothing about the target's labels
+    let emb = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&emb)
+        .assert()
+        .success();
+    let r = tmp.path().join("dp");
+    domsim()
+        .args(["compare", "--metrics", "domain_probe", "--permutations", "199", "--source"])
+        .arg(&emb)
+        .arg("--target")
+        .arg(&emb)
+        .arg("--out")
+        .arg(&r)
+        .assert()
+        .success();
+    let notes = std::fs::read_to_string(r.join("compare.json")).unwrap();
+    assert!(!notes.contains("no labels"), "{notes}");
     // an OS error is printed once
     let out = domsim()
         .args(["extract", "--images"])
