@@ -173,6 +173,18 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         .into_iter()
         .enumerate()
     {
+        if crate::shard::is_shard_parent(images) {
+            // a folder of shards from `extract --shard I/N`: merged, then used as an embedding folder
+            let dir = cfg.out.join("embeddings").join(name);
+            crate::shard::merge(&[images.clone()], &dir, true)?;
+            ready_made[k] = true;
+            run_info.insert(
+                name.into(),
+                serde_json::json!({"embeddings": dir.display().to_string(), "merged_from_shards": images.display().to_string()}),
+            );
+            dirs.push(dir);
+            continue;
+        }
         if is_embedding_folder(images) {
             ready_made[k] = true;
             run_info.insert(

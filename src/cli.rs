@@ -62,6 +62,25 @@ pub enum Command {
     /// Re-render charts, verdict, HTML and summary from an existing compare/analyze folder (no recomputation).
     #[command(after_help = "Example:\n  domsim report out/animals_vs_xray")]
     Report(ReportArgs),
+    /// Merge the shard folders of one image folder (from `extract --shard I/N`) into one embedding folder.
+    #[command(
+        after_help = "Example:\n  domsim merge --out emb/xray emb/xray.shards/*\n  domsim merge --out emb/xray emb/xray.shards     # a folder holding the shards"
+    )]
+    Merge(MergeArgs),
+}
+
+/// `domsim merge`.
+#[derive(Debug, ClapArgs)]
+pub struct MergeArgs {
+    /// Shard folders, or one folder holding them.
+    #[arg(required = true, value_name = "SHARD")]
+    pub shards: Vec<PathBuf>,
+    /// Merged embedding folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overwrite a non-empty output folder that domsim did not make.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `domsim analyze`.
@@ -280,6 +299,14 @@ pub struct ExtractArgs {
     /// source reference is stored so.
     #[arg(long)]
     pub float16: bool,
+    /// Embed only shard I of N (0-based): files with fnv1a64(relative path) mod N = I. Without it, the index
+    /// comes from $SLURM_ARRAY_TASK_ID (count from $SLURM_ARRAY_TASK_COUNT) or $JOB_COMPLETION_INDEX (count
+    /// from --shard-count).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Number of shards when the index comes from the scheduler's environment (1 to 100000).
+    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100000))]
+    pub shard_count: Option<usize>,
     /// Overwrite a non-empty output folder that domsim did not make.
     #[arg(long)]
     pub force: bool,
@@ -474,6 +501,9 @@ pub fn run(args: Args) -> Result<()> {
             if a.float16 {
                 cfg.dtype = crate::npy::Dtype::Float16;
             }
+            cfg.shard = crate::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
+                std::env::var(k).ok().filter(|v| !v.is_empty())
+            })?;
             cfg.progress = !args.quiet;
             cfg.ort_lib = ort_lib;
             let s = extract::extract(&cfg)?;
@@ -547,6 +577,18 @@ pub fn run(args: Args) -> Result<()> {
                 }
             }
             print_summary(&o.report, &a.out, a.json, args.quiet)
+        }
+        Command::Merge(a) => {
+            let m = crate::shard::merge(&a.shards, &a.out, a.force)?;
+            if !args.quiet {
+                eprintln!(
+                    "domsim: merged {} images at {} layers -> {}",
+                    m.n_images,
+                    m.layers.len(),
+                    a.out.display()
+                );
+            }
+            Ok(())
         }
         Command::Report(a) => {
             let r = analyze::rerender(&a.dir)?;

@@ -147,13 +147,26 @@ fn label_indices(labels: &Option<Vec<String>>) -> (Option<Vec<usize>>, Vec<Strin
 
 /// Runs `compare` and writes `metrics.csv`, `similarity.csv` and `compare.json` into `cfg.out`.
 pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
-    let src = EmbeddingSet::open(&cfg.source)?;
-    let tgt = EmbeddingSet::open(&cfg.target)?;
     output::check_out_is_not_an_input(
         &cfg.out,
         &[("--source", &cfg.source), ("--target", &cfg.target)],
     )?;
+    let shards = |d: &Path| crate::shard::is_shard_parent(d);
+    if !shards(&cfg.source) && !shards(&cfg.target) {
+        // open both before touching the output folder: a typo creates nothing
+        EmbeddingSet::open(&cfg.source)?;
+        EmbeddingSet::open(&cfg.target)?;
+    }
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
+    // a folder of shards (from `extract --shard I/N`) is merged under OUT/merged/ first
+    let src = EmbeddingSet::open(&crate::shard::as_embedding_folder(
+        &cfg.source,
+        &cfg.out.join("merged").join("source"),
+    )?)?;
+    let tgt = EmbeddingSet::open(&crate::shard::as_embedding_folder(
+        &cfg.target,
+        &cfg.out.join("merged").join("target"),
+    )?)?;
     let report = compute(&src, &tgt, cfg)?;
     write_report(&report, &cfg.out)?;
     Ok(report)

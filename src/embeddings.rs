@@ -103,6 +103,12 @@ pub struct Manifest {
     /// How the matrices are stored (float32 unless `extract --float16`).
     #[serde(default)]
     pub dtype: crate::npy::Dtype,
+    /// The shard this folder holds (`extract --shard I/N`); absent for a whole folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::ShardInfo>,
+    /// For a folder made by `domsim merge`: from how many shards, and what merging approximates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_from: Option<String>,
 }
 
 /// File name for layer `index` of `count`: `<NN>_<safe-name>.npy`. Everything outside `[A-Za-z0-9._-]`

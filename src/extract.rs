@@ -55,6 +55,10 @@ pub struct ExtractConfig {
     pub fingerprint: Option<String>,
     /// How the matrices are stored.
     pub dtype: Dtype,
+    /// Embed only this shard of the folder (and where its index came from).
+    pub shard: Option<(crate::shard::ShardSpec, String)>,
+    /// The shard's manifest record, filled by [`extract`] from the scanned folder.
+    pub shard_info: Option<crate::shard::ShardInfo>,
 }
 
 impl ExtractConfig {
@@ -77,6 +81,8 @@ impl ExtractConfig {
             max_alloc: 512 << 20,
             fingerprint: None,
             dtype: Dtype::Float32,
+            shard: None,
+            shard_info: None,
         }
     }
 }
@@ -110,7 +116,24 @@ pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
         cfg.size,
         cfg.layout,
     )?;
-    extract_with(&model, &set, cfg)
+    match &cfg.shard {
+        None => extract_with(&model, &set, cfg),
+        Some((spec, from)) => {
+            let (part, info) = crate::shard::select(&set, *spec, from);
+            if part.is_empty() {
+                return input_err(format!(
+                    "shard {}/{} of '{}' holds no file ({} files in all): use fewer shards",
+                    spec.index,
+                    spec.count,
+                    cfg.images.display(),
+                    set.len()
+                ));
+            }
+            let mut c = cfg.clone();
+            c.shard_info = Some(info);
+            extract_with(&model, &part, &c)
+        }
+    }
 }
 
 /// `extract` with a model already loaded and a folder already scanned.
@@ -362,6 +385,8 @@ pub fn run<E: Embedder>(
         layers: embeddings::entries(&layers, &run_info),
         fingerprint: cfg.fingerprint.clone(),
         dtype: cfg.dtype,
+        shard: cfg.shard_info.clone(),
+        merged_from: None,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     write_atomic(&out.join("manifest.json"), &json)?;

@@ -36,6 +36,7 @@ pub mod output;
 pub mod pool;
 pub mod preprocess;
 pub mod report;
+pub mod shard;
 pub mod verdict;
 
 pub use error::{Error, Result};

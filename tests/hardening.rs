@@ -603,7 +603,14 @@ fn messages_say_what_happened_and_what_to_do() {
         .success();
     let r = tmp.path().join("dp");
     domsim()
-        .args(["compare", "--metrics", "domain_probe", "--permutations", "199", "--source"])
+        .args([
+            "compare",
+            "--metrics",
+            "domain_probe",
+            "--permutations",
+            "199",
+            "--source",
+        ])
         .arg(&emb)
         .arg("--target")
         .arg(&emb)

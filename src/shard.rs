@@ -1,0 +1,450 @@
+//! Sharded extraction: `extract --shard I/N` embeds one deterministic part of an image folder, so that a
+//! scheduler (a Slurm job array, a Kubernetes Indexed Job) can run N independent workers; `domsim merge` (and
+//! `compare`/`analyze`, given the folder that holds the shards) puts the parts back together.
+//!
+//! **Partition rule**: a file goes to shard `fnv1a64(relative path) mod N`. It depends on the file's own
+//! path only, so the same file lands in the same shard whatever machine scans the folder and whatever other
+//! files it holds. Every shard records the rule, its index, N, where the index came from, and the SHA-256 of
+//! the whole sorted file list, so that shards of different folders, models or settings are refused.
+//!
+//! **Merging** orders the rows by relative path, exactly as a single run orders them, so a merged folder has
+//! the single run's `index.csv` and matrices.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::dataset::ImageSet;
+use crate::embeddings::{EmbeddingSet, Manifest};
+use crate::error::{input_err, Error, Result};
+use crate::npy::NpyWriter;
+use crate::output::{self, csv_bytes, write_atomic};
+
+/// The partition rule, as recorded in manifests.
+pub const RULE: &str = "fnv1a64(relative path, UTF-8 bytes) mod count";
+
+/// Which part of the folder this run embeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    /// 0-based shard index.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+/// A shard as recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardInfo {
+    /// 0-based shard index.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+    /// The partition rule ([`RULE`]).
+    pub rule: String,
+    /// Where the index came from: `--shard`, `SLURM_ARRAY_TASK_ID` or `JOB_COMPLETION_INDEX`.
+    pub index_from: String,
+    /// Files in the whole folder (all shards), before the partition.
+    pub n_files_total: usize,
+    /// SHA-256 over the whole folder's sorted file list (one relative path per line).
+    pub file_list_sha256: String,
+}
+
+/// FNV-1a, 64 bit.
+pub fn fnv1a64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The shard a file belongs to.
+pub fn shard_of(rel_path: &str, count: usize) -> usize {
+    (fnv1a64(rel_path) % count as u64) as usize
+}
+
+/// Parses `I/N` (0-based I < N, 1 ≤ N ≤ 100000).
+pub fn parse(s: &str) -> Result<ShardSpec> {
+    let bad = || {
+        Error::Input(format!(
+            "--shard '{s}' is not I/N with 0 <= I < N (e.g. --shard 0/4 ... --shard 3/4)"
+        ))
+    };
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (index, count) = (
+        i.trim().parse::<usize>().map_err(|_| bad())?,
+        n.trim().parse::<usize>().map_err(|_| bad())?,
+    );
+    if count == 0 || count > 100_000 || index >= count {
+        return Err(bad());
+    }
+    Ok(ShardSpec { index, count })
+}
+
+/// The shard to run: `--shard I/N`; else, with `--shard-count N`, the index from the scheduler's environment
+/// (`SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN`, or Kubernetes' `JOB_COMPLETION_INDEX`); else, with
+/// neither, `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT` alone. `None`: no sharding.
+pub fn resolve(
+    flag: Option<&str>,
+    count: Option<usize>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<(ShardSpec, String)>> {
+    if let Some(f) = flag {
+        return Ok(Some((parse(f)?, "--shard".into())));
+    }
+    let num =
+        |k: &str| -> Result<Option<usize>> {
+            match env(k) {
+                None => Ok(None),
+                Some(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+                    Error::Input(format!("${k} is '{v}', not a non-negative integer"))
+                }),
+            }
+        };
+    let slurm = match num("SLURM_ARRAY_TASK_ID")? {
+        Some(id) => Some(
+            id.checked_sub(num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0))
+                .ok_or_else(|| {
+                    Error::Input("$SLURM_ARRAY_TASK_ID is below $SLURM_ARRAY_TASK_MIN".into())
+                })?,
+        ),
+        None => None,
+    };
+    let (index, from) = match (slurm, num("JOB_COMPLETION_INDEX")?) {
+        (Some(i), _) => (i, "SLURM_ARRAY_TASK_ID"),
+        (None, Some(i)) => (i, "JOB_COMPLETION_INDEX"),
+        (None, None) => {
+            return match count {
+                Some(_) => input_err(
+                    "--shard-count needs the shard index from the scheduler ($SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX), or give --shard I/N",
+                ),
+                None => Ok(None),
+            };
+        }
+    };
+    let count = match (count, num("SLURM_ARRAY_TASK_COUNT")?) {
+        (Some(c), _) => c,
+        (None, Some(c)) if from == "SLURM_ARRAY_TASK_ID" => c,
+        _ => {
+            return match count {
+                None if from == "JOB_COMPLETION_INDEX" => input_err(
+                    "$JOB_COMPLETION_INDEX is set but not the number of shards: pass --shard-count N (the Job's completions)",
+                ),
+                _ => Ok(None),
+            }
+        }
+    };
+    let spec = parse(&format!("{index}/{count}"))?;
+    Ok(Some((spec, from.into())))
+}
+
+/// The part of `set` that shard `spec` embeds (files and excluded entries alike), and its manifest record.
+pub fn select(set: &ImageSet, spec: ShardSpec, index_from: &str) -> (ImageSet, ShardInfo) {
+    let mut h = Sha256::new();
+    for f in &set.files {
+        h.update(f.as_bytes());
+        h.update(b"\n");
+    }
+    let info = ShardInfo {
+        index: spec.index,
+        count: spec.count,
+        rule: RULE.into(),
+        index_from: index_from.into(),
+        n_files_total: set.files.len(),
+        file_list_sha256: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    let mine = |p: &str| shard_of(p, spec.count) == spec.index;
+    let keep: Vec<usize> = (0..set.files.len())
+        .filter(|&i| mine(&set.files[i]))
+        .collect();
+    let part = ImageSet {
+        root: set.root.clone(),
+        files: keep.iter().map(|&i| set.files[i].clone()).collect(),
+        labels: keep.iter().map(|&i| set.labels[i].clone()).collect(),
+        excluded: set
+            .excluded
+            .iter()
+            .filter(|(p, _)| mine(p))
+            .cloned()
+            .collect(),
+    };
+    (part, info)
+}
+
+/// The shard folders `dirs` name: each one itself, or, for a folder without a manifest, its sub-folders that
+/// hold one (a parent folder of shards). Sorted.
+pub fn expand(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for d in dirs {
+        if d.join("manifest.json").is_file() {
+            out.push(d.clone());
+            continue;
+        }
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| Error::io("cannot list", d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("manifest.json").is_file())
+            .collect();
+        if subs.is_empty() {
+            return input_err(format!(
+                "'{}' is neither an embedding folder nor a folder of shards (no manifest.json in it or its sub-folders)",
+                d.display()
+            ));
+        }
+        subs.sort();
+        out.extend(subs);
+    }
+    Ok(out)
+}
+
+/// True when `dir` holds shard folders (sub-folders whose manifests record a shard) and no manifest itself.
+pub fn is_shard_parent(dir: &Path) -> bool {
+    !dir.join("manifest.json").is_file()
+        && std::fs::read_dir(dir).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok()).any(|e| {
+                std::fs::read_to_string(e.path().join("manifest.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Manifest>(&t).ok())
+                    .is_some_and(|m| m.shard.is_some())
+            })
+        })
+}
+
+/// `dir` as one embedding folder: a folder of shards is merged into `scratch` first; anything else is
+/// returned as it is.
+pub fn as_embedding_folder(dir: &Path, scratch: &Path) -> Result<PathBuf> {
+    if is_shard_parent(dir) {
+        merge(&[dir.to_path_buf()], scratch, true)?;
+        Ok(scratch.to_path_buf())
+    } else {
+        Ok(dir.to_path_buf())
+    }
+}
+
+/// What must agree between shards: model, input, preprocessing, pooling, layers, storage.
+fn identity(m: &Manifest) -> String {
+    let layers: Vec<(&str, usize)> = m.layers.iter().map(|l| (l.name.as_str(), l.dim)).collect();
+    format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
+        m.model.sha256,
+        m.input,
+        m.preprocessing.normalization,
+        m.pooling,
+        layers,
+        m.dtype,
+        m.domsim_version
+    )
+}
+
+/// Merges shard folders into one embedding folder at `out`, rows ordered by relative path as a single run
+/// orders them. Refuses shards of different folders, models or settings, a missing shard, or overlapping
+/// ones. Returns the merged manifest.
+pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
+    let dirs = expand(dirs)?;
+    let sets: Vec<EmbeddingSet> = dirs
+        .iter()
+        .map(|d| EmbeddingSet::open(d))
+        .collect::<Result<_>>()?;
+    let mut infos = Vec::new();
+    for (d, s) in dirs.iter().zip(&sets) {
+        let m = s.manifest.as_ref().expect("expand() checked manifest.json");
+        let Some(info) = &m.shard else {
+            return input_err(format!(
+                "'{}' is not a shard (its manifest records no --shard); merge takes the folders written by `domsim extract --shard I/N`",
+                d.display()
+            ));
+        };
+        infos.push(info.clone());
+    }
+    let (m0, i0) = (sets[0].manifest.as_ref().expect("checked"), &infos[0]);
+    for ((d, s), info) in dirs.iter().zip(&sets).zip(&infos) {
+        let m = s.manifest.as_ref().expect("checked");
+        let why = if info.count != i0.count {
+            Some(format!(
+                "it is one of {} shards, '{}' one of {}",
+                info.count,
+                dirs[0].display(),
+                i0.count
+            ))
+        } else if info.file_list_sha256 != i0.file_list_sha256 {
+            Some("it was cut from a different file list (another folder, or the folder changed between runs)".into())
+        } else if identity(m) != identity(m0) {
+            Some("it was extracted with another model, domsim version or settings".into())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return input_err(format!(
+                "shard '{}' does not belong with '{}': {why}; re-extract it with the same command",
+                d.display(),
+                dirs[0].display()
+            ));
+        }
+    }
+    let mut seen = vec![None::<&PathBuf>; i0.count];
+    for (d, info) in dirs.iter().zip(&infos) {
+        if let Some(prev) = seen[info.index] {
+            return input_err(format!(
+                "shards '{}' and '{}' are both shard {}/{}: overlapping shards; keep one",
+                prev.display(),
+                d.display(),
+                info.index,
+                info.count
+            ));
+        }
+        seen[info.index] = Some(d);
+    }
+    let missing: Vec<String> = (0..i0.count)
+        .filter(|&i| seen[i].is_none())
+        .map(|i| format!("{i}/{}", i0.count))
+        .collect();
+    if !missing.is_empty() {
+        return input_err(format!(
+            "shard(s) {} missing: run `domsim extract --shard I/N` for them, then merge all {}",
+            missing.join(", "),
+            i0.count
+        ));
+    }
+    // rows of every shard, ordered by relative path (a single run's order)
+    let mut rows: Vec<(String, String, usize, usize)> = Vec::new(); // (path, label, shard, row)
+    for (k, s) in sets.iter().enumerate() {
+        let paths = s.paths.clone().unwrap_or_default();
+        let labels = s
+            .labels
+            .clone()
+            .unwrap_or_else(|| vec![String::new(); paths.len()]);
+        for (r, (p, l)) in paths.into_iter().zip(labels).enumerate() {
+            rows.push((p, l, k, r));
+        }
+    }
+    rows.sort();
+    if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
+        return input_err(format!(
+            "'{}' appears in two shards: overlapping shards",
+            w[0].0
+        ));
+    }
+    let _lock = output::prepare_dir(out, force)?;
+    output::remove_if_exists(&out.join("manifest.json"))?;
+    let layer_dir = out.join("layers");
+    std::fs::create_dir_all(&layer_dir)
+        .map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
+    for (li, entry) in m0.layers.iter().enumerate() {
+        let parts: Vec<ndarray::Array2<f64>> = sets
+            .iter()
+            .map(|s| s.read_layer(li))
+            .collect::<Result<_>>()?;
+        let mut w = NpyWriter::create(&out.join(&entry.file), entry.dim, m0.dtype)?;
+        let mut buf: Vec<f32> = Vec::with_capacity(entry.dim * 256);
+        for (_, _, k, r) in &rows {
+            // exact: the values were float32 (or float16) before they were read as f64
+            buf.extend(parts[*k].row(*r).iter().map(|&v| v as f32));
+            if buf.len() >= entry.dim * 256 {
+                w.write_rows(&buf)?;
+                buf.clear();
+            }
+        }
+        w.write_rows(&buf)?;
+        w.finish()?;
+    }
+    let index = csv_bytes(
+        &["row", "path", "label"],
+        rows.iter()
+            .enumerate()
+            .map(|(r, (p, l, _, _))| vec![r.to_string(), p.clone(), l.clone()]),
+    );
+    write_atomic(&out.join("index.csv"), &index)?;
+    let mut skipped: Vec<Vec<String>> = Vec::new();
+    for d in &dirs {
+        if let Ok(mut rd) = csv::Reader::from_path(d.join("skipped.csv")) {
+            for rec in rd.records().flatten() {
+                skipped.push(rec.iter().map(str::to_string).collect());
+            }
+        }
+    }
+    skipped.sort();
+    write_atomic(
+        &out.join("skipped.csv"),
+        &csv_bytes(&["path", "reason"], skipped.iter().cloned()),
+    )?;
+    let mut m = m0.clone();
+    let ms: Vec<&Manifest> = sets
+        .iter()
+        .map(|s| s.manifest.as_ref().expect("checked"))
+        .collect();
+    m.n_images = rows.len();
+    m.n_skipped = skipped.len();
+    m.preprocessing.n_grey = ms.iter().map(|x| x.preprocessing.n_grey).sum();
+    m.preprocessing.n_alpha = ms.iter().map(|x| x.preprocessing.n_alpha).sum();
+    m.preprocessing.n_upscaled = ms.iter().map(|x| x.preprocessing.n_upscaled).sum();
+    let med = |f: fn(&Manifest) -> u32| {
+        let mut v: Vec<u32> = ms.iter().filter(|x| x.n_images > 0).map(|x| f(x)).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    m.preprocessing.median_native_size = [
+        med(|x| x.preprocessing.median_native_size[0]),
+        med(|x| x.preprocessing.median_native_size[1]),
+    ];
+    let mut labels: Vec<String> = ms.iter().flat_map(|x| x.labels.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    m.labels = labels;
+    m.shard = None;
+    m.fingerprint = None;
+    m.merged_from = Some(format!(
+        "{} shards ({RULE}); median_native_size is the median of the shards' medians",
+        i0.count
+    ));
+    let json = serde_json::to_vec_pretty(&m).expect("manifest serialises");
+    write_atomic(&out.join("manifest.json"), &json)?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_and_parse() {
+        assert_eq!(fnv1a64(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(parse("2/5").unwrap(), ShardSpec { index: 2, count: 5 });
+        for bad in ["5/5", "1", "a/2", "0/0", "-1/3"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_index_comes_from_the_scheduler_when_not_given() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(a, _)| *a == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = |_: &str| None;
+        assert_eq!(resolve(None, None, none).unwrap(), None);
+        let (s, from) = resolve(Some("1/3"), None, none).unwrap().unwrap();
+        assert_eq!((s.index, s.count, from.as_str()), (1, 3, "--shard"));
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "5"),
+            ("SLURM_ARRAY_TASK_MIN", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ]);
+        let (s, from) = resolve(None, None, slurm).unwrap().unwrap();
+        assert_eq!(
+            (s.index, s.count, from.as_str()),
+            (1, 3, "SLURM_ARRAY_TASK_ID")
+        );
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "2")]);
+        let (s, from) = resolve(None, Some(4), k8s).unwrap().unwrap();
+        assert_eq!(
+            (s.index, s.count, from.as_str()),
+            (2, 4, "JOB_COMPLETION_INDEX")
+        );
+        assert!(resolve(None, None, env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
+        assert!(resolve(None, Some(4), none).is_err());
+        assert!(resolve(None, Some(2), env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
+    }
+}

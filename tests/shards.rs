@@ -1,0 +1,180 @@
+//! Scale-out: `extract --shard I/N` as separate processes, merged, equals the single-machine run (same
+//! `index.csv` rows, same matrices, same `metrics.csv` at the same seed); shards that do not belong together
+//! are refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{copy_subset, datasets, domsim};
+use predicates::prelude::*;
+
+fn layer_files(d: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(d.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn extract(images: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    domsim()
+        .args(["extract", "--images"])
+        .arg(images)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .assert()
+}
+
+#[test]
+fn three_shards_in_separate_processes_equal_the_single_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("xray");
+    for class in ["NORMAL", "PNEUMONIA"] {
+        copy_subset(
+            &datasets().join("chest_xray").join(class),
+            &imgs.join(class),
+            3,
+            11,
+            14,
+        );
+    }
+    let src = tmp.path().join("animals");
+    copy_subset(&datasets().join("animals"), &src, 0, 13, 30);
+    let single = tmp.path().join("single");
+    extract(&imgs, &single, &[]).success();
+    let parent = tmp.path().join("shards");
+    // shards 0 and 2 by flag, shard 1 from a Slurm job array's environment (array 5-7)
+    extract(&imgs, &parent.join("s0"), &["--shard", "0/3"]).success();
+    domsim()
+        .env("SLURM_ARRAY_TASK_ID", "6")
+        .env("SLURM_ARRAY_TASK_MIN", "5")
+        .env("SLURM_ARRAY_TASK_COUNT", "3")
+        .args(["extract", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(parent.join("s1"))
+        .assert()
+        .success();
+    extract(&imgs, &parent.join("s2"), &["--shard", "2/3"]).success();
+    let m1: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(parent.join("s1/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m1["shard"]["index"], 1);
+    assert_eq!(m1["shard"]["index_from"], "SLURM_ARRAY_TASK_ID");
+    let sizes: Vec<u64> = (0..3)
+        .map(|i| {
+            let m: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(parent.join(format!("s{i}/manifest.json"))).unwrap(),
+            )
+            .unwrap();
+            m["n_images"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(sizes.iter().sum::<u64>(), 28);
+    assert!(sizes.iter().all(|&n| n > 0), "{sizes:?}");
+
+    let merged = tmp.path().join("merged");
+    domsim()
+        .args(["merge", "--out"])
+        .arg(&merged)
+        .arg(&parent)
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(single.join("index.csv")).unwrap(),
+        std::fs::read(merged.join("index.csv")).unwrap()
+    );
+    let (a, b) = (layer_files(&single), layer_files(&merged));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            std::fs::read(x).unwrap() == std::fs::read(y).unwrap(),
+            "{} differs from the merged shards",
+            x.display()
+        );
+    }
+    // compare: the single run vs the folder of shards, same seed, same metrics.csv
+    let src_emb = tmp.path().join("src_emb");
+    extract(&src, &src_emb, &[]).success();
+    let run = |target: &Path, out: &Path| {
+        domsim()
+            .args([
+                "--seed",
+                "4",
+                "compare",
+                "--permutations",
+                "199",
+                "--no-similarity",
+                "--source",
+            ])
+            .arg(&src_emb)
+            .arg("--target")
+            .arg(target)
+            .arg("--out")
+            .arg(out)
+            .assert()
+            .success();
+        std::fs::read(out.join("metrics.csv")).unwrap()
+    };
+    assert!(
+        run(&single, &tmp.path().join("c1")) == run(&parent, &tmp.path().join("c2")),
+        "metrics.csv differs between the single run and the shards"
+    );
+}
+
+#[test]
+fn shards_that_do_not_belong_together_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    copy_subset(&datasets().join("animals"), &imgs, 0, 40, 10);
+    let model = common::fixture("nchw_dyn/model.onnx");
+    let ext = |out: &str, shard: &str, extra: &[&str]| {
+        domsim()
+            .args(["extract", "--model"])
+            .arg(&model)
+            .arg("--images")
+            .arg(&imgs)
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .args(["--shard", shard])
+            .args(extra)
+            .assert()
+            .success();
+    };
+    ext("a0", "0/2", &[]);
+    ext("a1", "1/2", &[]);
+    ext("max1", "1/2", &["--pool", "max"]);
+    let merge = |parts: &[&str]| {
+        let mut c = domsim();
+        c.args(["merge", "--out"]).arg(tmp.path().join("m"));
+        for p in parts {
+            c.arg(tmp.path().join(p));
+        }
+        c.assert()
+    };
+    merge(&["a0"])
+        .code(2)
+        .stderr(predicate::str::contains("shard(s) 1/2 missing"));
+    merge(&["a0", "a1", "a1"])
+        .code(2)
+        .stderr(predicate::str::contains("overlapping shards"));
+    merge(&["a0", "max1"])
+        .code(2)
+        .stderr(predicate::str::contains(
+            "another model, domsim version or settings",
+        ));
+    merge(&["a0", "a1"]).success();
+    assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .args(["extract", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(tmp.path().join("k"))
+        .env("JOB_COMPLETION_INDEX", "1")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--shard-count"));
+}
