@@ -176,7 +176,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         if crate::shard::is_shard_parent(images) {
             // a folder of shards from `extract --shard I/N`: merged, then used as an embedding folder
             let dir = cfg.out.join("embeddings").join(name);
-            crate::shard::merge(&[images.clone()], &dir, true)?;
+            crate::shard::merge(std::slice::from_ref(images), &dir, true)?;
             ready_made[k] = true;
             run_info.insert(
                 name.into(),
