@@ -156,6 +156,11 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
     let _lock = output::prepare_dir(&cfg.out, cfg.compare.force)?;
+    let t_start = std::time::Instant::now();
+    let mut phases = serde_json::Map::new();
+    let mut phase = |name: &str, t0: std::time::Instant| {
+        phases.insert(name.into(), serde_json::json!(t0.elapsed().as_secs_f64()));
+    };
     let model_sha = model_identity(&cfg.extract.model).map_err(|e| match e {
         Error::Io { path, .. } => Error::Input(format!(
             "model file '{}' cannot be read; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
@@ -194,6 +199,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
             dirs.push(images.clone());
             continue;
         }
+        let t0 = std::time::Instant::now();
         let set = ImageSet::scan(images)?;
         let dir = cfg.out.join("embeddings").join(name);
         let fp = fingerprint(&model_sha, &set, &cfg.extract)?;
@@ -217,6 +223,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
             ecfg.fingerprint = Some(fp.clone());
             extract_with(model.as_ref().expect("loaded"), &set, &ecfg)?;
         }
+        phase(&format!("extract_{name}"), t0);
         run_info.insert(
             name.into(),
             serde_json::json!({"images": images.display().to_string(), "embeddings": dir.display().to_string(), "reused_cached_embeddings": reused[k], "fingerprint": fp}),
@@ -253,22 +260,38 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     ccfg.source = dirs[0].clone();
     ccfg.target = dirs[1].clone();
     ccfg.out = cfg.out.clone();
+    let t0 = std::time::Instant::now();
     let cmp = compare::compute(&src, &tgt, &ccfg)?;
     compare::write_report(&cmp, &cfg.out)?;
+    phase("compare", t0);
+    let t0 = std::time::Instant::now();
     let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())
         .into_iter()
         .map(|d| (d, cmp.layers[d].layer.clone()))
         .collect();
     let pca = report::pca_points(&src, &tgt, &scatter, cfg.scatter_max_n, ccfg.params.seed)?;
     write_atomic(&cfg.out.join("embedding_pca.csv"), &report::pca_csv(&pca))?;
+    phase("pca", t0);
     let verdict = report::verdict_for(&cmp);
-    let rr = RunReport {
+    let mut rr = RunReport {
         compare: cmp,
         verdict,
         pca,
         extra,
     };
+    let t0 = std::time::Instant::now();
     let files = report::write_all(&rr, &cfg.out)?;
+    phase("charts_and_report", t0);
+    // wall time per phase (the metrics' own split is compare.json's `timings_s`): summary.json is written
+    // again with it, since the report files are part of what is timed
+    phase("total", t_start);
+    rr.extra["timings_s"] = serde_json::Value::Object(phases);
+    rr.extra["timings_s"]["metrics"] = serde_json::json!(rr.compare.timings_s);
+    write_atomic(
+        &cfg.out.join("summary.json"),
+        &serde_json::to_vec_pretty(&crate::report::summary::summary_json(&rr))
+            .expect("summary serialises"),
+    )?;
     Ok(AnalyzeOutcome {
         report: rr,
         reused,

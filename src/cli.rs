@@ -23,6 +23,9 @@ pub struct Args {
     /// No progress bars or summaries on stderr/stdout (errors are still printed).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Print where the time went (analyze: wall time per phase and per metric) on stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     /// Threads for decoding, ONNX Runtime (intra-op) and metrics (1 to 256). Default: all cores.
     #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub threads: Option<usize>,
@@ -571,6 +574,25 @@ pub fn run(args: Args) -> Result<()> {
                 scatter_max_n: 1000,
             };
             let o = analyze::analyze(&cfg)?;
+            if args.verbose {
+                if let Some(t) = o.report.extra.get("timings_s").and_then(|t| t.as_object()) {
+                    eprintln!("domsim: wall time per phase (s):");
+                    for (k, v) in t {
+                        match v.as_object() {
+                            Some(per_metric) => {
+                                for (m, x) in per_metric {
+                                    eprintln!(
+                                        "  {:<28} {:>8.2}",
+                                        format!("{k}.{m}"),
+                                        x.as_f64().unwrap_or(0.0)
+                                    );
+                                }
+                            }
+                            None => eprintln!("  {k:<28} {:>8.2}", v.as_f64().unwrap_or(0.0)),
+                        }
+                    }
+                }
+            }
             for (k, name) in ["source", "target"].iter().enumerate() {
                 if o.reused[k] && !args.quiet && !a.json {
                     eprintln!("domsim: reused cached {name} embeddings (fingerprint matched)");
