@@ -632,3 +632,40 @@ fn messages_say_what_happened_and_what_to_do() {
     assert!(!out.status.success());
     assert_eq!(err.matches("(os error").count(), 1, "{err}");
 }
+
+#[test]
+fn summary_json_lists_exactly_the_files_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (k, extra) in [vec![], vec!["--no-similarity"]].into_iter().enumerate() {
+        let out = tmp.path().join(format!("r{k}"));
+        domsim()
+            .args(["analyze", "--permutations", "199", "--model"])
+            .arg(fixture("nchw_dyn/model.onnx"))
+            .arg("--source")
+            .arg(fixture("images16"))
+            .arg("--target")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(&out)
+            .args(&extra)
+            .assert()
+            .success();
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let listed: std::collections::BTreeSet<String> = s["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        let present: std::collections::BTreeSet<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(listed, present, "{extra:?}");
+    }
+}

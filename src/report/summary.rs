@@ -16,10 +16,22 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
         "verdict": {"summary": r.verdict.summary, "plan": r.verdict.plan, "cut": r.verdict.cut, "diagnosis": r.verdict.diagnosis, "poor_match": r.verdict.poor_match,
                     "warnings": r.verdict.warnings,
                     "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
-        "files": ["metrics.csv", "similarity.csv", "compare.json", "verdict.json", "summary.json", "embedding_pca.csv",
-                  "metrics_by_depth.png", "cka_source.png", "cka_target.png", "cka_difference.png", "report.html"],
+        "files": files(r),
         "run": r.extra,
     })
+}
+
+/// The files of the report folder, from the same list that writes them (no hard-coded names to drift).
+fn files(r: &RunReport) -> Vec<String> {
+    let mut v: Vec<String> = ["metrics.csv", "similarity.csv", "compare.json"]
+        .map(String::from)
+        .to_vec();
+    if !r.pca.is_empty() {
+        v.push("embedding_pca.csv".into());
+    }
+    v.extend(super::exporters(r).iter().map(|e| e.file_name()));
+    v.push("report.html".into());
+    v
 }
 
 fn paint(s: &str, label: Label, color: bool) -> String {
