@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
-use crate::analyze::{self, AnalyzeConfig};
-use crate::compare::{self, CompareConfig};
-use crate::extract::{self, ExtractConfig};
-use crate::metrics::Params;
-use crate::model::{runtime, Layout, OnnxModel, Selection};
-use crate::pool::Pool;
-use crate::preprocess::Normalization;
+use domsim::analyze::{self, AnalyzeConfig};
+use domsim::compare::{self, CompareConfig};
+use domsim::extract::{self, ExtractConfig};
+use domsim::metrics::Params;
+use domsim::model::{runtime, Layout, OnnxModel, Selection};
+use domsim::pool::Pool;
+use domsim::preprocess::Normalization;
 
 /// Will a pretrained model's layers transfer to my images? Layer-by-layer domain similarity for ONNX image
 /// models.
@@ -185,29 +185,29 @@ pub struct MetricArgs {
 impl MetricArgs {
     fn params(&self, seed: u64) -> Result<Params> {
         if !(1e-6..=1e6).contains(&self.c) {
-            bail!(crate::Error::Input(format!(
+            bail!(domsim::Error::Input(format!(
                 "--C must be between 1e-6 and 1e6 (got {})",
                 self.c
             )));
         }
         if !(99..=100_000).contains(&self.permutations) {
-            bail!(crate::Error::Input(format!(
+            bail!(domsim::Error::Input(format!(
                 "--permutations must be between 99 and 100000 (got {}): fewer cannot reach the 0.01 level",
                 self.permutations
             )));
         }
         if !(1..=20).contains(&self.cv_repeats) {
-            bail!(crate::Error::Input(
+            bail!(domsim::Error::Input(
                 "--cv-repeats must be between 1 and 20".into()
             ));
         }
         if !(0.0..=0.2).contains(&self.tie_margin) {
-            bail!(crate::Error::Input(
+            bail!(domsim::Error::Input(
                 "--tie-margin must be between 0 and 0.2".into()
             ));
         }
         if !(1..=100).contains(&self.knn_k) {
-            bail!(crate::Error::Input(
+            bail!(domsim::Error::Input(
                 "--knn-k must be between 1 and 100".into()
             ));
         }
@@ -351,20 +351,20 @@ impl PrepArgs {
             }),
             (None, false) => {
                 if self.mean.len() != 3 || self.std.len() != 3 {
-                    bail!(crate::Error::Input(format!(
+                    bail!(domsim::Error::Input(format!(
                         "--mean and --std take 3 values each (one per channel), e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225; got {} and {}",
                         self.mean.len(),
                         self.std.len()
                     )));
                 }
                 if self.mean.iter().any(|m| !m.is_finite()) {
-                    bail!(crate::Error::Input(format!(
+                    bail!(domsim::Error::Input(format!(
                         "--mean values must be finite numbers (got {:?})",
                         self.mean
                     )));
                 }
                 if self.std.iter().any(|s| !s.is_finite() || *s < 1e-6) {
-                    bail!(crate::Error::Input(format!(
+                    bail!(domsim::Error::Input(format!(
                         "--std values must be finite and at least 1e-6 (got {:?}): a smaller std makes every pixel non-finite",
                         self.std
                     )));
@@ -380,7 +380,7 @@ impl PrepArgs {
         let side = model.size.unwrap_or(224);
         let bytes = self.batch as u64 * 3 * (side * side) as u64 * 4;
         if bytes > 2 << 30 {
-            bail!(crate::Error::Input(format!(
+            bail!(domsim::Error::Input(format!(
                 "--batch {} at {side} px needs {:.1} GiB of input per inference call (limit 2 GiB); lower --batch or --size",
                 self.batch,
                 bytes as f64 / (1u64 << 30) as f64
@@ -502,9 +502,9 @@ pub fn run(args: Args) -> Result<()> {
             cfg.threads = threads;
             cfg.force = a.force;
             if a.float16 {
-                cfg.dtype = crate::npy::Dtype::Float16;
+                cfg.dtype = domsim::npy::Dtype::Float16;
             }
-            cfg.shard = crate::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
+            cfg.shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
                 std::env::var(k).ok().filter(|v| !v.is_empty())
             })?;
             cfg.progress = !args.quiet;
@@ -601,7 +601,7 @@ pub fn run(args: Args) -> Result<()> {
             print_summary(&o.report, &a.out, a.json, args.quiet)
         }
         Command::Merge(a) => {
-            let m = crate::shard::merge(&a.shards, &a.out, a.force)?;
+            let m = domsim::shard::merge(&a.shards, &a.out, a.force)?;
             if !args.quiet {
                 eprintln!(
                     "domsim: merged {} images at {} layers -> {}",
@@ -620,17 +620,17 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn print_summary(
-    r: &crate::report::RunReport,
+    r: &domsim::report::RunReport,
     dir: &std::path::Path,
     json: bool,
     quiet: bool,
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &crate::report::summary::summary_json(r))?;
+        serde_json::to_writer_pretty(&mut out, &domsim::report::summary::summary_json(r))?;
         writeln!(out)?;
     } else if !quiet {
-        write!(out, "{}", crate::report::summary::text(r, dir))?;
+        write!(out, "{}", domsim::report::summary::text(r, dir))?;
     }
     Ok(())
 }

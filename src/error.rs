@@ -1,5 +1,5 @@
 //! Typed library errors. Every message names the file or layer involved and what the user can do.
-//! `anyhow` is used only in `main.rs`; the library returns [`Error`].
+//! `anyhow` is used only in the binary (`main.rs`, `cli.rs`); the library returns [`Error`].
 
 use std::path::{Path, PathBuf};
 

@@ -23,7 +23,6 @@
 //! ```
 
 pub mod analyze;
-pub mod cli;
 pub mod compare;
 pub mod dataset;
 pub mod embeddings;

@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Command-line arguments (clap) → validated library configs; only the binary knows clap and anyhow.
+mod cli;
+
 fn main() -> ExitCode {
-    let args = domsim::cli::Args::parse();
-    match domsim::cli::run(args) {
+    let args = cli::Args::parse();
+    match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // a closed pipe (`domsim layers --json | head`) is not an error, whoever wrapped it
