@@ -307,6 +307,10 @@ pub struct ExtractArgs {
     /// from --shard-count).
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
+    /// Also write each layer's mergeable moments (count, mean, co-moments) under stats/ (always on with
+    /// shards): what Fréchet distance and covariance alignment need, merged exactly across shards.
+    #[arg(long)]
+    pub stats: bool,
     /// Number of shards when the index comes from the scheduler's environment (1 to 100000).
     #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100000))]
     pub shard_count: Option<usize>,
@@ -507,6 +511,7 @@ pub fn run(args: Args) -> Result<()> {
             cfg.shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
                 std::env::var(k).ok().filter(|v| !v.is_empty())
             })?;
+            cfg.stats = a.stats || cfg.shard.is_some();
             cfg.progress = !args.quiet;
             cfg.ort_lib = ort_lib;
             let s = extract::extract(&cfg)?;

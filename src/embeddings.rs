@@ -65,6 +65,9 @@ pub struct LayerEntry {
     pub dim: usize,
     /// File, relative to the embedding folder.
     pub file: String,
+    /// Mergeable moments file (`stats/...`, float64 (d+2) × d), when written (`extract --stats`/`--shard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<String>,
 }
 
 /// `manifest.json`.
@@ -345,6 +348,7 @@ pub fn entries(layers: &[Layer], run: &[(Vec<usize>, TensorLayout, usize)]) -> V
             layout: *layout,
             dim: *dim,
             file: format!("layers/{}", layer_file_name(i, layers.len(), &l.name)),
+            stats: None,
         })
         .collect()
 }

@@ -59,6 +59,8 @@ pub struct ExtractConfig {
     pub shard: Option<(crate::shard::ShardSpec, String)>,
     /// The shard's manifest record, filled by [`extract`] from the scanned folder.
     pub shard_info: Option<crate::shard::ShardInfo>,
+    /// Also write each layer's mergeable moments (`stats/`; on with `--shard`).
+    pub stats: bool,
 }
 
 impl ExtractConfig {
@@ -83,6 +85,7 @@ impl ExtractConfig {
             dtype: Dtype::Float32,
             shard: None,
             shard_info: None,
+            stats: false,
         }
     }
 }
@@ -211,6 +214,8 @@ struct LayerOut {
     layout: TensorLayout,
     run_shape: Vec<usize>,
     dim: usize,
+    /// Mergeable moments of the rows (`cfg.stats`), accumulated batch by batch.
+    moments: Option<crate::metrics::moments::Moments>,
 }
 
 /// Runs the pipeline with any [`Embedder`] (the ONNX Runtime one, or a fake in tests) into `cfg.out`,
@@ -329,8 +334,17 @@ pub fn run<E: Embedder>(
         .iter()
         .map(|o| (o.run_shape.clone(), o.layout, o.dim))
         .collect();
-    for o in outs {
+    let mut entries = embeddings::entries(&layers, &run_info);
+    for (o, e) in outs.into_iter().zip(entries.iter_mut()) {
         o.writer.finish()?;
+        if let Some(m) = o.moments {
+            let rel = e.file.replacen("layers/", "stats/", 1);
+            let p = out.join(&rel);
+            std::fs::create_dir_all(out.join("stats"))
+                .map_err(|e| Error::io("cannot create folder", &out.join("stats"), e))?;
+            write_atomic(&p, &crate::npy::to_bytes_f64(&m.to_matrix()))?;
+            e.stats = Some(rel);
+        }
     }
     let index = csv_bytes(
         &["row", "path", "label"],
@@ -382,7 +396,7 @@ pub fn run<E: Embedder>(
         labels,
         threads: cfg.threads,
         batch_size: run_batch,
-        layers: embeddings::entries(&layers, &run_info),
+        layers: entries,
         fingerprint: cfg.fingerprint.clone(),
         dtype: cfg.dtype,
         shard: cfg.shard_info.clone(),
@@ -476,10 +490,20 @@ fn infer<E: Embedder>(
                 layout,
                 run_shape: r.shape.clone(),
                 dim,
+                moments: cfg
+                    .stats
+                    .then(|| crate::metrics::moments::Moments::empty(dim)),
             });
         }
         let o = &mut outs[k];
-        o.writer.write_rows(&rows[..items.len() * dim])?;
+        let batch_rows = &rows[..items.len() * dim];
+        o.writer.write_rows(batch_rows)?;
+        if let Some(m) = &mut o.moments {
+            let x = ndarray::Array2::from_shape_fn((items.len(), dim), |(i, j)| {
+                f64::from(batch_rows[i * dim + j])
+            });
+            *m = m.merge(&crate::metrics::moments::Moments::from_rows(&x.view()));
+        }
     }
     Ok(())
 }

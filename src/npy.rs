@@ -51,10 +51,12 @@ impl Dtype {
 }
 
 fn header(rows: usize, cols: usize, dtype: Dtype) -> Vec<u8> {
-    let dict = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}",
-        dtype.descr()
-    );
+    header_descr(rows, cols, dtype.descr())
+}
+
+fn header_descr(rows: usize, cols: usize, descr: &str) -> Vec<u8> {
+    let dict =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(b"\x93NUMPY\x01\x00");
     h.extend_from_slice(&((HEADER_LEN - 10) as u16).to_le_bytes());
@@ -132,6 +134,16 @@ impl NpyWriter {
 /// Encodes a whole matrix as NPY bytes (float32).
 pub fn to_bytes(a: &Array2<f32>) -> Vec<u8> {
     to_bytes_as(a, Dtype::Float32)
+}
+
+/// Encodes a float64 matrix as NPY bytes (`<f8`), e.g. the moment files of `extract --stats`.
+pub fn to_bytes_f64(a: &Array2<f64>) -> Vec<u8> {
+    let (r, c) = a.dim();
+    let mut v = header_descr(r, c, "<f8");
+    for &x in a.iter() {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
 }
 
 /// Encodes a whole matrix as NPY bytes of the given type.

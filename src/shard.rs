@@ -345,6 +345,32 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
         w.write_rows(&buf)?;
         w.finish()?;
     }
+    // mergeable moments: combined in shard order (exact up to rounding, whatever the order)
+    let mut m = m0.clone();
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by_key(|&k| infos[k].index);
+    for (li, entry) in m.layers.iter_mut().enumerate() {
+        let files: Option<Vec<PathBuf>> = order
+            .iter()
+            .map(|&k| {
+                let e = &sets[k].manifest.as_ref().expect("checked").layers[li];
+                e.stats.as_ref().map(|f| dirs[k].join(f))
+            })
+            .collect();
+        entry.stats = None;
+        let Some(files) = files else { continue };
+        let mut acc = crate::metrics::moments::Moments::empty(entry.dim);
+        for f in &files {
+            let part = crate::metrics::moments::Moments::from_matrix(&crate::npy::read(f)?)
+                .map_err(|e| Error::Input(format!("'{}': {e}", f.display())))?;
+            acc = acc.merge(&part);
+        }
+        let rel = entry.file.replacen("layers/", "stats/", 1);
+        std::fs::create_dir_all(out.join("stats"))
+            .map_err(|e| Error::io("cannot create folder", &out.join("stats"), e))?;
+        write_atomic(&out.join(&rel), &crate::npy::to_bytes_f64(&acc.to_matrix()))?;
+        entry.stats = Some(rel);
+    }
     let index = csv_bytes(
         &["row", "path", "label"],
         rows.iter()
@@ -365,7 +391,6 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
         &out.join("skipped.csv"),
         &csv_bytes(&["path", "reason"], skipped.iter().cloned()),
     )?;
-    let mut m = m0.clone();
     let ms: Vec<&Manifest> = sets
         .iter()
         .map(|s| s.manifest.as_ref().expect("checked"))

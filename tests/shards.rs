@@ -123,6 +123,70 @@ fn three_shards_in_separate_processes_equal_the_single_run() {
         run(&single, &tmp.path().join("c1")) == run(&parent, &tmp.path().join("c2")),
         "metrics.csv differs between the single run and the shards"
     );
+
+    // mergeable moments: the shards' stats/ files, merged in every order, equal the moments of the single
+    // run's rows within 1e-9 (relative to the largest entry) at every layer. (Fréchet distance itself is
+    // checked on well-conditioned data in `metrics::moments`: here n = 28 < d, where the square root of a
+    // rank-deficient covariance turns 1e-16 rounding into 1e-9 changes.)
+    use domsim::metrics::moments::Moments;
+    let single_set = domsim::embeddings::EmbeddingSet::open(&single).unwrap();
+    let shard_sets: Vec<_> = (0..3)
+        .map(|i| domsim::embeddings::EmbeddingSet::open(&parent.join(format!("s{i}"))).unwrap())
+        .collect();
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    let mut worst = 0.0f64;
+    for li in 0..single_set.layers.len() {
+        let reference = Moments::from_rows(&single_set.read_layer(li).unwrap().view());
+        let parts: Vec<Moments> = shard_sets
+            .iter()
+            .map(|s| {
+                let m = s.manifest.as_ref().unwrap();
+                let f = s
+                    .dir
+                    .join(m.layers[li].stats.as_ref().expect("shards write stats"));
+                Moments::from_matrix(&domsim::npy::read(&f).unwrap()).unwrap()
+            })
+            .collect();
+        for o in orders {
+            let merged = parts[o[0]].merge(&parts[o[1]]).merge(&parts[o[2]]);
+            assert_eq!(merged.n, 28);
+            let scale = |m: &Moments| m.m2.iter().fold(0.0f64, |a, v| a.max(v.abs())).max(1e-300);
+            let d_m2 = (&merged.m2 - &reference.m2)
+                .iter()
+                .fold(0.0f64, |a, v| a.max(v.abs()))
+                / scale(&reference);
+            let mscale = reference
+                .mean
+                .iter()
+                .fold(0.0f64, |a, v| a.max(v.abs()))
+                .max(1e-300);
+            let d_mean = (&merged.mean - &reference.mean)
+                .iter()
+                .fold(0.0f64, |a, v| a.max(v.abs()))
+                / mscale;
+            worst = worst.max(d_m2).max(d_mean);
+            assert!(
+                d_m2 < 1e-9 && d_mean < 1e-9,
+                "layer {li}, order {o:?}: {d_m2:e} {d_mean:e}"
+            );
+        }
+    }
+    eprintln!("merged moments vs the single run's rows: largest relative difference {worst:.1e}");
+    // `domsim merge` wrote the merged moments too
+    let mm = domsim::embeddings::EmbeddingSet::open(&merged).unwrap();
+    assert!(mm
+        .manifest
+        .unwrap()
+        .layers
+        .iter()
+        .all(|l| l.stats.is_some()));
 }
 
 #[test]

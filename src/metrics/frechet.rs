@@ -19,8 +19,27 @@ pub struct Frechet;
 /// Fréchet distance between the rows of `x` and `y`.
 pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> std::result::Result<f64, String> {
     let (mx, my) = (col_means(&x.view()), col_means(&y.view()));
-    let diff = &mx - &my;
     let (cx, cy) = (covariance(&x.view()), covariance(&y.view()));
+    frechet_gaussians(&mx, &cx, &my, &cy)
+}
+
+/// Fréchet distance from mergeable moments (shards' `stats/` files) instead of rows.
+pub fn frechet_from_moments(
+    x: &super::moments::Moments,
+    y: &super::moments::Moments,
+) -> std::result::Result<f64, String> {
+    frechet_gaussians(&x.mean, &x.covariance(), &y.mean, &y.covariance())
+}
+
+/// Fréchet distance between N(mx, cx) and N(my, cy).
+pub fn frechet_gaussians(
+    mx: &ndarray::Array1<f64>,
+    cx: &Array2<f64>,
+    my: &ndarray::Array1<f64>,
+    cy: &Array2<f64>,
+) -> std::result::Result<f64, String> {
+    let diff = mx - my;
+    let (cx, cy) = (cx.clone(), cy.clone());
     // Tr (Σ_x Σ_y)^{1/2} = Σ √λ of any symmetric matrix similar to Σ_x Σ_y: Lᵀ Σ_y L with Σ_x = L Lᵀ when Σ_x is
     // positive definite (one Cholesky), else Σ_x^{1/2} Σ_y Σ_x^{1/2} (one more eigen-decomposition).
     let a = match cholesky_lower(&cx) {

@@ -15,6 +15,7 @@ pub mod linalg;
 pub mod logme;
 pub mod logreg;
 pub mod mmd;
+pub mod moments;
 pub mod probe;
 pub mod stats;
 pub mod transfer;
