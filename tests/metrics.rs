@@ -744,3 +744,39 @@ fn near_duplicates_and_user_groups_stay_within_one_fold() {
         .unwrap()
         .contains("groups.csv: 1 group(s) of 2 or more images (4 images)")));
 }
+
+#[test]
+fn above_the_mmd_cap_the_linear_time_statistic_uses_every_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = npy_sets(tmp.path());
+    let out = tmp.path().join("r");
+    assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .args([
+            "--quiet",
+            "--threads",
+            "1",
+            "compare",
+            "--mmd-max-n",
+            "40",
+            "--metrics",
+            "mmd2_rbf",
+            "--no-similarity",
+            "--source",
+        ])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains(",mmd2_rbf,")).collect();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert!(r.contains("linear-time MMD^2"), "{r}");
+        assert!(r.contains("over all 80+70 rows"), "{r}");
+        assert!(r.contains("35 independent pair terms"), "{r}");
+    }
+}
