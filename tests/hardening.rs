@@ -178,6 +178,20 @@ fn numeric_options_have_ranges() {
             ],
             "--C must be between",
         ),
+        (
+            vec![
+                "compare",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--out",
+                "c",
+                "--permutations",
+                "50",
+            ],
+            "fewer cannot reach the 0.01 level",
+        ),
     ] {
         // (not the `domsim()` helper: it sets --threads itself)
         assert_cmd::Command::cargo_bin("domsim")
