@@ -53,7 +53,11 @@ fn moments() {
         cov_alignment(&reference[0], &reference[1]),
         cov_alignment(&merged[0], &merged[1]),
     );
-    println!("n = {n} per set, d = {d}, {} chunks of {chunk} rows per set, {:.1} s", n / chunk, t0.elapsed().as_secs_f64());
+    println!(
+        "n = {n} per set, d = {d}, {} chunks of {chunk} rows per set, {:.1} s",
+        n / chunk,
+        t0.elapsed().as_secs_f64()
+    );
     println!("frechet: single pass {f_ref:.12e}, 3 shards merged {f_sh:.12e}, relative difference {:.2e}", ((f_sh - f_ref) / f_ref).abs());
     println!("cov_alignment: single pass {c_ref:.15}, 3 shards merged {c_sh:.15}, relative difference {:.2e}", ((c_sh - c_ref) / c_ref).abs());
 }
@@ -62,7 +66,11 @@ fn null_npy(seed: u64, dir: &std::path::Path) {
     for (k, name) in ["a", "b"].iter().enumerate() {
         let x = gauss_chunk(seed * 10 + k as u64, 100_000, 512, 1.0, 0.0).mapv(|v| v as f32);
         std::fs::create_dir_all(dir.join(name)).unwrap();
-        std::fs::write(dir.join(name).join("0_layer.npy"), domsim::npy::to_bytes(&x)).unwrap();
+        std::fs::write(
+            dir.join(name).join("0_layer.npy"),
+            domsim::npy::to_bytes(&x),
+        )
+        .unwrap();
     }
 }
 
