@@ -151,6 +151,11 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         &cfg.out,
         &[("--source", &cfg.source), ("--target", &cfg.target)],
     )?;
+    if let Some(r) = from_moments(cfg)? {
+        let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
+        write_report(&r, &cfg.out)?;
+        return Ok(r);
+    }
     let shards = |d: &Path| crate::shard::is_shard_parent(d);
     if !shards(&cfg.source) && !shards(&cfg.target) {
         // open both before touching the output folder: a typo creates nothing
@@ -415,6 +420,141 @@ pub fn compute(
         notes,
         timings_s: timings,
     })
+}
+
+/// Outputs that mergeable moments alone determine (count, mean, co-moments).
+pub const FROM_MOMENTS: [&str; 2] = ["frechet", "cov_alignment"];
+
+/// `compare` without loading a row: when only [`FROM_MOMENTS`] outputs are asked for (`--metrics
+/// frechet,cov_alignment --no-similarity`) and both sides carry `stats/` files (`extract --stats`, shards, a
+/// folder of shards), Fréchet distance and covariance alignment come from the merged moments of every row.
+/// `None` when that does not apply; then `compare` reads the rows as usual.
+fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
+    use crate::metrics::moments::Moments;
+    let wanted = match &cfg.metrics {
+        Some(m) if !cfg.similarity && !m.is_empty() => m,
+        _ => return Ok(None),
+    };
+    if !wanted.iter().all(|w| FROM_MOMENTS.contains(&w.as_str())) {
+        return Ok(None);
+    }
+    let (Some((ms, src)), Some((mt, tgt))) = (
+        crate::shard::layer_moments(&cfg.source)?,
+        crate::shard::layer_moments(&cfg.target)?,
+    ) else {
+        return Ok(None);
+    };
+    if ms.model.sha256 != mt.model.sha256 {
+        return input_err(format!(
+            "source '{}' and target '{}' were extracted with different models; extract both with the same model",
+            cfg.source.display(),
+            cfg.target.display()
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    let how = format!(
+        "; from mergeable moments (stats/) of all {}+{} rows, no row loaded",
+        ms.n_images, mt.n_images
+    );
+    let mut layers: Vec<LayerResult> = Vec::new();
+    let mut notes = vec![
+        "frechet and cov_alignment from mergeable moments (stats/): every row counted, none loaded"
+            .to_string(),
+    ];
+    let mut prev: Option<(&Moments, &Moments)> = None;
+    for (ls, a) in ms.layers.iter().zip(&src) {
+        let Some(j) = mt.layers.iter().position(|l| l.name == ls.name) else {
+            continue;
+        };
+        let b = &tgt[j];
+        if a.mean.len() != b.mean.len() {
+            return input_err(format!(
+                "layer '{}' has dimension {} in the source but {} in the target",
+                ls.name,
+                a.mean.len(),
+                b.mean.len()
+            ));
+        }
+        for (which, n) in [("source", a.n), ("target", b.n)] {
+            if (n as usize) < MIN_SET {
+                return input_err(format!(
+                    "the {which} holds {n} image(s); comparing needs at least {MIN_SET} per set"
+                ));
+            }
+        }
+        // a layer that repeats the previous one's features (the head activation and its global pool) is
+        // measured once, as on rows
+        let same = |x: &Moments, y: &Moments| {
+            x.mean.len() == y.mean.len() && {
+                let scale = y.m2.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+                let mscale = y.mean.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+                x.m2.iter()
+                    .zip(y.m2.iter())
+                    .all(|(p, q)| (p - q).abs() <= SAME_TOL * scale)
+                    && x.mean
+                        .iter()
+                        .zip(y.mean.iter())
+                        .all(|(p, q)| (p - q).abs() <= SAME_TOL * mscale)
+            }
+        };
+        if let (Some((pa, pb)), Some(last)) = (prev, layers.last()) {
+            if same(pa, a) && same(pb, b) {
+                let last: &LayerResult = last;
+                notes.push(format!(
+                    "layer '{}' holds the same features as '{}' (moments equal within {SAME_TOL:e}) and is measured once, as '{}'",
+                    ls.name, last.layer, last.layer
+                ));
+                continue;
+            }
+        }
+        prev = Some((a, b));
+        let mut values = Vec::new();
+        if wanted.iter().any(|w| w == "frechet") {
+            let v = crate::metrics::frechet::frechet_from_moments(a, b)
+                .map_err(|e| Error::Analysis(format!("frechet at layer '{}': {e}", ls.name)))?;
+            values.push(MetricValue::new(
+                "frechet",
+                v,
+                format!("Frechet distance, covariances ddof=1{how}"),
+            ));
+        }
+        if wanted.iter().any(|w| w == "cov_alignment") {
+            values.push(crate::metrics::cov::alignment_value(
+                &a.covariance(),
+                &b.covariance(),
+                &how,
+            ));
+        }
+        layers.push(LayerResult {
+            depth: layers.len(),
+            layer: ls.name.clone(),
+            dim: a.mean.len(),
+            n_source: a.n as usize,
+            n_target: b.n as usize,
+            values,
+        });
+    }
+    if layers.is_empty() {
+        return input_err("the source and target share no layer name");
+    }
+    let summary = |dir: &Path, m: crate::embeddings::Manifest| SetSummary {
+        dir: dir.display().to_string(),
+        n: m.n_images,
+        classes: Vec::new(),
+        manifest: Some(m),
+    };
+    let mut timings = std::collections::BTreeMap::new();
+    timings.insert("moments".to_string(), t0.elapsed().as_secs_f64());
+    Ok(Some(CompareReport {
+        domsim_version: env!("CARGO_PKG_VERSION").into(),
+        params: cfg.params.clone(),
+        source: summary(&cfg.source, ms),
+        target: summary(&cfg.target, mt),
+        layers,
+        similarity: Vec::new(),
+        notes,
+        timings_s: timings,
+    }))
 }
 
 /// Number of NaN or infinite entries.

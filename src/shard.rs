@@ -234,11 +234,9 @@ fn identity(m: &Manifest) -> String {
     )
 }
 
-/// Merges shard folders into one embedding folder at `out`, rows ordered by relative path as a single run
-/// orders them. Refuses shards of different folders, models or settings, a missing shard, or overlapping
-/// ones. Returns the merged manifest.
-pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
-    let dirs = expand(dirs)?;
+/// Opens shard folders and checks that they belong together: same count, file list, model, version and
+/// settings, every index present exactly once.
+fn check_shards(dirs: &[PathBuf]) -> Result<(Vec<EmbeddingSet>, Vec<ShardInfo>)> {
     let sets: Vec<EmbeddingSet> = dirs
         .iter()
         .map(|d| EmbeddingSet::open(d))
@@ -303,6 +301,70 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
             i0.count
         ));
     }
+    Ok((sets, infos))
+}
+
+/// Per layer, the merged moments of an embedding folder or a folder of shards whose manifests list a
+/// `stats/` file for every layer (`extract --stats`, `--shard`), without loading any row; `None` when some
+/// layer has none. The manifest returned describes the whole set (`n_images` summed over shards).
+pub fn layer_moments(
+    dir: &Path,
+) -> Result<Option<(Manifest, Vec<crate::metrics::moments::Moments>)>> {
+    use crate::metrics::moments::Moments;
+    let read = |f: &Path| -> Result<Moments> {
+        Moments::from_matrix(&crate::npy::read(f)?)
+            .map_err(|e| Error::Input(format!("'{}': {e}", f.display())))
+    };
+    if dir.join("manifest.json").is_file() {
+        let set = EmbeddingSet::open(dir)?;
+        let m = set.manifest.expect("manifest.json exists");
+        let files: Option<Vec<PathBuf>> = m
+            .layers
+            .iter()
+            .map(|l| l.stats.as_ref().map(|f| dir.join(f)))
+            .collect();
+        let Some(files) = files else { return Ok(None) };
+        let ms = files.iter().map(|f| read(f)).collect::<Result<Vec<_>>>()?;
+        return Ok(Some((m, ms)));
+    }
+    if !is_shard_parent(dir) {
+        return Ok(None);
+    }
+    let dirs = expand(&[dir.to_path_buf()])?;
+    let (sets, infos) = check_shards(&dirs)?;
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by_key(|&k| infos[k].index);
+    let m0 = sets[0].manifest.clone().expect("checked");
+    let mut out = Vec::new();
+    for (li, l) in m0.layers.iter().enumerate() {
+        let mut acc = Moments::empty(l.dim);
+        for &k in &order {
+            let e = &sets[k].manifest.as_ref().expect("checked").layers[li];
+            let Some(f) = &e.stats else { return Ok(None) };
+            acc = acc.merge(&read(&dirs[k].join(f))?);
+        }
+        out.push(acc);
+    }
+    let mut m = m0;
+    m.n_images = sets
+        .iter()
+        .map(|s| s.manifest.as_ref().expect("checked").n_images)
+        .sum();
+    m.shard = None;
+    m.merged_from = Some(format!(
+        "{} shards' moments (rows not loaded)",
+        infos[0].count
+    ));
+    Ok(Some((m, out)))
+}
+
+/// Merges shard folders into one embedding folder at `out`, rows ordered by relative path as a single run
+/// orders them. Refuses shards of different folders, models or settings, a missing shard, or overlapping
+/// ones. Returns the merged manifest.
+pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
+    let dirs = expand(dirs)?;
+    let (sets, infos) = check_shards(&dirs)?;
+    let (m0, i0) = (sets[0].manifest.as_ref().expect("checked"), &infos[0]);
     // rows of every shard, ordered by relative path (a single run's order)
     let mut rows: Vec<(String, String, usize, usize)> = Vec::new(); // (path, label, shard, row)
     for (k, s) in sets.iter().enumerate() {

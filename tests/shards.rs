@@ -179,6 +179,65 @@ fn three_shards_in_separate_processes_equal_the_single_run() {
         }
     }
     eprintln!("merged moments vs the single run's rows: largest relative difference {worst:.1e}");
+    // compare from moments only: the shards' stats against a source extracted with --stats, no row loaded
+    let src_stats = tmp.path().join("src_stats");
+    extract(&src, &src_stats, &["--stats"]).success();
+    let read = |out: &Path| -> Vec<(String, String, f64, String)> {
+        let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+        r.records()
+            .map(|x| {
+                let x = x.unwrap();
+                (
+                    x[1].to_string(),
+                    x[2].to_string(),
+                    x[3].parse().unwrap(),
+                    x[11].to_string(),
+                )
+            })
+            .collect()
+    };
+    let only = |source: &Path, target: &Path, out: &Path| {
+        domsim()
+            .args([
+                "compare",
+                "--metrics",
+                "frechet,cov_alignment",
+                "--no-similarity",
+                "--source",
+            ])
+            .arg(source)
+            .arg("--target")
+            .arg(target)
+            .arg("--out")
+            .arg(out)
+            .assert()
+            .success();
+        read(out)
+    };
+    let rows = only(&src_emb, &single, &tmp.path().join("m_rows"));
+    let mom = only(&src_stats, &parent, &tmp.path().join("m_mom"));
+    assert!(
+        !tmp.path().join("m_mom/merged").exists(),
+        "no row was merged or loaded"
+    );
+    assert_eq!(rows.len(), mom.len());
+    for (a, b) in rows.iter().zip(&mom) {
+        assert_eq!((&a.0, &a.1), (&b.0, &b.1));
+        assert!(b.3.contains("from mergeable moments"), "{}", b.3);
+        assert!(!a.3.contains("from mergeable moments"));
+        // covariance alignment agrees to rounding; Fréchet to 1e-6 here, since with 28 rows < d the
+        // square root of a rank-deficient covariance magnifies rounding (1e-9 on well-conditioned data:
+        // `metrics::moments` and benches/scale_acceptance.sh)
+        let tol = if a.1 == "frechet" { 1e-6 } else { 1e-9 };
+        assert!(
+            (a.2 - b.2).abs() <= tol * a.2.abs(),
+            "{} {}: {} vs {}",
+            a.0,
+            a.1,
+            a.2,
+            b.2
+        );
+    }
     // `domsim merge` wrote the merged moments too
     let mm = domsim::embeddings::EmbeddingSet::open(&merged).unwrap();
     assert!(mm

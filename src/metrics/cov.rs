@@ -18,19 +18,29 @@ impl Metric for CovAlignment {
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let (cs, ct) = (covariance(&s.x.view()), covariance(&t.x.view()));
-        let (ns, nt) = (fro2(&cs).sqrt(), fro2(&ct).sqrt());
-        if ns == 0.0 || nt == 0.0 {
-            return Ok(vec![MetricValue::new(
-                "cov_alignment",
-                f64::NAN,
-                "undefined: a set has constant features at this layer",
-            )]);
-        }
-        let dot: f64 = cs.iter().zip(ct.iter()).map(|(a, b)| a * b).sum();
-        Ok(vec![MetricValue::new(
-            "cov_alignment",
-            dot / (ns * nt),
-            "cosine of centred covariances (Frobenius)",
-        )])
+        Ok(vec![alignment_value(&cs, &ct, "")])
     }
+}
+
+/// The `cov_alignment` value of two covariance matrices (from rows or from mergeable moments); `how` is
+/// appended to the note.
+pub fn alignment_value(
+    cs: &ndarray::Array2<f64>,
+    ct: &ndarray::Array2<f64>,
+    how: &str,
+) -> MetricValue {
+    let (ns, nt) = (fro2(cs).sqrt(), fro2(ct).sqrt());
+    if ns == 0.0 || nt == 0.0 {
+        return MetricValue::new(
+            "cov_alignment",
+            f64::NAN,
+            "undefined: a set has constant features at this layer",
+        );
+    }
+    let dot: f64 = cs.iter().zip(ct.iter()).map(|(a, b)| a * b).sum();
+    MetricValue::new(
+        "cov_alignment",
+        dot / (ns * nt),
+        format!("cosine of centred covariances (Frobenius){how}"),
+    )
 }
