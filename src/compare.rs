@@ -485,17 +485,9 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
         // a layer that repeats the previous one's features (the head activation and its global pool) is
         // measured once, as on rows
         let same = |x: &Moments, y: &Moments| {
-            x.mean.len() == y.mean.len() && {
-                let scale = y.m2.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-                let mscale = y.mean.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-                x.m2.iter()
-                    .zip(y.m2.iter())
-                    .all(|(p, q)| (p - q).abs() <= SAME_TOL * scale)
-                    && x.mean
-                        .iter()
-                        .zip(y.mean.iter())
-                        .all(|(p, q)| (p - q).abs() <= SAME_TOL * mscale)
-            }
+            let row = |v: &ndarray::Array1<f64>| v.view().insert_axis(ndarray::Axis(0)).to_owned();
+            same_features(&y.m2, &x.m2, SAME_TOL)
+                && same_features(&row(&y.mean), &row(&x.mean), SAME_TOL)
         };
         if let (Some((pa, pb)), Some(last)) = (prev, layers.last()) {
             if same(pa, a) && same(pb, b) {

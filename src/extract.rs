@@ -338,12 +338,7 @@ pub fn run<E: Embedder>(
     for (o, e) in outs.into_iter().zip(entries.iter_mut()) {
         o.writer.finish()?;
         if let Some(m) = o.moments {
-            let rel = e.file.replacen("layers/", "stats/", 1);
-            let p = out.join(&rel);
-            std::fs::create_dir_all(out.join("stats"))
-                .map_err(|e| Error::io("cannot create folder", &out.join("stats"), e))?;
-            write_atomic(&p, &crate::npy::to_bytes_f64(&m.to_matrix()))?;
-            e.stats = Some(rel);
+            e.stats = Some(crate::metrics::moments::save(out, &e.file, &m)?);
         }
     }
     let index = csv_bytes(

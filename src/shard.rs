@@ -304,17 +304,34 @@ fn check_shards(dirs: &[PathBuf]) -> Result<(Vec<EmbeddingSet>, Vec<ShardInfo>)>
     Ok((sets, infos))
 }
 
+/// Layer `li`'s moments over all shards, combined in shard-index order (exact up to rounding, whatever the
+/// order); `None` when some shard has no `stats/` file for it.
+fn merged_moments(
+    sets: &[EmbeddingSet],
+    infos: &[ShardInfo],
+    dirs: &[PathBuf],
+    li: usize,
+) -> Result<Option<crate::metrics::moments::Moments>> {
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by_key(|&k| infos[k].index);
+    let layers = |k: usize| &sets[k].manifest.as_ref().expect("checked").layers;
+    let mut acc = crate::metrics::moments::Moments::empty(layers(0)[li].dim);
+    for k in order {
+        let Some(f) = &layers(k)[li].stats else {
+            return Ok(None);
+        };
+        acc = acc.merge(&crate::metrics::moments::load(&dirs[k].join(f))?);
+    }
+    Ok(Some(acc))
+}
+
 /// Per layer, the merged moments of an embedding folder or a folder of shards whose manifests list a
 /// `stats/` file for every layer (`extract --stats`, `--shard`), without loading any row; `None` when some
 /// layer has none. The manifest returned describes the whole set (`n_images` summed over shards).
 pub fn layer_moments(
     dir: &Path,
 ) -> Result<Option<(Manifest, Vec<crate::metrics::moments::Moments>)>> {
-    use crate::metrics::moments::Moments;
-    let read = |f: &Path| -> Result<Moments> {
-        Moments::from_matrix(&crate::npy::read(f)?)
-            .map_err(|e| Error::Input(format!("'{}': {e}", f.display())))
-    };
+    use crate::metrics::moments::load;
     if dir.join("manifest.json").is_file() {
         let set = EmbeddingSet::open(dir)?;
         let m = set.manifest.expect("manifest.json exists");
@@ -324,7 +341,7 @@ pub fn layer_moments(
             .map(|l| l.stats.as_ref().map(|f| dir.join(f)))
             .collect();
         let Some(files) = files else { return Ok(None) };
-        let ms = files.iter().map(|f| read(f)).collect::<Result<Vec<_>>>()?;
+        let ms = files.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
         return Ok(Some((m, ms)));
     }
     if !is_shard_parent(dir) {
@@ -332,17 +349,12 @@ pub fn layer_moments(
     }
     let dirs = expand(&[dir.to_path_buf()])?;
     let (sets, infos) = check_shards(&dirs)?;
-    let mut order: Vec<usize> = (0..sets.len()).collect();
-    order.sort_by_key(|&k| infos[k].index);
     let m0 = sets[0].manifest.clone().expect("checked");
     let mut out = Vec::new();
-    for (li, l) in m0.layers.iter().enumerate() {
-        let mut acc = Moments::empty(l.dim);
-        for &k in &order {
-            let e = &sets[k].manifest.as_ref().expect("checked").layers[li];
-            let Some(f) = &e.stats else { return Ok(None) };
-            acc = acc.merge(&read(&dirs[k].join(f))?);
-        }
+    for li in 0..m0.layers.len() {
+        let Some(acc) = merged_moments(&sets, &infos, &dirs, li)? else {
+            return Ok(None);
+        };
         out.push(acc);
     }
     let mut m = m0;
@@ -409,29 +421,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
     }
     // mergeable moments: combined in shard order (exact up to rounding, whatever the order)
     let mut m = m0.clone();
-    let mut order: Vec<usize> = (0..sets.len()).collect();
-    order.sort_by_key(|&k| infos[k].index);
     for (li, entry) in m.layers.iter_mut().enumerate() {
-        let files: Option<Vec<PathBuf>> = order
-            .iter()
-            .map(|&k| {
-                let e = &sets[k].manifest.as_ref().expect("checked").layers[li];
-                e.stats.as_ref().map(|f| dirs[k].join(f))
-            })
-            .collect();
-        entry.stats = None;
-        let Some(files) = files else { continue };
-        let mut acc = crate::metrics::moments::Moments::empty(entry.dim);
-        for f in &files {
-            let part = crate::metrics::moments::Moments::from_matrix(&crate::npy::read(f)?)
-                .map_err(|e| Error::Input(format!("'{}': {e}", f.display())))?;
-            acc = acc.merge(&part);
-        }
-        let rel = entry.file.replacen("layers/", "stats/", 1);
-        std::fs::create_dir_all(out.join("stats"))
-            .map_err(|e| Error::io("cannot create folder", &out.join("stats"), e))?;
-        write_atomic(&out.join(&rel), &crate::npy::to_bytes_f64(&acc.to_matrix()))?;
-        entry.stats = Some(rel);
+        entry.stats = match merged_moments(&sets, &infos, &dirs, li)? {
+            Some(acc) => Some(crate::metrics::moments::save(out, &entry.file, &acc)?),
+            None => None,
+        };
     }
     let index = csv_bytes(
         &["row", "path", "label"],

@@ -6,6 +6,8 @@
 //! their rows. Stored as one float64 NPY per layer, shape (d + 2) × d: row 0 holds n (first column), row 1 the
 //! mean, the rest M2.
 
+use std::path::Path;
+
 use ndarray::{s, Array1, Array2, ArrayView2};
 
 use super::linalg::{centred, col_means, gram_t};
@@ -99,6 +101,22 @@ impl Moments {
             m2: m.slice(s![2.., ..]).to_owned(),
         })
     }
+}
+
+/// Reads a moments file (`stats/<layer>.npy`).
+pub fn load(path: &Path) -> crate::Result<Moments> {
+    Moments::from_matrix(&crate::npy::read(path)?)
+        .map_err(|e| crate::Error::Input(format!("'{}': {e}", path.display())))
+}
+
+/// Writes `m` as the moments file of the layer file `layer_file` (`layers/X.npy` → `stats/X.npy`) under
+/// the embedding folder `out`; returns its path relative to `out`, for the manifest.
+pub fn save(out: &Path, layer_file: &str, m: &Moments) -> crate::Result<String> {
+    let rel = layer_file.replacen("layers/", "stats/", 1);
+    let dir = out.join("stats");
+    std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io("cannot create folder", &dir, e))?;
+    crate::output::write_atomic(&out.join(&rel), &crate::npy::to_bytes_f64(&m.to_matrix()))?;
+    Ok(rel)
 }
 
 #[cfg(test)]
