@@ -30,7 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let images = data.join("animals");
     let threads = env_usize("DOMSIM_BENCH_THREADS", 2);
     let rounds = env_usize("DOMSIM_BENCH_ROUNDS", 3);
-    let batch = 16;
+    // extract's default batch
+    let batch = ExtractConfig::new(PathBuf::new(), PathBuf::new(), PathBuf::new()).batch_size;
     let model_path = domsim::model::runtime::default_model_path();
 
     let t0 = Instant::now();
@@ -39,7 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layers = model.select(&Selection::Default)?;
     let n_layers = layers.len();
     eprintln!("selection: {:.3} s", t0.elapsed().as_secs_f64());
-    let mut emb = model.embedder(layers, None)?;
+    // the same embedder as extract: pooling inside the graph
+    let mut emb = model.embedder(layers, Some(domsim::pool::Pool::Avg), None)?;
     eprintln!("embedder: {:.3} s", t0.elapsed().as_secs_f64());
     let set = ImageSet::scan(&images)?;
     let pre = Preprocess::new(

@@ -140,7 +140,7 @@ pub struct PrepArgs {
     #[arg(long, value_delimiter = ',', num_args = 1..=3, requires = "mean")]
     pub std: Vec<f32>,
     /// Images per inference call (1 to 256; at most 2 GiB of input pixels per call).
-    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub batch: usize,
 }
 

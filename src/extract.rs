@@ -73,7 +73,7 @@ impl ExtractConfig {
             selection: Selection::Default,
             norm: None,
             pool: Pool::Avg,
-            batch_size: 16,
+            batch_size: 4,
             threads: default_threads(),
             size: None,
             layout: None,
@@ -148,7 +148,7 @@ pub fn extract_with(
     let ort_lib = cfg.ort_lib.as_deref();
     let layers = model.select(&cfg.selection)?;
     let norm = resolve_norm(cfg.norm.clone(), model);
-    let mut emb = model.embedder(layers, ort_lib)?;
+    let mut emb = model.embedder(layers, Some(cfg.pool), ort_lib)?;
     let info = ModelInfo {
         file: cfg
             .model

@@ -8,7 +8,7 @@
 //! Averages are accumulated in f64 and stored as f32.
 
 use crate::error::{Error, Result};
-use crate::model::{InputContract, Layout, RawOutput};
+use crate::model::{InputContract, Layer, Layout, RawOutput};
 
 /// How spatial or token axes are reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,7 +87,39 @@ pub fn tensor_layout(op_type: &str, shape: &[usize], input: &InputContract) -> T
     }
 }
 
-/// Pools a batch; returns (dimension, rows as n × dimension, C-order).
+/// The per-image shape of a layer that can be pooled inside the model graph, or `None`: it must be a map
+/// of rank 4 or more whose non-batch dimensions are all known before running, and whose layout
+/// ([`tensor_layout`]) is channels-first (channels on axis 1, pooled over every later axis). Then ONNX
+/// Runtime returns much less than the whole map (see [`average_row_sums`]).
+pub fn in_graph_shape(layer: &Layer, input: &InputContract) -> Option<Vec<usize>> {
+    let s = &layer.shape;
+    if s.len() < 4 || s[1..].iter().any(|&d| d <= 0) {
+        return None;
+    }
+    let shape: Vec<usize> = std::iter::once(1)
+        .chain(s[1..].iter().map(|&d| d as usize))
+        .collect();
+    (tensor_layout(&layer.op_type, &shape, input) == TensorLayout::ChannelsFirst)
+        .then(|| shape[1..].to_vec())
+}
+
+/// The global averages of `n` channels-first maps of per-image shape `dims` = (C, ..., W), from their sums
+/// along the last axis (`sums`: n × C × (positions / W), float32 sums of W values each): the rest is summed
+/// in float64 and divided by the number of positions, as [`pool`] does. Returns n × C values.
+pub fn average_row_sums(sums: &[f32], n: usize, dims: &[usize]) -> Vec<f32> {
+    let c = dims[0];
+    let positions: usize = dims[1..].iter().product();
+    let rows = positions / dims[dims.len() - 1].max(1);
+    let mut out = Vec::with_capacity(n * c);
+    for plane in sums.chunks_exact(rows.max(1)).take(n * c) {
+        let s: f64 = plane.iter().map(|&v| v as f64).sum();
+        out.push((s / positions as f64) as f32);
+    }
+    out
+}
+
+/// Pools a batch; returns (dimension, rows as n × dimension, C-order). An output the backend pooled
+/// already (`out.pooled`) is returned as it is.
 pub fn pool(
     out: &RawOutput,
     layout: TensorLayout,
@@ -102,6 +134,9 @@ pub fn pool(
     }
     let n = s[0];
     let per = out.data.len().checked_div(n).unwrap_or(0);
+    if out.pooled {
+        return Ok((per, out.data.clone()));
+    }
     let (c, positions) = match layout {
         TensorLayout::Flat => (per, 1),
         TensorLayout::ChannelsFirst => (s[1], per / s[1].max(1)),
@@ -116,15 +151,22 @@ pub fn pool(
         let x = &out.data[i * per..(i + 1) * per];
         let mut sum = vec![0f64; c];
         let mut max = vec![f32::NEG_INFINITY; c];
-        for p in 0..positions {
-            for k in 0..c {
-                let v = match layout {
-                    TensorLayout::ChannelsFirst => x[k * positions + p],
-                    _ => x[p * c + k],
-                };
-                sum[k] += v as f64;
-                if v > max[k] {
-                    max[k] = v;
+        let mut add = |k: usize, v: f32| {
+            sum[k] += v as f64;
+            if v > max[k] {
+                max[k] = v;
+            }
+        };
+        // walk memory in order: channel by channel for channels-first, position by position otherwise
+        match layout {
+            TensorLayout::ChannelsFirst => {
+                for (k, plane) in x.chunks_exact(positions).enumerate() {
+                    plane.iter().for_each(|&v| add(k, v));
+                }
+            }
+            _ => {
+                for pix in x.chunks_exact(c) {
+                    pix.iter().enumerate().for_each(|(k, &v)| add(k, v));
                 }
             }
         }
@@ -154,10 +196,12 @@ mod tests {
         let nchw = RawOutput {
             shape: vec![1, 2, 2, 2],
             data: vec![1., 2., 3., 4., 10., 20., 30., 40.],
+            pooled: false,
         };
         let nhwc = RawOutput {
             shape: vec![1, 2, 2, 2],
             data: vec![1., 10., 2., 20., 3., 30., 4., 40.],
+            pooled: false,
         };
         let a = pool(&nchw, TensorLayout::ChannelsFirst, Pool::AvgMax, "x").unwrap();
         let b = pool(&nhwc, TensorLayout::ChannelsLast, Pool::AvgMax, "x").unwrap();
@@ -170,6 +214,7 @@ mod tests {
         let t = RawOutput {
             shape: vec![1, 3, 2],
             data: vec![1., 2., 3., 4., 5., 6.],
+            pooled: false,
         };
         assert_eq!(
             pool(&t, TensorLayout::ChannelsLast, Pool::Avg, "t").unwrap(),

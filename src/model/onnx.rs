@@ -58,6 +58,70 @@ pub struct NodeProto {
     pub name: String,
     #[prost(string, tag = "4")]
     pub op_type: String,
+    #[prost(message, repeated, tag = "5")]
+    pub attribute: Vec<AttributeProto>,
+}
+
+/// `onnx.AttributeProto` (integer and integer-list attributes only; other kinds are skipped when reading).
+#[derive(Clone, PartialEq, Message)]
+pub struct AttributeProto {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int64, tag = "3")]
+    pub i: i64,
+    #[prost(int64, repeated, packed = "false", tag = "8")]
+    pub ints: Vec<i64>,
+    /// `AttributeType`: 2 = INT, 7 = INTS.
+    #[prost(int32, tag = "20")]
+    pub r#type: i32,
+}
+
+impl AttributeProto {
+    /// An integer attribute.
+    pub fn int(name: &str, i: i64) -> Self {
+        AttributeProto {
+            name: name.into(),
+            i,
+            ints: Vec::new(),
+            r#type: 2,
+        }
+    }
+
+    /// An integer-list attribute.
+    pub fn ints(name: &str, ints: Vec<i64>) -> Self {
+        AttributeProto {
+            name: name.into(),
+            i: 0,
+            ints,
+            r#type: 7,
+        }
+    }
+}
+
+impl NodeProto {
+    /// A node of the default (`ai.onnx`) domain named after its first output.
+    pub fn new(
+        op_type: &str,
+        input: &[&str],
+        output: &str,
+        attribute: Vec<AttributeProto>,
+    ) -> Self {
+        NodeProto {
+            input: input.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: output.to_string(),
+            op_type: op_type.into(),
+            attribute,
+        }
+    }
+}
+
+/// The model's opset version for the default (`ai.onnx`) domain (1 when it names none).
+pub fn default_opset(m: &ModelProto) -> i64 {
+    m.opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(1, |o| o.version)
 }
 
 /// `onnx.TensorProto`: the name and where external weights live (weights are skipped, not copied).
@@ -114,9 +178,17 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
 
 /// Returns the model bytes with `names` appended as extra graph outputs (see the module docs).
 pub fn with_extra_outputs(model: &[u8], names: &[String]) -> Vec<u8> {
+    with_extra_nodes(model, &[], names)
+}
+
+/// Returns the model bytes with `nodes` appended to the graph and `outputs` appended as graph outputs (see
+/// the module docs). Appended nodes must be valid after the graph's own (they may read any of its tensors)
+/// and need no attributes.
+pub fn with_extra_nodes(model: &[u8], nodes: &[NodeProto], outputs: &[String]) -> Vec<u8> {
     let patch = ModelProto {
         graph: Some(GraphProto {
-            output: names
+            node: nodes.to_vec(),
+            output: outputs
                 .iter()
                 .map(|n| ValueInfoProto { name: n.clone() })
                 .collect(),
@@ -124,7 +196,7 @@ pub fn with_extra_outputs(model: &[u8], names: &[String]) -> Vec<u8> {
         }),
         ..Default::default()
     };
-    let mut out = Vec::with_capacity(model.len() + 64 * names.len());
+    let mut out = Vec::with_capacity(model.len() + 128 * (outputs.len() + nodes.len()));
     out.extend_from_slice(model);
     patch
         .encode(&mut out)

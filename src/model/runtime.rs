@@ -288,21 +288,93 @@ impl OnnxModel {
         Ok(idx.into_iter().map(|i| all[i].clone()).collect())
     }
 
-    /// Builds the runtime embedder for `layers`.
-    pub fn embedder(&self, layers: Vec<Layer>, ort_lib: Option<&Path>) -> Result<OrtEmbedder> {
-        let extra: Vec<String> = layers
-            .iter()
-            .filter(|l| !l.graph_output)
-            .map(|l| l.name.clone())
-            .collect();
-        let bytes = onnx::with_extra_outputs(&self.bytes, &extra);
+    /// Builds the runtime embedder for `layers`. With `pool`, each layer that can be pooled inside the
+    /// graph ([`crate::pool::in_graph_shape`]) gets global pooling nodes appended to the model, so that ONNX
+    /// Runtime returns (N, C) values instead of the whole map (less copying, less memory); the other layers
+    /// come back raw. `None` returns every layer raw.
+    pub fn embedder(
+        &self,
+        layers: Vec<Layer>,
+        pool: Option<crate::pool::Pool>,
+        ort_lib: Option<&Path>,
+    ) -> Result<OrtEmbedder> {
+        let opset = onnx::decode(&self.bytes)
+            .map(|m| onnx::default_opset(&m))
+            .unwrap_or(1);
+        let mut nodes = Vec::new();
+        let mut extra = Vec::new();
+        let mut fetch = Vec::new();
+        for l in &layers {
+            match pool.and_then(|p| Some((p, crate::pool::in_graph_shape(l, &self.input)?))) {
+                Some((mode, dims)) => {
+                    let (rowsum, max) =
+                        pooling_nodes(&l.name, dims.len() + 1, mode, opset, &mut nodes);
+                    extra.extend(rowsum.iter().chain(&max).cloned());
+                    fetch.push(Fetch::Pooled { rowsum, max, dims });
+                }
+                None => {
+                    if !l.graph_output {
+                        extra.push(l.name.clone());
+                    }
+                    fetch.push(Fetch::Raw);
+                }
+            }
+        }
+        let bytes = onnx::with_extra_nodes(&self.bytes, &nodes, &extra);
         let session = session(&bytes, model_dir(&self.path), self.threads, ort_lib)?;
         Ok(OrtEmbedder {
             session,
             contract: self.input.clone(),
             layers,
+            fetch,
         })
     }
+}
+
+/// Appends to `nodes` the global pooling of tensor `name` (rank `rank`, channels on axis 1) for `mode`;
+/// returns the names of the row-sum output and of the maximum output (N, C, 1, ...). The average is split
+/// in two so that it stays as exact as [`crate::pool::pool`]'s float64 sum: ONNX Runtime sums each row of
+/// the last axis in float32 (`ReduceSum`, at most a few hundred values), which already shrinks the tensor
+/// by its width, and domsim sums those row sums in float64.
+fn pooling_nodes(
+    name: &str,
+    rank: usize,
+    mode: crate::pool::Pool,
+    opset: i64,
+    nodes: &mut Vec<onnx::NodeProto>,
+) -> (Option<String>, Option<String>) {
+    use crate::pool::Pool;
+    use onnx::{AttributeProto as A, NodeProto as N};
+    let last = vec![rank as i64 - 1];
+    let rowsum = matches!(mode, Pool::Avg | Pool::AvgMax).then(|| {
+        let out = format!("domsim/rowsum/{name}");
+        let keep = A::int("keepdims", 0);
+        // ReduceSum's axes are an attribute before opset 13 and an input from 13 on
+        if opset >= 13 {
+            let ax = format!("domsim/axes/{name}");
+            nodes.push(N::new(
+                "Constant",
+                &[],
+                &ax,
+                vec![A::ints("value_ints", last.clone())],
+            ));
+            nodes.push(N::new("ReduceSum", &[name, &ax], &out, vec![keep]));
+        } else {
+            nodes.push(N::new(
+                "ReduceSum",
+                &[name],
+                &out,
+                vec![A::ints("axes", last.clone()), keep],
+            ));
+        }
+        out
+    });
+    let max = matches!(mode, Pool::Max | Pool::AvgMax).then(|| {
+        let out = format!("domsim/max/{name}");
+        nodes.push(N::new("GlobalMaxPool", &[name], &out, vec![]));
+        out
+    });
+    (rowsum, max)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -451,12 +523,27 @@ pub enum InputBatch {
     U8(Vec<u8>),
 }
 
-/// The raw (unpooled) output of one layer for one batch.
+/// The output of one layer for one batch: the raw tensor, or the pooled rows when the backend pooled it.
 pub struct RawOutput {
-    /// Shape as run (first axis = batch).
+    /// The layer's shape as run (first axis = batch), also when `pooled`.
     pub shape: Vec<usize>,
-    /// Values, C-order.
+    /// Values, C-order: the tensor, or n pooled rows when `pooled`.
     pub data: Vec<f32>,
+    /// True when the backend pooled the tensor already (see [`OnnxModel::embedder`]).
+    pub pooled: bool,
+}
+
+/// How the embedder reads one layer from the session's outputs.
+enum Fetch {
+    /// The layer's own tensor.
+    Raw,
+    /// The pooling nodes' outputs (row sums, to be averaged in float64; maxima), concatenated per image in
+    /// that order; `dims` is the layer's per-image shape.
+    Pooled {
+        rowsum: Option<String>,
+        max: Option<String>,
+        dims: Vec<usize>,
+    },
 }
 
 /// A backend that turns a batch of images into per-layer activations. The ONNX Runtime one is
@@ -475,6 +562,7 @@ pub struct OrtEmbedder {
     session: Session,
     contract: InputContract,
     layers: Vec<Layer>,
+    fetch: Vec<Fetch>,
 }
 
 impl Embedder for OrtEmbedder {
@@ -501,23 +589,62 @@ impl Embedder for OrtEmbedder {
                 .session
                 .run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
         };
+        let missing = |name: &str, layer: &str| {
+            Error::Runtime(format!(
+                "layer '{layer}': output '{name}' is missing from the model's outputs"
+            ))
+        };
+        let unreadable = |layer: &str, e: ort::Error| {
+            Error::Runtime(format!("layer '{layer}': cannot read its values: {e}"))
+        };
         let mut res = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
-            let value = outputs.get(l.name.as_str()).ok_or_else(|| {
-                Error::Runtime(format!(
-                    "layer '{}' is missing from the model's outputs",
-                    l.name
-                ))
-            })?;
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
-                Error::Runtime(format!(
-                    "layer '{}': cannot read a float32 tensor: {e}",
-                    l.name
-                ))
-            })?;
-            res.push(RawOutput {
-                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data: data.to_vec(),
+        for (l, f) in self.layers.iter().zip(&self.fetch) {
+            let layer = l.name.as_str();
+            let get = |name: &str| outputs.get(name).ok_or_else(|| missing(name, layer));
+            res.push(match f {
+                Fetch::Raw => {
+                    let (shape, data) = get(layer)?
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| unreadable(layer, e))?;
+                    RawOutput {
+                        shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                        data: data.to_vec(),
+                        pooled: false,
+                    }
+                }
+                Fetch::Pooled { rowsum, max, dims } => {
+                    let mut parts: Vec<Vec<f32>> = Vec::new();
+                    if let Some(a) = rowsum {
+                        let (_, v) = get(a)?
+                            .try_extract_tensor::<f32>()
+                            .map_err(|e| unreadable(layer, e))?;
+                        parts.push(crate::pool::average_row_sums(v, n, dims));
+                    }
+                    if let Some(m) = max {
+                        let (_, v) = get(m)?
+                            .try_extract_tensor::<f32>()
+                            .map_err(|e| unreadable(layer, e))?;
+                        parts.push(v.to_vec());
+                    }
+                    let c = dims[0];
+                    if let Some(p) = parts.iter().find(|p| p.len() != n * c) {
+                        return Err(Error::Runtime(format!(
+                            "layer '{layer}': pooled output has {} values, expected {n} images x {c} channels",
+                            p.len()
+                        )));
+                    }
+                    let mut data = Vec::with_capacity(n * c * parts.len());
+                    for i in 0..n {
+                        for p in &parts {
+                            data.extend_from_slice(&p[i * c..(i + 1) * c]);
+                        }
+                    }
+                    RawOutput {
+                        shape: std::iter::once(n).chain(dims.iter().copied()).collect(),
+                        data,
+                        pooled: true,
+                    }
+                }
             });
         }
         Ok(res)
