@@ -90,7 +90,7 @@ pub fn tensor_layout(op_type: &str, shape: &[usize], input: &InputContract) -> T
 /// The per-image shape of a layer that can be pooled inside the model graph, or `None`: it must be a map
 /// of rank 4 or more whose non-batch dimensions are all known before running, and whose layout
 /// ([`tensor_layout`]) is channels-first (channels on axis 1, pooled over every later axis). Then ONNX
-/// Runtime returns much less than the whole map (see [`average_row_sums`]).
+/// Runtime returns much less than the whole map (see [`average_row_means`]).
 pub fn in_graph_shape(layer: &Layer, input: &InputContract) -> Option<Vec<usize>> {
     let s = &layer.shape;
     if s.len() < 4 || s[1..].iter().any(|&d| d <= 0) {
@@ -103,19 +103,18 @@ pub fn in_graph_shape(layer: &Layer, input: &InputContract) -> Option<Vec<usize>
         .then(|| shape[1..].to_vec())
 }
 
-/// The global averages of `n` channels-first maps of per-image shape `dims` = (C, ..., W), from their sums
-/// along the last axis (`sums`: n × C × (positions / W), float32 sums of W values each): the rest is summed
-/// in float64 and divided by the number of positions, as [`pool`] does. Returns n × C values.
-pub fn average_row_sums(sums: &[f32], n: usize, dims: &[usize]) -> Vec<f32> {
+/// The global averages of `n` channels-first maps of per-image shape `dims` = (C, ..., W), from their means
+/// along the last axis (`means`: n × C × (positions / W), float32 means of W values each): the rest is
+/// averaged in float64, as [`pool`] does. Returns n × C values.
+pub fn average_row_means(means: &[f32], n: usize, dims: &[usize]) -> Vec<f32> {
     let c = dims[0];
     let positions: usize = dims[1..].iter().product();
-    let rows = positions / dims[dims.len() - 1].max(1);
-    let mut out = Vec::with_capacity(n * c);
-    for plane in sums.chunks_exact(rows.max(1)).take(n * c) {
-        let s: f64 = plane.iter().map(|&v| v as f64).sum();
-        out.push((s / positions as f64) as f32);
-    }
-    out
+    let rows = (positions / dims[dims.len() - 1].max(1)).max(1);
+    means
+        .chunks_exact(rows)
+        .take(n * c)
+        .map(|plane| (plane.iter().map(|&v| v as f64).sum::<f64>() / rows as f64) as f32)
+        .collect()
 }
 
 /// Pools a batch; returns (dimension, rows as n × dimension, C-order). An output the backend pooled

@@ -78,7 +78,7 @@ fn nchw_float_dynamic_batch_matches_python_onnxruntime() {
 
 #[test]
 fn opset_11_model_matches_python_onnxruntime() {
-    // below opset 13 the in-graph pooling nodes take their axes as an attribute
+    // an older opset: domsim's in-graph pooling nodes (AveragePool, GlobalMaxPool) must run there too
     check_fixture("opset11");
 }
 

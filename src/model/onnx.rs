@@ -116,14 +116,6 @@ impl NodeProto {
     }
 }
 
-/// The model's opset version for the default (`ai.onnx`) domain (1 when it names none).
-pub fn default_opset(m: &ModelProto) -> i64 {
-    m.opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(1, |o| o.version)
-}
-
 /// `onnx.TensorProto`: the name and where external weights live (weights are skipped, not copied).
 #[derive(Clone, PartialEq, Message)]
 pub struct TensorProto {

@@ -298,19 +298,15 @@ impl OnnxModel {
         pool: Option<crate::pool::Pool>,
         ort_lib: Option<&Path>,
     ) -> Result<OrtEmbedder> {
-        let opset = onnx::decode(&self.bytes)
-            .map(|m| onnx::default_opset(&m))
-            .unwrap_or(1);
         let mut nodes = Vec::new();
         let mut extra = Vec::new();
         let mut fetch = Vec::new();
         for l in &layers {
             match pool.and_then(|p| Some((p, crate::pool::in_graph_shape(l, &self.input)?))) {
                 Some((mode, dims)) => {
-                    let (rowsum, max) =
-                        pooling_nodes(&l.name, dims.len() + 1, mode, opset, &mut nodes);
-                    extra.extend(rowsum.iter().chain(&max).cloned());
-                    fetch.push(Fetch::Pooled { rowsum, max, dims });
+                    let (rows, max) = pooling_nodes(&l.name, &dims, mode, &mut nodes);
+                    extra.extend(rows.iter().chain(&max).cloned());
+                    fetch.push(Fetch::Pooled { rows, max, dims });
                 }
                 None => {
                     if !l.graph_output {
@@ -331,42 +327,38 @@ impl OnnxModel {
     }
 }
 
-/// Appends to `nodes` the global pooling of tensor `name` (rank `rank`, channels on axis 1) for `mode`;
-/// returns the names of the row-sum output and of the maximum output (N, C, 1, ...). The average is split
-/// in two so that it stays as exact as [`crate::pool::pool`]'s float64 sum: ONNX Runtime sums each row of
-/// the last axis in float32 (`ReduceSum`, at most a few hundred values), which already shrinks the tensor
-/// by its width, and domsim sums those row sums in float64.
+/// Appends to `nodes` the global pooling of tensor `name` (rank `rank`, channels on axis 1, per-image
+/// shape `dims`) for `mode`; returns the names of the row-mean output and of the maximum output
+/// (N, C, 1, ...). The average is split in two so that it stays as exact as [`crate::pool::pool`]'s float64
+/// sum: ONNX Runtime averages each row of the last axis in float32 (an `AveragePool` over 1 × W windows, at
+/// most a few hundred values, which its blocked-channel kernels run without reordering the map), shrinking
+/// the tensor by its width, and domsim averages those row means in float64
+/// ([`crate::pool::average_row_means`]).
 fn pooling_nodes(
     name: &str,
-    rank: usize,
+    dims: &[usize],
     mode: crate::pool::Pool,
-    opset: i64,
     nodes: &mut Vec<onnx::NodeProto>,
 ) -> (Option<String>, Option<String>) {
     use crate::pool::Pool;
     use onnx::{AttributeProto as A, NodeProto as N};
-    let last = vec![rank as i64 - 1];
-    let rowsum = matches!(mode, Pool::Avg | Pool::AvgMax).then(|| {
-        let out = format!("domsim/rowsum/{name}");
-        let keep = A::int("keepdims", 0);
-        // ReduceSum's axes are an attribute before opset 13 and an input from 13 on
-        if opset >= 13 {
-            let ax = format!("domsim/axes/{name}");
-            nodes.push(N::new(
-                "Constant",
-                &[],
-                &ax,
-                vec![A::ints("value_ints", last.clone())],
-            ));
-            nodes.push(N::new("ReduceSum", &[name, &ax], &out, vec![keep]));
-        } else {
-            nodes.push(N::new(
-                "ReduceSum",
-                &[name],
-                &out,
-                vec![A::ints("axes", last.clone()), keep],
-            ));
-        }
+    let spatial = &dims[1..];
+    let window: Vec<i64> = spatial
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if i + 1 == spatial.len() { d as i64 } else { 1 })
+        .collect();
+    let rows = matches!(mode, Pool::Avg | Pool::AvgMax).then(|| {
+        let out = format!("domsim/rowmean/{name}");
+        nodes.push(N::new(
+            "AveragePool",
+            &[name],
+            &out,
+            vec![
+                A::ints("kernel_shape", window.clone()),
+                A::ints("strides", window.clone()),
+            ],
+        ));
         out
     });
     let max = matches!(mode, Pool::Max | Pool::AvgMax).then(|| {
@@ -374,7 +366,7 @@ fn pooling_nodes(
         nodes.push(N::new("GlobalMaxPool", &[name], &out, vec![]));
         out
     });
-    (rowsum, max)
+    (rows, max)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -537,10 +529,10 @@ pub struct RawOutput {
 enum Fetch {
     /// The layer's own tensor.
     Raw,
-    /// The pooling nodes' outputs (row sums, to be averaged in float64; maxima), concatenated per image in
-    /// that order; `dims` is the layer's per-image shape.
+    /// The pooling nodes' outputs (row means, to be averaged in float64; maxima), concatenated per image
+    /// in that order; `dims` is the layer's per-image shape.
     Pooled {
-        rowsum: Option<String>,
+        rows: Option<String>,
         max: Option<String>,
         dims: Vec<usize>,
     },
@@ -612,13 +604,13 @@ impl Embedder for OrtEmbedder {
                         pooled: false,
                     }
                 }
-                Fetch::Pooled { rowsum, max, dims } => {
+                Fetch::Pooled { rows, max, dims } => {
                     let mut parts: Vec<Vec<f32>> = Vec::new();
-                    if let Some(a) = rowsum {
+                    if let Some(a) = rows {
                         let (_, v) = get(a)?
                             .try_extract_tensor::<f32>()
                             .map_err(|e| unreadable(layer, e))?;
-                        parts.push(crate::pool::average_row_sums(v, n, dims));
+                        parts.push(crate::pool::average_row_means(v, n, dims));
                     }
                     if let Some(m) = max {
                         let (_, v) = get(m)?
