@@ -22,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::extract::{extract_with, ExtractConfig};
 use crate::model::runtime::{bundled_reference_path, model_identity, DEFAULT_MODEL_SHA256};
 use crate::model::OnnxModel;
-use crate::output::{self, write_atomic};
-use crate::report::{self, RunReport};
+use crate::output;
+use crate::report::{self, export, RunReport};
 
 /// Settings for `domsim analyze`.
 #[derive(Debug, Clone)]
@@ -262,7 +262,6 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     ccfg.out = cfg.out.clone();
     let t0 = std::time::Instant::now();
     let cmp = compare::compute(&src, &tgt, &ccfg)?;
-    compare::write_report(&cmp, &cfg.out)?;
     phase("compare", t0);
     let t0 = std::time::Instant::now();
     let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())
@@ -270,7 +269,6 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         .map(|d| (d, cmp.layers[d].layer.clone()))
         .collect();
     let pca = report::pca_points(&src, &tgt, &scatter, cfg.scatter_max_n, ccfg.params.seed)?;
-    write_atomic(&cfg.out.join("embedding_pca.csv"), &report::pca_csv(&pca))?;
     phase("pca", t0);
     let verdict = report::verdict_for(&cmp);
     let mut rr = RunReport {
@@ -280,18 +278,15 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         extra,
     };
     let t0 = std::time::Instant::now();
-    let files = report::write_all(&rr, &cfg.out)?;
-    phase("charts_and_report", t0);
+    let exporters = export::analysis_files(&rr);
+    let files = export::write(&rr, &cfg.out, &exporters)?;
+    phase("files", t0);
     // wall time per phase (the metrics' own split is compare.json's `timings_s`): summary.json is written
-    // again with it, since the report files are part of what is timed
+    // again with it, since writing the files is part of what is timed
     phase("total", t_start);
     rr.extra["timings_s"] = serde_json::Value::Object(phases);
     rr.extra["timings_s"]["metrics"] = serde_json::json!(rr.compare.timings_s);
-    write_atomic(
-        &cfg.out.join("summary.json"),
-        &serde_json::to_vec_pretty(&crate::report::summary::summary_json(&rr))
-            .expect("summary serialises"),
-    )?;
+    export::write(&rr, &cfg.out, &[Box::new(export::SummaryJson)])?;
     Ok(AnalyzeOutcome {
         report: rr,
         reused,
@@ -318,6 +313,6 @@ pub fn rerender(dir: &Path) -> Result<RunReport> {
             .cloned()
             .unwrap_or_else(|| serde_json::json!({"report_dir": dir.display().to_string()})),
     };
-    report::write_all(&rr, dir)?;
+    export::write(&rr, dir, &export::report_files(&rr))?;
     Ok(rr)
 }

@@ -22,8 +22,11 @@ use crate::error::{input_err, Error, Result};
 use crate::metrics::cka::{centred_rbf_gram, gram_cka, linear_cka_pair, LinearRep};
 use crate::metrics::probe::MIN_CLASS;
 use crate::metrics::stats::{corrected_cv_ci_floor, holm, sample_variance, subsample};
-use crate::metrics::{registry, Ctx, MetricValue, Needs, Params, SetData};
-use crate::output::{self, csv_bytes, write_atomic};
+use crate::metrics::{cov::COV_ALIGNMENT, frechet::FRECHET, mmd::MMD2, probe, transfer};
+use crate::metrics::{
+    declarations, registry, Ctx, Direction, Metric, MetricValue, Needs, Output, Params, SetData,
+};
+use crate::output;
 
 /// Settings for `domsim compare`.
 #[derive(Debug, Clone)]
@@ -112,6 +115,29 @@ pub struct CompareReport {
     /// Wall time per metric group and for the within-set similarity, summed over layers (seconds).
     #[serde(default)]
     pub timings_s: std::collections::BTreeMap<String, f64>,
+    /// The declarations of the outputs in `layers`, in report order: what the verdict, charts, tables,
+    /// `summary.json` and the HTML show (a `compare.json` written before they were recorded: the
+    /// registry's, see [`CompareReport::outputs`]).
+    #[serde(default, rename = "outputs")]
+    pub declared: Vec<Output>,
+}
+
+impl CompareReport {
+    /// The output declarations: as recorded, else the registry's (with the cross-layer ones).
+    pub fn outputs(&self) -> Vec<Output> {
+        if self.declared.is_empty() {
+            with_derived(declarations(&registry()))
+        } else {
+            self.declared.clone()
+        }
+    }
+}
+
+impl LayerResult {
+    /// This layer's value of an output, if computed.
+    pub fn value(&self, o: &Output) -> Option<&MetricValue> {
+        self.values.iter().find(|v| v.metric == o.id)
+    }
 }
 
 /// Every selectable metric name (groups and outputs).
@@ -119,7 +145,7 @@ pub fn metric_names() -> Vec<&'static str> {
     let mut v = Vec::new();
     for m in registry() {
         v.push(m.name());
-        v.extend(m.outputs().iter().copied());
+        v.extend(m.outputs().iter().map(|o| o.id.as_ref()));
     }
     v.sort_unstable();
     v.dedup();
@@ -153,8 +179,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
     )?;
     if let Some(r) = from_moments(cfg)? {
         let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
-        write_report(&r, &cfg.out)?;
-        return Ok(r);
+        return write_report(r, &cfg.out);
     }
     let shards = |d: &Path| crate::shard::is_shard_parent(d);
     if !shards(&cfg.source) && !shards(&cfg.target) {
@@ -173,8 +198,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         &cfg.out.join("merged").join("target"),
     )?)?;
     let report = compute(&src, &tgt, cfg)?;
-    write_report(&report, &cfg.out)?;
-    Ok(report)
+    write_report(report, &cfg.out)
 }
 
 /// Matches layers by name; returns (source index, target index) pairs in source depth order.
@@ -231,8 +255,18 @@ fn check_models(src: &EmbeddingSet, tgt: &EmbeddingSet, notes: &mut Vec<String>)
     Ok(())
 }
 
-/// Computes the report from two opened sets (nothing is written).
+/// Computes the report from two opened sets with the registry's metrics (nothing is written).
 pub fn compute(
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    cfg: &CompareConfig,
+) -> Result<CompareReport> {
+    compute_with(registry(), src, tgt, cfg)
+}
+
+/// [`compute`] with the given metrics (the registry, or the registry and a metric of a test or a plug-in).
+pub fn compute_with(
+    all: Vec<Box<dyn Metric>>,
     src: &EmbeddingSet,
     tgt: &EmbeddingSet,
     cfg: &CompareConfig,
@@ -240,9 +274,14 @@ pub fn compute(
     let pairs = match_layers(src, tgt)?;
     let mut notes = Vec::new();
     check_models(src, tgt, &mut notes)?;
-    let all = registry();
     if let Some(sel) = &cfg.metrics {
-        let known = metric_names();
+        let mut known: Vec<&str> = metric_names();
+        for m in &all {
+            known.push(m.name());
+            known.extend(m.outputs().iter().map(|o| o.id.as_ref()));
+        }
+        known.sort_unstable();
+        known.dedup();
         for s in sel {
             if !known.contains(&s.as_str()) {
                 return input_err(format!(
@@ -258,7 +297,7 @@ pub fn compute(
             None => true,
             Some(sel) => sel
                 .iter()
-                .any(|s| s == m.name() || m.outputs().contains(&s.as_str())),
+                .any(|s| s == m.name() || m.outputs().iter().any(|o| o.id == s.as_str())),
         })
         .collect();
     let (s_lab, s_classes) = label_indices(&src.labels);
@@ -328,7 +367,7 @@ pub fn compute(
                 values: runnable
                     .iter()
                     .flat_map(|m| m.outputs().iter())
-                    .map(|o| MetricValue::new(o, f64::NAN, why.clone()))
+                    .map(|o| MetricValue::new(&o.id, f64::NAN, why.clone()))
                     .collect(),
             });
             prev = None;
@@ -419,11 +458,12 @@ pub fn compute(
         similarity,
         notes,
         timings_s: timings,
+        declared: with_derived(declarations(&runnable)),
     })
 }
 
 /// Outputs that mergeable moments alone determine (count, mean, co-moments).
-pub const FROM_MOMENTS: [&str; 2] = ["frechet", "cov_alignment"];
+pub const FROM_MOMENTS: [Output; 2] = [FRECHET, COV_ALIGNMENT];
 
 /// `compare` without loading a row: when only [`FROM_MOMENTS`] outputs are asked for (`--metrics
 /// frechet,cov_alignment --no-similarity`) and both sides carry `stats/` files (`extract --stats`, shards, a
@@ -435,7 +475,10 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
         Some(m) if !cfg.similarity && !m.is_empty() => m,
         _ => return Ok(None),
     };
-    if !wanted.iter().all(|w| FROM_MOMENTS.contains(&w.as_str())) {
+    if !wanted
+        .iter()
+        .all(|w| FROM_MOMENTS.iter().any(|o| o.id == w.as_str()))
+    {
         return Ok(None);
     }
     let (Some((ms, src)), Some((mt, tgt))) = (
@@ -501,16 +544,16 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
         }
         prev = Some((a, b));
         let mut values = Vec::new();
-        if wanted.iter().any(|w| w == "frechet") {
+        if wanted.iter().any(|w| *w == FRECHET.id) {
             let v = crate::metrics::frechet::frechet_from_moments(a, b)
                 .map_err(|e| Error::Analysis(format!("frechet at layer '{}': {e}", ls.name)))?;
             values.push(MetricValue::new(
-                "frechet",
+                &FRECHET.id,
                 v,
                 format!("Frechet distance, covariances ddof=1{how}"),
             ));
         }
-        if wanted.iter().any(|w| w == "cov_alignment") {
+        if wanted.iter().any(|w| *w == COV_ALIGNMENT.id) {
             values.push(crate::metrics::cov::alignment_value(
                 &a.covariance(),
                 &b.covariance(),
@@ -542,6 +585,11 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
         params: cfg.params.clone(),
         source: summary(&cfg.source, ms),
         target: summary(&cfg.target, mt),
+        declared: FROM_MOMENTS
+            .iter()
+            .filter(|o| wanted.iter().any(|w| *w == o.id))
+            .cloned()
+            .collect(),
         layers,
         similarity: Vec::new(),
         notes,
@@ -580,8 +628,44 @@ fn same_features(a: &Array2<f64>, b: &Array2<f64>, tol: f64) -> bool {
         .all(|(x, y)| (x - y).abs() <= tol * scale)
 }
 
-/// Outputs compared with the best layer by paired per-fold differences (`<metric>_vs_best`).
-pub const PAIRED: [&str; 2] = ["target_probe_bal_acc", "target_knn_bal_acc"];
+/// Outputs compared with the best layer by paired per-fold differences, with the output that holds the
+/// difference (`<metric>_vs_best`).
+pub const PAIRED: [(Output, Output); 2] = [
+    (probe::TARGET_PROBE_BAL_ACC, TARGET_PROBE_VS_BEST),
+    (transfer::TARGET_KNN_BAL_ACC, TARGET_KNN_VS_BEST),
+];
+
+/// The target probe's balanced accuracy minus the best layer's, on the same folds.
+pub const TARGET_PROBE_VS_BEST: Output = Output::new(
+    "target_probe_bal_acc_vs_best",
+    "target task probe, difference to the best layer (paired folds, corrected 95% CI)",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+
+/// The target k-NN's balanced accuracy minus the best layer's, on the same folds.
+pub const TARGET_KNN_VS_BEST: Output = Output::new(
+    "target_knn_bal_acc_vs_best",
+    "target k-NN, difference to the best layer (paired folds, corrected 95% CI)",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+
+/// `outs` followed by the cross-layer outputs ([`PAIRED`]) of those among them.
+fn with_derived(mut outs: Vec<Output>) -> Vec<Output> {
+    for (base, derived) in PAIRED {
+        if outs.contains(&base) {
+            outs.push(derived);
+        }
+    }
+    outs
+}
 
 /// Cross-layer statistics, once every layer is measured: Holm-adjusted MMD² p-values, and for each output
 /// in [`PAIRED`] the difference of each layer to the best layer on the same folds, with its corrected
@@ -592,13 +676,13 @@ pub fn across_layers(layers: &mut [LayerResult], params: &Params, notes: &mut Ve
         .map(|l| {
             l.values
                 .iter()
-                .find(|v| v.metric == "mmd2_rbf")
+                .find(|v| v.metric == MMD2.id)
                 .and_then(|v| v.p_value)
         })
         .collect();
     let adj = holm(&ps);
     for (l, a) in layers.iter_mut().zip(adj) {
-        if let Some(v) = l.values.iter_mut().find(|v| v.metric == "mmd2_rbf") {
+        if let Some(v) = l.values.iter_mut().find(|v| v.metric == MMD2.id) {
             v.p_holm = a;
         }
     }
@@ -612,13 +696,13 @@ pub fn across_layers(layers: &mut [LayerResult], params: &Params, notes: &mut Ve
             (n_tests as f64 / crate::verdict::ALPHA).ceil() as usize - 1
         ));
     }
-    for metric in PAIRED {
+    for (base, derived) in PAIRED {
         let folds: Vec<Option<(f64, Vec<f64>)>> = layers
             .iter()
             .map(|l| {
                 l.values
                     .iter()
-                    .find(|v| v.metric == metric)
+                    .find(|v| v.metric == base.id)
                     .and_then(|v| v.value.map(|x| (x, v.folds.clone())))
                     .filter(|(_, f)| !f.is_empty())
             })
@@ -663,17 +747,17 @@ pub fn across_layers(layers: &mut [LayerResult], params: &Params, notes: &mut Ve
             let k_used = l
                 .values
                 .iter()
-                .find(|v| v.metric == metric)
+                .find(|v| v.metric == base.id)
                 .and_then(|v| v.details.get("folds").and_then(|x| x.as_u64()))
                 .map_or(k, |x| x as usize);
-            let name = format!("{metric}_vs_best");
+            let name = derived.id.as_ref();
             let mut v = match corrected_cv_ci_floor(d, k_used, floor) {
                 Some(_) if i == best => {
-                    MetricValue::new(&name, 0.0, format!("the best layer ('{best_name}')"))
+                    MetricValue::new(name, 0.0, format!("the best layer ('{best_name}')"))
                 }
                 Some((m, ci)) => {
                     let mut v = MetricValue::new(
-                        &name,
+                        name,
                         m,
                         format!(
                             "paired difference to the best layer '{best_name}' on the same {} folds; CI: corrected repeated-CV t interval (Nadeau & Bengio 2003), variance floored at the mean over layers ({floor:.3e}); tied when ci_high >= -{} (margin)",
@@ -684,7 +768,7 @@ pub fn across_layers(layers: &mut [LayerResult], params: &Params, notes: &mut Ve
                     v.ci = Some(ci);
                     v
                 }
-                None => MetricValue::new(&name, f64::NAN, "not computed: too few folds"),
+                None => MetricValue::new(name, f64::NAN, "not computed: too few folds"),
             };
             v.details = serde_json::json!({"best_layer": best_name, "margin": params.tie_margin});
             l.values.push(v);
@@ -820,7 +904,7 @@ pub fn within_set(
         let x: Array2<f64> = set.read_layer(i)?;
         let idx = sub.get_or_insert_with(|| {
             let ctx = Ctx { params, depth: 0 };
-            let mut rng = ctx.rng(if set_name == "source" { 11 } else { 12 });
+            let mut rng = ctx.rng(&format!("within_set_{set_name}"));
             subsample(x.nrows(), params.cka_rbf_max_n, &mut rng)
         });
         grams.push(centred_rbf_gram(&x.select(Axis(0), idx), params.cka_rbf_t));
@@ -867,60 +951,12 @@ pub fn within_set(
     Ok(out)
 }
 
-fn num(v: Option<f64>) -> String {
-    v.map(|x| format!("{x}")).unwrap_or_default()
-}
-
-/// The `metrics.csv` bytes: one tidy row per layer and metric.
-pub fn metrics_csv(r: &CompareReport) -> Vec<u8> {
-    let header = [
-        "depth", "layer", "metric", "value", "ci_low", "ci_high", "p_value", "p_holm", "n_source",
-        "n_target", "dim", "note",
-    ];
-    let rows = r.layers.iter().flat_map(|l| {
-        l.values.iter().map(move |v| {
-            vec![
-                l.depth.to_string(),
-                l.layer.clone(),
-                v.metric.clone(),
-                num(v.value),
-                num(v.ci.map(|c| c.0)),
-                num(v.ci.map(|c| c.1)),
-                num(v.p_value),
-                num(v.p_holm),
-                l.n_source.to_string(),
-                l.n_target.to_string(),
-                l.dim.to_string(),
-                v.note.clone(),
-            ]
-        })
-    });
-    csv_bytes(&header, rows)
-}
-
-/// The `similarity.csv` bytes.
-pub fn similarity_csv(r: &CompareReport) -> Vec<u8> {
-    csv_bytes(
-        &["set", "layer_a", "layer_b", "measure", "value"],
-        r.similarity.iter().map(|s| {
-            vec![
-                s.set.clone(),
-                s.layer_a.clone(),
-                s.layer_b.clone(),
-                s.measure.clone(),
-                format!("{}", s.value),
-            ]
-        }),
-    )
-}
-
-/// Writes `metrics.csv`, `similarity.csv` and `compare.json`.
-pub fn write_report(r: &CompareReport, out: &Path) -> Result<()> {
-    write_atomic(&out.join("metrics.csv"), &metrics_csv(r))?;
-    write_atomic(&out.join("similarity.csv"), &similarity_csv(r))?;
-    let json = serde_json::to_vec_pretty(r)
-        .map_err(|e| Error::Analysis(format!("cannot encode compare.json: {e}")))?;
-    write_atomic(&out.join("compare.json"), &json)
+/// Writes `metrics.csv`, `similarity.csv` and `compare.json` ([`crate::report::export::compare_files`]).
+pub fn write_report(r: CompareReport, out: &Path) -> Result<CompareReport> {
+    use crate::report::export;
+    let rr = export::of_compare(r);
+    export::write(&rr, out, &export::compare_files())?;
+    Ok(rr.compare)
 }
 
 /// Reads a `compare.json` written by [`write_report`].

@@ -462,23 +462,26 @@ pub fn evidence(r: &CompareReport) -> Vec<Evidence> {
     r.layers
         .iter()
         .map(|l| {
-            let get = |m: &str| l.values.iter().find(|v| v.metric == m);
+            // the outputs by their declarations (a renamed output is renamed here too)
+            use crate::metrics::{logme::LOGME_TARGET, mmd::MMD2, probe, transfer};
+            let get = |o| l.value(o);
+            let task = &probe::TARGET_PROBE_BAL_ACC;
             Evidence {
                 depth: l.depth,
                 layer: l.layer.clone(),
-                domain_acc: get("domain_probe_acc").and_then(|v| v.value),
-                domain_ci: get("domain_probe_acc").and_then(|v| v.ci),
-                spread: get("source_spread_acc").and_then(|v| v.value),
-                mmd2: get("mmd2_rbf").and_then(|v| v.value),
-                mmd_p: get("mmd2_rbf").and_then(|v| v.p_value),
-                mmd_p_holm: get("mmd2_rbf").and_then(|v| v.p_holm),
-                task: get("target_probe_bal_acc").and_then(|v| v.value),
-                task_ci: get("target_probe_bal_acc").and_then(|v| v.ci),
-                task_vs_best: get("target_probe_bal_acc_vs_best")
+                domain_acc: get(&probe::DOMAIN_ACC).and_then(|v| v.value),
+                domain_ci: get(&probe::DOMAIN_ACC).and_then(|v| v.ci),
+                spread: get(&probe::SPREAD).and_then(|v| v.value),
+                mmd2: get(&MMD2).and_then(|v| v.value),
+                mmd_p: get(&MMD2).and_then(|v| v.p_value),
+                mmd_p_holm: get(&MMD2).and_then(|v| v.p_holm),
+                task: get(task).and_then(|v| v.value),
+                task_ci: get(task).and_then(|v| v.ci),
+                task_vs_best: get(&crate::compare::TARGET_PROBE_VS_BEST)
                     .and_then(|v| v.value.map(|d| (d, v.ci.unwrap_or((d, d))))),
-                knn: get("target_knn_bal_acc").and_then(|v| v.value),
-                logme: get("logme_target").and_then(|v| v.value),
-                classes: get("target_probe_bal_acc")
+                knn: get(&transfer::TARGET_KNN_BAL_ACC).and_then(|v| v.value),
+                logme: get(&LOGME_TARGET).and_then(|v| v.value),
+                classes: get(task)
                     .and_then(|v| v.details.get("classes").and_then(|c| c.as_u64()))
                     .map(|c| c as usize),
             }

@@ -10,7 +10,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use super::kernel::{median, sq_dists};
 use super::linalg::{col_means, fro2, gram_t, matmul_tn, row_sq_norms};
-use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
+use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, SetData};
 use crate::error::Result;
 
 /// Pre-computed quantities of one representation, reused across all pairs. Centring is applied algebraically
@@ -130,6 +130,27 @@ pub fn one_hot(y: &[usize]) -> Array2<f64> {
     Array2::from_shape_fn((y.len(), k), |(i, c)| f64::from(u8::from(y[i] == c)))
 }
 
+/// The score on the target labels.
+pub const CKA_LABEL_TARGET: Output = Output::new(
+    "cka_label_target",
+    "linear CKA with the one-hot target labels",
+    Direction::MoreUseful,
+    None,
+    None,
+    false,
+    false,
+);
+/// The score on the source labels.
+pub const CKA_LABEL_SOURCE: Output = Output::new(
+    "cka_label_source",
+    "linear CKA with the one-hot source labels",
+    Direction::MoreUseful,
+    None,
+    None,
+    false,
+    false,
+);
+
 /// `cka_label_target` (or `cka_label_source`): linear CKA between the layer and one-hot labels
 /// (kernel-target alignment).
 pub struct CkaLabel {
@@ -145,11 +166,13 @@ impl Metric for CkaLabel {
             "cka_label_source"
         }
     }
-    fn outputs(&self) -> &'static [&'static str] {
+    fn outputs(&self) -> &'static [Output] {
+        static T: [Output; 1] = [CKA_LABEL_TARGET];
+        static S: [Output; 1] = [CKA_LABEL_SOURCE];
         if self.target {
-            &["cka_label_target"]
+            &T
         } else {
-            &["cka_label_source"]
+            &S
         }
     }
     fn needs(&self) -> Needs {
@@ -160,7 +183,7 @@ impl Metric for CkaLabel {
         let oh = one_hot(y);
         let v = linear_cka(&LinearRep::new(set.x), &LinearRep::new(&oh), false);
         Ok(vec![MetricValue::new(
-            self.outputs()[0],
+            &self.outputs()[0].id,
             v,
             format!(
                 "linear CKA between the layer and one-hot labels of the same {} images",

@@ -3,18 +3,30 @@
 //! variance over the same feature directions in the same proportions.
 
 use super::linalg::{covariance, fro2};
-use super::{Ctx, Metric, MetricValue, SetData};
+use super::{Ctx, Direction, Metric, MetricValue, Output, Panel, SetData};
 use crate::error::Result;
 
 /// `cov_alignment`.
 pub struct CovAlignment;
 
+/// `cov_alignment`: cosine between the two covariance matrices (1 = same feature covariance).
+pub const COV_ALIGNMENT: Output = Output::new(
+    "cov_alignment",
+    "covariance alignment (1 = same feature covariance)",
+    Direction::Closer,
+    Some("cov"),
+    Some(Panel::Alignment),
+    false,
+    false,
+);
+
 impl Metric for CovAlignment {
     fn name(&self) -> &'static str {
         "cov_alignment"
     }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["cov_alignment"]
+    fn outputs(&self) -> &'static [Output] {
+        static O: [Output; 1] = [COV_ALIGNMENT];
+        &O
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let (cs, ct) = (covariance(&s.x.view()), covariance(&t.x.view()));
@@ -32,14 +44,14 @@ pub fn alignment_value(
     let (ns, nt) = (fro2(cs).sqrt(), fro2(ct).sqrt());
     if ns == 0.0 || nt == 0.0 {
         return MetricValue::new(
-            "cov_alignment",
+            &COV_ALIGNMENT.id,
             f64::NAN,
             "undefined: a set has constant features at this layer",
         );
     }
     let dot: f64 = cs.iter().zip(ct.iter()).map(|(a, b)| a * b).sum();
     MetricValue::new(
-        "cov_alignment",
+        &COV_ALIGNMENT.id,
         dot / (ns * nt),
         format!("cosine of centred covariances (Frobenius){how}"),
     )

@@ -10,11 +10,22 @@ use ndarray::Array2;
 use super::linalg::{
     cholesky_lower, col_means, covariance, matmul, matmul_tn, sqrtm_psd, sym_eigvals,
 };
-use super::{Ctx, Metric, MetricValue, SetData};
+use super::{Ctx, Direction, Metric, MetricValue, Output, SetData};
 use crate::error::{Error, Result};
 
 /// `frechet`.
 pub struct Frechet;
+
+/// `frechet`: the Fréchet distance between Gaussians fitted to the two sets.
+pub const FRECHET: Output = Output::new(
+    "frechet",
+    "Fréchet distance (Gaussian fit, covariances ddof=1)",
+    Direction::Farther,
+    None,
+    None,
+    false,
+    false,
+);
 
 /// Fréchet distance between the rows of `x` and `y`.
 pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> std::result::Result<f64, String> {
@@ -58,8 +69,9 @@ impl Metric for Frechet {
     fn name(&self) -> &'static str {
         "frechet"
     }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["frechet"]
+    fn outputs(&self) -> &'static [Output] {
+        static O: [Output; 1] = [FRECHET];
+        &O
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let d = s.x.ncols();
@@ -71,6 +83,6 @@ impl Metric for Frechet {
                 "; WARNING n={n} <= d={d}: covariances are rank-deficient, computed as is (the estimate is biased upward at small n); compare layers only at equal n"
             ));
         }
-        Ok(vec![MetricValue::new("frechet", v, note)])
+        Ok(vec![FRECHET.value(v, note)])
     }
 }

@@ -7,7 +7,7 @@
 use ndarray::{Array1, Array2};
 
 use super::linalg::{gram_t, sym_eigh};
-use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
+use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, SetData};
 use crate::error::{Error, Result};
 
 /// LogME of features `f` (n × d) for integer labels `y`.
@@ -49,6 +49,27 @@ pub fn logme(f: &Array2<f64>, y: &[usize]) -> std::result::Result<f64, String> {
     Ok(total / k.max(1) as f64)
 }
 
+/// The score on the target labels.
+pub const LOGME_TARGET: Output = Output::new(
+    "logme_target",
+    "LogME evidence per sample, target labels",
+    Direction::MoreUseful,
+    Some("LogME"),
+    None,
+    false,
+    false,
+);
+/// The score on the source labels.
+pub const LOGME_SOURCE: Output = Output::new(
+    "logme_source",
+    "LogME evidence per sample, source labels",
+    Direction::MoreUseful,
+    None,
+    None,
+    false,
+    false,
+);
+
 /// `logme_target` (or `logme_source`).
 pub struct LogMe {
     /// Score the target set (else the source set).
@@ -63,11 +84,13 @@ impl Metric for LogMe {
             "logme_source"
         }
     }
-    fn outputs(&self) -> &'static [&'static str] {
+    fn outputs(&self) -> &'static [Output] {
+        static T: [Output; 1] = [LOGME_TARGET];
+        static S: [Output; 1] = [LOGME_SOURCE];
         if self.target {
-            &["logme_target"]
+            &T
         } else {
-            &["logme_source"]
+            &S
         }
     }
     fn needs(&self) -> Needs {
@@ -77,7 +100,7 @@ impl Metric for LogMe {
         let (set, y) = labelled(self.target, s, t)?;
         let v = logme(set.x, y).map_err(|e| Error::Analysis(format!("LogME: {e}")))?;
         Ok(vec![MetricValue::new(
-            self.outputs()[0],
+            &self.outputs()[0].id,
             v,
             format!(
                 "LogME (You et al. 2021, thuml fixed-point), raw features, {} rows, {} classes; mean per-sample log evidence, higher = more transferable",

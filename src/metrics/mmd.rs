@@ -19,11 +19,22 @@ use rand::Rng;
 
 use super::kernel::{median_sq_dist_excl, rbf_times};
 use super::stats::{student_t_cdf, subsample};
-use super::{Ctx, Metric, MetricValue, SetData};
+use super::{Ctx, Direction, Metric, MetricValue, Output, Panel, SetData};
 use crate::error::Result;
 
 /// `mmd2_rbf`.
 pub struct Mmd2Rbf;
+
+/// `mmd2_rbf`: unbiased MMD² with a median-heuristic RBF kernel, permutation p-value (Holm across layers).
+pub const MMD2: Output = Output::new(
+    "mmd2_rbf",
+    "MMD² (RBF, unbiased; filled = Holm-adjusted p ≤ 0.01)",
+    Direction::Farther,
+    Some("MMD2"),
+    Some(Panel::Distance),
+    false,
+    true,
+);
 
 /// The outcome of one MMD² computation.
 #[derive(Debug, Clone)]
@@ -163,12 +174,13 @@ impl Metric for Mmd2Rbf {
     fn name(&self) -> &'static str {
         "mmd2_rbf"
     }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["mmd2_rbf"]
+    fn outputs(&self) -> &'static [Output] {
+        static O: [Output; 1] = [MMD2];
+        &O
     }
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
-        let mut rng = ctx.rng(1);
+        let mut rng = ctx.rng(self.name());
         let cap = p.mmd_max_n;
         let mut note = String::new();
         if s.x.nrows() > cap || t.x.nrows() > cap {
@@ -181,7 +193,7 @@ impl Metric for Mmd2Rbf {
             let sigma = if sigma2 > 0.0 { sigma2.sqrt() } else { 1.0 };
             let r = mmd2_linear(s.x, t.x, sigma, &mut rng);
             let mut v = MetricValue::new(
-                "mmd2_rbf",
+                &MMD2.id,
                 r.mmd2,
                 format!(
                     "linear-time MMD^2 (Gretton et al. 2012, sec. 6) over all {}+{} rows (above --mmd-max-n {cap}): mean of {} independent pair terms, standard error {:.3e}, RBF sigma={sigma:.6e} (median heuristic on a balanced sample of {median_points} points); one-sided p from the pair terms' t statistic ({} df), not from permutations",
@@ -196,7 +208,7 @@ impl Metric for Mmd2Rbf {
         if x.nrows() < 2 || y.nrows() < 2 {
             return Ok(vec![MetricValue {
                 note: "needs at least 2 rows per set".into(),
-                ..MetricValue::new("mmd2_rbf", f64::NAN, "")
+                ..MetricValue::new(&MMD2.id, f64::NAN, "")
             }]);
         }
         let r = mmd2_rbf(x, y, p.permutations, None, &mut rng);
@@ -204,7 +216,7 @@ impl Metric for Mmd2Rbf {
             "unbiased MMD^2, {}+{} rows, RBF sigma={:.6e} (median heuristic on a balanced sample of {} points, self-distances excluded); p from {} permutations, (1+#>=)/(1+B); no interval (the bootstrap of this U-statistic is invalid)",
             x.nrows(), y.nrows(), r.sigma, r.median_points, p.permutations
         ));
-        let mut v = MetricValue::new("mmd2_rbf", r.mmd2, note);
+        let mut v = MetricValue::new(&MMD2.id, r.mmd2, note);
         v.p_value = Some(r.p_value);
         v.details = serde_json::json!({"sigma": r.sigma, "median_points": r.median_points, "permutations": p.permutations, "m": x.nrows(), "n": y.nrows()});
         Ok(vec![v])

@@ -20,6 +20,8 @@ pub mod probe;
 pub mod stats;
 pub mod transfer;
 
+use std::borrow::Cow;
+
 use ndarray::Array2;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -106,11 +108,13 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// A generator seeded from the master seed, the layer and a per-metric stream id.
-    pub fn rng(&self, stream: u64) -> ChaCha8Rng {
+    /// A generator seeded from the master seed, the layer and the name of what draws (a metric's own
+    /// [`Metric::name`], or a report part's): no stream number is chosen by hand, and two users of
+    /// randomness never share a stream unless they share a name.
+    pub fn rng(&self, name: &str) -> ChaCha8Rng {
         let mut r = ChaCha8Rng::seed_from_u64(self.params.seed);
         r.set_stream(
-            stream
+            stream_of(name)
                 .wrapping_mul(1_000_003)
                 .wrapping_add(self.depth as u64),
         );
@@ -121,11 +125,93 @@ impl Ctx<'_> {
     /// layers must share, such as fold assignments and subsamples, so layers are compared on equal terms.
     pub fn shared_rng(&self, name: &str) -> ChaCha8Rng {
         let mut r = ChaCha8Rng::seed_from_u64(self.params.seed);
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        r.set_stream(h);
+        r.set_stream(stream_of(name));
         r
+    }
+}
+
+/// The random stream of a name (64-bit FNV-1a).
+fn stream_of(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What a higher value of an output says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The two sets are farther apart (a distance, a separability).
+    Farther,
+    /// The two sets are closer (an alignment).
+    Closer,
+    /// The layer is more useful for a task.
+    MoreUseful,
+}
+
+/// The panel of `metrics_by_depth.png` an output is drawn in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Panel {
+    /// Distribution distance between the sets.
+    Distance,
+    /// Can a probe tell the sets apart?
+    Domain,
+    /// Usefulness for a labelled task.
+    Task,
+    /// Drawn where the task panel goes when no task output has values (no labels).
+    Alignment,
+}
+
+/// The declaration of one metric output: everything the verdict, the charts, the tables, `summary.json`
+/// and the HTML need to show it, so that none of them names a metric. Each metric module declares its
+/// outputs as constants; the verdict refers to those constants, never to a string.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Output {
+    /// Its name in `metrics.csv` and `--metrics`.
+    pub id: Cow<'static, str>,
+    /// What it is, with its estimator (chart legends, `summary.json`).
+    pub label: Cow<'static, str>,
+    /// Header of its column in the terminal and HTML tables, if it has one.
+    pub column: Option<Cow<'static, str>>,
+    /// The chart panel it is drawn in, if any.
+    pub panel: Option<Panel>,
+    /// What a higher value says.
+    pub direction: Direction,
+    /// True when its values carry a 95 % interval.
+    pub interval: bool,
+    /// True when its values carry a permutation p-value (shown beside its column).
+    pub p_value: bool,
+}
+
+impl Output {
+    /// A declaration (a `const fn`, so that metrics declare their outputs as constants).
+    pub const fn new(
+        id: &'static str,
+        label: &'static str,
+        direction: Direction,
+        column: Option<&'static str>,
+        panel: Option<Panel>,
+        interval: bool,
+        p_value: bool,
+    ) -> Self {
+        Output {
+            id: Cow::Borrowed(id),
+            label: Cow::Borrowed(label),
+            column: match column {
+                Some(c) => Some(Cow::Borrowed(c)),
+                None => None,
+            },
+            panel,
+            direction,
+            interval,
+            p_value,
+        }
+    }
+
+    /// A value of this output.
+    pub fn value(&self, value: f64, note: impl Into<String>) -> MetricValue {
+        MetricValue::new(&self.id, value, note)
     }
 }
 
@@ -232,14 +318,22 @@ pub fn labelled<'a>(
 pub trait Metric: Sync {
     /// Group name used by `--metrics` (outputs are selectable by their own names too).
     fn name(&self) -> &'static str;
-    /// Output names, in the order they are returned.
-    fn outputs(&self) -> &'static [&'static str];
+    /// The outputs it returns, in that order.
+    fn outputs(&self) -> &'static [Output];
     /// Prerequisites.
     fn needs(&self) -> Needs {
         Needs::Nothing
     }
     /// Computes the outputs at one layer.
     fn compute(&self, source: &SetData, target: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>>;
+}
+
+/// The output declarations of `metrics`, in report order.
+pub fn declarations(metrics: &[Box<dyn Metric>]) -> Vec<Output> {
+    metrics
+        .iter()
+        .flat_map(|m| m.outputs().iter().cloned())
+        .collect()
 }
 
 /// Every metric, in report order.

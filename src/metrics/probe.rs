@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::logreg;
 use super::stats::{auc, corrected_cv_ci, group_stratified_folds, repeated_folds, subsample};
-use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
+use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
 use crate::error::{Error, Result};
 
 /// Per-fold scores of a classifier under repeated stratified k-fold cross-validation.
@@ -330,7 +330,7 @@ pub fn task_split(
 /// shared [`TaskSplit`]; when no split can be made, both values are empty with the reason.
 pub fn task_metric(
     target: bool,
-    names: &[&str],
+    names: &[Output],
     s: &SetData,
     t: &SetData,
     ctx: &Ctx,
@@ -342,15 +342,15 @@ pub fn task_metric(
         Err(why) => {
             return Ok(names
                 .iter()
-                .map(|n| MetricValue::new(n, f64::NAN, format!("not computed: {why}")))
+                .map(|n| MetricValue::new(&n.id, f64::NAN, format!("not computed: {why}")))
                 .collect())
         }
     };
     let x = set.x.select(Axis(0), &split.rows);
     let (r, note, details) = score(&x, &split)?;
-    let mut acc = fold_value(names[0], r.acc, r.acc_ci, &r.fold_acc, &note);
+    let mut acc = fold_value(&names[0].id, r.acc, r.acc_ci, &r.fold_acc, &note);
     acc.details = details.clone();
-    let mut bal = fold_value(names[1], r.bal_acc, r.bal_ci, &r.fold_bal, &note);
+    let mut bal = fold_value(&names[1].id, r.bal_acc, r.bal_ci, &r.fold_bal, &note);
     bal.details = details;
     Ok(vec![acc, bal])
 }
@@ -372,12 +372,44 @@ pub fn fold_value(
 /// `domain_probe_acc`, `domain_probe_auc`, `proxy_a_distance`.
 pub struct DomainProbe;
 
+/// Cross-validated accuracy of a linear probe telling source from target rows.
+pub const DOMAIN_ACC: Output = Output::new(
+    "domain_probe_acc",
+    "domain probe accuracy (repeated k-fold CV, corrected 95% CI)",
+    Direction::Farther,
+    Some("domain"),
+    Some(Panel::Domain),
+    true,
+    false,
+);
+/// The same probe's ROC AUC.
+pub const DOMAIN_AUC: Output = Output::new(
+    "domain_probe_auc",
+    "domain probe ROC AUC (repeated k-fold CV)",
+    Direction::Farther,
+    None,
+    None,
+    true,
+    false,
+);
+/// Proxy A-distance 2(1 - 2 err) from the domain probe (Ben-David et al. 2010).
+pub const PROXY_A: Output = Output::new(
+    "proxy_a_distance",
+    "proxy A-distance, 2(1 - 2 err) of the domain probe",
+    Direction::Farther,
+    None,
+    None,
+    true,
+    false,
+);
+
 impl Metric for DomainProbe {
     fn name(&self) -> &'static str {
         "domain_probe"
     }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["domain_probe_acc", "domain_probe_auc", "proxy_a_distance"]
+    fn outputs(&self) -> &'static [Output] {
+        static O: [Output; 3] = [DOMAIN_ACC, DOMAIN_AUC, PROXY_A];
+        &O
     }
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
@@ -395,10 +427,10 @@ impl Metric for DomainProbe {
             p.c, p.cv_repeats, r.convergence_warning()
         );
         let details = serde_json::json!({"c": p.c, "folds": folds, "repeats": p.cv_repeats, "rows_per_set": m});
-        let mut acc = fold_value("domain_probe_acc", r.acc, r.acc_ci, &r.fold_acc, &base);
+        let mut acc = fold_value(&DOMAIN_ACC.id, r.acc, r.acc_ci, &r.fold_acc, &base);
         acc.details = details.clone();
         let mut auc_v = fold_value(
-            "domain_probe_auc",
+            &DOMAIN_AUC.id,
             r.auc.unwrap_or(f64::NAN),
             r.auc_ci,
             &r.fold_auc,
@@ -406,7 +438,7 @@ impl Metric for DomainProbe {
         );
         auc_v.details = details.clone();
         let mut pad = MetricValue::new(
-            "proxy_a_distance",
+            &PROXY_A.id,
             2.0 * (2.0 * r.acc - 1.0),
             format!("2(1-2*err) with err = 1 - domain_probe_acc; {base}"),
         );
@@ -426,12 +458,24 @@ impl Metric for DomainProbe {
 /// ImageNet-style names group classes; an interleaved split would measure nothing but noise).
 pub struct SourceSpread;
 
+/// The domain probe between two halves of the source: how much class content alone separates.
+pub const SPREAD: Output = Output::new(
+    "source_spread_acc",
+    "source spread: domain probe accuracy between two halves of the source",
+    Direction::Farther,
+    None,
+    None,
+    true,
+    false,
+);
+
 impl Metric for SourceSpread {
     fn name(&self) -> &'static str {
         "source_spread"
     }
-    fn outputs(&self) -> &'static [&'static str] {
-        &["source_spread_acc"]
+    fn outputs(&self) -> &'static [Output] {
+        static O: [Output; 1] = [SPREAD];
+        &O
     }
     fn compute(&self, s: &SetData, _t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
@@ -454,7 +498,7 @@ impl Metric for SourceSpread {
         let m = a.len().min(b.len()).min(p.probe_max_n);
         if m < 10 {
             return Ok(vec![MetricValue::new(
-                "source_spread_acc",
+                &SPREAD.id,
                 f64::NAN,
                 "not computed: the source has fewer than 20 rows",
             )]);
@@ -478,7 +522,7 @@ impl Metric for SourceSpread {
             p.c, p.cv_repeats
         );
         Ok(vec![fold_value(
-            "source_spread_acc",
+            &SPREAD.id,
             r.acc,
             r.acc_ci,
             &r.fold_acc,
@@ -486,6 +530,47 @@ impl Metric for SourceSpread {
         )])
     }
 }
+
+/// Target task probe: cross-validated accuracy.
+pub const TARGET_PROBE_ACC: Output = Output::new(
+    "target_probe_acc",
+    "target task probe, accuracy (corrected 95% CI)",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+/// Target task probe: cross-validated balanced accuracy (the verdict's usefulness measure).
+pub const TARGET_PROBE_BAL_ACC: Output = Output::new(
+    "target_probe_bal_acc",
+    "target task probe, balanced accuracy (corrected 95% CI)",
+    Direction::MoreUseful,
+    Some("task"),
+    Some(Panel::Task),
+    true,
+    false,
+);
+/// Source task probe: cross-validated accuracy.
+pub const SOURCE_PROBE_ACC: Output = Output::new(
+    "source_probe_acc",
+    "source task probe, accuracy (corrected 95% CI)",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+/// Source task probe: cross-validated balanced accuracy.
+pub const SOURCE_PROBE_BAL_ACC: Output = Output::new(
+    "source_probe_bal_acc",
+    "source task probe, balanced accuracy",
+    Direction::MoreUseful,
+    None,
+    Some(Panel::Task),
+    true,
+    false,
+);
 
 /// `target_probe_acc` / `target_probe_bal_acc` (or the `source_` pair).
 pub struct TaskProbe {
@@ -501,11 +586,13 @@ impl Metric for TaskProbe {
             "source_probe"
         }
     }
-    fn outputs(&self) -> &'static [&'static str] {
+    fn outputs(&self) -> &'static [Output] {
+        static T: [Output; 2] = [TARGET_PROBE_ACC, TARGET_PROBE_BAL_ACC];
+        static S: [Output; 2] = [SOURCE_PROBE_ACC, SOURCE_PROBE_BAL_ACC];
         if self.target {
-            &["target_probe_acc", "target_probe_bal_acc"]
+            &T
         } else {
-            &["source_probe_acc", "source_probe_bal_acc"]
+            &S
         }
     }
     fn needs(&self) -> Needs {

@@ -15,7 +15,7 @@ use ndarray::{Array2, Axis};
 
 use super::linalg::{cholesky_lower, gram_t, matmul};
 use super::probe::{cv_scores, task_metric};
-use super::{labelled, Ctx, Metric, MetricValue, Needs, SetData};
+use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
 use crate::error::{Error, Result};
 
 /// Cosine k-NN predictions of `test` rows from `train` rows with labels `ytr` (classes 0..k).
@@ -123,6 +123,47 @@ pub fn hscore_shrinkage(f: &Array2<f64>, y: &[usize]) -> std::result::Result<(f6
 }
 
 /// `target_knn_acc`, `target_knn_bal_acc` (or the `source_` pair).
+/// Target k-NN: leave-fold-out accuracy.
+pub const TARGET_KNN_ACC: Output = Output::new(
+    "target_knn_acc",
+    "target k-NN (cosine), accuracy",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+/// Target k-NN: balanced accuracy.
+pub const TARGET_KNN_BAL_ACC: Output = Output::new(
+    "target_knn_bal_acc",
+    "target k-NN (cosine), balanced accuracy",
+    Direction::MoreUseful,
+    None,
+    Some(Panel::Task),
+    true,
+    false,
+);
+/// Source k-NN: accuracy.
+pub const SOURCE_KNN_ACC: Output = Output::new(
+    "source_knn_acc",
+    "source k-NN (cosine), accuracy",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+/// Source k-NN: balanced accuracy.
+pub const SOURCE_KNN_BAL_ACC: Output = Output::new(
+    "source_knn_bal_acc",
+    "source k-NN (cosine), balanced accuracy",
+    Direction::MoreUseful,
+    None,
+    None,
+    true,
+    false,
+);
+
 pub struct Knn {
     /// Score the target set (else the source set).
     pub target: bool,
@@ -136,11 +177,13 @@ impl Metric for Knn {
             "source_knn"
         }
     }
-    fn outputs(&self) -> &'static [&'static str] {
+    fn outputs(&self) -> &'static [Output] {
+        static T: [Output; 2] = [TARGET_KNN_ACC, TARGET_KNN_BAL_ACC];
+        static S: [Output; 2] = [SOURCE_KNN_ACC, SOURCE_KNN_BAL_ACC];
         if self.target {
-            &["target_knn_acc", "target_knn_bal_acc"]
+            &T
         } else {
-            &["source_knn_acc", "source_knn_bal_acc"]
+            &S
         }
     }
     fn needs(&self) -> Needs {
@@ -168,6 +211,27 @@ impl Metric for Knn {
 }
 
 /// `hscore_target` (or `hscore_source`).
+/// H-score of the target labels (Bao et al. 2019).
+pub const HSCORE_TARGET: Output = Output::new(
+    "hscore_target",
+    "H-score, target labels",
+    Direction::MoreUseful,
+    None,
+    None,
+    false,
+    false,
+);
+/// H-score of the source labels.
+pub const HSCORE_SOURCE: Output = Output::new(
+    "hscore_source",
+    "H-score, source labels",
+    Direction::MoreUseful,
+    None,
+    None,
+    false,
+    false,
+);
+
 pub struct HScore {
     /// Score the target set (else the source set).
     pub target: bool,
@@ -181,11 +245,13 @@ impl Metric for HScore {
             "hscore_source"
         }
     }
-    fn outputs(&self) -> &'static [&'static str] {
+    fn outputs(&self) -> &'static [Output] {
+        static T: [Output; 1] = [HSCORE_TARGET];
+        static S: [Output; 1] = [HSCORE_SOURCE];
         if self.target {
-            &["hscore_target"]
+            &T
         } else {
-            &["hscore_source"]
+            &S
         }
     }
     fn needs(&self) -> Needs {
@@ -193,7 +259,7 @@ impl Metric for HScore {
     }
     fn compute(&self, s: &SetData, t: &SetData, _ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let (set, labels) = labelled(self.target, s, t)?;
-        let name = self.outputs()[0];
+        let name = self.outputs()[0].id.as_ref();
         Ok(vec![match hscore_shrinkage(set.x, labels) {
             Ok((h, a)) => {
                 let mut v = MetricValue::new(

@@ -28,10 +28,6 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-fn cell(v: Option<f64>) -> String {
-    v.map_or("–".into(), |x| format!("{x:.3}"))
-}
-
 /// The page.
 pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     let v = &r.verdict;
@@ -74,26 +70,51 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         }
         h.push_str("</ul>");
     }
-    h.push_str("<h2>Per layer</h2><table><tr><th>depth</th><th>layer</th><th>dim</th><th>MMD²</th><th>p</th><th>domain probe</th><th>cov. align.</th><th>target probe (bal.)</th><th>LogME</th><th>label</th><th>reason</th></tr>");
-    for (l, lv) in c.layers.iter().zip(&v.layers) {
-        let get = |m: &str| l.values.iter().find(|x| x.metric == m);
+    let cols = super::columns(c);
+    h.push_str("<h2>Per layer</h2><table><tr><th>depth</th><th>layer</th><th>dim</th>");
+    for col in &cols {
         h.push_str(&format!(
-            "<tr class=\"{}\"><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+            "<th title=\"{}\">{}</th>",
+            esc(&col.output.label),
+            esc(&col.header)
+        ));
+    }
+    h.push_str("<th>label</th><th>reason</th></tr>");
+    for (l, lv) in c.layers.iter().zip(&v.layers) {
+        h.push_str(&format!(
+            "<tr class=\"{}\"><td>{}</td><td class=\"l\">{}</td><td>{}</td>",
             lv.label.as_str(),
             l.depth,
             esc(&l.layer),
-            l.dim,
-            cell(get("mmd2_rbf").and_then(|x| x.value)),
-            get("mmd2_rbf").and_then(|x| x.p_value).map_or("–".into(), |p| format!("{p:.3}")),
-            cell(get("domain_probe_acc").and_then(|x| x.value)),
-            cell(get("cov_alignment").and_then(|x| x.value)),
-            cell(get("target_probe_bal_acc").and_then(|x| x.value)),
-            cell(get("logme_target").and_then(|x| x.value)),
+            l.dim
+        ));
+        for col in &cols {
+            h.push_str(&format!("<td>{}</td>", col.cell(l)));
+        }
+        h.push_str(&format!(
+            "<td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
             lv.label.as_str(),
             esc(&lv.reason)
         ));
     }
     h.push_str("</table>");
+    h.push_str("<p>Columns: ");
+    let legend: Vec<String> = cols
+        .iter()
+        .filter(|c| !c.p_value)
+        .map(|c| {
+            format!(
+                "<b>{}</b> = <code>{}</code>, {}",
+                esc(&c.header),
+                esc(&c.output.id),
+                esc(&c.output.label)
+            )
+        })
+        .collect();
+    h.push_str(&legend.join("; "));
+    h.push_str(
+        ". Every output, with its estimator and sample counts, is in <code>metrics.csv</code>.</p>",
+    );
     h.push_str("<h2>Charts</h2>");
     for (name, bytes) in pngs {
         h.push_str(&format!(
@@ -102,6 +123,21 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             esc(name),
             base64(bytes)
         ));
+        if name == "metrics_by_depth.png" {
+            // what the chart draws, from the same list the chart is drawn from
+            let panels: Vec<String> = super::plot::chart_series(c)
+                .into_iter()
+                .filter(|(_, outs)| !outs.is_empty())
+                .map(|(p, outs)| {
+                    let items: Vec<String> = outs
+                        .iter()
+                        .map(|o| format!("{} (<code>{}</code>)", esc(&o.label), esc(&o.id)))
+                        .collect();
+                    format!("{p:?}: {}", items.join(", "))
+                })
+                .collect();
+            h.push_str(&format!("<p class=\"l\">Drawn: {}.</p>", panels.join("; ")));
+        }
     }
     h.push_str(&format!(
         "<h2>How these numbers were made</h2><p>Seed {}, {} permutations, {} x {}-fold cross-validation (the same folds at every layer) for probes and k-NN, C = {}. Estimators are stated per value in <code>metrics.csv</code>; all parameters are in <code>compare.json</code>. Rule: {}</p>",

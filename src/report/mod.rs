@@ -1,11 +1,13 @@
 //! Reports: the verdict, PNG charts, a self-contained HTML page, `summary.json` and the terminal summary.
-//! Each file is rendered to bytes by an [`Exporter`]; [`write_all`] alone owns paths and atomic writes.
+//! Each file is rendered to bytes by an [`export::Exporter`]; [`export::write`] alone owns paths and atomic
+//! writes.
 
+pub mod export;
 pub mod html;
 pub mod plot;
 pub mod summary;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{Array2, Axis};
 
@@ -15,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::metrics::linalg::{centred, covariance, sym_eigh};
 use crate::metrics::stats::subsample;
 use crate::metrics::Ctx;
-use crate::output::{csv_bytes, write_atomic};
 use crate::verdict::{self, Verdict};
 
 /// One embedded image projected on a layer's first two principal components.
@@ -45,12 +46,49 @@ pub struct RunReport {
     pub extra: serde_json::Value,
 }
 
-/// Renders one output file.
-pub trait Exporter {
-    /// File name inside the report folder.
-    fn file_name(&self) -> String;
-    /// The file's bytes.
-    fn render(&self, r: &RunReport) -> Result<Vec<u8>>;
+/// One column of the per-layer tables (terminal and HTML): a declared output's value, or its p-value.
+pub struct Column {
+    /// Header.
+    pub header: String,
+    /// The output.
+    pub output: crate::metrics::Output,
+    /// True for the output's p-value column.
+    pub p_value: bool,
+}
+
+impl Column {
+    /// The cell at one layer (`-` when not computed), three decimals.
+    pub fn cell(&self, l: &crate::compare::LayerResult) -> String {
+        let v = l.value(&self.output);
+        let x = if self.p_value {
+            v.and_then(|v| v.p_value)
+        } else {
+            v.and_then(|v| v.value)
+        };
+        x.map_or("-".into(), |x| format!("{x:.3}"))
+    }
+}
+
+/// The table columns: every declared output with a column, in report order, each followed by its
+/// p-value when it has one.
+pub fn columns(c: &CompareReport) -> Vec<Column> {
+    let mut v = Vec::new();
+    for o in c.outputs() {
+        let Some(h) = o.column.clone() else { continue };
+        v.push(Column {
+            header: h.into_owned(),
+            output: o.clone(),
+            p_value: false,
+        });
+        if o.p_value {
+            v.push(Column {
+                header: "p".into(),
+                output: o,
+                p_value: true,
+            });
+        }
+    }
+    v
 }
 
 /// Depths of the layers drawn as scatters: early, middle, late.
@@ -83,7 +121,7 @@ pub fn pca_points(
             params: &params,
             depth: *d,
         };
-        let mut rng = ctx.rng(21);
+        let mut rng = ctx.rng("embedding_pca");
         let xs = src.read_layer(si)?;
         let xt = tgt.read_layer(ti)?;
         if crate::compare::non_finite(&xs) + crate::compare::non_finite(&xt) > 0 {
@@ -124,22 +162,6 @@ pub fn pca_points(
     Ok(out)
 }
 
-/// `embedding_pca.csv` bytes.
-pub fn pca_csv(pts: &[PcaPoint]) -> Vec<u8> {
-    csv_bytes(
-        &["layer", "set", "label", "pc1", "pc2"],
-        pts.iter().map(|p| {
-            vec![
-                p.layer.clone(),
-                p.set.clone(),
-                p.label.clone(),
-                format!("{}", p.pc1),
-                format!("{}", p.pc2),
-            ]
-        }),
-    )
-}
-
 /// Reads `embedding_pca.csv`.
 pub fn read_pca(path: &Path) -> Result<Vec<PcaPoint>> {
     if !path.is_file() {
@@ -177,25 +199,19 @@ pub fn scatter_file(depth: usize, layer: &str) -> String {
     )
 }
 
-struct Fn_<F: Fn(&RunReport) -> Result<Vec<u8>>>(String, F);
-
-impl<F: Fn(&RunReport) -> Result<Vec<u8>>> Exporter for Fn_<F> {
-    fn file_name(&self) -> String {
-        self.0.clone()
-    }
-    fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
-        (self.1)(r)
-    }
-}
-
 /// Full and short layer names, in depth order.
-fn layer_names(c: &CompareReport) -> (Vec<String>, Vec<String>) {
+pub(crate) fn layer_names(c: &CompareReport) -> (Vec<String>, Vec<String>) {
     let names: Vec<String> = c.layers.iter().map(|l| l.layer.clone()).collect();
     let short = names.iter().map(|n| plot::short_name(n)).collect();
     (names, short)
 }
 
-fn sim_matrix(c: &CompareReport, set: &str, measure: &str, names: &[String]) -> Vec<Vec<f64>> {
+pub(crate) fn sim_matrix(
+    c: &CompareReport,
+    set: &str,
+    measure: &str,
+    names: &[String],
+) -> Vec<Vec<f64>> {
     let l = names.len();
     let mut m = vec![vec![0.0; l]; l];
     for s in c
@@ -211,101 +227,4 @@ fn sim_matrix(c: &CompareReport, set: &str, measure: &str, names: &[String]) -> 
         }
     }
     m
-}
-
-/// Every exporter for this report, in the order files are written (the CSVs and `compare.json` are
-/// written by [`crate::compare::write_report`]).
-pub fn exporters(r: &RunReport) -> Vec<Box<dyn Exporter>> {
-    let mut v: Vec<Box<dyn Exporter>> = vec![
-        Box::new(Fn_("verdict.json".into(), |r: &RunReport| {
-            serde_json::to_vec_pretty(&r.verdict).map_err(|e| Error::Analysis(e.to_string()))
-        })),
-        Box::new(Fn_("metrics_by_depth.png".into(), |r: &RunReport| {
-            plot::metrics_by_depth(&r.compare, &r.verdict)
-        })),
-    ];
-    if !r.compare.similarity.is_empty() {
-        for (file, set) in [("cka_source.png", "source"), ("cka_target.png", "target")] {
-            v.push(Box::new(Fn_(file.into(), move |r: &RunReport| {
-                let (names, short) = layer_names(&r.compare);
-                let m = sim_matrix(&r.compare, set, "cka_linear", &names);
-                plot::heatmap(
-                    &format!("Linear CKA between layers, {set} images (1 = same representation)"),
-                    &short,
-                    &m,
-                    (0.0, 1.0),
-                    false,
-                )
-            })));
-        }
-        v.push(Box::new(Fn_(
-            "cka_difference.png".into(),
-            |r: &RunReport| {
-                let (names, short) = layer_names(&r.compare);
-                let s = sim_matrix(&r.compare, "source", "cka_linear", &names);
-                let t = sim_matrix(&r.compare, "target", "cka_linear", &names);
-                let d: Vec<Vec<f64>> = s
-                    .iter()
-                    .zip(&t)
-                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| y - x).collect())
-                    .collect();
-                let top = d
-                    .iter()
-                    .flatten()
-                    .fold(0.0f64, |a, v| a.max(v.abs()))
-                    .max(0.05);
-                plot::heatmap(
-                    "Linear CKA difference, target − source (red: more alike on target)",
-                    &short,
-                    &d,
-                    (-top, top),
-                    true,
-                )
-            },
-        )));
-    }
-    let depths = scatter_depths(r.compare.layers.len());
-    for d in depths {
-        let Some(layer) = r.compare.layers.get(d).map(|l| l.layer.clone()) else {
-            continue;
-        };
-        if !r.pca.iter().any(|p| p.layer == layer) {
-            continue;
-        }
-        let file = scatter_file(d, &layer);
-        v.push(Box::new(Fn_(file, move |r: &RunReport| {
-            let pts: Vec<&PcaPoint> = r.pca.iter().filter(|p| p.layer == layer).collect();
-            plot::scatter(
-                &format!(
-                    "Depth {d}: {} — PCA of source and target embeddings",
-                    plot::short_name(&layer)
-                ),
-                &pts,
-            )
-        })));
-    }
-    v.push(Box::new(Fn_("summary.json".into(), |r: &RunReport| {
-        serde_json::to_vec_pretty(&summary::summary_json(r))
-            .map_err(|e| Error::Analysis(e.to_string()))
-    })));
-    v
-}
-
-/// Renders every exporter, then the HTML page that embeds the PNGs; writes all atomically into `out`.
-pub fn write_all(r: &RunReport, out: &Path) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    let mut pngs: Vec<(String, Vec<u8>)> = Vec::new();
-    for e in exporters(r) {
-        let name = e.file_name();
-        let bytes = e.render(r)?;
-        write_atomic(&out.join(&name), &bytes)?;
-        if name.ends_with(".png") {
-            pngs.push((name.clone(), bytes));
-        }
-        written.push(out.join(name));
-    }
-    let page = html::page(r, &pngs);
-    write_atomic(&out.join("report.html"), page.as_bytes())?;
-    written.push(out.join("report.html"));
-    Ok(written)
 }

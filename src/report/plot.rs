@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use super::PcaPoint;
 use crate::compare::CompareReport;
 use crate::error::{Error, Result};
+use crate::metrics::{Output, Panel};
 use crate::verdict::Verdict;
 
 static FONT: Once = Once::new();
@@ -72,12 +73,12 @@ struct Series {
     points: Vec<Point>,
 }
 
-fn series(r: &CompareReport, metric: &str, label: &str, color: RGBColor) -> Option<Series> {
+fn series(r: &CompareReport, o: &Output, color: RGBColor) -> Option<Series> {
     let points: Vec<_> = r
         .layers
         .iter()
         .filter_map(|l| {
-            let v = l.values.iter().find(|v| v.metric == metric)?;
+            let v = l.value(o)?;
             Some((
                 l.depth as f64,
                 v.value?,
@@ -89,16 +90,61 @@ fn series(r: &CompareReport, metric: &str, label: &str, color: RGBColor) -> Opti
         })
         .collect();
     (!points.is_empty()).then(|| Series {
-        label: label.into(),
+        label: o.label.to_string(),
         color,
         points,
     })
+}
+
+/// The outputs drawn in each panel of `metrics_by_depth.png`, from their declarations (in report order,
+/// only those with values): the chart and the HTML's description of it both come from here.
+pub fn chart_series(r: &CompareReport) -> Vec<(Panel, Vec<Output>)> {
+    [
+        Panel::Distance,
+        Panel::Domain,
+        Panel::Task,
+        Panel::Alignment,
+    ]
+    .into_iter()
+    .map(|p| {
+        let outs = r
+            .outputs()
+            .into_iter()
+            .filter(|o| o.panel == Some(p))
+            .filter(|o| {
+                r.layers
+                    .iter()
+                    .any(|l| l.value(o).is_some_and(|v| v.value.is_some()))
+            })
+            .collect();
+        (p, outs)
+    })
+    .collect()
+}
+
+/// The series of one panel, coloured in the panel's palette order.
+fn panel_series(r: &CompareReport, p: Panel) -> Vec<Series> {
+    let palette: &[RGBColor] = match p {
+        Panel::Distance => &[BLUE_, PURPLE_, ORANGE_, GREEN_, RED_],
+        Panel::Domain => &[ORANGE_, BLUE_, PURPLE_, GREEN_, RED_],
+        Panel::Task | Panel::Alignment => &[GREEN_, BLUE_, PURPLE_, ORANGE_, RED_],
+    };
+    let outs = chart_series(r)
+        .into_iter()
+        .find(|(q, _)| *q == p)
+        .map(|(_, o)| o)
+        .unwrap_or_default();
+    outs.iter()
+        .enumerate()
+        .filter_map(|(i, o)| series(r, o, palette[i % palette.len()]))
+        .collect()
 }
 
 const BLUE_: RGBColor = RGBColor(31, 119, 180);
 const ORANGE_: RGBColor = RGBColor(230, 120, 20);
 const GREEN_: RGBColor = RGBColor(44, 160, 44);
 const PURPLE_: RGBColor = RGBColor(148, 103, 189);
+const RED_: RGBColor = RGBColor(214, 39, 40);
 
 #[allow(clippy::too_many_arguments)]
 fn panel(
@@ -244,14 +290,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             ))
             .map_err(perr)?;
         }
-        let mmd: Vec<Series> = series(
-            r,
-            "mmd2_rbf",
-            "MMD² (RBF, unbiased; filled = Holm-adjusted p ≤ 0.01)",
-            BLUE_,
-        )
-        .into_iter()
-        .collect();
+        let mmd = panel_series(r, Panel::Distance);
         let top = mmd
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
@@ -269,14 +308,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             cut,
             SeriesLabelPosition::UpperRight,
         )?;
-        let dom: Vec<Series> = series(
-            r,
-            "domain_probe_acc",
-            "domain probe accuracy (3 x 5-fold CV, corrected 95% CI)",
-            ORANGE_,
-        )
-        .into_iter()
-        .collect();
+        let dom = panel_series(r, Panel::Domain);
         panel(
             &areas[1],
             "Can a linear probe tell source from target?",
@@ -288,34 +320,9 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             cut,
             SeriesLabelPosition::LowerRight,
         )?;
-        let mut task: Vec<Series> = Vec::new();
-        task.extend(series(
-            r,
-            "target_probe_bal_acc",
-            "target task probe, balanced accuracy (corrected 95% CI)",
-            GREEN_,
-        ));
-        task.extend(series(
-            r,
-            "target_knn_bal_acc",
-            "target 10-NN (cosine), balanced accuracy",
-            BLUE_,
-        ));
-        task.extend(series(
-            r,
-            "source_probe_bal_acc",
-            "source task probe, balanced accuracy",
-            PURPLE_,
-        ));
+        let task = panel_series(r, Panel::Task);
         if task.is_empty() {
-            let cov: Vec<Series> = series(
-                r,
-                "cov_alignment",
-                "covariance alignment (1 = same feature covariance)",
-                GREEN_,
-            )
-            .into_iter()
-            .collect();
+            let cov = panel_series(r, Panel::Alignment);
             panel(
                 &areas[2],
                 "Target usefulness (no target labels: covariance alignment shown)",

@@ -16,22 +16,18 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
         "verdict": {"summary": r.verdict.summary, "plan": r.verdict.plan, "cut": r.verdict.cut, "diagnosis": r.verdict.diagnosis, "poor_match": r.verdict.poor_match,
                     "warnings": r.verdict.warnings,
                     "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
+        "outputs": r.compare.outputs(),
         "files": files(r),
         "run": r.extra,
     })
 }
 
-/// The files of the report folder, from the same list that writes them (no hard-coded names to drift).
+/// The files of the report folder, from the same exporter list that writes them (no hard-coded names).
 fn files(r: &RunReport) -> Vec<String> {
-    let mut v: Vec<String> = ["metrics.csv", "similarity.csv", "compare.json"]
-        .map(String::from)
-        .to_vec();
-    if !r.pca.is_empty() {
-        v.push("embedding_pca.csv".into());
-    }
-    v.extend(super::exporters(r).iter().map(|e| e.file_name()));
-    v.push("report.html".into());
-    v
+    super::export::analysis_files(r)
+        .iter()
+        .map(|e| e.file_name())
+        .collect()
 }
 
 fn paint(s: &str, label: Label, color: bool) -> String {
@@ -50,24 +46,22 @@ fn paint(s: &str, label: Label, color: bool) -> String {
 pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut s = String::new();
-    s.push_str(&format!(
-        "{:>5}  {:<30} {:>8} {:>7} {:>7} {:>7} {:>7}  {}\n",
-        "depth", "layer", "MMD2", "p", "domain", "task", "LogME", "label"
-    ));
+    let cols = super::columns(&r.compare);
+    s.push_str(&format!("{:>5}  {:<30}", "depth", "layer"));
+    for c in &cols {
+        s.push_str(&format!(" {:>8}", c.header));
+    }
+    s.push_str("  label\n");
     for (l, v) in r.compare.layers.iter().zip(&r.verdict.layers) {
-        let get = |m: &str| l.values.iter().find(|x| x.metric == m);
-        let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
         s.push_str(&format!(
-            "{:>5}  {:<30} {:>8} {:>7} {:>7} {:>7} {:>7}  {}\n",
+            "{:>5}  {:<30}",
             l.depth,
-            super::plot::short_name(&l.layer),
-            f(get("mmd2_rbf").and_then(|x| x.value)),
-            f(get("mmd2_rbf").and_then(|x| x.p_value)),
-            f(get("domain_probe_acc").and_then(|x| x.value)),
-            f(get("target_probe_bal_acc").and_then(|x| x.value)),
-            f(get("logme_target").and_then(|x| x.value)),
-            paint(v.label.as_str(), v.label, color)
+            super::plot::short_name(&l.layer)
         ));
+        for c in &cols {
+            s.push_str(&format!(" {:>8}", c.cell(l)));
+        }
+        s.push_str(&format!("  {}\n", paint(v.label.as_str(), v.label, color)));
     }
     s.push('\n');
     s.push_str(&r.verdict.summary);
