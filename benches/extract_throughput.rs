@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use domsim::dataset::ImageSet;
-use domsim::extract::{extract, resolve_norm, ExtractConfig};
+use domsim::extract::{extract, resolve_norm, ExtractConfig, ExtractOptions};
 use domsim::model::{Embedder, InputBatch, OnnxModel, Selection};
 use domsim::preprocess::{load, Pixels, Preprocess};
 
@@ -31,8 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = env_usize("DOMSIM_BENCH_THREADS", 2);
     let rounds = env_usize("DOMSIM_BENCH_ROUNDS", 3);
     // extract's default batch
-    let batch = ExtractConfig::new(PathBuf::new(), PathBuf::new(), PathBuf::new()).batch_size;
     let model_path = domsim::model::runtime::default_model_path();
+    let batch = ExtractOptions::new(model_path.clone()).batch_size;
 
     let t0 = Instant::now();
     let model = OnnxModel::load(&model_path, threads, None, None, None)?;
@@ -70,13 +70,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             emb.run(InputBatch::F32(v), chunk.len())?;
         }
         let inf = t.elapsed().as_secs_f64();
-        let mut cfg = ExtractConfig::new(
-            model_path.clone(),
+        let options = ExtractOptions {
+            threads,
+            batch_size: batch,
+            ..ExtractOptions::new(model_path.clone())
+        };
+        let cfg = ExtractConfig::new(
+            options,
             images.clone(),
             tmp.path().join(format!("r{round}")),
         );
-        cfg.threads = threads;
-        cfg.batch_size = batch;
         let t = Instant::now();
         let s = extract(&cfg)?;
         let e2e = t.elapsed().as_secs_f64();

@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::compare::{self, CompareConfig};
+use crate::compare::{self, CompareOptions};
 use crate::dataset::ImageSet;
 use crate::embeddings::EmbeddingSet;
 use crate::embeddings::Manifest;
 use crate::error::{Error, Result};
-use crate::extract::{extract_with, ExtractConfig};
+use crate::extract::{extract_with, ExtractConfig, ExtractOptions};
 use crate::model::runtime::{bundled_reference_path, model_identity, DEFAULT_MODEL_SHA256};
 use crate::model::OnnxModel;
 use crate::output;
@@ -34,10 +34,12 @@ pub struct AnalyzeConfig {
     pub target: PathBuf,
     /// Report folder.
     pub out: PathBuf,
-    /// Extraction settings (its `images` and `out` are set per set).
-    pub extract: ExtractConfig,
-    /// Compare settings (its folders are set here).
-    pub compare: CompareConfig,
+    /// Overwrite a non-empty folder not made by domsim.
+    pub force: bool,
+    /// How images become embeddings (both sets).
+    pub extract: ExtractOptions,
+    /// What to measure.
+    pub compare: CompareOptions,
     /// Most points per set in the PCA scatters.
     pub scatter_max_n: usize,
 }
@@ -52,7 +54,7 @@ pub struct AnalyzeOutcome {
     pub files: Vec<PathBuf>,
 }
 
-fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractConfig) -> Result<String> {
+fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractOptions) -> Result<String> {
     let mut h = Sha256::new();
     h.update(format!(
         "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|",
@@ -155,7 +157,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         inputs.push(("--source", s));
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
-    let _lock = output::prepare_dir(&cfg.out, cfg.compare.force)?;
+    let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     let t_start = std::time::Instant::now();
     let mut phases = serde_json::Map::new();
     let mut phase = |name: &str, t0: std::time::Instant| {
@@ -216,12 +218,12 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
                     e.layout,
                 )?);
             }
-            let mut ecfg = cfg.extract.clone();
-            ecfg.images = images.clone();
-            ecfg.out = dir.clone();
-            ecfg.force = true;
-            ecfg.fingerprint = Some(fp.clone());
-            extract_with(model.as_ref().expect("loaded"), &set, &ecfg)?;
+            let job = ExtractConfig {
+                force: true,
+                fingerprint: Some(fp.clone()),
+                ..ExtractConfig::new(cfg.extract.clone(), images.clone(), dir.clone())
+            };
+            extract_with(model.as_ref().expect("loaded"), &set, &job)?;
         }
         phase(&format!("extract_{name}"), t0);
         run_info.insert(
@@ -256,19 +258,21 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
             ),
         });
     }
-    let mut ccfg = cfg.compare.clone();
-    ccfg.source = dirs[0].clone();
-    ccfg.target = dirs[1].clone();
-    ccfg.out = cfg.out.clone();
     let t0 = std::time::Instant::now();
-    let cmp = compare::compute(&src, &tgt, &ccfg)?;
+    let cmp = compare::compute(&src, &tgt, &cfg.compare)?;
     phase("compare", t0);
     let t0 = std::time::Instant::now();
     let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())
         .into_iter()
         .map(|d| (d, cmp.layers[d].layer.clone()))
         .collect();
-    let pca = report::pca_points(&src, &tgt, &scatter, cfg.scatter_max_n, ccfg.params.seed)?;
+    let pca = report::pca_points(
+        &src,
+        &tgt,
+        &scatter,
+        cfg.scatter_max_n,
+        cfg.compare.params.seed,
+    )?;
     phase("pca", t0);
     let verdict = report::verdict_for(&cmp);
     let mut rr = RunReport {

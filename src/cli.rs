@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use domsim::analyze::{self, AnalyzeConfig};
-use domsim::compare::{self, CompareConfig};
-use domsim::extract::{self, ExtractConfig};
+use domsim::compare::{self, CompareConfig, CompareOptions};
+use domsim::extract::{self, ExtractConfig, ExtractOptions};
 use domsim::metrics::Params;
 use domsim::model::{runtime, Layout, OnnxModel, Selection};
 use domsim::pool::Pool;
@@ -183,6 +183,16 @@ pub struct MetricArgs {
 }
 
 impl MetricArgs {
+    /// The compare options these arguments ask for, validated.
+    fn options(&self, seed: u64, progress: bool) -> Result<CompareOptions> {
+        Ok(CompareOptions {
+            metrics: (!self.metrics.is_empty()).then(|| self.metrics.clone()),
+            params: self.params(seed)?,
+            similarity: !self.no_similarity,
+            progress,
+        })
+    }
+
     fn params(&self, seed: u64) -> Result<Params> {
         if !(1e-6..=1e6).contains(&self.c) {
             bail!(domsim::Error::Input(format!(
@@ -343,10 +353,17 @@ pub enum NormArg {
     Raw,
 }
 
+/// Arguments every command that runs the model shares.
+struct RunArgs {
+    threads: usize,
+    ort_lib: Option<PathBuf>,
+    progress: bool,
+}
+
 impl PrepArgs {
-    /// Fills the preprocessing, pooling and model settings of an extraction config.
-    fn apply(&self, model: &ModelArgs, cfg: &mut ExtractConfig) -> Result<()> {
-        cfg.norm = match (self.norm, self.mean.is_empty()) {
+    /// The extraction options these arguments (with the model's and the run's) ask for, validated.
+    fn options(&self, model: &ModelArgs, run: RunArgs) -> Result<ExtractOptions> {
+        let norm = match (self.norm, self.mean.is_empty()) {
             (Some(n), _) => Normalization::preset(match n {
                 NormArg::Imagenet => "imagenet",
                 NormArg::Pm1 => "pm1",
@@ -390,16 +407,22 @@ impl PrepArgs {
                 bytes as f64 / (1u64 << 30) as f64
             )));
         }
-        cfg.batch_size = self.batch;
-        cfg.pool = match self.pool {
-            PoolArg::Avg => Pool::Avg,
-            PoolArg::Max => Pool::Max,
-            PoolArg::Avgmax => Pool::AvgMax,
-        };
-        cfg.selection = model.selection();
-        cfg.size = model.size;
-        cfg.layout = model.layout();
-        Ok(())
+        Ok(ExtractOptions {
+            norm,
+            batch_size: self.batch,
+            pool: match self.pool {
+                PoolArg::Avg => Pool::Avg,
+                PoolArg::Max => Pool::Max,
+                PoolArg::Avgmax => Pool::AvgMax,
+            },
+            selection: model.selection(),
+            size: model.size,
+            layout: model.layout(),
+            threads: run.threads,
+            ort_lib: run.ort_lib,
+            progress: run.progress,
+            ..ExtractOptions::new(model.path())
+        })
     }
 }
 
@@ -501,19 +524,28 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Extract(a) => {
-            let mut cfg = ExtractConfig::new(a.model.path(), a.images, a.out);
-            a.prep.apply(&a.model, &mut cfg)?;
-            cfg.threads = threads;
-            cfg.force = a.force;
-            if a.float16 {
-                cfg.dtype = domsim::npy::Dtype::Float16;
-            }
-            cfg.shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
+            let shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
                 std::env::var(k).ok().filter(|v| !v.is_empty())
             })?;
-            cfg.stats = a.stats || cfg.shard.is_some();
-            cfg.progress = !args.quiet;
-            cfg.ort_lib = ort_lib;
+            let run = RunArgs {
+                threads,
+                ort_lib,
+                progress: !args.quiet,
+            };
+            let options = ExtractOptions {
+                dtype: if a.float16 {
+                    domsim::npy::Dtype::Float16
+                } else {
+                    domsim::npy::Dtype::Float32
+                },
+                stats: a.stats || shard.is_some(),
+                ..a.prep.options(&a.model, run)?
+            };
+            let cfg = ExtractConfig {
+                force: a.force,
+                shard,
+                ..ExtractConfig::new(options, a.images, a.out)
+            };
             let s = extract::extract(&cfg)?;
             if !args.quiet {
                 eprintln!(
@@ -530,13 +562,10 @@ pub fn run(args: Args) -> Result<()> {
         }
         Command::Compare(a) => {
             let cfg = CompareConfig {
+                options: a.metric.options(args.seed, !args.quiet)?,
                 source: a.source,
                 target: a.target,
                 out: a.out,
-                metrics: (!a.metric.metrics.is_empty()).then(|| a.metric.metrics.clone()),
-                params: a.metric.params(args.seed)?,
-                similarity: !a.metric.no_similarity,
-                progress: !args.quiet,
                 force: a.force,
             };
             let r = compare::compare(&cfg)?;
@@ -555,27 +584,19 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Analyze(a) => {
-            let mut ecfg = ExtractConfig::new(a.model.path(), a.target.clone(), a.out.clone());
-            a.prep.apply(&a.model, &mut ecfg)?;
-            ecfg.threads = threads;
-            ecfg.progress = !args.quiet && !a.json;
-            ecfg.ort_lib = ort_lib;
-            let ccfg = CompareConfig {
-                source: PathBuf::new(),
-                target: PathBuf::new(),
-                out: a.out.clone(),
-                metrics: (!a.metric.metrics.is_empty()).then(|| a.metric.metrics.clone()),
-                params: a.metric.params(args.seed)?,
-                similarity: !a.metric.no_similarity,
-                progress: !args.quiet && !a.json,
-                force: a.force,
+            let progress = !args.quiet && !a.json;
+            let run = RunArgs {
+                threads,
+                ort_lib,
+                progress,
             };
             let cfg = AnalyzeConfig {
                 source: a.source,
                 target: a.target,
                 out: a.out.clone(),
-                extract: ecfg,
-                compare: ccfg,
+                force: a.force,
+                extract: a.prep.options(&a.model, run)?,
+                compare: a.metric.options(args.seed, progress)?,
                 scatter_max_n: 1000,
             };
             let o = analyze::analyze(&cfg)?;

@@ -28,15 +28,9 @@ use crate::metrics::{
 };
 use crate::output;
 
-/// Settings for `domsim compare`.
-#[derive(Debug, Clone)]
-pub struct CompareConfig {
-    /// Source embedding folder.
-    pub source: PathBuf,
-    /// Target embedding folder.
-    pub target: PathBuf,
-    /// Report folder.
-    pub out: PathBuf,
+/// What to measure and how (validated; no folders): what `compare` and `analyze` share.
+#[derive(Debug, Clone, Default)]
+pub struct CompareOptions {
     /// Metric groups or outputs to compute (`None` = all).
     pub metrics: Option<Vec<String>>,
     /// Estimator parameters.
@@ -45,6 +39,19 @@ pub struct CompareConfig {
     pub similarity: bool,
     /// Progress bar on a terminal.
     pub progress: bool,
+}
+
+/// One `domsim compare`: how ([`CompareOptions`]), which two embedding folders, into which report folder.
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    /// How.
+    pub options: CompareOptions,
+    /// Source embedding folder.
+    pub source: PathBuf,
+    /// Target embedding folder.
+    pub target: PathBuf,
+    /// Report folder.
+    pub out: PathBuf,
     /// Overwrite a non-empty folder not made by domsim.
     pub force: bool,
 }
@@ -197,7 +204,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         &cfg.target,
         &cfg.out.join("merged").join("target"),
     )?)?;
-    let report = compute(&src, &tgt, cfg)?;
+    let report = compute(&src, &tgt, &cfg.options)?;
     write_report(report, &cfg.out)
 }
 
@@ -259,7 +266,7 @@ fn check_models(src: &EmbeddingSet, tgt: &EmbeddingSet, notes: &mut Vec<String>)
 pub fn compute(
     src: &EmbeddingSet,
     tgt: &EmbeddingSet,
-    cfg: &CompareConfig,
+    cfg: &CompareOptions,
 ) -> Result<CompareReport> {
     compute_with(registry(), src, tgt, cfg)
 }
@@ -269,7 +276,7 @@ pub fn compute_with(
     all: Vec<Box<dyn Metric>>,
     src: &EmbeddingSet,
     tgt: &EmbeddingSet,
-    cfg: &CompareConfig,
+    cfg: &CompareOptions,
 ) -> Result<CompareReport> {
     let pairs = match_layers(src, tgt)?;
     let mut notes = Vec::new();
@@ -471,8 +478,8 @@ pub const FROM_MOMENTS: [Output; 2] = [FRECHET, COV_ALIGNMENT];
 /// `None` when that does not apply; then `compare` reads the rows as usual.
 fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
     use crate::metrics::moments::Moments;
-    let wanted = match &cfg.metrics {
-        Some(m) if !cfg.similarity && !m.is_empty() => m,
+    let wanted = match &cfg.options.metrics {
+        Some(m) if !cfg.options.similarity && !m.is_empty() => m,
         _ => return Ok(None),
     };
     if !wanted
@@ -582,7 +589,7 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
     timings.insert("moments".to_string(), t0.elapsed().as_secs_f64());
     Ok(Some(CompareReport {
         domsim_version: env!("CARGO_PKG_VERSION").into(),
-        params: cfg.params.clone(),
+        params: cfg.options.params.clone(),
         source: summary(&cfg.source, ms),
         target: summary(&cfg.target, mt),
         declared: FROM_MOMENTS

@@ -23,6 +23,8 @@ pub struct ImageSet {
     pub labels: Vec<Option<String>>,
     /// Entries found but not used, with the reason (`path`, `reason`), sorted by path.
     pub excluded: Vec<(String, String)>,
+    /// When this set is one shard of the folder ([`crate::shard::select`]): which, and of what.
+    pub shard: Option<crate::shard::ShardInfo>,
 }
 
 impl ImageSet {
@@ -77,6 +79,7 @@ impl ImageSet {
             files,
             labels,
             excluded,
+            shard: None,
         })
     }
 

@@ -20,15 +20,11 @@ use crate::output::{self, csv_bytes, write_atomic};
 use crate::pool::{self, Pool, TensorLayout};
 use crate::preprocess::{self, ImageInfo, Normalization, Pixels, Preprocess};
 
-/// Settings for `domsim extract` (validated; no CLI types).
+/// How images become embeddings (validated; no CLI types, no folders): what `extract` and `analyze` share.
 #[derive(Debug, Clone)]
-pub struct ExtractConfig {
+pub struct ExtractOptions {
     /// The ONNX model.
     pub model: PathBuf,
-    /// The image folder.
-    pub images: PathBuf,
-    /// The embedding folder to write.
-    pub out: PathBuf,
     /// Which layers.
     pub selection: Selection,
     /// Normalisation; `None` = the model's own (bundled model: `pm1`), else `imagenet`.
@@ -43,33 +39,23 @@ pub struct ExtractConfig {
     pub size: Option<usize>,
     /// Layout override for models whose input shape is ambiguous.
     pub layout: Option<Layout>,
-    /// Overwrite a non-empty folder not made by domsim.
-    pub force: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
     /// Explicit ONNX Runtime library.
     pub ort_lib: Option<PathBuf>,
     /// Decoder memory limit per image, bytes.
     pub max_alloc: u64,
-    /// Fingerprint recorded in the manifest (set by `analyze`).
-    pub fingerprint: Option<String>,
     /// How the matrices are stored.
     pub dtype: Dtype,
-    /// Embed only this shard of the folder (and where its index came from).
-    pub shard: Option<(crate::shard::ShardSpec, String)>,
-    /// The shard's manifest record, filled by [`extract`] from the scanned folder.
-    pub shard_info: Option<crate::shard::ShardInfo>,
     /// Also write each layer's mergeable moments (`stats/`; on with `--shard`).
     pub stats: bool,
 }
 
-impl ExtractConfig {
-    /// Defaults for the given model, images and output folder.
-    pub fn new(model: PathBuf, images: PathBuf, out: PathBuf) -> Self {
-        ExtractConfig {
+impl ExtractOptions {
+    /// Defaults for the given model.
+    pub fn new(model: PathBuf) -> Self {
+        ExtractOptions {
             model,
-            images,
-            out,
             selection: Selection::Default,
             norm: None,
             pool: Pool::Avg,
@@ -77,15 +63,42 @@ impl ExtractConfig {
             threads: default_threads(),
             size: None,
             layout: None,
-            force: false,
             progress: false,
             ort_lib: None,
             max_alloc: 512 << 20,
-            fingerprint: None,
             dtype: Dtype::Float32,
-            shard: None,
-            shard_info: None,
             stats: false,
+        }
+    }
+}
+
+/// One extraction: how ([`ExtractOptions`]), from which image folder, into which embedding folder.
+#[derive(Debug, Clone)]
+pub struct ExtractConfig {
+    /// How.
+    pub options: ExtractOptions,
+    /// The image folder.
+    pub images: PathBuf,
+    /// The embedding folder to write.
+    pub out: PathBuf,
+    /// Overwrite a non-empty folder not made by domsim.
+    pub force: bool,
+    /// Fingerprint recorded in the manifest (set by `analyze`).
+    pub fingerprint: Option<String>,
+    /// Embed only this shard of the folder (and where its index came from).
+    pub shard: Option<(crate::shard::ShardSpec, String)>,
+}
+
+impl ExtractConfig {
+    /// `options` applied to `images`, written to `out`.
+    pub fn new(options: ExtractOptions, images: PathBuf, out: PathBuf) -> Self {
+        ExtractConfig {
+            options,
+            images,
+            out,
+            force: false,
+            fingerprint: None,
+            shard: None,
         }
     }
 }
@@ -112,17 +125,12 @@ pub struct ExtractSummary {
 pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
     output::check_out_is_not_an_input(&cfg.out, &[("--images", &cfg.images)])?;
     let set = ImageSet::scan(&cfg.images)?;
-    let model = OnnxModel::load(
-        &cfg.model,
-        cfg.threads,
-        cfg.ort_lib.as_deref(),
-        cfg.size,
-        cfg.layout,
-    )?;
+    let o = &cfg.options;
+    let model = OnnxModel::load(&o.model, o.threads, o.ort_lib.as_deref(), o.size, o.layout)?;
     match &cfg.shard {
         None => extract_with(&model, &set, cfg),
         Some((spec, from)) => {
-            let (part, info) = crate::shard::select(&set, *spec, from);
+            let (part, _) = crate::shard::select(&set, *spec, from);
             if part.is_empty() {
                 return input_err(format!(
                     "shard {}/{} of '{}' holds no file ({} files in all): use fewer shards",
@@ -132,9 +140,7 @@ pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
                     set.len()
                 ));
             }
-            let mut c = cfg.clone();
-            c.shard_info = Some(info);
-            extract_with(&model, &part, &c)
+            extract_with(&model, &part, cfg)
         }
     }
 }
@@ -145,12 +151,12 @@ pub fn extract_with(
     set: &ImageSet,
     cfg: &ExtractConfig,
 ) -> Result<ExtractSummary> {
-    let ort_lib = cfg.ort_lib.as_deref();
-    let layers = model.select(&cfg.selection)?;
-    let norm = resolve_norm(cfg.norm.clone(), model);
-    let mut emb = model.embedder(layers, Some(cfg.pool), ort_lib)?;
+    let o = &cfg.options;
+    let layers = model.select(&o.selection)?;
+    let norm = resolve_norm(o.norm.clone(), model);
+    let mut emb = model.embedder(layers, Some(o.pool), o.ort_lib.as_deref())?;
     let info = ModelInfo {
-        file: cfg
+        file: o
             .model
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
@@ -236,15 +242,16 @@ pub fn run<E: Embedder>(
         .map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
 
     let contract = emb.contract().clone();
-    let pre = Preprocess::new(contract.clone(), norm.clone(), cfg.max_alloc);
-    let run_batch = contract.fixed_batch.unwrap_or(cfg.batch_size.max(1));
+    let opts = &cfg.options;
+    let pre = Preprocess::new(contract.clone(), norm.clone(), opts.max_alloc);
+    let run_batch = contract.fixed_batch.unwrap_or(opts.batch_size.max(1));
     let chunk = run_batch.max(16);
-    let threads = cfg.threads.max(1);
+    let threads = opts.threads.max(1);
     let decode_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Analysis(format!("cannot start decoding threads: {e}")))?;
-    let bar = if cfg.progress && std::io::stderr().is_terminal() {
+    let bar = if opts.progress && std::io::stderr().is_terminal() {
         let b = ProgressBar::new(set.len() as u64);
         b.set_style(
             ProgressStyle::with_template(
@@ -383,18 +390,18 @@ pub fn run<E: Embedder>(
                 median(infos.iter().map(|i| i.height).collect()),
             ],
         },
-        pooling: cfg.pool,
-        pooling_note: pooling_note(cfg.pool),
+        pooling: opts.pool,
+        pooling_note: pooling_note(opts.pool),
         images: set.root.display().to_string(),
         n_images: rows.len(),
         n_skipped: skipped.len(),
         labels,
-        threads: cfg.threads,
+        threads: opts.threads,
         batch_size: run_batch,
         layers: entries,
         fingerprint: cfg.fingerprint.clone(),
-        dtype: cfg.dtype,
-        shard: cfg.shard_info.clone(),
+        dtype: opts.dtype,
+        shard: set.shard.clone(),
         merged_from: None,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -427,7 +434,7 @@ fn infer<E: Embedder>(
     outs: &mut Vec<LayerOut>,
     cfg: &ExtractConfig,
 ) -> Result<()> {
-    let (mode, out_dir) = (cfg.pool, &cfg.out);
+    let (mode, out_dir) = (cfg.options.pool, &cfg.out);
     let per = contract.channels * contract.height * contract.width;
     // A model with a fixed batch gets exactly that many images; padding rows are dropped after pooling.
     let n_run = if contract.fixed_batch.is_some() {
@@ -481,11 +488,12 @@ fn infer<E: Embedder>(
                 embeddings::layer_file_name(k, layers.len(), name)
             ));
             outs.push(LayerOut {
-                writer: NpyWriter::create(&file, dim, cfg.dtype)?,
+                writer: NpyWriter::create(&file, dim, cfg.options.dtype)?,
                 layout,
                 run_shape: r.shape.clone(),
                 dim,
                 moments: cfg
+                    .options
                     .stats
                     .then(|| crate::metrics::moments::Moments::empty(dim)),
             });

@@ -165,6 +165,7 @@ pub fn select(set: &ImageSet, spec: ShardSpec, index_from: &str) -> (ImageSet, S
             .filter(|(p, _)| mine(p))
             .cloned()
             .collect(),
+        shard: Some(info.clone()),
     };
     (part, info)
 }

@@ -465,10 +465,12 @@ fn extract_fails_cleanly_when_inference_fails_part_way() {
         calls: 0,
         fail_at: 2,
     };
-    let mut cfg =
-        domsim::extract::ExtractConfig::new("fake.onnx".into(), imgs.clone(), out.clone());
-    cfg.batch_size = 4;
-    cfg.threads = 2;
+    let options = domsim::extract::ExtractOptions {
+        batch_size: 4,
+        threads: 2,
+        ..domsim::extract::ExtractOptions::new("fake.onnx".into())
+    };
+    let cfg = domsim::extract::ExtractConfig::new(options, imgs.clone(), out.clone());
     let model = domsim::embeddings::ModelInfo {
         file: "fake.onnx".into(),
         sha256: "0".repeat(64),
@@ -571,10 +573,12 @@ fn pooling_inside_the_graph_matches_pooling_the_raw_maps() {
         for in_graph in [true, false] {
             let out = tmp.path().join(format!("{mode:?}-{in_graph}"));
             std::fs::create_dir_all(&out).unwrap();
-            let mut cfg =
-                domsim::extract::ExtractConfig::new(model.path.clone(), imgs.clone(), out.clone());
-            cfg.pool = mode;
-            cfg.batch_size = 4;
+            let options = domsim::extract::ExtractOptions {
+                pool: mode,
+                batch_size: 4,
+                ..domsim::extract::ExtractOptions::new(model.path.clone())
+            };
+            let cfg = domsim::extract::ExtractConfig::new(options, imgs.clone(), out.clone());
             let mut emb = model
                 .embedder(layers.clone(), in_graph.then_some(mode), None)
                 .unwrap();

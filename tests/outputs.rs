@@ -65,18 +65,13 @@ fn a_registered_metric_shows_up_in_every_output() {
         domsim::embeddings::EmbeddingSet::open(&src).unwrap(),
         domsim::embeddings::EmbeddingSet::open(&tgt).unwrap(),
     );
-    let cfg = domsim::compare::CompareConfig {
-        source: src.clone(),
-        target: tgt.clone(),
-        out: out.clone(),
-        metrics: None,
+    let cfg = domsim::compare::CompareOptions {
         params: domsim::metrics::Params {
             permutations: 99,
             ..Default::default()
         },
         similarity: true,
-        progress: false,
-        force: false,
+        ..Default::default()
     };
     let mut metrics = domsim::metrics::registry();
     metrics.push(Box::new(MeanGap));
