@@ -225,7 +225,10 @@ struct LayerOut {
 }
 
 /// Runs the pipeline with any [`Embedder`] (the ONNX Runtime one, or a fake in tests) into `cfg.out`,
-/// which must already be prepared.
+/// which must already be prepared. The stages, in order: [`prepare_layers_folder`], [`stream`] (decode on
+/// a rayon pool one chunk ahead of inference, infer, pool, append rows), then the files that describe the
+/// run ([`write_skipped`], [`finish_layers`], [`write_index`]) and, last, [`manifest`]'s `manifest.json`,
+/// which marks the folder complete.
 pub fn run<E: Embedder>(
     emb: &mut E,
     set: &ImageSet,
@@ -234,46 +237,130 @@ pub fn run<E: Embedder>(
     cfg: &ExtractConfig,
 ) -> Result<ExtractSummary> {
     let start = Instant::now();
-    let out = &cfg.out;
     let layers = emb.layers().to_vec();
-    clear_previous_run(out, &layers)?;
+    prepare_layers_folder(&cfg.out, &layers)?;
+    let contract = emb.contract().clone();
+    let streamed = stream(emb, set, &norm, &layers, cfg);
+    // skipped.csv is written even when the run failed part-way: it says what was read so far
+    let mut skipped = set.excluded.clone();
+    skipped.extend(streamed.skipped.iter().cloned());
+    write_skipped(&cfg.out, &skipped)?;
+    streamed.result?;
+    if streamed.rows.is_empty() {
+        return input_err(format!(
+            "no usable image in '{}': all {} files were skipped (reasons in '{}')",
+            set.root.display(),
+            set.len(),
+            cfg.out.join("skipped.csv").display()
+        ));
+    }
+    let entries = finish_layers(&cfg.out, &layers, streamed.outs)?;
+    write_index(&cfg.out, set, &streamed.rows)?;
+    let m = manifest(
+        set,
+        &streamed.rows,
+        &streamed.infos,
+        skipped.len(),
+        Described {
+            model,
+            contract: &contract,
+            norm,
+            batch_size: streamed.batch_size,
+            layers: entries,
+        },
+        cfg,
+    );
+    let json = serde_json::to_vec_pretty(&m).expect("manifest serialises");
+    write_atomic(&cfg.out.join("manifest.json"), &json)?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(ExtractSummary {
+        images_per_second: m.n_images as f64 / seconds.max(1e-9),
+        manifest: m,
+        skipped,
+        seconds,
+    })
+}
+
+/// Stage 1: clears what a previous run listed ([`clear_previous_run`]) and creates `layers/`.
+fn prepare_layers_folder(out: &Path, layers: &[crate::model::Layer]) -> Result<()> {
+    clear_previous_run(out, layers)?;
     let layer_dir = out.join("layers");
     std::fs::create_dir_all(&layer_dir)
-        .map_err(|e| Error::io("cannot create folder", &layer_dir, e))?;
+        .map_err(|e| Error::io("cannot create folder", &layer_dir, e))
+}
 
-    let contract = emb.contract().clone();
-    let opts = &cfg.options;
-    let pre = Preprocess::new(contract.clone(), norm.clone(), opts.max_alloc);
-    let run_batch = contract.fixed_batch.unwrap_or(opts.batch_size.max(1));
-    let chunk = run_batch.max(16);
-    let threads = opts.threads.max(1);
-    let decode_pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Analysis(format!("cannot start decoding threads: {e}")))?;
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        let b = ProgressBar::new(set.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}",
-            )
+/// What [`stream`] produced: the rows embedded (image indices, in row order), their image facts, the files
+/// it skipped, each layer's open writer, the batch it ran, and whether it finished.
+struct Streamed {
+    rows: Vec<usize>,
+    infos: Vec<ImageInfo>,
+    skipped: Vec<(String, String)>,
+    outs: Vec<LayerOut>,
+    batch_size: usize,
+    result: Result<()>,
+}
+
+/// A progress bar on a terminal when asked for, else a hidden one.
+fn progress_bar(on: bool, set: &ImageSet) -> ProgressBar {
+    if !(on && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(set.len() as u64);
+    b.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}")
             .expect("valid template")
             .progress_chars("=> "),
-        );
-        b.set_message(format!("extract {}", set.root.display()));
-        b
-    } else {
-        ProgressBar::hidden()
+    );
+    b.set_message(format!("extract {}", set.root.display()));
+    b
+}
+
+/// Stage 2: decodes and preprocesses on a rayon pool in a producer thread, one chunk ahead of inference (a
+/// bounded channel of two chunks), runs the model batch by batch, pools, and appends the rows to each
+/// layer's file. Memory stays bounded whatever the number of images.
+fn stream<E: Embedder>(
+    emb: &mut E,
+    set: &ImageSet,
+    norm: &Normalization,
+    layers: &[crate::model::Layer],
+    cfg: &ExtractConfig,
+) -> Streamed {
+    let contract = emb.contract().clone();
+    let opts = &cfg.options;
+    let run_batch = contract.fixed_batch.unwrap_or(opts.batch_size.max(1));
+    let mut st = Streamed {
+        rows: Vec::new(),
+        infos: Vec::new(),
+        skipped: Vec::new(),
+        outs: Vec::new(),
+        batch_size: run_batch,
+        result: Ok(()),
     };
-
-    let mut skipped: Vec<(String, String)> = set.excluded.clone();
-    let mut rows: Vec<usize> = Vec::new();
-    let mut infos: Vec<ImageInfo> = Vec::new();
-    let mut outs: Vec<LayerOut> = Vec::new();
+    let decode_pool = match rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads.max(1))
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            st.result = Err(Error::Analysis(format!(
+                "cannot start decoding threads: {e}"
+            )));
+            return st;
+        }
+    };
+    let pre = Preprocess::new(contract.clone(), norm.clone(), opts.max_alloc);
+    let chunk = run_batch.max(16);
+    let bar = progress_bar(opts.progress, set);
     let mut pending: Vec<(usize, Pixels)> = Vec::new();
-
     let (tx, rx) = crossbeam_channel::bounded::<Decoded>(2);
     let order: Vec<usize> = (0..set.len()).collect();
+    let Streamed {
+        rows,
+        infos,
+        skipped,
+        outs,
+        ..
+    } = &mut st;
     let result: Result<()> = std::thread::scope(|s| {
         s.spawn(|| {
             for ids in order.chunks(chunk) {
@@ -292,7 +379,7 @@ pub fn run<E: Embedder>(
             while pending.len() >= run_batch || (flush && !pending.is_empty()) {
                 let take = pending.len().min(run_batch);
                 let items: Vec<(usize, Pixels)> = pending.drain(..take).collect();
-                infer(emb, &items, run_batch, &contract, &layers, &mut outs, cfg)?;
+                infer(emb, &items, run_batch, &contract, layers, outs, cfg)?;
                 rows.extend(items.iter().map(|(i, _)| *i));
             }
             Ok(())
@@ -321,33 +408,41 @@ pub fn run<E: Embedder>(
         consumed
     });
     bar.finish_and_clear();
+    st.result = result;
+    st
+}
 
-    let skipped_bytes = csv_bytes(
+/// `skipped.csv`: every file not embedded, with the reason.
+fn write_skipped(out: &Path, skipped: &[(String, String)]) -> Result<()> {
+    let bytes = csv_bytes(
         &["path", "reason"],
         skipped.iter().map(|(p, r)| vec![p.as_str(), r.as_str()]),
     );
-    write_atomic(&out.join("skipped.csv"), &skipped_bytes)?;
-    result?;
-    if rows.is_empty() {
-        return input_err(format!(
-            "no usable image in '{}': all {} files were skipped (reasons in '{}')",
-            set.root.display(),
-            set.len(),
-            out.join("skipped.csv").display()
-        ));
-    }
+    write_atomic(&out.join("skipped.csv"), &bytes)
+}
 
+/// Stage 3: closes each layer's file (and writes its moments with `--stats`); returns the manifest entries.
+fn finish_layers(
+    out: &Path,
+    layers: &[crate::model::Layer],
+    outs: Vec<LayerOut>,
+) -> Result<Vec<crate::embeddings::LayerEntry>> {
     let run_info: Vec<(Vec<usize>, TensorLayout, usize)> = outs
         .iter()
         .map(|o| (o.run_shape.clone(), o.layout, o.dim))
         .collect();
-    let mut entries = embeddings::entries(&layers, &run_info);
+    let mut entries = embeddings::entries(layers, &run_info);
     for (o, e) in outs.into_iter().zip(entries.iter_mut()) {
         o.writer.finish()?;
         if let Some(m) = o.moments {
             e.stats = Some(crate::metrics::moments::save(out, &e.file, &m)?);
         }
     }
+    Ok(entries)
+}
+
+/// `index.csv`: which image each row is, and its label.
+fn write_index(out: &Path, set: &ImageSet, rows: &[usize]) -> Result<()> {
     let index = csv_bytes(
         &["row", "path", "label"],
         rows.iter().enumerate().map(|(r, &i)| {
@@ -358,8 +453,29 @@ pub fn run<E: Embedder>(
             ]
         }),
     );
-    write_atomic(&out.join("index.csv"), &index)?;
+    write_atomic(&out.join("index.csv"), &index)
+}
 
+/// What the manifest describes besides the images: the model, its input, the preprocessing and the layers.
+struct Described<'a> {
+    model: ModelInfo,
+    contract: &'a crate::model::InputContract,
+    norm: Normalization,
+    batch_size: usize,
+    layers: Vec<crate::embeddings::LayerEntry>,
+}
+
+/// Stage 4: the manifest of the run.
+fn manifest(
+    set: &ImageSet,
+    rows: &[usize],
+    infos: &[ImageInfo],
+    n_skipped: usize,
+    d: Described,
+    cfg: &ExtractConfig,
+) -> Manifest {
+    let opts = &cfg.options;
+    let contract = d.contract;
     let mut labels: Vec<String> = rows.iter().filter_map(|&i| set.labels[i].clone()).collect();
     labels.sort();
     labels.dedup();
@@ -371,16 +487,16 @@ pub fn run<E: Embedder>(
         (1, _) => "converted to grey (luma) for a 1-channel model".to_string(),
         _ => "decoded to RGB; grey images are fed to the RGB model by channel replication; alpha is dropped".to_string(),
     };
-    let manifest = Manifest {
+    Manifest {
         domsim_version: env!("CARGO_PKG_VERSION").to_string(),
-        model,
+        model: d.model,
         input: contract.clone(),
         preprocessing: PreprocessInfo {
             resize: format!(
                 "EXIF orientation applied; shorter side resized to cover {}x{} (bilinear, antialiased), centre crop",
                 contract.width, contract.height
             ),
-            normalization: norm,
+            normalization: d.norm,
             channels: grey_note,
             n_grey: infos.iter().filter(|i| i.grey).count(),
             n_alpha: infos.iter().filter(|i| i.alpha).count(),
@@ -394,25 +510,16 @@ pub fn run<E: Embedder>(
         pooling_note: pooling_note(opts.pool),
         images: set.root.display().to_string(),
         n_images: rows.len(),
-        n_skipped: skipped.len(),
+        n_skipped,
         labels,
         threads: opts.threads,
-        batch_size: run_batch,
-        layers: entries,
+        batch_size: d.batch_size,
+        layers: d.layers,
         fingerprint: cfg.fingerprint.clone(),
         dtype: opts.dtype,
         shard: set.shard.clone(),
         merged_from: None,
-    };
-    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    write_atomic(&out.join("manifest.json"), &json)?;
-    let seconds = start.elapsed().as_secs_f64();
-    Ok(ExtractSummary {
-        images_per_second: rows.len() as f64 / seconds.max(1e-9),
-        manifest,
-        skipped,
-        seconds,
-    })
+    }
 }
 
 fn pooling_note(p: Pool) -> String {
