@@ -226,83 +226,129 @@ fn facts(e: &Evidence, margin: f64, labelled_ok: bool) -> Facts {
     }
 }
 
-/// Applies the rule (module docs) to per-layer evidence, with the tie margin in balanced accuracy.
+/// The plan, the cut and the poor-match note.
+type Advice = (Plan, Option<Cut>, Option<String>);
+
+/// Where the shift starts: the first far layer, the initial run of close or within-spread layers, and the
+/// sentence that says so.
+struct Shift {
+    first_far: Option<usize>,
+    close_run: usize,
+    diagnosis: String,
+}
+
+/// Applies the rule (module docs) to per-layer evidence, with the tie margin in balanced accuracy: facts per
+/// layer ([`facts`]), a label per layer ([`layer_verdict`]), where the shift starts ([`shift`]), then the
+/// advice ([`advice_with_labels`] or [`advice_without_labels`]).
 pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
     let labelled = ev.iter().any(|e| e.task.is_some());
-    let best = ev
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| e.task.map(|t| (i, t)))
-        .fold(None, |acc: Option<(usize, f64)>, (i, t)| match acc {
-            Some((_, b)) if b >= t => acc,
-            _ => Some((i, t)),
-        });
     let fs: Vec<Facts> = ev.iter().map(|e| facts(e, margin, labelled)).collect();
     let any_useful = fs.iter().any(|f| f.useful);
     let layers: Vec<LayerVerdict> = ev
         .iter()
         .zip(&fs)
-        .map(|(e, f)| {
-            let label = if f.close || f.within_spread || f.useful {
-                Label::Transfers
-            } else if f.far {
-                Label::DomainSpecific
-            } else {
-                Label::Partial
-            };
-            let mut why = format!(
-                "domain probe {}{} (0.5 = indistinguishable; the source's own class groups: {}), MMD2 {} p={} (Holm {})",
-                fmt(e.domain_acc),
-                fmt_ci(e.domain_ci),
-                fmt(e.spread),
-                fmt(e.mmd2),
-                fmt_p(e.mmd_p),
-                fmt_p(e.mmd_p_holm)
-            );
-            if e.task.is_some() {
-                why.push_str(&format!(
-                    "; target probe {}{}{}",
-                    fmt(e.task),
-                    fmt_ci(e.task_ci),
-                    match (f.useful, f.tied, e.task_vs_best) {
-                        (true, _, _) => " (tied with the best layer)".to_string(),
-                        (false, true, _) => " (tied with the best layer, but below the usefulness floor or chance)".to_string(),
-                        (false, false, Some((d, _))) => format!(" ({d:+.3} vs the best layer)"),
-                        _ => String::new(),
-                    }
-                ));
-            }
-            let reason = match label {
-                Label::Transfers if f.close => format!("close to the source: {why}"),
-                Label::Transfers if f.within_spread && !f.useful => format!(
-                    "the gap is no larger than between the source's own class groups (class content, not domain): {why}"
-                ),
-                Label::Transfers => {
-                    format!("useful for the target task despite the domain gap: {why}")
-                }
-                Label::DomainSpecific => format!(
-                    "separates the domains{}: {why}",
-                    if e.task.is_some() {
-                        " and is not useful for the target task"
-                    } else {
-                        ""
-                    }
-                ),
-                Label::Partial => format!("neither shown close nor far, nor useful: {why}"),
-            };
-            LayerVerdict {
-                depth: e.depth,
-                layer: e.layer.clone(),
-                label,
-                reason,
-            }
-        })
+        .map(|(e, f)| layer_verdict(e, f))
         .collect();
+    let sh = shift(ev, &fs);
+    let (plan, cut, poor_match) = if labelled {
+        advice_with_labels(ev, &fs, margin, sh.first_far == Some(0))
+    } else {
+        advice_without_labels(ev, &sh)
+    };
+    let diagnosis = sh.diagnosis;
+    let n = |l: Label| layers.iter().filter(|v| v.label == l).count();
+    let summary = format!(
+        "{} of {} layers transfer, {} partial, {} domain-specific. {} {}{}",
+        n(Label::Transfers),
+        layers.len(),
+        n(Label::Partial),
+        n(Label::DomainSpecific),
+        plan.text,
+        diagnosis,
+        poor_match
+            .as_deref()
+            .map_or(String::new(), |p| format!(" {p}"))
+    );
+    debug_assert!(any_useful || plan.kind != PlanKind::FreezeThrough || !labelled);
+    Verdict {
+        layers,
+        plan,
+        cut,
+        diagnosis,
+        summary: summary.trim().to_string(),
+        poor_match,
+        warnings,
+        rule: format!(
+            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: domain probe >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close, within spread or useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); earliest layer far (input-level shift) -> fine-tune all, first blocks included; else freeze through the deepest useful layer. Without labels: freeze through the initial run of close or within-spread layers, else no advice."
+        ),
+        evidence: ev.to_vec(),
+    }
+}
 
+/// One layer's label and the reason, from its facts.
+fn layer_verdict(e: &Evidence, f: &Facts) -> LayerVerdict {
+    let label = if f.close || f.within_spread || f.useful {
+        Label::Transfers
+    } else if f.far {
+        Label::DomainSpecific
+    } else {
+        Label::Partial
+    };
+    let mut why = format!(
+    "domain probe {}{} (0.5 = indistinguishable; the source's own class groups: {}), MMD2 {} p={} (Holm {})",
+    fmt(e.domain_acc),
+    fmt_ci(e.domain_ci),
+    fmt(e.spread),
+    fmt(e.mmd2),
+    fmt_p(e.mmd_p),
+    fmt_p(e.mmd_p_holm)
+);
+    if e.task.is_some() {
+        why.push_str(&format!(
+            "; target probe {}{}{}",
+            fmt(e.task),
+            fmt_ci(e.task_ci),
+            match (f.useful, f.tied, e.task_vs_best) {
+                (true, _, _) => " (tied with the best layer)".to_string(),
+                (false, true, _) =>
+                    " (tied with the best layer, but below the usefulness floor or chance)"
+                        .to_string(),
+                (false, false, Some((d, _))) => format!(" ({d:+.3} vs the best layer)"),
+                _ => String::new(),
+            }
+        ));
+    }
+    let reason = match label {
+    Label::Transfers if f.close => format!("close to the source: {why}"),
+    Label::Transfers if f.within_spread && !f.useful => format!(
+        "the gap is no larger than between the source's own class groups (class content, not domain): {why}"
+    ),
+    Label::Transfers => {
+        format!("useful for the target task despite the domain gap: {why}")
+    }
+    Label::DomainSpecific => format!(
+        "separates the domains{}: {why}",
+        if e.task.is_some() {
+            " and is not useful for the target task"
+        } else {
+            ""
+        }
+    ),
+    Label::Partial => format!("neither shown close nor far, nor useful: {why}"),
+};
+    LayerVerdict {
+        depth: e.depth,
+        layer: e.layer.clone(),
+        label,
+        reason,
+    }
+}
+
+/// Where the shift starts.
+fn shift(ev: &[Evidence], fs: &[Facts]) -> Shift {
     // where the shift starts
     let first_far = fs.iter().position(|f| f.far);
     let close_run = fs.iter().take_while(|f| f.close || f.within_spread).count();
-    let input_shift = first_far == Some(0);
     let diagnosis = match first_far {
         Some(0) => format!(
             "The shift is at the input level: the earliest layer ({}) already separates source and target (domain probe {}). Input-level shifts are best repaired by tuning the first blocks (Lee et al. 2023, surgical fine-tuning), so early layers are not safe to freeze.",
@@ -322,6 +368,24 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
         None => "No layer separates the sets clearly (no layer is far).".to_string(),
     };
 
+    Shift {
+        first_far,
+        close_run,
+        diagnosis,
+    }
+}
+
+/// The advice with target labels: freeze through the deepest useful layer, or fine-tune all (input-level
+/// shift, or no useful layer: a poor match).
+fn advice_with_labels(ev: &[Evidence], fs: &[Facts], margin: f64, input_shift: bool) -> Advice {
+    let best = ev
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.task.map(|t| (i, t)))
+        .fold(None, |acc: Option<(usize, f64)>, (i, t)| match acc {
+            Some((_, b)) if b >= t => acc,
+            _ => Some((i, t)),
+        });
     let deepest_useful = fs.iter().rposition(|f| f.useful);
     let cut_at = |i: usize, evidence: String| Cut {
         depth: ev[i].depth,
@@ -330,7 +394,7 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
     };
     let tied_depths: Vec<usize> = ev
         .iter()
-        .zip(&fs)
+        .zip(fs)
         .filter(|(_, f)| f.useful)
         .map(|(e, _)| e.depth)
         .collect();
@@ -352,51 +416,61 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
             logme_peak.map_or(String::new(), |l| format!("; LogME peaks at depth {} ({})", l.depth, fmt(l.logme)))
         )
     };
-    let (plan, cut, poor_match) = if labelled {
-        let best_task = best.map(|(_, t)| t);
-        match deepest_useful {
-            None => (
+
+    let best_task = best.map(|(_, t)| t);
+    match deepest_useful {
+        None => (
+            Plan {
+                kind: PlanKind::TrainAll,
+                text: format!(
+                    "Fine-tune every layer: no layer's frozen features solve the target task (best target probe {} balanced accuracy, floor {USEFUL_FLOOR}, chance {:.3}).",
+                    fmt(best_task),
+                    1.0 / ev.iter().find_map(|e| e.classes).unwrap_or(2).max(2) as f64
+                ),
+            },
+            None,
+            Some("The model is a poor match for this task: its frozen features do not reach a useful accuracy at any depth. Consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers.".to_string()),
+        ),
+        Some(i) if input_shift => (
+            Plan {
+                kind: PlanKind::TrainAll,
+                text: format!(
+                    "Fine-tune every layer, the first blocks included: the shift is at the input level. Frozen features are useful (up to depth {}, {}), so if compute is short, freezing through depth {} and training the rest is the cheaper fallback.",
+                    ev[i].depth,
+                    ev[i].layer,
+                    ev[i].depth
+                ),
+            },
+            Some(cut_at(i, useful_evidence(i))),
+            None,
+        ),
+        Some(i) => {
+            let last = i + 1 == ev.len();
+            (
                 Plan {
-                    kind: PlanKind::TrainAll,
-                    text: format!(
-                        "Fine-tune every layer: no layer's frozen features solve the target task (best target probe {} balanced accuracy, floor {USEFUL_FLOOR}, chance {:.3}).",
-                        fmt(best_task),
-                        1.0 / ev.iter().find_map(|e| e.classes).unwrap_or(2).max(2) as f64
-                    ),
-                },
-                None,
-                Some("The model is a poor match for this task: its frozen features do not reach a useful accuracy at any depth. Consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers.".to_string()),
-            ),
-            Some(i) if input_shift => (
-                Plan {
-                    kind: PlanKind::TrainAll,
-                    text: format!(
-                        "Fine-tune every layer, the first blocks included: the shift is at the input level. Frozen features are useful (up to depth {}, {}), so if compute is short, freezing through depth {} and training the rest is the cheaper fallback.",
-                        ev[i].depth,
-                        ev[i].layer,
-                        ev[i].depth
-                    ),
+                    kind: PlanKind::FreezeThrough,
+                    text: if last {
+                        format!("Freeze every measured layer up to depth {} ({}) and train only what comes after it (a new head).", ev[i].depth, ev[i].layer)
+                    } else {
+                        format!("Freeze layers up to depth {} ({}) and re-train from depth {} on.", ev[i].depth, ev[i].layer, ev[i].depth + 1)
+                    },
                 },
                 Some(cut_at(i, useful_evidence(i))),
                 None,
-            ),
-            Some(i) => {
-                let last = i + 1 == ev.len();
-                (
-                    Plan {
-                        kind: PlanKind::FreezeThrough,
-                        text: if last {
-                            format!("Freeze every measured layer up to depth {} ({}) and train only what comes after it (a new head).", ev[i].depth, ev[i].layer)
-                        } else {
-                            format!("Freeze layers up to depth {} ({}) and re-train from depth {} on.", ev[i].depth, ev[i].layer, ev[i].depth + 1)
-                        },
-                    },
-                    Some(cut_at(i, useful_evidence(i))),
-                    None,
-                )
-            }
+            )
         }
-    } else if close_run > 0 {
+    }
+}
+
+/// The advice without labels: freeze through the initial run of close or within-spread layers, else none.
+fn advice_without_labels(ev: &[Evidence], sh: &Shift) -> Advice {
+    let cut_at = |i: usize, evidence: String| Cut {
+        depth: ev[i].depth,
+        layer: ev[i].layer.clone(),
+        evidence,
+    };
+    let (close_run, first_far) = (sh.close_run, sh.first_far);
+    if close_run > 0 {
         let i = close_run - 1;
         (
             Plan {
@@ -427,33 +501,6 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
                 "Even the earliest layer separates source and target: to this model the target images look unlike its training images at every depth. Without labels there is no evidence that its features help; a domain-specific pretrained model may suit better.".to_string()
             }),
         )
-    };
-    let n = |l: Label| layers.iter().filter(|v| v.label == l).count();
-    let summary = format!(
-        "{} of {} layers transfer, {} partial, {} domain-specific. {} {}{}",
-        n(Label::Transfers),
-        layers.len(),
-        n(Label::Partial),
-        n(Label::DomainSpecific),
-        plan.text,
-        diagnosis,
-        poor_match
-            .as_deref()
-            .map_or(String::new(), |p| format!(" {p}"))
-    );
-    debug_assert!(any_useful || plan.kind != PlanKind::FreezeThrough || !labelled);
-    Verdict {
-        layers,
-        plan,
-        cut,
-        diagnosis,
-        summary: summary.trim().to_string(),
-        poor_match,
-        warnings,
-        rule: format!(
-            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: domain probe >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close, within spread or useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); earliest layer far (input-level shift) -> fine-tune all, first blocks included; else freeze through the deepest useful layer. Without labels: freeze through the initial run of close or within-spread layers, else no advice."
-        ),
-        evidence: ev.to_vec(),
     }
 }
 
