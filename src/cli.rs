@@ -459,190 +459,223 @@ fn set_threads(threads: usize) {
         .build_global();
 }
 
-/// Runs a parsed command line.
+/// The global options every command reads, resolved once.
+struct Global {
+    quiet: bool,
+    verbose: bool,
+    seed: u64,
+    threads: usize,
+    ort_lib: Option<PathBuf>,
+}
+
+/// Runs a parsed command line: one function per command.
 pub fn run(args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or_else(extract::default_threads).max(1);
     set_threads(threads);
-    let ort_lib = args.ort_lib.clone();
+    let g = Global {
+        quiet: args.quiet,
+        verbose: args.verbose,
+        seed: args.seed,
+        threads,
+        ort_lib: args.ort_lib.clone(),
+    };
     match args.command {
-        Command::Layers(a) => {
-            let model = OnnxModel::load(
-                &a.model.path(),
-                1,
-                ort_lib.as_deref(),
-                a.model.size,
-                a.model.layout(),
-            )?;
-            let sel = a.model.selection();
-            // `--all` lists every float tensor, layout-op outputs too (selectable by name), and marks
-            // what the default selection takes
-            let (layers, marks): (Vec<_>, Vec<&str>) = if sel == Selection::All {
-                let default: Vec<String> = model
-                    .select(&Selection::Default)?
-                    .into_iter()
-                    .map(|l| l.name)
-                    .collect();
-                model
-                    .all_layers()
-                    .iter()
-                    .map(|l| {
-                        let mark = if default.contains(&l.name) {
-                            "default"
-                        } else if l.by_name_only {
-                            "by name only (a layout op's output)"
-                        } else {
-                            ""
-                        };
-                        (l.clone(), mark)
-                    })
-                    .unzip()
-            } else {
-                let l = model.select(&sel)?;
-                let n = l.len();
-                (l, vec![""; n])
-            };
-            let mut out = std::io::stdout().lock();
-            if a.json {
-                serde_json::to_writer_pretty(&mut out, &layers)?;
-                writeln!(out)?;
-            } else if !args.quiet || a.json {
-                writeln!(
-                    out,
-                    "{:>5}  {:<48} {:<20} {:<24} note",
-                    "depth", "name", "op", "shape"
-                )?;
-                for (i, (l, m)) in layers.iter().zip(&marks).enumerate() {
-                    writeln!(
-                        out,
-                        "{i:>5}  {:<48} {:<20} {:<24} {m}",
-                        l.name,
-                        l.op_type,
-                        format!("{:?}", l.shape)
-                    )?;
-                }
-            }
-            Ok(())
-        }
-        Command::Extract(a) => {
-            let shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
-                std::env::var(k).ok().filter(|v| !v.is_empty())
-            })?;
-            let run = RunArgs {
-                threads,
-                ort_lib,
-                progress: !args.quiet,
-            };
-            let options = ExtractOptions {
-                dtype: if a.float16 {
-                    domsim::npy::Dtype::Float16
+        Command::Layers(a) => layers(a, &g),
+        Command::Extract(a) => extract(a, &g),
+        Command::Compare(a) => compare(a, &g),
+        Command::Analyze(a) => analyze(a, &g),
+        Command::Merge(a) => merge(a, &g),
+        Command::Report(a) => report(a, &g),
+    }
+}
+
+/// `domsim layers`.
+fn layers(a: LayersArgs, g: &Global) -> Result<()> {
+    let model = OnnxModel::load(
+        &a.model.path(),
+        1,
+        g.ort_lib.as_deref(),
+        a.model.size,
+        a.model.layout(),
+    )?;
+    let sel = a.model.selection();
+    // `--all` lists every float tensor, layout-op outputs too (selectable by name), and marks
+    // what the default selection takes
+    let (layers, marks): (Vec<_>, Vec<&str>) = if sel == Selection::All {
+        let default: Vec<String> = model
+            .select(&Selection::Default)?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        model
+            .all_layers()
+            .iter()
+            .map(|l| {
+                let mark = if default.contains(&l.name) {
+                    "default"
+                } else if l.by_name_only {
+                    "by name only (a layout op's output)"
                 } else {
-                    domsim::npy::Dtype::Float32
-                },
-                stats: a.stats || shard.is_some(),
-                ..a.prep.options(&a.model, run)?
-            };
-            let cfg = ExtractConfig {
-                force: a.force,
-                shard,
-                ..ExtractConfig::new(options, a.images, a.out)
-            };
-            let s = extract::extract(&cfg)?;
-            if !args.quiet {
-                eprintln!(
-                    "domsim: embedded {} images ({} skipped) at {} layers in {:.1} s ({:.1} images/s) -> {}",
-                    s.manifest.n_images,
-                    s.skipped.len(),
-                    s.manifest.layers.len(),
-                    s.seconds,
-                    s.images_per_second,
-                    cfg.out.display()
-                );
-            }
-            Ok(())
-        }
-        Command::Compare(a) => {
-            let cfg = CompareConfig {
-                options: a.metric.options(args.seed, !args.quiet)?,
-                source: a.source,
-                target: a.target,
-                out: a.out,
-                force: a.force,
-            };
-            let r = compare::compare(&cfg)?;
-            if !args.quiet {
-                for n in &r.notes {
-                    eprintln!("domsim: note: {n}");
-                }
-                eprintln!(
-                    "domsim: compared {} layers ({} source, {} target rows) -> {}",
-                    r.layers.len(),
-                    r.source.n,
-                    r.target.n,
-                    cfg.out.display()
-                );
-            }
-            Ok(())
-        }
-        Command::Analyze(a) => {
-            let progress = !args.quiet && !a.json;
-            let run = RunArgs {
-                threads,
-                ort_lib,
-                progress,
-            };
-            let cfg = AnalyzeConfig {
-                source: a.source,
-                target: a.target,
-                out: a.out.clone(),
-                force: a.force,
-                extract: a.prep.options(&a.model, run)?,
-                compare: a.metric.options(args.seed, progress)?,
-                scatter_max_n: 1000,
-            };
-            let o = analyze::analyze(&cfg)?;
-            if args.verbose {
-                if let Some(t) = o.report.extra.get("timings_s").and_then(|t| t.as_object()) {
-                    eprintln!("domsim: wall time per phase (s):");
-                    for (k, v) in t {
-                        match v.as_object() {
-                            Some(per_metric) => {
-                                for (m, x) in per_metric {
-                                    eprintln!(
-                                        "  {:<28} {:>8.2}",
-                                        format!("{k}.{m}"),
-                                        x.as_f64().unwrap_or(0.0)
-                                    );
-                                }
-                            }
-                            None => eprintln!("  {k:<28} {:>8.2}", v.as_f64().unwrap_or(0.0)),
-                        }
-                    }
-                }
-            }
-            for (k, name) in ["source", "target"].iter().enumerate() {
-                if o.reused[k] && !args.quiet && !a.json {
-                    eprintln!("domsim: reused cached {name} embeddings (fingerprint matched)");
-                }
-            }
-            print_summary(&o.report, &a.out, a.json, args.quiet)
-        }
-        Command::Merge(a) => {
-            let m = domsim::shard::merge(&a.shards, &a.out, a.force)?;
-            if !args.quiet {
-                eprintln!(
-                    "domsim: merged {} images at {} layers -> {}",
-                    m.n_images,
-                    m.layers.len(),
-                    a.out.display()
-                );
-            }
-            Ok(())
-        }
-        Command::Report(a) => {
-            let r = analyze::rerender(&a.dir)?;
-            print_summary(&r, &a.dir, a.json, args.quiet)
+                    ""
+                };
+                (l.clone(), mark)
+            })
+            .unzip()
+    } else {
+        let l = model.select(&sel)?;
+        let n = l.len();
+        (l, vec![""; n])
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &layers)?;
+        writeln!(out)?;
+    } else if !g.quiet || a.json {
+        writeln!(
+            out,
+            "{:>5}  {:<48} {:<20} {:<24} note",
+            "depth", "name", "op", "shape"
+        )?;
+        for (i, (l, m)) in layers.iter().zip(&marks).enumerate() {
+            writeln!(
+                out,
+                "{i:>5}  {:<48} {:<20} {:<24} {m}",
+                l.name,
+                l.op_type,
+                format!("{:?}", l.shape)
+            )?;
         }
     }
+    Ok(())
+}
+
+/// `domsim extract`.
+fn extract(a: ExtractArgs, g: &Global) -> Result<()> {
+    let shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    })?;
+    let run = RunArgs {
+        threads: g.threads,
+        ort_lib: g.ort_lib.clone(),
+        progress: !g.quiet,
+    };
+    let options = ExtractOptions {
+        dtype: if a.float16 {
+            domsim::npy::Dtype::Float16
+        } else {
+            domsim::npy::Dtype::Float32
+        },
+        stats: a.stats || shard.is_some(),
+        ..a.prep.options(&a.model, run)?
+    };
+    let cfg = ExtractConfig {
+        force: a.force,
+        shard,
+        ..ExtractConfig::new(options, a.images, a.out)
+    };
+    let s = extract::extract(&cfg)?;
+    if !g.quiet {
+        eprintln!(
+            "domsim: embedded {} images ({} skipped) at {} layers in {:.1} s ({:.1} images/s) -> {}",
+            s.manifest.n_images,
+            s.skipped.len(),
+            s.manifest.layers.len(),
+            s.seconds,
+            s.images_per_second,
+            cfg.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `domsim compare`.
+fn compare(a: CompareArgs, g: &Global) -> Result<()> {
+    let cfg = CompareConfig {
+        options: a.metric.options(g.seed, !g.quiet)?,
+        source: a.source,
+        target: a.target,
+        out: a.out,
+        force: a.force,
+    };
+    let r = compare::compare(&cfg)?;
+    if !g.quiet {
+        for n in &r.notes {
+            eprintln!("domsim: note: {n}");
+        }
+        eprintln!(
+            "domsim: compared {} layers ({} source, {} target rows) -> {}",
+            r.layers.len(),
+            r.source.n,
+            r.target.n,
+            cfg.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `domsim analyze`.
+fn analyze(a: AnalyzeArgs, g: &Global) -> Result<()> {
+    let progress = !g.quiet && !a.json;
+    let run = RunArgs {
+        threads: g.threads,
+        ort_lib: g.ort_lib.clone(),
+        progress,
+    };
+    let cfg = AnalyzeConfig {
+        source: a.source,
+        target: a.target,
+        out: a.out.clone(),
+        force: a.force,
+        extract: a.prep.options(&a.model, run)?,
+        compare: a.metric.options(g.seed, progress)?,
+        scatter_max_n: 1000,
+    };
+    let o = analyze::analyze(&cfg)?;
+    if g.verbose {
+        if let Some(t) = o.report.extra.get("timings_s").and_then(|t| t.as_object()) {
+            eprintln!("domsim: wall time per phase (s):");
+            for (k, v) in t {
+                match v.as_object() {
+                    Some(per_metric) => {
+                        for (m, x) in per_metric {
+                            eprintln!(
+                                "  {:<28} {:>8.2}",
+                                format!("{k}.{m}"),
+                                x.as_f64().unwrap_or(0.0)
+                            );
+                        }
+                    }
+                    None => eprintln!("  {k:<28} {:>8.2}", v.as_f64().unwrap_or(0.0)),
+                }
+            }
+        }
+    }
+    for (k, name) in ["source", "target"].iter().enumerate() {
+        if o.reused[k] && !g.quiet && !a.json {
+            eprintln!("domsim: reused cached {name} embeddings (fingerprint matched)");
+        }
+    }
+    print_summary(&o.report, &a.out, a.json, g.quiet)
+}
+
+/// `domsim merge`.
+fn merge(a: MergeArgs, g: &Global) -> Result<()> {
+    let m = domsim::shard::merge(&a.shards, &a.out, a.force)?;
+    if !g.quiet {
+        eprintln!(
+            "domsim: merged {} images at {} layers -> {}",
+            m.n_images,
+            m.layers.len(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `domsim report`.
+fn report(a: ReportArgs, g: &Global) -> Result<()> {
+    let r = analyze::rerender(&a.dir)?;
+    print_summary(&r, &a.dir, a.json, g.quiet)
 }
 
 fn print_summary(
