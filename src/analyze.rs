@@ -164,10 +164,13 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         phases.insert(name.into(), serde_json::json!(t0.elapsed().as_secs_f64()));
     };
     let model_sha = model_identity(&cfg.extract.model).map_err(|e| match e {
-        Error::Io { path, .. } => Error::Input(format!(
-            "model file '{}' cannot be read; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
-            path.display()
-        )),
+        Error::Io { path, .. } => Error::Model {
+            message: format!(
+                "model file '{}' cannot be read; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
+                path.display()
+            ),
+            path,
+        },
         other => other,
     })?;
     let (source, bundled_source) = resolve_source(cfg, &model_sha)?;

@@ -352,11 +352,14 @@ pub fn compute_with(
             }
         }
         if xs.ncols() != xt.ncols() {
-            return input_err(format!(
-                "layer '{name}' has dimension {} in the source but {} in the target",
-                xs.ncols(),
-                xt.ncols()
-            ));
+            return Err(Error::Layer {
+                layer: name.clone(),
+                message: format!(
+                    "layer '{name}' has dimension {} in the source but {} in the target",
+                    xs.ncols(),
+                    xt.ncols()
+                ),
+            });
         }
         let bad = (non_finite(&xs), non_finite(&xt));
         if bad.0 + bad.1 > 0 {

@@ -28,7 +28,7 @@ pub const FRECHET: Output = Output::new(
 );
 
 /// Fréchet distance between the rows of `x` and `y`.
-pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> std::result::Result<f64, String> {
+pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> crate::Result<f64> {
     let (mx, my) = (col_means(&x.view()), col_means(&y.view()));
     let (cx, cy) = (covariance(&x.view()), covariance(&y.view()));
     frechet_gaussians(&mx, &cx, &my, &cy)
@@ -38,7 +38,7 @@ pub fn frechet(x: &Array2<f64>, y: &Array2<f64>) -> std::result::Result<f64, Str
 pub fn frechet_from_moments(
     x: &super::moments::Moments,
     y: &super::moments::Moments,
-) -> std::result::Result<f64, String> {
+) -> crate::Result<f64> {
     frechet_gaussians(&x.mean, &x.covariance(), &y.mean, &y.covariance())
 }
 
@@ -48,7 +48,7 @@ pub fn frechet_gaussians(
     cx: &Array2<f64>,
     my: &ndarray::Array1<f64>,
     cy: &Array2<f64>,
-) -> std::result::Result<f64, String> {
+) -> crate::Result<f64> {
     let diff = mx - my;
     let (cx, cy) = (cx.clone(), cy.clone());
     // Tr (Σ_x Σ_y)^{1/2} = Σ √λ of any symmetric matrix similar to Σ_x Σ_y: Lᵀ Σ_y L with Σ_x = L Lᵀ when Σ_x is

@@ -110,7 +110,7 @@ pub fn deterministic() {
 }
 
 /// Eigen-decomposition of a symmetric matrix: eigenvalues ascending, eigenvectors as columns.
-pub fn sym_eigh(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), String> {
+pub fn sym_eigh(a: &Array2<f64>) -> crate::Result<(Array1<f64>, Array2<f64>)> {
     deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
@@ -127,18 +127,18 @@ pub fn sym_eigh(a: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), String> {
 }
 
 /// Eigenvalues of a symmetric matrix, ascending.
-pub fn sym_eigvals(a: &Array2<f64>) -> Result<Vec<f64>, String> {
+pub fn sym_eigvals(a: &Array2<f64>) -> crate::Result<Vec<f64>> {
     deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
     let slice = a.as_slice().ok_or("matrix not contiguous")?;
     faer::MatRef::from_row_major_slice(slice, n, n)
         .self_adjoint_eigenvalues(faer::Side::Lower)
-        .map_err(|e| format!("eigen-decomposition did not converge: {e:?}"))
+        .map_err(|e| format!("eigen-decomposition did not converge: {e:?}").into())
 }
 
 /// Symmetric positive semi-definite square root (negative eigenvalues from round-off are clipped to 0).
-pub fn sqrtm_psd(a: &Array2<f64>) -> Result<Array2<f64>, String> {
+pub fn sqrtm_psd(a: &Array2<f64>) -> crate::Result<Array2<f64>> {
     let (vals, vecs) = sym_eigh(a)?;
     let s = vals.mapv(|v| v.max(0.0).sqrt());
     let vs = &vecs * &s;

@@ -11,7 +11,7 @@ use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, SetDat
 use crate::error::{Error, Result};
 
 /// LogME of features `f` (n × d) for integer labels `y`.
-pub fn logme(f: &Array2<f64>, y: &[usize]) -> std::result::Result<f64, String> {
+pub fn logme(f: &Array2<f64>, y: &[usize]) -> crate::Result<f64> {
     let (n, d) = (f.nrows() as f64, f.ncols() as f64);
     let ftf = gram_t(&f.view()); // faer: the same bits at any thread count
     let (s, v) = sym_eigh(&ftf)?;

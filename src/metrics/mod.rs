@@ -305,11 +305,12 @@ pub fn labelled<'a>(
     t: &'a SetData<'a>,
 ) -> Result<(&'a SetData<'a>, &'a [usize])> {
     let set = if target { t } else { s };
-    let y = set.labels.ok_or_else(|| {
-        crate::Error::Analysis(format!(
-            "the {} set has no labels",
-            if target { "target" } else { "source" }
-        ))
+    let which = if target { "target" } else { "source" };
+    let y = set.labels.ok_or_else(|| crate::Error::Prerequisite {
+        metric: format!("{which}-label metrics"),
+        message: format!(
+            "the {which} set has no labels; put its images in one sub-folder per class (or give a labels.csv)"
+        ),
     })?;
     Ok((set, y))
 }

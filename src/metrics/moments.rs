@@ -86,14 +86,15 @@ impl Moments {
     }
 
     /// Reads back [`Moments::to_matrix`].
-    pub fn from_matrix(m: &Array2<f64>) -> std::result::Result<Self, String> {
+    pub fn from_matrix(m: &Array2<f64>) -> crate::Result<Self> {
         let d = m.ncols();
         if m.nrows() != d + 2 || m.iter().any(|v| !v.is_finite()) || m[[0, 0]] < 0.0 {
             return Err(format!(
                 "not a moments matrix: shape {:?}, expected ({}, {d}) with finite values",
                 m.dim(),
                 d + 2
-            ));
+            )
+            .into());
         }
         Ok(Moments {
             n: m[[0, 0]] as u64,

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use super::logreg;
 use super::stats::{auc, corrected_cv_ci, group_stratified_folds, repeated_folds, subsample};
 use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Per-fold scores of a classifier under repeated stratified k-fold cross-validation.
 #[derive(Debug, Clone)]
@@ -91,11 +91,7 @@ fn balanced_accuracy(y: &[usize], pred: &[usize], idx: &[usize], k: usize) -> f6
 /// Scores any classifier by repeated cross-validation. `predict(train, test)` returns, for each test row in
 /// order, the predicted class and the score of class 1. Folds (`folds[r][i]` = fold of row i in repeat r)
 /// are fitted in parallel and scored one by one, so the result does not depend on the thread count.
-pub fn cv_scores<F>(
-    y: &[usize],
-    folds: &[Vec<usize>],
-    predict: F,
-) -> std::result::Result<ProbeResult, String>
+pub fn cv_scores<F>(y: &[usize], folds: &[Vec<usize>], predict: F) -> crate::Result<ProbeResult>
 where
     F: Fn(&[usize], &[usize]) -> Vec<(usize, f64)> + Sync,
 {
@@ -178,7 +174,7 @@ pub fn cv_probe<R: Rng>(
     repeats: usize,
     c: f64,
     rng: &mut R,
-) -> std::result::Result<ProbeResult, String> {
+) -> crate::Result<ProbeResult> {
     let fold = repeated_folds(y, folds, repeats, rng);
     cv_probe_folds(x, y, &fold, c)
 }
@@ -189,7 +185,7 @@ pub fn cv_probe_folds(
     y: &[usize],
     fold: &[Vec<usize>],
     c: f64,
-) -> std::result::Result<ProbeResult, String> {
+) -> crate::Result<ProbeResult> {
     let k = y.iter().max().map_or(0, |m| m + 1);
     let stuck = std::sync::atomic::AtomicUsize::new(0);
     let mut r = cv_scores(y, fold, |tr, te| {
@@ -219,7 +215,7 @@ pub fn cv_probe_folds(
 pub const MIN_CLASS: usize = 5;
 
 /// Checks labels for a probe; returns (folds, warning) or why it cannot run.
-pub fn probe_folds(y: &[usize], want: usize) -> std::result::Result<(usize, String), String> {
+pub fn probe_folds(y: &[usize], want: usize) -> crate::Result<(usize, String)> {
     let k = y.iter().max().map_or(0, |m| m + 1);
     let counts: Vec<usize> = (0..k)
         .map(|c| y.iter().filter(|&&v| v == c).count())
@@ -230,9 +226,7 @@ pub fn probe_folds(y: &[usize], want: usize) -> std::result::Result<(usize, Stri
     }
     let min = counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0);
     if min < 2 {
-        return Err(format!(
-            "a class has {min} image(s); needs at least 2 per class"
-        ));
+        return Err(format!("a class has {min} image(s); needs at least 2 per class").into());
     }
     let folds = want.min(min).max(2);
     let warn = if min < 20 {
@@ -268,7 +262,7 @@ pub fn task_split(
     groups: Option<&[usize]>,
     ctx: &Ctx,
     target: bool,
-) -> std::result::Result<TaskSplit, String> {
+) -> crate::Result<TaskSplit> {
     let p = ctx.params;
     let mut rng = ctx.shared_rng(if target {
         "target_task_folds"
@@ -420,8 +414,8 @@ impl Metric for DomainProbe {
         let xt = t.x.select(Axis(0), &subsample(t.x.nrows(), m, &mut rng));
         let x = concatenate(Axis(0), &[xs.view(), xt.view()]).expect("same width");
         let y: Vec<usize> = (0..2 * m).map(|i| usize::from(i >= m)).collect();
-        let (folds, warn) = probe_folds(&y, p.folds).map_err(Error::Analysis)?;
-        let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng).map_err(Error::Analysis)?;
+        let (folds, warn) = probe_folds(&y, p.folds)?;
+        let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng)?;
         let base = format!(
             "logistic regression C={}, standardised, balanced {m}+{m} rows (seeded subsample), {} x stratified {folds}-fold (the same rows and folds at every layer); CI: corrected repeated-CV t interval (Nadeau & Bengio 2003){warn}{}",
             p.c, p.cv_repeats, r.convergence_warning()
@@ -515,8 +509,8 @@ impl Metric for SourceSpread {
         let rows: Vec<usize> = ia.into_iter().chain(ib).collect();
         let x = s.x.select(Axis(0), &rows);
         let y: Vec<usize> = (0..2 * m).map(|i| usize::from(i >= m)).collect();
-        let (folds, warn) = probe_folds(&y, p.folds).map_err(Error::Analysis)?;
-        let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng).map_err(Error::Analysis)?;
+        let (folds, warn) = probe_folds(&y, p.folds)?;
+        let r = cv_probe(&x, &y, folds, p.cv_repeats, p.c, &mut rng)?;
         let note = format!(
             "domain probe between two groups of the source ({how}), {m}+{m} rows, logistic regression C={}, {} x stratified {folds}-fold; CI: corrected repeated-CV t interval{warn}",
             p.c, p.cv_repeats
@@ -601,7 +595,7 @@ impl Metric for TaskProbe {
     fn compute(&self, s: &SetData, t: &SetData, ctx: &Ctx) -> Result<Vec<MetricValue>> {
         let p = ctx.params;
         task_metric(self.target, self.outputs(), s, t, ctx, |x, split| {
-            let r = cv_probe_folds(x, &split.y, &split.folds, p.c).map_err(Error::Analysis)?;
+            let r = cv_probe_folds(x, &split.y, &split.folds, p.c)?;
             let note = format!(
                 "multinomial logistic regression C={}, standardised, {}{}",
                 p.c,

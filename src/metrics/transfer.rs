@@ -16,7 +16,7 @@ use ndarray::{Array2, Axis};
 use super::linalg::{cholesky_lower, gram_t, matmul};
 use super::probe::{cv_scores, task_metric};
 use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Cosine k-NN predictions of `test` rows from `train` rows with labels `ytr` (classes 0..k).
 pub fn knn_predict(
@@ -89,7 +89,7 @@ pub fn ledoit_wolf_shrinkage(x: &Array2<f64>) -> f64 {
 }
 
 /// Shrinkage H-score of features `f` for labels `y` (classes 0..k); returns (score, shrinkage).
-pub fn hscore_shrinkage(f: &Array2<f64>, y: &[usize]) -> std::result::Result<(f64, f64), String> {
+pub fn hscore_shrinkage(f: &Array2<f64>, y: &[usize]) -> crate::Result<(f64, f64)> {
     let n = f.nrows();
     let d = f.ncols();
     let mu = f.mean_axis(Axis(0)).ok_or("no rows")?;
@@ -201,8 +201,7 @@ impl Metric for Knn {
                     split.classes,
                     k,
                 )
-            })
-            .map_err(Error::Analysis)?;
+            })?;
             let note = format!("cosine {k}-NN majority vote, {}", split.note);
             let details = serde_json::json!({"k": k, "folds": split.k, "repeats": ctx.params.cv_repeats, "rows": split.rows.len()});
             Ok((r, note, details))

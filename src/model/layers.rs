@@ -25,7 +25,7 @@
 use std::collections::HashSet;
 
 use super::onnx::GraphProto;
-use crate::error::{input_err, Result};
+use crate::error::Result;
 
 /// Ops that only move data around; their outputs are never candidate layers.
 const LAYOUT_OPS: &[&str] = &[
@@ -344,11 +344,14 @@ pub fn select_names(all: &[Layer], wanted: &[String]) -> Result<Vec<usize>> {
             .collect();
         if hits.is_empty() {
             let near = nearest(w, all.iter().map(|l| l.name.as_str()), 5);
-            return input_err(format!(
-                "layer '{w}' does not exist in the model{}; nearest layer names: {}. Run `domsim layers --all` to list every layer",
-                if is_pattern { " (no name matches the pattern)" } else { "" },
-                near.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
-            ));
+            return Err(crate::Error::Layer {
+                layer: w.clone(),
+                message: format!(
+                    "layer '{w}' does not exist in the model{}; nearest layer names: {}. Run `domsim layers --all` to list every layer",
+                    if is_pattern { " (no name matches the pattern)" } else { "" },
+                    near.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                ),
+            });
         }
         picked.extend(hits);
     }

@@ -194,15 +194,19 @@ impl OnnxModel {
         size: Option<usize>,
         layout: Option<Layout>,
     ) -> Result<Self> {
+        let model_err = |message: String| Error::Model {
+            path: path.to_path_buf(),
+            message,
+        };
         if !path.is_file() {
-            return input_err(format!(
+            return Err(model_err(format!(
                 "model file '{}' does not exist; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
                 path.display()
-            ));
+            )));
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read model", path, e))?;
         let not_onnx = |why: String| {
-            Error::Input(format!(
+            model_err(format!(
                 "'{}' is not an ONNX model ({why}); export your network with torch.onnx.export or tf2onnx first",
                 path.display()
             ))
@@ -250,10 +254,10 @@ impl OnnxModel {
             }
         }
         if all.is_empty() {
-            return input_err(format!(
+            return Err(model_err(format!(
                 "model '{}' has no float32 layer computed from its input; domsim needs a network whose layers are float tensors",
                 path.display()
-            ));
+            )));
         }
         Ok(OnnxModel {
             path: path.to_path_buf(),
@@ -401,18 +405,22 @@ fn model_sha256(path: &Path, bytes: &[u8], graph: &onnx::GraphProto) -> Result<S
                 .components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)))
         {
-            return input_err(format!(
-                "model '{}' names the external weight file '{loc}', which is outside the model's folder; ONNX external data must be a relative path inside it",
-                path.display()
-            ));
+            return Err(Error::Model {
+                path: path.to_path_buf(),
+                message: format!(
+                    "model '{}' names the external weight file '{loc}', which is outside the model's folder; ONNX external data must be a relative path inside it",
+                    path.display()
+                ),
+            });
         }
         let f = model_dir(path).join(rel);
-        let fb = std::fs::read(&f).map_err(|e| {
-            Error::Input(format!(
+        let fb = std::fs::read(&f).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            message: format!(
                 "model '{}' keeps weights in the external file '{loc}', which cannot be read at '{}' ({e}); keep it beside the model",
                 path.display(),
                 f.display()
-            ))
+            ),
         })?;
         h.update(format!("\0{loc}\0{}", hex(&Sha256::digest(&fb))).as_bytes());
     }
@@ -435,8 +443,12 @@ fn read_contract(
     layout: Option<Layout>,
 ) -> Result<InputContract> {
     let inputs = sess.inputs();
+    let contract_err = |message: String| Error::InputContract {
+        model: path.to_path_buf(),
+        message,
+    };
     let bad = |why: String| {
-        Error::Input(format!(
+        contract_err(format!(
             "model '{}' does not take an image tensor: {why}; domsim needs one input of shape (N,C,H,W) or (N,H,W,C) with C = 1 or 3, float32 or uint8",
             path.display()
         ))
@@ -477,11 +489,11 @@ fn read_contract(
         None
     };
     let Some(layout) = layout.or(guessed) else {
-        return input_err(format!(
+        return Err(contract_err(format!(
             "model '{}': input '{}' has shape {shape:?}, which does not say whether channels come first or last; pass --layout nchw or --layout nhwc",
             path.display(),
             inp.name()
-        ));
+        )));
     };
     let (c, h, w) = match layout {
         Layout::Nchw => (shape[1], shape[2], shape[3]),

@@ -133,7 +133,7 @@ pub fn pca_points(
         let pooled = ndarray::concatenate(Axis(0), &[xs.view(), xt.view()])
             .map_err(|e| Error::Analysis(e.to_string()))?;
         let cov = covariance(&pooled.view());
-        let (_, vecs) = sym_eigh(&cov).map_err(Error::Analysis)?;
+        let (_, vecs) = sym_eigh(&cov)?;
         let k = vecs.ncols();
         let basis: Array2<f64> = if k >= 2 {
             ndarray::stack(Axis(1), &[vecs.column(k - 1), vecs.column(k - 2)]).expect("same length")
