@@ -11,12 +11,9 @@
 //! ```
 //!
 //! ```no_run
-//! use domsim::extract::{extract, ExtractConfig};
-//! let cfg = ExtractConfig::new(
-//!     domsim::model::runtime::default_model_path(),
-//!     "images/".into(),
-//!     "emb/".into(),
-//! );
+//! use domsim::extract::{extract, ExtractConfig, ExtractOptions};
+//! let how = ExtractOptions::new(domsim::model::runtime::default_model_path());
+//! let cfg = ExtractConfig::new(how, "images/".into(), "emb/".into());
 //! let summary = extract(&cfg)?;
 //! println!("{} images, {} layers", summary.manifest.n_images, summary.manifest.layers.len());
 //! # Ok::<(), domsim::Error>(())
