@@ -286,13 +286,22 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     };
     let t0 = std::time::Instant::now();
     let exporters = export::analysis_files(&rr);
-    let files = export::write(&rr, &cfg.out, &exporters)?;
+    let written = export::write(&rr, &cfg.out, &exporters)?;
     phase("files", t0);
+    let per_file: serde_json::Map<String, serde_json::Value> = written
+        .iter()
+        .map(|(p, s)| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            (name.unwrap_or_default(), serde_json::json!(s))
+        })
+        .collect();
+    let files: Vec<PathBuf> = written.into_iter().map(|(p, _)| p).collect();
     // wall time per phase (the metrics' own split is compare.json's `timings_s`): summary.json is written
     // again with it, since writing the files is part of what is timed
     phase("total", t_start);
     rr.extra["timings_s"] = serde_json::Value::Object(phases);
     rr.extra["timings_s"]["metrics"] = serde_json::json!(rr.compare.timings_s);
+    rr.extra["timings_s"]["per_file"] = serde_json::Value::Object(per_file);
     export::write(&rr, &cfg.out, &[Box::new(export::SummaryJson)])?;
     Ok(AnalyzeOutcome {
         report: rr,

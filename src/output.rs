@@ -19,9 +19,16 @@ pub fn temp_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
+    let mut b = tempfile::Builder::new();
+    b.prefix(TEMP_PREFIX);
+    // a temp file is private (0600) by default; the file it becomes is an ordinary output file, created
+    // like any other (0666 less the umask), so that the user's group or a web server can read a report
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
         .map_err(|e| Error::io("cannot create a temporary file in", dir, e))
 }
 

@@ -683,3 +683,33 @@ fn summary_json_lists_exactly_the_files_written() {
         assert_eq!(listed, present, "{extra:?}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn output_files_get_ordinary_permissions_not_the_temp_files_private_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    // the process umask, as Linux reports it
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Umask:"))
+                .and_then(|l| u32::from_str_radix(l[6..].trim(), 8).ok())
+        })
+        .unwrap_or(0o022);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--norm", "unit", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    for f in ["manifest.json", "index.csv", "skipped.csv"] {
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !umask, "{f}: mode {mode:o}");
+    }
+}

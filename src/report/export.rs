@@ -17,13 +17,19 @@ pub trait Exporter {
     fn render(&self, r: &RunReport) -> Result<Vec<u8>>;
 }
 
-/// Renders each exporter and writes its file atomically into `out`, in order; returns the paths written.
-pub fn write(r: &RunReport, out: &Path, exporters: &[Box<dyn Exporter>]) -> Result<Vec<PathBuf>> {
+/// Renders each exporter and writes its file atomically into `out`, in order; returns the paths written,
+/// each with the wall seconds it took to render and write.
+pub fn write(
+    r: &RunReport,
+    out: &Path,
+    exporters: &[Box<dyn Exporter>],
+) -> Result<Vec<(PathBuf, f64)>> {
     let mut written = Vec::new();
     for e in exporters {
+        let t0 = std::time::Instant::now();
         let path = out.join(e.file_name());
         write_atomic(&path, &e.render(r)?)?;
-        written.push(path);
+        written.push((path, t0.elapsed().as_secs_f64()));
     }
     Ok(written)
 }
