@@ -97,29 +97,36 @@ fn series(r: &CompareReport, o: &Output, color: RGBColor) -> Option<Series> {
 }
 
 /// The outputs drawn in each panel of `metrics_by_depth.png`, from their declarations (in report order,
-/// only those with values): the chart and the HTML's description of it both come from here.
+/// only those with values; alignment only when no task output has values): the chart and the HTML's
+/// description of it both come from here.
 pub fn chart_series(r: &CompareReport) -> Vec<(Panel, Vec<Output>)> {
-    [
+    let panels = [
         Panel::Distance,
         Panel::Domain,
         Panel::Task,
         Panel::Alignment,
-    ]
-    .into_iter()
-    .map(|p| {
-        let outs = r
-            .outputs()
-            .into_iter()
-            .filter(|o| o.panel == Some(p))
-            .filter(|o| {
-                r.layers
-                    .iter()
-                    .any(|l| l.value(o).is_some_and(|v| v.value.is_some()))
-            })
-            .collect();
-        (p, outs)
-    })
-    .collect()
+    ];
+    let mut v: Vec<(Panel, Vec<Output>)> = panels
+        .into_iter()
+        .map(|p| {
+            let outs = r
+                .outputs()
+                .into_iter()
+                .filter(|o| o.panel == Some(p))
+                .filter(|o| {
+                    r.layers
+                        .iter()
+                        .any(|l| l.value(o).is_some_and(|v| v.value.is_some()))
+                })
+                .collect();
+            (p, outs)
+        })
+        .collect();
+    // the alignment outputs take the task panel's place only when no task output has values
+    if !v[2].1.is_empty() {
+        v[3].1.clear();
+    }
+    v
 }
 
 /// The series of one panel, coloured in the panel's palette order.
