@@ -633,20 +633,22 @@ fn analyze(a: AnalyzeArgs, g: &Global) -> Result<()> {
     let o = analyze::analyze(&cfg)?;
     if g.verbose {
         if let Some(t) = o.report.extra.get("timings_s").and_then(|t| t.as_object()) {
-            eprintln!("domsim: wall time per phase (s):");
+            // flattened (phase, or phase.part) rows, aligned on the longest name
+            let mut rows: Vec<(String, f64)> = Vec::new();
             for (k, v) in t {
                 match v.as_object() {
-                    Some(per_metric) => {
-                        for (m, x) in per_metric {
-                            eprintln!(
-                                "  {:<28} {:>8.2}",
-                                format!("{k}.{m}"),
-                                x.as_f64().unwrap_or(0.0)
-                            );
-                        }
-                    }
-                    None => eprintln!("  {k:<28} {:>8.2}", v.as_f64().unwrap_or(0.0)),
+                    Some(parts) => rows.extend(
+                        parts
+                            .iter()
+                            .map(|(m, x)| (format!("{k}.{m}"), x.as_f64().unwrap_or(0.0))),
+                    ),
+                    None => rows.push((k.clone(), v.as_f64().unwrap_or(0.0))),
                 }
+            }
+            let w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+            eprintln!("domsim: wall time per phase (s):");
+            for (n, x) in rows {
+                eprintln!("  {n:<w$} {x:>8.2}");
             }
         }
     }
