@@ -208,6 +208,93 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
     write_report(report, &cfg.out)
 }
 
+/// The metrics `--metrics` asks for (all when `None`), by group or output name; an unknown name is an error
+/// that lists the known ones.
+fn select_metrics(
+    all: Vec<Box<dyn Metric>>,
+    wanted: Option<&[String]>,
+) -> Result<Vec<Box<dyn Metric>>> {
+    let Some(sel) = wanted else {
+        return Ok(all);
+    };
+    let mut known: Vec<&str> = metric_names();
+    for m in &all {
+        known.push(m.name());
+        known.extend(m.outputs().iter().map(|o| o.id.as_ref()));
+    }
+    known.sort_unstable();
+    known.dedup();
+    if let Some(s) = sel.iter().find(|s| !known.contains(&s.as_str())) {
+        return input_err(format!(
+            "unknown metric '{s}'; choose from: {}",
+            known.join(", ")
+        ));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|m| {
+            sel.iter()
+                .any(|s| s == m.name() || m.outputs().iter().any(|o| o.id == s.as_str()))
+        })
+        .collect())
+}
+
+/// The metrics whose prerequisites hold (`has_labels`: [source, target] have labels with 2 or more
+/// classes); each one left out gets a note saying why.
+fn runnable_metrics(
+    chosen: Vec<Box<dyn Metric>>,
+    has_labels: [bool; 2],
+    notes: &mut Vec<String>,
+) -> Vec<Box<dyn Metric>> {
+    chosen
+        .into_iter()
+        .filter(|m| {
+            let (ok, which) = match m.needs() {
+                Needs::Nothing => (true, ""),
+                Needs::TargetLabels => (has_labels[1], "target"),
+                Needs::SourceLabels => (has_labels[0], "source"),
+            };
+            if !ok {
+                notes.push(format!(
+                    "{} skipped: the {which} set has no labels with 2 or more classes (labels come from one sub-folder per class at extraction, or a labels.csv)",
+                    m.name()
+                ));
+            }
+            ok
+        })
+        .collect()
+}
+
+/// One layer's two matrices can be compared: enough rows on each side, the same dimension.
+fn check_pair(
+    name: &str,
+    (src, xs): (&EmbeddingSet, &Array2<f64>),
+    (tgt, xt): (&EmbeddingSet, &Array2<f64>),
+) -> Result<()> {
+    for (which, dir, n) in [
+        ("source", &src.dir, xs.nrows()),
+        ("target", &tgt.dir, xt.nrows()),
+    ] {
+        if n < MIN_SET {
+            return input_err(format!(
+                "the {which} '{}' holds {n} image(s); comparing needs at least {MIN_SET} per set (50 or more for advice to act on). Add images, or check skipped.csv for files that could not be read",
+                dir.display()
+            ));
+        }
+    }
+    if xs.ncols() != xt.ncols() {
+        return Err(Error::Layer {
+            layer: name.to_string(),
+            message: format!(
+                "layer '{name}' has dimension {} in the source but {} in the target",
+                xs.ncols(),
+                xt.ncols()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Matches layers by name; returns (source index, target index) pairs in source depth order.
 pub fn match_layers(src: &EmbeddingSet, tgt: &EmbeddingSet) -> Result<Vec<(usize, usize)>> {
     let sn: Vec<&str> = src.layers.iter().map(|l| l.name.as_str()).collect();
@@ -281,52 +368,14 @@ pub fn compute_with(
     let pairs = match_layers(src, tgt)?;
     let mut notes = Vec::new();
     check_models(src, tgt, &mut notes)?;
-    if let Some(sel) = &cfg.metrics {
-        let mut known: Vec<&str> = metric_names();
-        for m in &all {
-            known.push(m.name());
-            known.extend(m.outputs().iter().map(|o| o.id.as_ref()));
-        }
-        known.sort_unstable();
-        known.dedup();
-        for s in sel {
-            if !known.contains(&s.as_str()) {
-                return input_err(format!(
-                    "unknown metric '{s}'; choose from: {}",
-                    known.join(", ")
-                ));
-            }
-        }
-    }
-    let chosen: Vec<_> = all
-        .into_iter()
-        .filter(|m| match &cfg.metrics {
-            None => true,
-            Some(sel) => sel
-                .iter()
-                .any(|s| s == m.name() || m.outputs().iter().any(|o| o.id == s.as_str())),
-        })
-        .collect();
+    let chosen = select_metrics(all, cfg.metrics.as_deref())?;
     let (s_lab, s_classes) = label_indices(&src.labels);
     let (t_lab, t_classes) = label_indices(&tgt.labels);
-    let usable = |lab: &Option<Vec<usize>>, classes: &[String]| lab.is_some() && classes.len() >= 2;
-    let runnable: Vec<_> = chosen
-        .into_iter()
-        .filter(|m| {
-            let (ok, which) = match m.needs() {
-                Needs::Nothing => (true, ""),
-                Needs::TargetLabels => (usable(&t_lab, &t_classes), "target"),
-                Needs::SourceLabels => (usable(&s_lab, &s_classes), "source"),
-            };
-            if !ok {
-                notes.push(format!(
-                    "{} skipped: the {which} set has no labels with 2 or more classes (labels come from one sub-folder per class at extraction, or a labels.csv)",
-                    m.name()
-                ));
-            }
-            ok
-        })
-        .collect();
+    let has_labels = [
+        s_lab.is_some() && s_classes.len() >= 2,
+        t_lab.is_some() && t_classes.len() >= 2,
+    ];
+    let runnable = runnable_metrics(chosen, has_labels, &mut notes);
 
     let t_groups = target_groups(tgt, &t_lab, pairs.last().map(|p| p.1), &mut notes)?;
     let bar = progress(cfg.progress, pairs.len() as u64, "compare layers");
@@ -340,27 +389,7 @@ pub fn compute_with(
         bar.set_message(format!("compare {name}"));
         let xs = src.read_layer(si)?;
         let xt = tgt.read_layer(ti)?;
-        for (which, dir, n) in [
-            ("source", &src.dir, xs.nrows()),
-            ("target", &tgt.dir, xt.nrows()),
-        ] {
-            if n < MIN_SET {
-                return input_err(format!(
-                    "the {which} '{}' holds {n} image(s); comparing needs at least {MIN_SET} per set (50 or more for advice to act on). Add images, or check skipped.csv for files that could not be read",
-                    dir.display()
-                ));
-            }
-        }
-        if xs.ncols() != xt.ncols() {
-            return Err(Error::Layer {
-                layer: name.clone(),
-                message: format!(
-                    "layer '{name}' has dimension {} in the source but {} in the target",
-                    xs.ncols(),
-                    xt.ncols()
-                ),
-            });
-        }
+        check_pair(name, (src, &xs), (tgt, &xt))?;
         let bad = (non_finite(&xs), non_finite(&xt));
         if bad.0 + bad.1 > 0 {
             let why = format!(
