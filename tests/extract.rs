@@ -3,15 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{copy_subset, datasets, domsim, fixture, huge_png, npy};
+use common::{copy_subset, datasets, domsim, fixture, huge_png, manifest, npy};
 use predicates::prelude::*;
 use serde_json::Value;
-
-fn manifest(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
-}
 
 fn check_fixture(model: &str) {
     let tmp = tempfile::tempdir().unwrap();

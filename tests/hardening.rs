@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{datasets, domsim, fixture, npy, png_header};
+use common::{datasets, domsim, fixture, manifest, npy, png_header};
 use predicates::prelude::*;
 
 fn skipped(out: &Path) -> Vec<(String, String)> {
@@ -22,10 +22,6 @@ fn skipped(out: &Path) -> Vec<(String, String)> {
 fn index_paths(out: &Path) -> Vec<String> {
     let mut r = csv::Reader::from_path(out.join("index.csv")).unwrap();
     r.records().map(|x| x.unwrap()[1].to_string()).collect()
-}
-
-fn manifest(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
 }
 
 fn copy_dir(src: &Path, dest: &Path) {

@@ -95,3 +95,8 @@ pub fn png_header(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
     }
     v
 }
+
+/// An embedding folder's `manifest.json`, parsed.
+pub fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
