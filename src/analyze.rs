@@ -212,14 +212,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
             reused[k] = true;
         } else {
             if model.is_none() {
-                let e = &cfg.extract;
-                model = Some(OnnxModel::load(
-                    &e.model,
-                    e.threads,
-                    e.ort_lib.as_deref(),
-                    e.size,
-                    e.layout,
-                )?);
+                model = Some(cfg.extract.load_model()?);
             }
             let job = ExtractConfig {
                 force: true,

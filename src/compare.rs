@@ -147,10 +147,10 @@ impl LayerResult {
     }
 }
 
-/// Every selectable metric name (groups and outputs).
-pub fn metric_names() -> Vec<&'static str> {
+/// Every selectable name of `metrics` (groups and outputs), sorted.
+pub fn metric_names(metrics: &[Box<dyn Metric>]) -> Vec<&'static str> {
     let mut v = Vec::new();
-    for m in registry() {
+    for m in metrics {
         v.push(m.name());
         v.extend(m.outputs().iter().map(|o| o.id.as_ref()));
     }
@@ -217,13 +217,7 @@ fn select_metrics(
     let Some(sel) = wanted else {
         return Ok(all);
     };
-    let mut known: Vec<&str> = metric_names();
-    for m in &all {
-        known.push(m.name());
-        known.extend(m.outputs().iter().map(|o| o.id.as_ref()));
-    }
-    known.sort_unstable();
-    known.dedup();
+    let known = metric_names(&all);
     if let Some(s) = sel.iter().find(|s| !known.contains(&s.as_str())) {
         return input_err(format!(
             "unknown metric '{s}'; choose from: {}",

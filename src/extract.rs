@@ -72,6 +72,19 @@ impl ExtractOptions {
     }
 }
 
+impl ExtractOptions {
+    /// Loads the model with these options' threads, runtime library, size and layout.
+    pub fn load_model(&self) -> Result<OnnxModel> {
+        OnnxModel::load(
+            &self.model,
+            self.threads,
+            self.ort_lib.as_deref(),
+            self.size,
+            self.layout,
+        )
+    }
+}
+
 /// One extraction: how ([`ExtractOptions`]), from which image folder, into which embedding folder.
 #[derive(Debug, Clone)]
 pub struct ExtractConfig {
@@ -125,8 +138,7 @@ pub struct ExtractSummary {
 pub fn extract(cfg: &ExtractConfig) -> Result<ExtractSummary> {
     output::check_out_is_not_an_input(&cfg.out, &[("--images", &cfg.images)])?;
     let set = ImageSet::scan(&cfg.images)?;
-    let o = &cfg.options;
-    let model = OnnxModel::load(&o.model, o.threads, o.ort_lib.as_deref(), o.size, o.layout)?;
+    let model = cfg.options.load_model()?;
     match &cfg.shard {
         None => extract_with(&model, &set, cfg),
         Some((spec, from)) => {

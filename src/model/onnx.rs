@@ -77,16 +77,6 @@ pub struct AttributeProto {
 }
 
 impl AttributeProto {
-    /// An integer attribute.
-    pub fn int(name: &str, i: i64) -> Self {
-        AttributeProto {
-            name: name.into(),
-            i,
-            ints: Vec::new(),
-            r#type: 2,
-        }
-    }
-
     /// An integer-list attribute.
     pub fn ints(name: &str, ints: Vec<i64>) -> Self {
         AttributeProto {
@@ -174,8 +164,8 @@ pub fn with_extra_outputs(model: &[u8], names: &[String]) -> Vec<u8> {
 }
 
 /// Returns the model bytes with `nodes` appended to the graph and `outputs` appended as graph outputs (see
-/// the module docs). Appended nodes must be valid after the graph's own (they may read any of its tensors)
-/// and need no attributes.
+/// the module docs). Appended nodes come after the graph's own (they may read any of its tensors); their
+/// attributes can only be integers or integer lists ([`AttributeProto`]).
 pub fn with_extra_nodes(model: &[u8], nodes: &[NodeProto], outputs: &[String]) -> Vec<u8> {
     let patch = ModelProto {
         graph: Some(GraphProto {

@@ -331,8 +331,8 @@ impl OnnxModel {
     }
 }
 
-/// Appends to `nodes` the global pooling of tensor `name` (rank `rank`, channels on axis 1, per-image
-/// shape `dims`) for `mode`; returns the names of the row-mean output and of the maximum output
+/// Appends to `nodes` the global pooling of tensor `name` (channels on axis 1, per-image shape `dims`) for
+/// `mode`; returns the names of the row-mean output and of the maximum output
 /// (N, C, 1, ...). The average is split in two so that it stays as exact as [`crate::pool::pool`]'s float64
 /// sum: ONNX Runtime averages each row of the last axis in float32 (an `AveragePool` over 1 × W windows, at
 /// most a few hundred values, which its blocked-channel kernels run without reordering the map), shrinking

@@ -106,18 +106,19 @@ pub fn chart_series(r: &CompareReport) -> Vec<(Panel, Vec<Output>)> {
         Panel::Task,
         Panel::Alignment,
     ];
+    let declared = r.outputs();
     let mut v: Vec<(Panel, Vec<Output>)> = panels
         .into_iter()
         .map(|p| {
-            let outs = r
-                .outputs()
-                .into_iter()
+            let outs = declared
+                .iter()
                 .filter(|o| o.panel == Some(p))
                 .filter(|o| {
                     r.layers
                         .iter()
                         .any(|l| l.value(o).is_some_and(|v| v.value.is_some()))
                 })
+                .cloned()
                 .collect();
             (p, outs)
         })
@@ -129,19 +130,19 @@ pub fn chart_series(r: &CompareReport) -> Vec<(Panel, Vec<Output>)> {
     v
 }
 
-/// The series of one panel, coloured in the panel's palette order.
-fn panel_series(r: &CompareReport, p: Panel) -> Vec<Series> {
+/// The series of one panel of `drawn` ([`chart_series`]), coloured in the panel's palette order.
+fn panel_series(r: &CompareReport, drawn: &[(Panel, Vec<Output>)], p: Panel) -> Vec<Series> {
     let palette: &[RGBColor] = match p {
         Panel::Distance => &[BLUE_, PURPLE_, ORANGE_, GREEN_, RED_],
         Panel::Domain => &[ORANGE_, BLUE_, PURPLE_, GREEN_, RED_],
         Panel::Task | Panel::Alignment => &[GREEN_, BLUE_, PURPLE_, ORANGE_, RED_],
     };
-    let outs = chart_series(r)
-        .into_iter()
+    let outs = drawn
+        .iter()
         .find(|(q, _)| *q == p)
-        .map(|(_, o)| o)
-        .unwrap_or_default();
-    outs.iter()
+        .map(|(_, o)| o.as_slice());
+    outs.unwrap_or_default()
+        .iter()
         .enumerate()
         .filter_map(|(i, o)| series(r, o, palette[i % palette.len()]))
         .collect()
@@ -277,6 +278,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
         (c.depth, format!("{what} (after depth {})", c.depth))
     });
     let cut = cut.as_ref();
+    let drawn = chart_series(r);
     let rows = names.len().div_ceil(3) as u32;
     let legend_h = 40 + 22 * rows;
     png(1400, 1350 + legend_h, |root| {
@@ -297,7 +299,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             ))
             .map_err(perr)?;
         }
-        let mmd = panel_series(r, Panel::Distance);
+        let mmd = panel_series(r, &drawn, Panel::Distance);
         let top = mmd
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
@@ -315,7 +317,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             cut,
             SeriesLabelPosition::UpperRight,
         )?;
-        let dom = panel_series(r, Panel::Domain);
+        let dom = panel_series(r, &drawn, Panel::Domain);
         panel(
             &areas[1],
             "Can a linear probe tell source from target?",
@@ -327,9 +329,9 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             cut,
             SeriesLabelPosition::LowerRight,
         )?;
-        let task = panel_series(r, Panel::Task);
+        let task = panel_series(r, &drawn, Panel::Task);
         if task.is_empty() {
-            let cov = panel_series(r, Panel::Alignment);
+            let cov = panel_series(r, &drawn, Panel::Alignment);
             panel(
                 &areas[2],
                 "Target usefulness (no target labels: covariance alignment shown)",
