@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
-# The fine-tuning ground truth, from a clean clone: builds domsim, creates the study's own virtual environment
-# from PyPI (requirements.txt, pinned), prepares the splits and images, proves the torch network reproduces
-# domsim's features, trains every configuration x seed not yet in results.csv (resumable: runs append as
-# they finish), then summarises (summary.csv, ground_truth.json, agreement.md, finetune_by_depth.png).
-#   bash reports/finetune/run.sh                      # everything
-#   bash reports/finetune/run.sh --targets chest_xray # one target (train step only; summarise covers all)
+# The fine-tuning ground truth v2, from a clean clone, resumable (a run whose predictions file exists is done):
+# builds domsim, creates the study's own virtual environment from PyPI (requirements.txt, pinned), prepares
+# the splits and images, tests the study itself (pytest: no state leak, run order, patient grouping), proves
+# the torch network reproduces domsim's features, runs domsim on every training subset, trains every
+# configuration x budget x seed not yet done (lightest cells first), then summarises from the saved predictions.
+#   bash reports/finetune/run.sh                                      # the study's four targets
+#   bash reports/finetune/run.sh --target NAME=DIR [--corrupt gaussian:SIGMA] [--group REGEX]
+#                                                                     # any folder with one sub-folder per class
+#   bash reports/finetune/run.sh --budgets 10,25 --seeds 0,1,2        # a part of the design (train step only)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+data="${DOMSIM_DATASETS:-../shared/datasets}"
+target="" corrupt="" group="" train_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --target) target="$2"; shift 2 ;;
+    --corrupt) corrupt="$2"; shift 2 ;;
+    --group) group="$2"; shift 2 ;;
+    --budgets|--seeds|--threads) train_args+=("$1" "$2"); shift 2 ;;
+    *) echo "run.sh: unknown argument '$1' (see the header of this script)" >&2; exit 2 ;;
+  esac
+done
 bash scripts/install-ort.sh
 cargo build --release --quiet
 bash reports/finetune/setup_venv.sh
 py=reports/finetune/.venv/bin/python
-$py reports/finetune/study.py prepare
-$py reports/finetune/study.py check
-$py reports/finetune/study.py train "$@"
-$py reports/finetune/study.py summarise
+study=reports/finetune/study.py
+if [ -n "$target" ]; then
+  $py $study prepare "$target" ${corrupt:+--corrupt "$corrupt"} ${group:+--group "$group"}
+  names="${target%%=*}"
+else
+  $py $study npz2dir "$data/pneumoniamnist.npz" target/finetune/datasets/pneumoniamnist
+  $py $study prepare "chest_xray=$data/chest_xray"
+  $py $study prepare "pneumoniamnist=target/finetune/datasets/pneumoniamnist"
+  $py $study prepare "cats_dogs=$data/cats_dogs"
+  $py $study prepare "cats_dogs_noise=$data/cats_dogs" --corrupt gaussian:0.38
+  names="chest_xray,pneumoniamnist,cats_dogs,cats_dogs_noise"
+fi
+$py -m pytest -q reports/finetune/test_study.py
+$py $study check
+$py $study domsim --targets "$names"
+$py $study train --targets "$names" "${train_args[@]}"
+$py $study summarise

