@@ -1,230 +1,337 @@
-"""Summarises results.csv against domsim's verdicts on the same training splits.
+"""Every statistic of the fine-tuning study, recomputed from the saved per-image predictions.
 
-Writes summary.csv, ground_truth.json (read by tests/finetune_guard.rs), agreement.md and
-finetune_by_depth.png, and copies domsim's metrics.csv / verdict.json per target under domsim/<target>/.
+Reads predictions/<target>/b<budget>/s<seed>/<config>.npz, the test labels in splits/<target>.json and
+domsim's choices in domsim/<target>/b<budget>_s<seed>.json. Writes:
+- results.csv: one row per run (balanced accuracy and accuracy recomputed from the predictions);
+- cells.csv: per (target, budget, configuration): mean balanced accuracy over seeds with its interval,
+  P(within delta of the best);
+- regret.csv: per cell and policy: regret with its interval; and the cells' mean;
+- ground_truth.json: what the CI guard reads (per cell and seed: each configuration's balanced accuracy;
+  the guard's cells, the best constant policy on them and the probability that a random policy passes);
+- results.md: the tables in words; finetune_v2.png: the chart.
 
-Tie set: the configurations not significantly worse than the best one (highest mean test balanced accuracy):
-a one-sided paired t-test across seeds (pairs share the seed: same head initialisation and batch order),
-alpha = 0.05; a configuration with fewer than 2 seeds is not judged. With 3 seeds the test has 2 degrees of
-freedom and little power: the tie set is generous, and that is stated next to every figure.
+The hierarchical bootstrap (B replicates): seeds are resampled with replacement (each seed carries its own
+training subset, head initialisation and batch order), then test images are resampled with replacement
+within each class, shared by every configuration and seed of the replicate (the same test image is scored
+by every configuration: the comparison is paired). The best configuration is chosen inside each replicate.
+Regret of a policy = best mean balanced accuracy - the policy's mean balanced accuracy, where a policy picks
+one configuration per seed (domsim's plan is run on each seed's own training subset).
 """
 
 import csv
 import json
 import os
-import shutil
-import subprocess
 
 import numpy as np
-from scipy import stats
 
 import study
 
-TIE_ALPHA = 0.05
-SCORES = ["target_probe_bal_acc", "target_knn_bal_acc", "logme_target", "hscore_target"]
+B = 2000
+DELTA = 0.01
+BOOT_SEED = 20261129
+GUARD_BUDGETS = [10]  # cells the CI guard re-runs domsim on (5 seeds each; about 5 s per domsim run)
+CONSTANTS = [c.name for c in study.CONFIGS]
 
 
-def load_results():
-    by = {}
-    with open(study.RESULTS) as f:
-        for r in csv.DictReader(f):
-            by.setdefault(r["target"], {}).setdefault(r["config"], {})[int(r["seed"])] = float(r["test_bal_acc"])
-    return by
-
-
-def tie_set(cfgs):
-    """(best config, {config: (mean, sd, n, p vs best, tied)})."""
-    means = {c: np.mean(list(v.values())) for c, v in cfgs.items() if len(v) >= 2}
-    if not means:
-        return None, {}
-    best = max(means, key=lambda c: (means[c], c))
-    out = {}
-    for c, v in cfgs.items():
-        vals = list(v.values())
-        common = sorted(set(v) & set(cfgs[best]))
-        if len(v) < 2 or len(common) < 2:
-            out[c] = (np.mean(vals), np.std(vals, ddof=1) if len(vals) > 1 else float("nan"), len(v), None, None)
-            continue
-        d = np.array([v[s] - cfgs[best][s] for s in common])
-        if c == best:
-            p = 1.0
-        elif np.all(d == 0):
-            p = 1.0
-        elif d.std(ddof=1) == 0:
-            p = 0.0 if d.mean() < 0 else 1.0
-        else:
-            p = float(stats.ttest_1samp(d, 0.0, alternative="less").pvalue)
-        out[c] = (np.mean(vals), np.std(vals, ddof=1), len(v), p, p >= TIE_ALPHA)
-    return best, out
-
-
-def run_domsim(t, domsim_bin):
-    out = os.path.join(study.WORK, "domsim", t)
-    subprocess.run([domsim_bin, "--quiet", "analyze", "--source", os.path.join(study.DATA, "animals"),
-                    "--target", os.path.join(study.WORK, "trainsets", t), "--out", out, "--force"], check=True)
-    keep = os.path.join(study.HERE, "domsim", t)
-    os.makedirs(keep, exist_ok=True)
-    for f in ["metrics.csv", "verdict.json"]:
-        shutil.copy(os.path.join(out, f), os.path.join(keep, f))
-    with open(os.path.join(out, "verdict.json")) as f:
-        verdict = json.load(f)
-    metrics = list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))
-    return verdict, metrics
-
-
-def layer_depths(domsim_bin):
-    names = json.loads(subprocess.run([domsim_bin, "layers", "--json"], check=True, capture_output=True,
-                                      text=True).stdout)
-    return {l["name"]: i for i, l in enumerate(names)}
-
-
-def config_of_depth(d):
-    """The study's run for "freeze through depth d" of the 19-layer default selection."""
-    return "freeze_all" if d >= 17 else f"freeze_through_{d}"
-
-
-def plan_config(verdict, depth_of):
-    plan = verdict.get("plan", {})
-    if plan.get("kind") == "train_all":
-        return "train_all"
-    if plan.get("kind") == "surgical_first":
-        return "surgical_first"
-    cut = verdict.get("cut")
-    if cut is None:
+def load_cell(name, budget, split):
+    """(seeds with every configuration, correct[c, s, i] bool, test labels) of one cell, or None."""
+    y = np.array([split["classes"].index(c) for _, c, _ in split["test"]])
+    seeds = [s for s in study.SEEDS
+             if all(os.path.exists(study.pred_path(name, budget, s, c)) for c in CONSTANTS)]
+    if not seeds:
         return None
-    return config_of_depth(depth_of[cut["layer"]])
+    correct = np.zeros((len(CONSTANTS), len(seeds), len(y)), bool)
+    runs = []
+    for j, s in enumerate(seeds):
+        for i, c in enumerate(CONSTANTS):
+            z = np.load(study.pred_path(name, budget, s, c))
+            meta = json.loads(str(z["meta"]))
+            assert z["pred"].shape == y.shape, f"{name} b{budget} s{s} {c}: predictions for another test set"
+            correct[i, j] = z["pred"] == y
+            runs.append(dict(meta, bal_acc=study.bal_acc(y, z["pred"], len(split["classes"])),
+                             acc=float(np.mean(z["pred"] == y))))
+    return seeds, correct, y, runs
 
 
-def main(targets):
-    domsim_bin = os.path.join(study.ROOT, "target", "release", "domsim")
-    res = load_results()
-    depth_of = layer_depths(domsim_bin)
-    gt, lines, rows = {"tie_alpha": TIE_ALPHA, "test": "one-sided paired t-test across seeds vs the best config",
-                       "targets": {}}, [], []
-    panels = []
-    for t in targets:
-        if t not in res:
-            continue
-        best, table = tie_set(res[t])
-        if best is None:
-            continue
-        verdict, metrics = run_domsim(t, domsim_bin)
-        rec = plan_config(verdict, depth_of)
-        for c, (m, sd, n, p, tied) in sorted(table.items()):
-            rows.append(dict(target=t, config=c, n_seeds=n, mean_bal_acc=f"{m:.4f}", sd=f"{sd:.4f}",
-                             p_vs_best="" if p is None else f"{p:.4f}", tied_with_best="" if tied is None else tied))
-        judged = {c: v for c, v in table.items() if v[4] is not None}
-        ties = sorted(c for c, v in judged.items() if v[4])
-        excluded = sorted(c for c, v in judged.items() if not v[4])
-        # per-layer scores vs "freeze through that depth"
-        prof = {}
-        for r in metrics:
-            if r["metric"] in SCORES and r["value"]:
-                prof.setdefault(r["metric"], []).append((depth_of[r["layer"]], float(r["value"])))
-        ft = {d: np.mean(list(res[t][config_of_depth(d)].values()))
-              for d in range(19) if config_of_depth(d) in res[t] and len(res[t][config_of_depth(d)]) >= 1}
-        taus = {}
-        for sname, pts in prof.items():
-            pts = [(d, v) for d, v in pts if d in ft]
-            if len(pts) >= 4:
-                x, y = [v for _, v in pts], [ft[d] for d, _ in pts]
-                taus[sname] = (stats.kendalltau(x, y).statistic, stats.spearmanr(x, y).statistic, len(pts))
-        # noise ceiling: leave-one-seed-out tau between one seed's profile and the mean of the others
-        seeds = sorted({s for c in res[t].values() for s in c})
-        ceil = []
-        ds = [d for d in range(17)] + [17]
-        for s in seeds:
-            a, b = [], []
-            for d in ds:
-                c = res[t].get(config_of_depth(d), {})
-                others = [v for k, v in c.items() if k != s]
-                if s in c and others:
-                    a.append(c[s])
-                    b.append(np.mean(others))
-            if len(a) >= 4:
-                ceil.append(stats.kendalltau(a, b).statistic)
-        labels = {l["layer"]: l["label"] for l in verdict["layers"]}
-        by_label = {}
-        for name, lab in labels.items():
-            d = depth_of[name]
-            if d in ft:
-                by_label.setdefault(lab, []).append(ft[d])
-        surg = {c: table[c][0] for c in ("surgical_first", "surgical_middle") if c in table}
-        best_prefix = max((c for c in table if c.startswith("freeze") or c == "train_all"),
-                          key=lambda c: table[c][0])
-        gt["targets"][t] = dict(best=best, tie_set=ties, excluded=excluded, n_seeds=len(seeds),
-                                domsim_recommendation=rec, recommendation_in_tie_set=rec in ties if rec else None,
-                                discriminating=bool(excluded), split=f"splits/{t}.csv",
-                                best_prefix=best_prefix, surgical=surg)
-        lines.append(f"### {t}\n")
-        lines.append(f"- best: `{best}` ({table[best][0]:.3f} ± {table[best][1]:.3f}, {table[best][2]} seeds); "
-                     f"tie set ({len(ties)} of {len(judged)} judged configurations): {', '.join(f'`{c}`' for c in ties)}")
-        lines.append(f"- domsim recommends `{rec}` → {'**in** the tie set' if rec in ties else '**outside** the tie set'}"
-                     f" ({verdict.get('plan', {}).get('text', verdict.get('summary', ''))[:200]})")
-        for lab, v in sorted(by_label.items()):
-            lines.append(f"- layers labelled `{lab}`: freeze-through accuracy {np.mean(v):.3f} (mean over {len(v)} depths)")
-        for sname, (tau, rho, n) in taus.items():
-            lines.append(f"- {sname}: Kendall τ {tau:+.2f}, Spearman ρ {rho:+.2f} over {n} depths")
-        if ceil:
-            lines.append(f"- noise ceiling (leave-one-seed-out τ of the fine-tuned profile): {np.mean(ceil):+.2f}")
-        for c, m in surg.items():
-            beats = m > table[best_prefix][0]
-            lines.append(f"- `{c}` {m:.3f} vs best prefix-freezing config `{best_prefix}` {table[best_prefix][0]:.3f}"
-                         f": {'beats it' if beats else 'does not beat it'}")
-        lines.append("")
-        panels.append((t, table, prof, depth_of, rec, ties))
-    with open(os.path.join(study.HERE, "summary.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+def domsim_choices(name, budget, seeds):
+    out = {"domsim_plan": [], "domsim_fallback": []}
+    for s in seeds:
+        p = os.path.join(study.HERE, "domsim", name, f"b{budget}_s{s}.json")
+        if not os.path.exists(p):
+            return None
+        d = json.load(open(p))
+        out["domsim_plan"].append(d["plan_config"])
+        out["domsim_fallback"].append(d["fallback_config"])
+    return out
+
+
+def bal_by_seed(correct, y, w=None):
+    """[c, s] balanced accuracy, test images weighted by w (bootstrap counts; None = each once)."""
+    classes = np.unique(y)
+    per = []
+    for k in classes:
+        m = y == k
+        ww = np.ones(m.sum()) if w is None else w[m]
+        per.append(correct[:, :, m] @ ww / ww.sum())
+    return np.mean(per, axis=0)
+
+
+def policies(choices, n_seeds):
+    """{policy: [config index per seed]}; the random policy is drawn inside the bootstrap."""
+    pol = {f"always_{c}": [i] * n_seeds for i, c in enumerate(CONSTANTS)}
+    if choices:
+        for k, v in choices.items():
+            if all(c in CONSTANTS for c in v):
+                pol[k] = [CONSTANTS.index(c) for c in v]
+    return pol
+
+
+def analyse_cell(seeds, correct, y, choices, rng):
+    S = len(seeds)
+    obs = bal_by_seed(correct, y)  # [c, s]
+    pol = policies(choices, S)
+    mean_obs = obs.mean(1)
+    best_obs = mean_obs.max()
+    res = {"n_seeds": S, "seeds": seeds, "n_test": int(len(y)), "mean": mean_obs.tolist(),
+           "best": CONSTANTS[int(mean_obs.argmax())], "bal_acc": obs.tolist()}
+    res["regret_obs"] = {k: float(best_obs - obs[v, range(S)].mean()) for k, v in pol.items()}
+    res["regret_obs"]["random"] = float(best_obs - mean_obs.mean())
+    reps = {"acc": [], "within": [], "regret": {k: [] for k in list(pol) + ["random"]}, "matters_train_all": [],
+            "matters_freeze_all": []}
+    idx_by_class = [np.flatnonzero(y == k) for k in np.unique(y)]
+    for _ in range(B):
+        s_idx = rng.integers(0, S, S)
+        w = np.zeros(len(y))
+        for ids in idx_by_class:
+            np.add.at(w, rng.choice(ids, len(ids)), 1)
+        bal = bal_by_seed(correct[:, s_idx], y, w)  # [c, drawn seed]
+        acc = bal.mean(1)
+        best = acc.max()
+        reps["acc"].append(acc)
+        reps["within"].append(best - acc <= DELTA)
+        for k, v in pol.items():
+            reps["regret"][k].append(best - bal[np.asarray(v)[s_idx], range(S)].mean())
+        rand = rng.integers(0, len(CONSTANTS), S)
+        reps["regret"]["random"].append(best - bal[rand, range(S)].mean())
+        reps["matters_train_all"].append(best - acc[CONSTANTS.index("train_all")] > DELTA)
+        reps["matters_freeze_all"].append(best - acc[CONSTANTS.index("freeze_all")] > DELTA)
+    acc = np.array(reps["acc"])
+    res["ci"] = np.percentile(acc, [2.5, 97.5], axis=0).T.tolist()
+    res["p_within"] = np.mean(reps["within"], axis=0).tolist()
+    res["p_matters_train_all"] = float(np.mean(reps["matters_train_all"]))
+    res["p_matters_freeze_all"] = float(np.mean(reps["matters_freeze_all"]))
+    res["regret_ci"] = {k: np.percentile(v, [2.5, 97.5]).tolist() for k, v in reps["regret"].items()}
+    res["_regret_reps"] = {k: np.array(v) for k, v in reps["regret"].items()}
+    res["choices"] = choices
+    return res
+
+
+def fmt(x):
+    return f"{x:.3f}"
+
+
+def main(names):
+    rng = np.random.default_rng(BOOT_SEED)
+    cells, runs = {}, []
+    for name in names:
+        split = study.read_split(name)
+        for b in split["budgets"]:
+            got = load_cell(name, b, split)
+            if got is None:
+                continue
+            seeds, correct, y, rr = got
+            runs += rr
+            cells[(name, b)] = analyse_cell(seeds, correct, y, domsim_choices(name, b, seeds), rng)
+            print(f"{name} b{b}: {len(seeds)} seed(s) complete", flush=True)
+    write_runs(runs)
+    write_cells(cells)
+    pooled = pooled_regret(cells)
+    guard = guard_summary(cells)
+    write_regret(cells, pooled)
+    write_ground_truth(cells, guard)
+    write_markdown(names, cells, pooled, guard)
+    chart(names, cells)
+
+
+def write_runs(runs):
+    fields = ["target", "budget", "seed", "config", "family", "frozen_through", "lr_head", "lr_body", "bn", "steps",
+              "batch", "n_train", "n_test", "bal_acc", "acc", "seconds"]
+    with open(os.path.join(study.HERE, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
-    with open(os.path.join(study.HERE, "ground_truth.json"), "w") as f:
-        json.dump(gt, f, indent=1, sort_keys=True)
-    secs = sum(float(r["seconds"]) for r in csv.DictReader(open(study.RESULTS)))
-    if os.path.exists(study.LR_GRID_CSV):
-        secs += sum(float(r["seconds"]) for r in csv.DictReader(open(study.LR_GRID_CSV)))
-    n_runs = sum(len(v) for c in res.values() for v in c.values())
-    lines.append(f"Total: {n_runs} fine-tuning runs plus the learning-rate grid, {secs / 3600:.2f} h of wall time on "
-                 "2 CPU cores (the `seconds` column of results.csv and lr_grid.csv).")
-    with open(os.path.join(study.HERE, "agreement.md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
-    chart(panels)
+        for r in sorted(runs, key=lambda r: (r["target"], r["budget"], r["seed"], CONSTANTS.index(r["config"]))):
+            w.writerow({**r, "bal_acc": f"{r['bal_acc']:.4f}", "acc": f"{r['acc']:.4f}"})
 
 
-def chart(panels):
+def write_cells(cells):
+    with open(os.path.join(study.HERE, "cells.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "budget", "n_seeds", "config", "mean_bal_acc", "ci_low", "ci_high", "p_within_delta",
+                    "is_best"])
+        for (n, b), c in sorted(cells.items()):
+            for i, cfg in enumerate(CONSTANTS):
+                w.writerow([n, b, c["n_seeds"], cfg, fmt(c["mean"][i]), fmt(c["ci"][i][0]), fmt(c["ci"][i][1]),
+                            f"{c['p_within'][i]:.3f}", int(cfg == c["best"])])
+
+
+def pooled_regret(cells):
+    """Each policy's regret averaged over the cells that have domsim's choices, replicate by replicate."""
+    keys = [k for k, c in cells.items() if c["choices"]]
+    if not keys:
+        return {}
+    pols = set.intersection(*[set(cells[k]["_regret_reps"]) for k in keys])
+    out = {}
+    for p in sorted(pols):
+        reps = np.mean([cells[k]["_regret_reps"][p] for k in keys], axis=0)
+        out[p] = (float(np.mean([cells[k]["regret_obs"][p] for k in keys])), np.percentile(reps, [2.5, 97.5]).tolist())
+    return {"cells": [f"{n} b{b}" for n, b in keys], "regret": out}
+
+
+def policy_order(pols):
+    first = [p for p in ["domsim_plan", "domsim_fallback"] if p in pols]
+    return first + [f"always_{c}" for c in CONSTANTS if f"always_{c}" in pols] + ["random"]
+
+
+def write_regret(cells, pooled):
+    with open(os.path.join(study.HERE, "regret.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "budget", "n_seeds", "policy", "regret", "ci_low", "ci_high", "choices"])
+        for (n, b), c in sorted(cells.items()):
+            for p in policy_order(c["regret_obs"]):
+                ch = c["choices"].get(p, "") if c["choices"] else ""
+                w.writerow([n, b, c["n_seeds"], p, f"{c['regret_obs'][p]:.4f}", f"{c['regret_ci'][p][0]:.4f}",
+                            f"{c['regret_ci'][p][1]:.4f}", " ".join(ch) if ch else ""])
+        if pooled:
+            for p in policy_order(pooled["regret"]):
+                r, ci = pooled["regret"][p]
+                w.writerow(["(mean of cells)", "", "", p, f"{r:.4f}", f"{ci[0]:.4f}", f"{ci[1]:.4f}", ""])
+
+
+def guard_summary(cells):
+    """The CI guard's cells (GUARD_BUDGETS, complete seeds, domsim choices present): the constant policy
+    with the least mean regret there, and the probability that a random policy (a random configuration per
+    seed and cell) has a mean regret no larger than that constant's, over the bootstrap replicates."""
+    keys = [k for k, c in sorted(cells.items()) if k[1] in GUARD_BUDGETS and c["choices"]
+            and c["n_seeds"] == len(study.SEEDS)]
+    if not keys:
+        return None
+    const = {p: np.mean([cells[k]["regret_obs"][p] for k in keys]) for p in cells[keys[0]]["regret_obs"]
+             if p.startswith("always_")}
+    best_const = min(const, key=const.get)
+    rand = np.mean([cells[k]["_regret_reps"]["random"] for k in keys], axis=0)
+    best_rep = np.min([np.mean([cells[k]["_regret_reps"][p] for k in keys], axis=0) for p in const], axis=0)
+    dom = float(np.mean([cells[k]["regret_obs"]["domsim_plan"] for k in keys]))
+    return {"cells": [{"target": n, "budget": b} for n, b in keys], "best_constant": best_const,
+            "best_constant_regret": float(const[best_const]), "domsim_plan_regret": dom,
+            "p_random_passes": float(np.mean(rand <= best_rep))}
+
+
+def write_ground_truth(cells, guard):
+    out = {"design": {"configs": CONSTANTS, "delta": DELTA, "bootstrap": B, "seeds": study.SEEDS},
+           "cells": [], "guard": guard}
+    for (n, b), c in sorted(cells.items()):
+        out["cells"].append({"target": n, "budget": b, "seeds": c["seeds"], "best": c["best"],
+                             "bal_acc": {cfg: [round(v, 6) for v in c["bal_acc"][i]] for i, cfg in enumerate(CONSTANTS)},
+                             "choices": c["choices"]})
+    study.write_json_atomic(os.path.join(study.HERE, "ground_truth.json"), out)
+
+
+def write_markdown(names, cells, pooled, guard):
+    L = ["# Fine-tuning ground truth v2: results", "",
+         "Generated by `bash reports/finetune/run.sh` (summarise step: `reports/finetune/.venv/bin/python "
+         "reports/finetune/study.py summarise`) from the saved predictions. Balanced accuracy on the fixed test set "
+         f"(300 per class); mean over seeds; 95 % intervals from a hierarchical bootstrap (B = {B}: seeds, then "
+         f"test images within class, shared by every configuration); δ = {DELTA}.", "",
+         "## Which cells are complete", "", "| target | " + " | ".join(f"{b}/class" for b in study.BUDGETS) + " |",
+         "|---|" + "---|" * len(study.BUDGETS)]
+    for n in names:
+        sp = study.read_split(n)
+        row = []
+        for b in study.BUDGETS:
+            if b not in sp["budgets"]:
+                row.append("pool too small")
+            elif (n, b) in cells:
+                row.append(f"{cells[(n, b)]['n_seeds']}/{len(study.SEEDS)} seeds")
+            else:
+                row.append("not run yet")
+        L.append(f"| {n} | " + " | ".join(row) + " |")
+    L += ["", "## Accuracy by configuration", "",
+          "`P(≤δ)`: the probability, over the bootstrap, that the configuration is within δ of the best one "
+          "(chosen inside each replicate). `matters`: P(best − `train_all` > δ) / P(best − `freeze_all` > δ).", ""]
+    for (n, b), c in sorted(cells.items()):
+        L += [f"### {n}, {b} per class ({c['n_seeds']} seeds)", "",
+              f"matters: vs train_all {c['p_matters_train_all']:.2f}, vs freeze_all {c['p_matters_freeze_all']:.2f}",
+              "", "| configuration | balanced accuracy | 95 % interval | P(≤δ) |", "|---|---|---|---|"]
+        for i, cfg in enumerate(CONSTANTS):
+            mark = " **best**" if cfg == c["best"] else ""
+            L.append(f"| {cfg}{mark} | {fmt(c['mean'][i])} | [{fmt(c['ci'][i][0])}, {fmt(c['ci'][i][1])}] | "
+                     f"{c['p_within'][i]:.2f} |")
+        if c["choices"]:
+            L.append("")
+            L.append(f"domsim's plan per seed: {', '.join(c['choices']['domsim_plan'])}; fallback: "
+                     f"{', '.join(c['choices']['domsim_fallback'])}")
+        L.append("")
+    L += ["## Regret of each policy", "",
+          "Regret = best configuration's mean − the policy's mean balanced accuracy (lower is better), with its "
+          "bootstrap interval. domsim's plan and fallback are read from `domsim analyze` on each seed's own "
+          "training subset (the bundled reference as source, default settings).", ""]
+    pols = None
+    for (n, b), c in sorted(cells.items()):
+        pols = pols or policy_order(c["regret_obs"])
+    if pols:
+        L += ["| cell | " + " | ".join(p.replace("always_", "") for p in pols) + " |", "|---|" + "---|" * len(pols)]
+        for (n, b), c in sorted(cells.items()):
+            L.append(f"| {n} {b} | " + " | ".join(
+                f"{c['regret_obs'][p]:.3f} [{c['regret_ci'][p][0]:.3f}, {c['regret_ci'][p][1]:.3f}]"
+                if p in c["regret_obs"] else "–" for p in pols) + " |")
+        if pooled:
+            L.append("| **mean of cells** | " + " | ".join(
+                f"**{pooled['regret'][p][0]:.3f}** [{pooled['regret'][p][1][0]:.3f}, {pooled['regret'][p][1][1]:.3f}]"
+                if p in pooled["regret"] else "–" for p in pols) + " |")
+    if guard:
+        names_ = ", ".join(f"{c['target']} {c['budget']}" for c in guard["cells"])
+        L += ["", "## The CI guard", "",
+              f"Cells: {names_}. The best constant "
+              f"policy there is `{guard['best_constant']}` (mean regret {guard['best_constant_regret']:.4f}); "
+              f"domsim's plan: {guard['domsim_plan_regret']:.4f}. A policy passes when its mean regret is no larger "
+              f"than the best constant's; a random policy passes with probability {guard['p_random_passes']:.3f} "
+              "(bootstrap)."]
+    with open(os.path.join(study.HERE, "results.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+def chart(names, cells):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 3.6 * len(panels)), squeeze=False)
-    for ax, (t, table, prof, depth_of, rec, ties) in zip(axes[:, 0], panels):
-        xs, ms, sds = [], [], []
-        for d in range(-1, 19):
-            c = "train_all" if d < 0 else config_of_depth(d)
-            if c in table:
-                xs.append(d)
-                ms.append(table[c][0])
-                sds.append(table[c][1] if np.isfinite(table[c][1]) else 0)
-        ax.errorbar(xs, ms, yerr=sds, fmt="o-", color="black", capsize=3,
-                    label="fine-tuned: freeze through depth (−1 = train all), mean ± sd over seeds")
-        for x, c in zip(xs, ["train_all" if d < 0 else config_of_depth(d) for d in xs]):
-            if c in ties:
-                ax.plot([x], [table[c][0]], "o", ms=11, mfc="none", color="green")
-        for c, col in (("surgical_first", "tab:purple"), ("surgical_middle", "tab:brown")):
-            if c in table:
-                ax.axhline(table[c][0], ls=":", color=col, label=f"{c} {table[c][0]:.3f}")
-        for sname, col in (("target_probe_bal_acc", "tab:blue"), ("target_knn_bal_acc", "tab:orange")):
-            if sname in prof:
-                pts = sorted(prof[sname])
-                ax.plot([d for d, _ in pts], [v for _, v in pts], "s--", color=col, ms=4,
-                        label=f"domsim {sname} (frozen features, training split)")
-        if rec:
-            x = -1 if rec == "train_all" else (-0.5 if rec == "surgical_first" else
-                                                 (18 if rec == "freeze_all" else int(rec.split("_")[-1])))
-            ax.axvline(x, color="red", lw=2, alpha=0.6, label=f"domsim's recommendation: {rec}")
-        ax.set_title(f"{t}: green rings = tie set (paired t-test across seeds, α = {TIE_ALPHA})")
-        ax.set_xlabel("depth of the last frozen layer")
-        ax.set_ylabel("test balanced accuracy")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4.2), squeeze=False)
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.92, len(CONSTANTS)))
+    for ax, n in zip(axes[0], names):
+        bs = sorted(b for (t, b) in cells if t == n)
+        for i, cfg in enumerate(CONSTANTS):
+            m = [cells[(n, b)]["mean"][i] for b in bs]
+            lo = [cells[(n, b)]["mean"][i] - cells[(n, b)]["ci"][i][0] for b in bs]
+            hi = [cells[(n, b)]["ci"][i][1] - cells[(n, b)]["mean"][i] for b in bs]
+            x = np.array(bs, float) * (1 + 0.03 * (i - 3))
+            ax.errorbar(x, m, yerr=[lo, hi], marker="o", ms=4, lw=1.2, capsize=2, color=colours[i], label=cfg)
+        for b in bs:
+            ch = cells[(n, b)]["choices"]
+            if ch:
+                picks = ch["domsim_plan"]
+                top = max(set(picks), key=picks.count)
+                i = CONSTANTS.index(top)
+                ax.scatter([b * (1 + 0.03 * (i - 3))], [cells[(n, b)]["mean"][i]], s=160, facecolors="none",
+                           edgecolors="red", linewidths=2, zorder=5)
+                ax.annotate(f"domsim {picks.count(top)}/{len(picks)}", (b, cells[(n, b)]["mean"][i]),
+                            textcoords="offset points", xytext=(0, -16), ha="center", fontsize=7, color="red")
+        ax.set_xscale("log")
+        ax.set_xticks(bs or [10])
+        ax.set_xticklabels([str(b) for b in bs] or ["10"])
+        ax.set_xlabel("labelled images per class")
+        ax.set_title(n)
         ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test balanced accuracy (mean of seeds, 95 % CI)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Fine-tuning by configuration and label budget; red circle: domsim's plan (most frequent over seeds)")
     fig.tight_layout()
-    fig.savefig(os.path.join(study.HERE, "finetune_by_depth.png"), dpi=90)
+    fig.savefig(os.path.join(study.HERE, "finetune_v2.png"), dpi=110)
