@@ -3,7 +3,7 @@
 //!
 //! Cached embeddings live in `REPORT_DIR/embeddings/{source,target}`. They are reused when the manifest's
 //! fingerprint matches the new request: SHA-256 over the model's SHA-256, the extraction settings, and every
-//! image's relative path, size and modification time.
+//! image's relative path and the SHA-256 of its bytes.
 //!
 //! Either set may also be an embedding folder written by `domsim extract` (it holds a `manifest.json`): it is
 //! used as it is, after checking that it was made with the same model, input, preprocessing, pooling and
@@ -67,15 +67,25 @@ fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractOptions) -> Result<
         cfg.layout,
         cfg.dtype
     ));
-    for (i, f) in set.files.iter().enumerate() {
-        let p = set.path(i);
-        let md = std::fs::metadata(&p).map_err(|e| Error::io("cannot stat", &p, e))?;
-        let mtime = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        h.update(format!("{f}\0{}\0{mtime}\n", md.len()));
+    // every file's content, not its size and time: an image rewritten in place with its old time kept
+    // (`touch -r`) is a different image (hashing the bytes costs far less than decoding them)
+    use rayon::prelude::*;
+    // (a file that cannot be read hashes as such: extraction skips it and says why in skipped.csv)
+    let digests: Vec<Vec<u8>> = (0..set.files.len())
+        .into_par_iter()
+        .map(|i| {
+            let mut fh = Sha256::new();
+            match std::fs::File::open(set.path(i)).and_then(|mut f| std::io::copy(&mut f, &mut fh))
+            {
+                Ok(_) => fh.finalize().to_vec(),
+                Err(e) => format!("unreadable: {}", e.kind()).into_bytes(),
+            }
+        })
+        .collect();
+    for (f, d) in set.files.iter().zip(digests) {
+        h.update(format!("{f}\0"));
+        h.update(d);
+        h.update(b"\n");
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -158,6 +168,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
+    crate::report::export::check_outputs_writable(&cfg.out, true)?;
     let t_start = std::time::Instant::now();
     let mut phases = serde_json::Map::new();
     let mut phase = |name: &str, t0: std::time::Instant| {

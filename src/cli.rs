@@ -14,6 +14,7 @@ use domsim::metrics::Params;
 use domsim::model::{runtime, Layout, OnnxModel, Selection};
 use domsim::pool::Pool;
 use domsim::preprocess::Normalization;
+use domsim::report::summary::terminal_safe;
 
 /// Will a pretrained model's layers transfer to my images? Layer-by-layer domain similarity for ONNX image
 /// models.
@@ -540,8 +541,8 @@ fn layers(a: LayersArgs, g: &Global) -> Result<()> {
             writeln!(
                 out,
                 "{i:>5}  {:<48} {:<20} {:<24} {m}",
-                l.name,
-                l.op_type,
+                terminal_safe(&l.name),
+                terminal_safe(&l.op_type),
                 format!("{:?}", l.shape)
             )?;
         }
@@ -600,7 +601,7 @@ fn compare(a: CompareArgs, g: &Global) -> Result<()> {
     let r = compare::compare(&cfg)?;
     if !g.quiet {
         for n in &r.notes {
-            eprintln!("domsim: note: {n}");
+            eprintln!("domsim: note: {}", terminal_safe(n));
         }
         eprintln!(
             "domsim: compared {} layers ({} source, {} target rows) -> {}",

@@ -186,6 +186,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
     )?;
     if let Some(r) = from_moments(cfg)? {
         let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
+        crate::report::export::check_outputs_writable(&cfg.out, false)?;
         return write_report(r, &cfg.out);
     }
     let shards = |d: &Path| crate::shard::is_shard_parent(d);
@@ -195,6 +196,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         EmbeddingSet::open(&cfg.target)?;
     }
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
+    crate::report::export::check_outputs_writable(&cfg.out, false)?;
     // a folder of shards (from `extract --shard I/N`) is merged under OUT/merged/ first
     let src = EmbeddingSet::open(&crate::shard::as_embedding_folder(
         &cfg.source,
@@ -385,10 +387,11 @@ pub fn compute_with(
         let xt = tgt.read_layer(ti)?;
         check_pair(name, (src, &xs), (tgt, &xt))?;
         let bad = (non_finite(&xs), non_finite(&xt));
-        if bad.0 + bad.1 > 0 {
+        let huge = (overflow_range(&xs), overflow_range(&xt));
+        if bad.0 + bad.1 + huge.0 + huge.1 > 0 {
             let why = format!(
-                "not computed: layer '{name}' holds {} non-finite value(s) (NaN or infinity) in the source and {} in the target; domsim never computes on them (check the model's outputs at this layer, or the .npy file)",
-                bad.0, bad.1
+                "not computed: layer '{name}' holds {} non-finite value(s) (NaN or infinity) and {} beyond ±{OVERFLOW_LIMIT:e} (their squares and sums overflow) in the source, {} and {} in the target; domsim never computes on them (check the model's outputs at this layer, or the .npy file)",
+                bad.0, huge.0, bad.1, huge.1
             );
             notes.push(format!("WARNING: {why}"));
             layers.push(LayerResult {
@@ -633,6 +636,17 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
 /// Number of NaN or infinite entries.
 pub fn non_finite(x: &Array2<f64>) -> usize {
     x.iter().filter(|v| !v.is_finite()).count()
+}
+
+/// Magnitude beyond which a feature value is refused like a non-finite one: squared distances and Gram
+/// sums over many rows and dimensions of such values overflow float64.
+pub const OVERFLOW_LIMIT: f64 = 1e100;
+
+/// Number of finite entries beyond ±[`OVERFLOW_LIMIT`].
+pub fn overflow_range(x: &Array2<f64>) -> usize {
+    x.iter()
+        .filter(|v| v.is_finite() && v.abs() > OVERFLOW_LIMIT)
+        .count()
 }
 
 /// Fewest rows per set that `compare` accepts: below it no probe, test or interval is defined.

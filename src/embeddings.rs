@@ -187,7 +187,7 @@ impl EmbeddingSet {
         } else {
             None
         };
-        let layers = match &manifest {
+        let layers: Vec<LayerData> = match &manifest {
             Some(m) => m
                 .layers
                 .iter()
@@ -224,6 +224,7 @@ impl EmbeddingSet {
                     .collect()
             }
         };
+        check_layer_shapes(dir, &layers)?;
         let (paths, labels) = read_labels(dir)?;
         Ok(EmbeddingSet {
             dir: dir.to_path_buf(),
@@ -253,13 +254,82 @@ impl EmbeddingSet {
     }
 }
 
+/// Every layer file lies inside the folder, has at least one column, and all have the same number of rows
+/// (one per image): checked from the headers before any matrix is read.
+fn check_layer_shapes(dir: &Path, layers: &[LayerData]) -> Result<()> {
+    let mut rows: Vec<(String, usize)> = Vec::new();
+    for l in layers {
+        let rel = l.path.strip_prefix(dir).unwrap_or(&l.path);
+        if !l.path.starts_with(dir)
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return input_err(format!(
+                "layer '{}' in '{}' points outside its folder ('{}'); domsim reads only files inside an embedding folder. Re-run `domsim extract`",
+                l.name,
+                dir.display(),
+                l.path.display()
+            ));
+        }
+        let (r, c) = crate::npy::shape(&l.path)?;
+        if c == 0 {
+            return input_err(format!(
+                "layer '{}' ('{}') has 0 features per row; nothing can be measured on it. Remove the file, or extract the layer again",
+                l.name,
+                l.path.display()
+            ));
+        }
+        rows.push((l.name.clone(), r));
+    }
+    if rows.iter().any(|(_, r)| *r != rows[0].1) {
+        let list: Vec<String> = rows.iter().map(|(n, r)| format!("{n}: {r}")).collect();
+        return input_err(format!(
+            "the layers in '{}' have different numbers of rows ({}); every layer needs one row per image, in the same order. Extract them together, or remove the odd ones",
+            dir.display(),
+            list.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 type Labels = (Option<Vec<String>>, Option<Vec<String>>);
 
+/// Labels (and paths) from `index.csv` and `labels.csv`; when both exist they must agree.
 fn read_labels(dir: &Path) -> Result<Labels> {
-    for (file, has_path) in [("index.csv", true), ("labels.csv", false)] {
+    let index = read_label_file(dir, "index.csv", true)?;
+    let labels = read_label_file(dir, "labels.csv", false)?;
+    match (index, labels) {
+        (Some(i), Some(l)) if i.1 != l.1 => input_err(format!(
+            "'{}' and '{}' give different labels (index.csv: {} rows, labels.csv: {} rows{}); remove one, or make them agree",
+            dir.join("index.csv").display(),
+            dir.join("labels.csv").display(),
+            i.1.as_ref().map_or(0, Vec::len),
+            l.1.as_ref().map_or(0, Vec::len),
+            first_difference(i.1.as_deref(), l.1.as_deref())
+        )),
+        (Some(i), _) => Ok(i),
+        (None, Some(l)) => Ok(l),
+        (None, None) => Ok((None, None)),
+    }
+}
+
+fn first_difference(a: Option<&[String]>, b: Option<&[String]>) -> String {
+    let (a, b) = (a.unwrap_or(&[]), b.unwrap_or(&[]));
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .map_or(String::new(), |r| {
+            format!("; first at row {r}: '{}' vs '{}'", a[r], b[r])
+        })
+}
+
+/// One label file, or `None` when it does not exist.
+fn read_label_file(dir: &Path, file: &str, has_path: bool) -> Result<Option<Labels>> {
+    {
         let p = dir.join(file);
         if !p.is_file() {
-            continue;
+            return Ok(None);
         }
         let mut r = csv::Reader::from_path(&p)
             .map_err(|e| Error::Input(format!("cannot read '{}': {e}", p.display())))?;
@@ -300,7 +370,7 @@ fn read_labels(dir: &Path) -> Result<Labels> {
             for &row in &rows {
                 if row >= n || seen[row] {
                     return input_err(format!(
-                        "'{}': row {row} is {}; the rows must be 0..{} (one line per matrix row)",
+                        "'{}': row {row} is {}; with {n} lines the rows must be 0 to {}, each once (one line per matrix row)",
                         p.display(),
                         if row >= n {
                             "past the end"
@@ -325,12 +395,21 @@ fn read_labels(dir: &Path) -> Result<Labels> {
             }
         }
         let any_label = labels.iter().any(|l| !l.is_empty());
-        return Ok((
+        if let Some(r) = labels
+            .iter()
+            .position(String::is_empty)
+            .filter(|_| any_label)
+        {
+            return input_err(format!(
+                "'{}': row {r} has an empty label while other rows have one; give every row a class, or none",
+                p.display()
+            ));
+        }
+        Ok(Some((
             (has_path && !paths.is_empty()).then_some(paths),
             any_label.then_some(labels),
-        ));
+        )))
     }
-    Ok((None, None))
 }
 
 /// Layer entries for a manifest, from the selected layers and what the first batch showed.

@@ -167,6 +167,15 @@ pub fn extract_with(
     let layers = model.select(&o.selection)?;
     let norm = resolve_norm(o.norm.clone(), model);
     let mut emb = model.embedder(layers, Some(o.pool), o.ort_lib.as_deref())?;
+    if emb.contract().elem == crate::model::ElemType::U8 && o.norm.is_some() {
+        return Err(Error::InputContract {
+            model: o.model.clone(),
+            message: format!(
+                "model '{}' takes raw uint8 pixels (0-255); a normalisation (--norm, --mean/--std) cannot apply to it. Leave the option out",
+                o.model.display()
+            ),
+        });
+    }
     let info = ModelInfo {
         file: o
             .model
@@ -180,33 +189,39 @@ pub fn extract_with(
     run(&mut emb, set, norm, info, cfg)
 }
 
-/// Before a run into `out`: removes what marks the folder complete (`manifest.json`), then the layer files
-/// that the previous run's manifest lists, and nothing else. A file of someone else's where this run would
-/// write a layer file is refused, never overwritten.
+/// Before a run into `out`: refuses at once when a file this run writes is in the way and is not domsim's
+/// (its journal does not list it: [`output::check_writable`]), then removes what marks the folder complete
+/// (`manifest.json`) and the layer files that the previous run's manifest lists, where the journal lists
+/// them too; nothing else.
 fn clear_previous_run(out: &Path, layers: &[crate::model::Layer]) -> Result<()> {
+    let mut ours: Vec<String> = ["manifest.json", "index.csv", "skipped.csv"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    ours.extend(layers.iter().enumerate().map(|(i, l)| {
+        format!(
+            "layers/{}",
+            embeddings::layer_file_name(i, layers.len(), &l.name)
+        )
+    }));
+    for rel in &ours {
+        output::check_writable(&out.join(rel))?;
+    }
     let mpath = out.join("manifest.json");
     let listed: Vec<String> = std::fs::read_to_string(&mpath)
         .ok()
         .and_then(|t| serde_json::from_str::<Manifest>(&t).ok())
         .map(|m| m.layers.into_iter().map(|l| l.file).collect())
         .unwrap_or_default();
-    for (i, l) in layers.iter().enumerate() {
-        let rel = format!(
-            "layers/{}",
-            embeddings::layer_file_name(i, layers.len(), &l.name)
-        );
-        let p = out.join(&rel);
-        if p.exists() && !listed.contains(&rel) {
-            return input_err(format!(
-                "'{}' exists and is not listed in a domsim manifest there; domsim will not overwrite it. Move it, or choose another --out",
-                p.display()
-            ));
-        }
-    }
     output::remove_if_exists(&mpath)?;
+    let journal = output::journal(out).unwrap_or_default();
     for rel in listed {
-        // only files inside layers/, as domsim names them
-        if rel.starts_with("layers/") && !rel[7..].contains('/') && !rel.contains("..") {
+        // only files inside layers/, as domsim names them, that domsim wrote
+        if rel.starts_with("layers/")
+            && !rel[7..].contains('/')
+            && !rel.contains("..")
+            && journal.contains(&rel)
+        {
             output::remove_if_exists(&out.join(rel))?;
         }
     }

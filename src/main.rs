@@ -24,7 +24,10 @@ fn main() -> ExitCode {
             if broken {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("domsim: error: {e:#}");
+            eprintln!(
+                "domsim: error: {}",
+                domsim::report::summary::terminal_safe(&format!("{e:#}"))
+            );
             let code = e
                 .downcast_ref::<domsim::Error>()
                 .map_or(1, |d| d.exit_code());

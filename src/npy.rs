@@ -165,7 +165,8 @@ pub fn read(path: &Path) -> Result<Array2<f64>> {
     parse(&bytes).map_err(|m| Error::Input(format!("'{}': {m}", path.display())))
 }
 
-fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
+/// The header of an NPY file: (offset of the data, rows, columns, bytes per element).
+fn parse_header(b: &[u8]) -> std::result::Result<(usize, usize, usize, usize), String> {
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
         return Err("not an NPY file (bad magic)".into());
     }
@@ -216,7 +217,25 @@ fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
         [n, d] => (*n, *d),
         _ => return Err(format!("expected a 2-D matrix (n × d), got shape {dims:?}")),
     };
-    let data = &b[start + hlen..];
+    Ok((start + hlen, r, c, elem))
+}
+
+/// The shape (rows, columns) of an NPY matrix, from its header alone.
+pub fn shape(path: &Path) -> Result<(usize, usize)> {
+    let mut f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let mut b = Vec::with_capacity(4096);
+    (&mut f)
+        .take(1 << 16)
+        .read_to_end(&mut b)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    let (_, r, c, _) =
+        parse_header(&b).map_err(|m| Error::Input(format!("'{}': {m}", path.display())))?;
+    Ok((r, c))
+}
+
+fn parse(b: &[u8]) -> std::result::Result<Array2<f64>, String> {
+    let (data_start, r, c, elem) = parse_header(b)?;
+    let data = &b[data_start..];
     let need = r
         .checked_mul(c)
         .and_then(|n| n.checked_mul(elem))

@@ -1,5 +1,11 @@
 //! The one place that owns output paths: atomic writes (temp file, fsync, rename) and the rule that a user's
-//! folder is never clobbered.
+//! files are never clobbered.
+//!
+//! **The journal.** A folder domsim writes into holds the marker file [`MARKER`]: a header line, then one
+//! relative path per line of every file domsim wrote there, each appended (and synced) *before* the file is
+//! renamed into place. So a run killed at any point (or stopped by a full disk) leaves only files the journal
+//! lists, and the next run replaces them; a file the journal does not list is the user's, and no write of
+//! domsim's replaces it, `--force` or not: the run is refused, naming the file.
 
 use std::io::Write;
 use std::path::Path;
@@ -32,8 +38,10 @@ pub fn temp_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
         .map_err(|e| Error::io("cannot create a temporary file in", dir, e))
 }
 
-/// Moves a finished temporary file onto `dest` (atomic rename).
+/// Moves a finished temporary file onto `dest` (atomic rename), after recording `dest` in its folder's
+/// journal ([`claim`]).
 pub fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+    claim(dest)?;
     tmp.persist(dest)
         .map(|_| ())
         .map_err(|e| Error::io("cannot rename into", dest, e.error))
@@ -46,6 +54,122 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| f.as_file().sync_all())
         .map_err(|e| Error::io("cannot write", f.path(), e))?;
     persist(f, dest)
+}
+
+/// First line of the marker file; the lines after it are the journal.
+const JOURNAL_HEADER: &str =
+    "This folder was written by domsim; each line below is a file domsim wrote here, and the only files it may replace.";
+
+/// The folder whose journal covers `dest`: the nearest folder above it that holds the marker.
+fn journal_dir(dest: &Path) -> Option<&Path> {
+    dest.ancestors().skip(1).find(|d| d.join(MARKER).is_file())
+}
+
+fn rel_name(dir: &Path, dest: &Path) -> String {
+    let rel = dest.strip_prefix(dir).unwrap_or(dest);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The files the journal of `dir` lists (relative paths); `None` for a folder without a journal.
+pub fn journal(dir: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
+    let mut lines = text.lines();
+    (lines.next() == Some(JOURNAL_HEADER)).then(|| lines.map(str::to_string).collect())
+}
+
+/// Whether `dest` may be written: it does not exist, or its folder's journal lists it (or it is domsim's
+/// own marker or lock file). A file outside any domsim folder is not checked here.
+pub fn check_writable(dest: &Path) -> Result<()> {
+    let Some(dir) = journal_dir(dest) else {
+        return Ok(());
+    };
+    let rel = rel_name(dir, dest);
+    if dest.symlink_metadata().is_err()
+        || rel == MARKER
+        || rel == LOCK
+        || journal(dir).is_some_and(|j| j.contains(&rel))
+    {
+        return Ok(());
+    }
+    input_err(format!(
+        "'{}' exists and was not written by domsim (its journal '{}' does not list it); domsim never replaces a file it did not write, --force or not. Move it, or choose another --out",
+        dest.display(),
+        dir.join(MARKER).display()
+    ))
+}
+
+/// Records `dest` in its folder's journal before it is written ([`check_writable`] first).
+pub fn claim(dest: &Path) -> Result<()> {
+    check_writable(dest)?;
+    let Some(dir) = journal_dir(dest) else {
+        return Ok(());
+    };
+    let rel = rel_name(dir, dest);
+    if rel == MARKER || rel == LOCK || journal(dir).is_some_and(|j| j.contains(&rel)) {
+        return Ok(());
+    }
+    if rel.contains('\n') {
+        return input_err(format!(
+            "cannot write '{}': domsim does not write file names holding a line break",
+            dest.display()
+        ));
+    }
+    let path = dir.join(MARKER);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io("cannot open", &path, e))?;
+    f.write_all(format!("{rel}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io("cannot write", &path, e))
+}
+
+/// Writes the marker with an empty journal where there is none; a marker written before journals existed
+/// (domsim trusted the whole folder then) becomes a journal of every file the folder holds now.
+fn start_journal(dir: &Path) -> Result<()> {
+    if journal(dir).is_some() {
+        return Ok(());
+    }
+    let mut text = format!("{JOURNAL_HEADER}\n");
+    if dir.join(MARKER).is_file() {
+        for entry in walkdir(dir) {
+            let rel = rel_name(dir, &entry);
+            if rel != MARKER && rel != LOCK && !rel.contains('\n') {
+                text.push_str(&rel);
+                text.push('\n');
+            }
+        }
+    }
+    let mut f = temp_file(&dir.join(MARKER))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.as_file().sync_all())
+        .map_err(|e| Error::io("cannot write", f.path(), e))?;
+    f.persist(dir.join(MARKER))
+        .map(|_| ())
+        .map_err(|e| Error::io("cannot rename into", &dir.join(MARKER), e.error))
+}
+
+/// Every regular file under `dir` (not following links), sorted.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Removes temporary files a killed run left in `dir` (not recursive).
@@ -101,12 +225,14 @@ pub fn lock_domsim_dir(dir: &Path) -> Result<OutputLock> {
     }
     let l = lock(dir)?;
     remove_stale_temps(dir)?;
+    start_journal(dir)?;
     Ok(l)
 }
 
 /// Makes `dir` ready for output and locks it (keep the lock for the whole run). A folder that exists, is not
-/// empty and was not made by domsim is refused unless `force` is set; then the marker file is written and
-/// temporary files a killed run left are removed.
+/// empty and was not made by domsim is refused unless `force` is set; then temporary files a killed run left
+/// are removed and the journal is started (kept when there is one). `force` never lets domsim replace a file
+/// the journal does not list ([`check_writable`]).
 pub fn prepare_dir(dir: &Path, force: bool) -> Result<OutputLock> {
     if dir.exists() {
         if !dir.is_dir() {
@@ -125,13 +251,23 @@ pub fn prepare_dir(dir: &Path, force: bool) -> Result<OutputLock> {
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create folder", dir, e))?;
+    for name in [MARKER, LOCK, "layers", "stats"] {
+        if dir
+            .join(name)
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return input_err(format!(
+                "'{}' is a symbolic link; domsim writes only real files and folders in its output folder. Remove the link, or choose another --out",
+                dir.join(name).display()
+            ));
+        }
+    }
     let l = lock(dir)?;
     remove_stale_temps(dir)?;
     remove_stale_temps(&dir.join("layers"))?;
-    write_atomic(
-        &dir.join(MARKER),
-        b"This folder was written by domsim; domsim may overwrite the files it made here.\n",
-    )?;
+    remove_stale_temps(&dir.join("stats"))?;
+    start_journal(dir)?;
     Ok(l)
 }
 

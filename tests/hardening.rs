@@ -364,16 +364,22 @@ fn force_removes_only_what_domsims_manifest_lists() {
         std::fs::read(out.join("notes.txt")).unwrap(),
         b"precious too"
     );
-    // a user's file where a layer file would go is refused, not overwritten
+    // a user's file where a layer file would go (one the journal does not list) is refused, not overwritten
     let m = manifest(&out);
     let first = m["layers"][0]["file"].as_str().unwrap().to_string();
-    let mut edited = m.clone();
-    edited["layers"][0]["file"] = "layers/elsewhere.npy".into();
-    std::fs::write(out.join("manifest.json"), edited.to_string()).unwrap();
+    let journal = std::fs::read_to_string(out.join(".domsim")).unwrap();
+    assert!(journal.lines().any(|l| l == first), "{journal}");
+    let without: String = journal
+        .lines()
+        .filter(|l| *l != first)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(out.join(".domsim"), without).unwrap();
     std::fs::write(out.join(&first), b"now the user's").unwrap();
-    run()
-        .code(2)
-        .stderr(predicate::str::contains("not listed in a domsim manifest"));
+    run().code(2).stderr(
+        predicate::str::contains("was not written by domsim")
+            .and(predicate::str::contains(first.as_str())),
+    );
     assert_eq!(std::fs::read(out.join(&first)).unwrap(), b"now the user's");
 }
 
@@ -708,4 +714,674 @@ fn output_files_get_ordinary_permissions_not_the_temp_files_private_ones() {
         let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask, "{f}: mode {mode:o}");
     }
+}
+
+/// The bundled model on `n` cats vs dogs photos copied into `dir` (a run of a few seconds at one thread).
+fn photos(dir: &Path, n: usize) -> std::path::PathBuf {
+    let imgs = dir.join("imgs");
+    common::copy_subset(
+        &datasets().join("cats_dogs/cat"),
+        &imgs.join("cat"),
+        0,
+        7,
+        n / 2,
+    );
+    common::copy_subset(
+        &datasets().join("cats_dogs/dog"),
+        &imgs.join("dog"),
+        0,
+        7,
+        n / 2,
+    );
+    imgs
+}
+
+/// Every output file of an embedding folder that must equal a clean run's: index.csv and the layer files.
+fn embedding_bytes(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let m = manifest(out);
+    let mut v = vec![(
+        "index.csv".to_string(),
+        std::fs::read(out.join("index.csv")).unwrap(),
+    )];
+    for l in m["layers"].as_array().unwrap() {
+        let f = l["file"].as_str().unwrap();
+        v.push((f.to_string(), std::fs::read(out.join(f)).unwrap()));
+    }
+    v
+}
+
+#[test]
+fn force_never_replaces_a_file_domsim_did_not_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = fixture("nchw_dyn/model.onnx");
+    let extract = |out: &Path, extra: &[&str]| {
+        domsim()
+            .args(["extract", "--model"])
+            .arg(&model)
+            .arg("--images")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .assert()
+    };
+    let emb = t.join("emb");
+    extract(&emb, &[]).success();
+    let layer0 = manifest(&emb)["layers"][0]["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = |a: assert_cmd::assert::Assert, file: &Path| {
+        a.code(2).stderr(
+            predicate::str::contains("was not written by domsim")
+                .and(predicate::str::contains(file.display().to_string())),
+        );
+        assert_eq!(std::fs::read(file).unwrap(), b"USER", "{}", file.display());
+    };
+    let plant = |dir: &Path, rel: &str| {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"USER").unwrap();
+        p
+    };
+    // extract --force: index.csv, manifest.json, a layer file of the user's
+    for rel in ["index.csv", "manifest.json", layer0.as_str()] {
+        let out = t.join(format!("x_{}", rel.replace('/', "_")));
+        let p = plant(&out, rel);
+        refused(extract(&out, &["--force"]), &p);
+    }
+    // compare --force: metrics.csv
+    let out = t.join("c");
+    let p = plant(&out, "metrics.csv");
+    refused(
+        domsim()
+            .args(["compare", "--permutations", "99", "--force", "--source"])
+            .arg(&emb)
+            .arg("--target")
+            .arg(&emb)
+            .arg("--out")
+            .arg(&out)
+            .assert(),
+        &p,
+    );
+    // analyze --force: report.html, and the manifest of its own embedding cache
+    for rel in ["report.html", "embeddings/target/manifest.json"] {
+        let out = t.join(format!("a_{}", rel.replace('/', "_")));
+        let p = plant(&out, rel);
+        refused(
+            domsim()
+                .args(["analyze", "--permutations", "99", "--force", "--model"])
+                .arg(&model)
+                .arg("--source")
+                .arg(&emb)
+                .arg("--target")
+                .arg(fixture("images16"))
+                .arg("--out")
+                .arg(&out)
+                .assert(),
+            &p,
+        );
+    }
+    // merge --force: index.csv
+    let shards = t.join("shards");
+    for i in 0..2 {
+        extract(
+            &shards.join(format!("s{i}")),
+            &["--shard", &format!("{i}/2")],
+        )
+        .success();
+    }
+    let out = t.join("m");
+    let p = plant(&out, "index.csv");
+    refused(
+        domsim()
+            .args(["merge", "--force", "--out"])
+            .arg(&out)
+            .arg(&shards)
+            .assert(),
+        &p,
+    );
+}
+
+/// SIGKILL at three points of `extract` (temporary layer files being written; the first layer file renamed
+/// into place; index.csv written, the manifest not yet): the next run, with or without --force, reuses the
+/// folder and writes exactly what a clean run writes. The kill is triggered by what the folder shows; where
+/// the run outpaced the poll, the point it was killed at is said.
+#[test]
+fn a_killed_extract_leaves_a_folder_the_next_run_reuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = photos(tmp.path(), 24);
+    let clean = tmp.path().join("clean");
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&clean)
+        .assert()
+        .success();
+    let want = embedding_bytes(&clean);
+    let journal_lists_a_layer = |out: &Path| {
+        std::fs::read_to_string(out.join(".domsim"))
+            .is_ok_and(|j| j.lines().any(|l| l.starts_with("layers/")))
+    };
+    let temp_in_layers = |out: &Path| {
+        std::fs::read_dir(out.join("layers")).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".domsim-tmp-"))
+        })
+    };
+    type Point = (&'static str, Box<dyn Fn(&Path) -> bool>);
+    let points: Vec<Point> = vec![
+        ("temporary layer files written", Box::new(temp_in_layers)),
+        ("first layer file renamed", Box::new(journal_lists_a_layer)),
+        (
+            "index.csv written",
+            Box::new(|o: &Path| o.join("index.csv").exists()),
+        ),
+    ];
+    for (what, reached) in points {
+        let out = tmp.path().join(what.replace(' ', "_"));
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("domsim"))
+            .args(["--threads", "1", "--quiet", "extract", "--images"])
+            .arg(&imgs)
+            .arg("--out")
+            .arg(&out)
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let killed = loop {
+            if reached(&out) {
+                child.kill().unwrap();
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || t0.elapsed().as_secs() > 300 {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        child.wait().unwrap();
+        let complete = out.join("manifest.json").exists();
+        eprintln!("kill at '{what}': killed {killed}, manifest written {complete}");
+        for force in [false, true] {
+            let mut c = domsim();
+            c.args(["extract", "--images"])
+                .arg(&imgs)
+                .arg("--out")
+                .arg(&out);
+            if force {
+                c.arg("--force");
+            }
+            c.assert().success();
+            assert_eq!(embedding_bytes(&out), want, "after a kill at '{what}'");
+        }
+    }
+}
+
+/// A full disk mid-run (a small tmpfs, where the test may mount one): the run fails naming what it could not
+/// write, leaves no temporary file, and once there is room again the same command succeeds in the same
+/// folder, with the files a clean run writes.
+#[test]
+fn a_full_disk_fails_cleanly_and_the_rerun_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = photos(tmp.path(), 24);
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mount = |opts: &str| {
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&disk)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !mount("size=96k") {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let out = disk.join("emb");
+    let run = || {
+        domsim()
+            .args(["extract", "--images"])
+            .arg(&imgs)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+    };
+    run()
+        .failure()
+        .stderr(predicate::str::contains("No space left on device"));
+    let temps: Vec<String> = [out.clone(), out.join("layers")]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".domsim-tmp-"))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&disk)
+        .status()
+        .unwrap()
+        .success());
+    run().success();
+    let clean = tmp.path().join("clean");
+    domsim()
+        .args(["extract", "--images"])
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&clean)
+        .assert()
+        .success();
+    assert_eq!(embedding_bytes(&out), embedding_bytes(&clean));
+}
+
+/// The default selection's names for a model (`layers --json`).
+fn default_layers(model: &Path) -> Vec<String> {
+    let out = domsim()
+        .args(["layers", "--json", "--model"])
+        .arg(model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A quantized classifier (AveragePool to a 1x1 map, a 1x1 Conv as the classifier, QuantizeLinear to a
+/// uint8 output) and a float one (MatMul + bias, Softmax): the pooled features are selected, the logits and
+/// everything after them are not, and the deepest selected layer (what the cut is built on) is the pool.
+#[test]
+fn the_default_selection_ends_at_the_pooled_features_in_quantized_and_float_heads() {
+    let q = default_layers(&fixture("quantized_head/model.onnx"));
+    assert!(q.contains(&"pool".to_string()), "{q:?}");
+    assert_eq!(q.last().map(String::as_str), Some("pool"), "{q:?}");
+    for logits in ["logits4d", "logits", "out_q"] {
+        assert!(!q.iter().any(|n| n == logits), "{logits} selected: {q:?}");
+    }
+    let f = default_layers(&fixture("deep_classifier/model.onnx"));
+    assert_eq!(f.last().map(String::as_str), Some("pooled"), "{f:?}");
+    for logits in ["mm", "logits", "soft", "probs"] {
+        assert!(!f.iter().any(|n| n == logits), "{logits} selected: {f:?}");
+    }
+    // the quantized model runs end to end: uint8 NHWC input, fixed batch 1
+    let tmp = tempfile::tempdir().unwrap();
+    domsim()
+        .args(["extract", "--model"])
+        .arg(fixture("quantized_head/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(tmp.path().join("e"))
+        .assert()
+        .success();
+    let m = manifest(&tmp.path().join("e"));
+    assert_eq!(
+        m["layers"].as_array().unwrap().last().unwrap()["name"],
+        "pool"
+    );
+}
+
+/// `.npy` folders whose layers disagree on the number of rows, or hold 0 features, or whose manifest points a
+/// layer outside its folder: refused with a message naming the layers (exit 2), never a panic.
+#[test]
+fn inconsistent_npy_folders_are_refused_naming_the_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let good = t.join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    let m = |n: usize, d: usize| {
+        ndarray::Array2::from_shape_fn((n, d), |(i, j)| ((i * 7 + j * 3) % 11) as f32)
+    };
+    write_npy(&good.join("a.npy"), &m(30, 4));
+    write_npy(&good.join("b.npy"), &m(30, 4));
+    let compare = |src: &Path, extra: &[&str]| {
+        domsim()
+            .args(["compare", "--permutations", "99", "--source"])
+            .arg(src)
+            .arg("--target")
+            .arg(&good)
+            .arg("--out")
+            .arg(t.join(format!(
+                "out_{}",
+                src.file_name().unwrap().to_string_lossy()
+            )))
+            .args(extra)
+            .assert()
+    };
+    let rows = t.join("rows");
+    std::fs::create_dir_all(&rows).unwrap();
+    write_npy(&rows.join("a.npy"), &m(30, 4));
+    write_npy(&rows.join("b.npy"), &m(20, 4));
+    for extra in [&[][..], &["--no-similarity"][..]] {
+        compare(&rows, extra).code(2).stderr(
+            predicate::str::contains("different numbers of rows")
+                .and(predicate::str::contains("a: 30"))
+                .and(predicate::str::contains("b: 20")),
+        );
+    }
+    let empty = t.join("d0");
+    std::fs::create_dir_all(&empty).unwrap();
+    write_npy(&empty.join("a.npy"), &m(30, 0));
+    write_npy(&empty.join("b.npy"), &m(30, 0));
+    compare(&empty, &[])
+        .code(2)
+        .stderr(predicate::str::contains("has 0 features per row"));
+    // a manifest whose layer file points outside the folder is refused before anything is opened
+    let emb = t.join("emb");
+    domsim()
+        .args(["extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&emb)
+        .assert()
+        .success();
+    let mut man = manifest(&emb);
+    man["layers"][0]["file"] = "../good/a.npy".into();
+    std::fs::write(emb.join("manifest.json"), man.to_string()).unwrap();
+    compare(&emb, &[])
+        .code(2)
+        .stderr(predicate::str::contains("points outside its folder"));
+}
+
+/// `--size` on a model whose input size is fixed is refused, not ignored; the model's own size is accepted.
+#[test]
+fn size_is_refused_for_a_fixed_size_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |size: &str, out: &str| {
+        domsim()
+            .args(["extract", "--size", size, "--images"])
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .assert()
+    };
+    run("300", "e").code(2).stderr(
+        predicate::str::contains("fixed 224×224 input").and(predicate::str::contains("--size 300")),
+    );
+    assert!(!tmp.path().join("e").join("manifest.json").exists());
+    run("224", "f").success();
+}
+
+/// A uint8 model takes raw pixels: a normalisation option is refused, not recorded as if it were applied.
+#[test]
+fn normalisation_options_are_refused_for_a_uint8_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, opts) in [
+        &["--norm", "pm1"][..],
+        &["--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        domsim()
+            .args(["extract", "--model"])
+            .arg(fixture("nhwc_u8_b1/model.onnx"))
+            .args(*opts)
+            .arg("--images")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(tmp.path().join(format!("e{i}")))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("takes raw uint8 pixels"));
+    }
+}
+
+/// Names holding terminal escapes (a class folder, a path in an error) are printed escaped, never raw.
+#[test]
+fn terminal_escapes_in_names_are_printed_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let evil = "cls\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let imgs = tmp.path().join("imgs");
+    copy_dir(&fixture("images16/a"), &imgs.join(evil));
+    copy_dir(&fixture("images16/b"), &imgs.join("b"));
+    let bin = || assert_cmd::Command::cargo_bin("domsim").unwrap();
+    let out = bin()
+        .args([
+            "--threads",
+            "1",
+            "analyze",
+            "--permutations",
+            "99",
+            "--model",
+        ])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--source")
+        .arg(fixture("images16"))
+        .arg("--target")
+        .arg(&imgs)
+        .arg("--out")
+        .arg(tmp.path().join("r"))
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains('\u{1b}') && !all.contains('\u{7}'), "{all:?}");
+    let missing = tmp.path().join(evil);
+    let out = bin()
+        .args(["extract", "--images"])
+        .arg(&missing)
+        .arg("--out")
+        .arg(tmp.path().join("e"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains('\u{1b}') && err.contains("\\u{1b}]0;pwned"),
+        "{err:?}"
+    );
+}
+
+/// The analyze cache is keyed on file contents: an image rewritten in place with its size and time kept
+/// (`touch -r`) is re-extracted, never served stale.
+#[test]
+fn the_cache_sees_an_image_changed_with_its_size_and_time_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    copy_dir(&fixture("images16"), &imgs);
+    let run = || {
+        let out = assert_cmd::Command::cargo_bin("domsim")
+            .unwrap()
+            .args([
+                "--threads",
+                "1",
+                "analyze",
+                "--permutations",
+                "99",
+                "--model",
+            ])
+            .arg(fixture("nchw_dyn/model.onnx"))
+            .arg("--source")
+            .arg(fixture("images16"))
+            .arg("--target")
+            .arg(&imgs)
+            .arg("--out")
+            .arg(tmp.path().join("r"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).contains("reused cached target embeddings")
+    };
+    assert!(!run());
+    assert!(run(), "an unchanged folder is served from the cache");
+    // same size, same modification time, other pixels
+    let (a, b) = (imgs.join("a/img0.png"), imgs.join("b/img0.png"));
+    let (ba, bb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ba.len(), bb.len(), "the fixture's PNGs have one size");
+    let t = std::fs::metadata(&a).unwrap().modified().unwrap();
+    std::fs::write(&a, &bb).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&a)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert!(!run(), "a changed image was served from the cache");
+}
+
+/// labels.csv: the row range is stated exactly, an empty label among others is refused, and index.csv and
+/// labels.csv that disagree are refused naming both (index.csv no longer wins silently).
+#[test]
+fn label_files_that_contradict_or_leave_gaps_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = ndarray::Array2::from_shape_fn((6, 3), |(i, j)| ((i * 5 + j) % 7) as f32);
+    let folder = |name: &str, labels: &str| {
+        let d = t.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        write_npy(&d.join("a.npy"), &m);
+        std::fs::write(d.join("labels.csv"), labels).unwrap();
+        d
+    };
+    let compare = |src: &Path| {
+        domsim()
+            .args(["compare", "--permutations", "99", "--source"])
+            .arg(src)
+            .arg("--target")
+            .arg(src)
+            .arg("--out")
+            .arg(t.join(format!("o_{}", src.file_name().unwrap().to_string_lossy())))
+            .assert()
+    };
+    let past = folder("past", "row,label\n0,a\n1,a\n2,a\n3,b\n4,b\n6,b\n");
+    compare(&past).code(2).stderr(
+        predicate::str::contains("row 6 is past the end")
+            .and(predicate::str::contains("the rows must be 0 to 5")),
+    );
+    let gap = folder("gap", "label\na\na\n\"\"\nb\nb\nb\n");
+    compare(&gap)
+        .code(2)
+        .stderr(predicate::str::contains("row 2 has an empty label"));
+    let both = folder("both", "label\na\na\na\nb\nb\nb\n");
+    std::fs::write(
+        both.join("index.csv"),
+        "row,path,label\n0,x0,a\n1,x1,a\n2,x2,b\n3,x3,b\n4,x4,b\n5,x5,b\n",
+    )
+    .unwrap();
+    compare(&both).code(2).stderr(
+        predicate::str::contains("give different labels")
+            .and(predicate::str::contains("first at row 2: 'b' vs 'a'")),
+    );
+}
+
+/// The CSV policy: user strings (paths, labels, layer names) are written verbatim, so that pandas or R read
+/// them exactly; no cell domsim composes itself (the notes) begins with a character a spreadsheet would
+/// read as a formula.
+#[test]
+fn no_cell_domsim_composes_starts_like_a_formula() {
+    let tmp = tempfile::tempdir().unwrap();
+    let emb = tmp.path().join("emb");
+    domsim()
+        .args(["extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&emb)
+        .assert()
+        .success();
+    let out = tmp.path().join("c");
+    domsim()
+        .args(["compare", "--permutations", "99", "--source"])
+        .arg(&emb)
+        .arg("--target")
+        .arg(&emb)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let note = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "note")
+        .unwrap();
+    let mut n = 0;
+    for rec in r.records() {
+        let cell = rec.unwrap()[note].to_string();
+        assert!(
+            !cell.starts_with(['=', '+', '-', '@']),
+            "a note starts like a formula: {cell}"
+        );
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+/// Finite values in the overflow range (float64 near 1e300) are refused like non-finite ones: every output
+/// of that layer is empty, its p-values too, with the reason in the note; the other layers are computed.
+#[test]
+fn overflow_range_values_are_flagged_never_computed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let side = |name: &str, scale: f64| {
+        let d = t.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let m = |s: f64| {
+            ndarray::Array2::from_shape_fn((30, 4), |(i, j)| {
+                s * (((i * 7 + j * 3) % 11) as f64 - 5.0)
+            })
+        };
+        std::fs::write(d.join("a.npy"), domsim::npy::to_bytes_f64(&m(1.0))).unwrap();
+        std::fs::write(d.join("b.npy"), domsim::npy::to_bytes_f64(&m(scale))).unwrap();
+        d
+    };
+    let (s, tg) = (side("s", 1e300), side("t", 1.0));
+    let out = t.join("o");
+    domsim()
+        .args(["compare", "--permutations", "99", "--source"])
+        .arg(&s)
+        .arg("--target")
+        .arg(&tg)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let (mut flagged, mut computed) = (0, 0);
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        if &rec[col("layer")] == "b" {
+            assert!(
+                rec[col("value")].is_empty() && rec[col("p_value")].is_empty(),
+                "{rec:?}"
+            );
+            assert!(rec[col("note")].contains("beyond"), "{rec:?}");
+            flagged += 1;
+        } else if !rec[col("value")].is_empty() {
+            computed += 1;
+        }
+    }
+    assert!(flagged > 0 && computed > 0);
 }

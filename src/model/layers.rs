@@ -13,14 +13,16 @@
 //! 2. Residual `Add`s (two or more inputs computed from the image) are block outputs too.
 //! 3. A group made only of activations (`Relu`, `Clip`, ...) replaces the block output just before it: the
 //!    block-final activation is preferred to the pre-activation tensor.
-//! 4. The model's own graph outputs (logits) and every `Softmax`/`LogSoftmax` (a monotone function of the
-//!    logits) are left out: the selection ends at the final features.
+//! 4. The model's own graph outputs, the classifier's output (the logits, found by rule 6's walk) and every
+//!    tensor computed from it, and every `Softmax`/`LogSoftmax` (a monotone function of the logits) are left
+//!    out: the selection ends at the final features.
 //! 5. More than 20 block outputs: keep 16 evenly spaced ones, always the first and the last. Fewer than 8: add
 //!    evenly spaced candidates until there are 12 (or all candidates, when fewer).
 //! 6. The classifier's input (the pooled penultimate features, found by walking back from the first graph
-//!    output through softmax, bias, layout ops to the final `Gemm`/`MatMul`/`Conv`, then past any
-//!    `Reshape`/`Flatten`/`Squeeze` to the tensor they reshape) is always included: the single most used
-//!    transfer feature.
+//!    output through softmax, bias, activation, layout and (de)quantization ops (`QuantizeLinear`,
+//!    `DequantizeLinear`: a quantized model's head) to the final `Gemm`/`MatMul`/`Conv` (a `Conv` on a 1×1
+//!    map is a classifier too), then past any `Reshape`/`Flatten`/`Squeeze` to the tensor they reshape) is
+//!    always included: the single most used transfer feature.
 
 use std::collections::HashSet;
 
@@ -47,6 +49,19 @@ const LAYOUT_OPS: &[&str] = &[
     "Expand",
     "Range",
     "Split",
+];
+
+/// Quantization ops a quantized model's head passes its logits through (rule 6's walk steps over them).
+const QUANT_OPS: &[&str] = &["QuantizeLinear", "DequantizeLinear"];
+
+/// Pooling ops: a `Conv` reading their output is a classifier on a 1×1 map.
+const POOL_OPS: &[&str] = &[
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "AveragePool",
+    "MaxPool",
+    "ReduceMean",
+    "ReduceMax",
 ];
 
 /// Ops whose output is never in the default selection (rule 4).
@@ -86,6 +101,8 @@ pub struct Candidate {
     pub layout_op: bool,
     /// True for the classifier's input (rule 6).
     pub classifier_input: bool,
+    /// True for the classifier's output and every tensor computed from it (rule 4).
+    pub after_classifier: bool,
 }
 
 /// A layer: a candidate with the shape and type ONNX Runtime reports.
@@ -148,12 +165,23 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
                 graph_output: outputs.contains(o.as_str()),
                 layout_op: LAYOUT_OPS.contains(&node.op_type.as_str()),
                 classifier_input: false,
+                after_classifier: false,
             });
         }
     }
-    if let Some(ci) = classifier_input(graph, &dynamic) {
+    if let Some((ci, head)) = classifier_input(graph, &dynamic) {
         for c in out.iter_mut().filter(|c| c.name == ci) {
             c.classifier_input = true;
+        }
+        // the classifier's outputs and everything computed from them (nodes are in topological order)
+        let mut after: HashSet<&str> = head.iter().map(String::as_str).collect();
+        for node in &graph.node {
+            if node.input.iter().any(|i| after.contains(i.as_str())) {
+                after.extend(node.output.iter().map(String::as_str));
+            }
+        }
+        for c in out.iter_mut().filter(|c| after.contains(c.name.as_str())) {
+            c.after_classifier = true;
         }
     }
     out
@@ -161,7 +189,8 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
 
 /// The classifier's input (rule 6): from the first graph output back through softmax, bias, activation and
 /// layout ops to the final `Gemm`/`MatMul`/`Conv`, then its image-dependent input, past layout ops.
-fn classifier_input(graph: &GraphProto, dynamic: &HashSet<&str>) -> Option<String> {
+/// Returns the classifier's input and the classifier node's outputs.
+fn classifier_input(graph: &GraphProto, dynamic: &HashSet<&str>) -> Option<(String, Vec<String>)> {
     let producer: std::collections::HashMap<&str, &super::onnx::NodeProto> = graph
         .node
         .iter()
@@ -185,10 +214,21 @@ fn classifier_input(graph: &GraphProto, dynamic: &HashSet<&str>) -> Option<Strin
                     _ => break,
                 }
             }
-            return Some(x);
+            // a Conv is the classifier (its output the logits) only on a pooled map; else it is the last
+            // layer of a feature extractor, and stays a layer
+            let pooled = producer
+                .get(x.as_str())
+                .is_some_and(|p| POOL_OPS.contains(&p.op_type.as_str()));
+            let head = if op != "Conv" || pooled {
+                n.output.clone()
+            } else {
+                Vec::new()
+            };
+            return Some((x, head));
         }
         if PROBABILITY_OPS.contains(&op)
             || LAYOUT_OPS.contains(&op)
+            || QUANT_OPS.contains(&op)
             || is_activation(op)
             || matches!(op, "Add" | "Mul" | "Div" | "Sub")
         {
@@ -233,6 +273,7 @@ pub fn default_selection(all: &[Layer], cands: &[Candidate]) -> Vec<usize> {
         .filter(|&i| {
             !all[i].graph_output
                 && !all[i].by_name_only
+                && !cands[i].after_classifier
                 && !PROBABILITY_OPS.contains(&all[i].op_type.as_str())
         })
         .collect();

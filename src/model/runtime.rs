@@ -506,6 +506,15 @@ fn read_contract(
         )));
     }
     let dynamic_size = h <= 0 || w <= 0;
+    if let (Some(s), false) = (size, dynamic_size) {
+        if (s as i64, s as i64) != (h, w) {
+            return Err(contract_err(format!(
+                "model '{}' has a fixed {h}×{w} input ('{}'); --size {s} cannot change it. Leave out --size (it is for models whose input size is dynamic)",
+                path.display(),
+                inp.name()
+            )));
+        }
+    }
     let fallback = size.unwrap_or(224);
     Ok(InputContract {
         name: inp.name().to_string(),

@@ -24,6 +24,10 @@ pub fn write(
     out: &Path,
     exporters: &[Box<dyn Exporter>],
 ) -> Result<Vec<(PathBuf, f64)>> {
+    // every file first: a user's file in the way refuses the run before any file is replaced
+    for e in exporters {
+        crate::output::check_writable(&out.join(e.file_name()))?;
+    }
     let mut written = Vec::new();
     for e in exporters {
         let t0 = std::time::Instant::now();
@@ -266,6 +270,28 @@ impl Exporter for Html {
 }
 
 /// The files `domsim compare` writes.
+/// Files that `analyze` writes whatever the report holds (beside [`compare_files`]).
+const ANALYSIS_FIXED: &[&str] = &[
+    "verdict.json",
+    "summary.json",
+    "report.html",
+    "metrics_by_depth.png",
+    "embedding_pca.csv",
+];
+
+/// Refuses at once, before any computation, an output folder where a file that `compare` (or, with
+/// `analysis`, `analyze`) always writes is in the way and not domsim's ([`crate::output::check_writable`]).
+pub fn check_outputs_writable(out: &Path, analysis: bool) -> Result<()> {
+    let mut names: Vec<String> = compare_files().iter().map(|e| e.file_name()).collect();
+    if analysis {
+        names.extend(ANALYSIS_FIXED.iter().map(|s| s.to_string()));
+    }
+    for n in names {
+        crate::output::check_writable(&out.join(n))?;
+    }
+    Ok(())
+}
+
 pub fn compare_files() -> Vec<Box<dyn Exporter>> {
     vec![
         Box::new(MetricsCsv),

@@ -30,6 +30,22 @@ fn files(r: &RunReport) -> Vec<String> {
         .collect()
 }
 
+/// A user string (a class folder, a file or tensor name, or a message quoting one) made safe for a terminal:
+/// control characters other than newline and tab, and the Unicode bidirectional overrides, are written
+/// escaped (`\u{1b}`), so that a name cannot move the cursor, retitle the window or reorder the line.
+pub fn terminal_safe(s: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn paint(s: &str, label: Label, color: bool) -> String {
     if !color {
         return s.to_string();
@@ -56,7 +72,7 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
         s.push_str(&format!(
             "{:>5}  {:<30}",
             l.depth,
-            super::plot::short_name(&l.layer)
+            terminal_safe(&super::plot::short_name(&l.layer))
         ));
         for c in &cols {
             s.push_str(&format!(" {:>8}", c.cell(l)));
@@ -64,17 +80,17 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
         s.push_str(&format!("  {}\n", paint(v.label.as_str(), v.label, color)));
     }
     s.push('\n');
-    s.push_str(&r.verdict.summary);
+    s.push_str(&terminal_safe(&r.verdict.summary));
     s.push('\n');
     for w in &r.verdict.warnings {
-        s.push_str(&format!("warning: {w}\n"));
+        s.push_str(&format!("warning: {}\n", terminal_safe(w)));
     }
     if let Some(d) = source_reference(r) {
-        s.push_str(&format!("source: {d}\n"));
+        s.push_str(&format!("source: {}\n", terminal_safe(d)));
     }
     s.push_str(&format!(
         "report: {}\n",
-        out_dir.join("report.html").display()
+        terminal_safe(&out_dir.join("report.html").display().to_string())
     ));
     s
 }
@@ -85,4 +101,15 @@ pub fn source_reference(r: &RunReport) -> Option<&str> {
         .get("source_reference")
         .and_then(|x| x.get("description"))
         .and_then(|x| x.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn terminal_safe_escapes_controls_and_bidi_overrides_only() {
+        assert_eq!(
+            super::terminal_safe("a\u{1b}]0;x\u{7}b\tc\nd\u{202e}é"),
+            "a\\u{1b}]0;x\\u{7}b\tc\nd\\u{202e}é"
+        );
+    }
 }
