@@ -1385,3 +1385,99 @@ fn overflow_range_values_are_flagged_never_computed_on() {
     }
     assert!(flagged > 0 && computed > 0);
 }
+
+/// When every sampled point is identical the median distance is 0 and σ falls back to 1: the note says so
+/// instead of claiming the median heuristic.
+#[test]
+fn the_sigma_fallback_is_named_in_the_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("same");
+    std::fs::create_dir_all(&d).unwrap();
+    write_npy(
+        &d.join("a.npy"),
+        &ndarray::Array2::from_elem((12, 3), 0.5f32),
+    );
+    let out = tmp.path().join("o");
+    domsim()
+        .args([
+            "compare",
+            "--metrics",
+            "mmd2_rbf",
+            "--permutations",
+            "99",
+            "--no-similarity",
+            "--source",
+        ])
+        .arg(&d)
+        .arg("--target")
+        .arg(&d)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(csv.contains("RBF sigma=1.000000e0 (fallback to 1"), "{csv}");
+    assert!(!csv.contains("median heuristic"), "{csv}");
+}
+
+/// report.html escapes what a user controls: class folder names with markup, quotes and a line break.
+#[test]
+fn the_page_escapes_injected_class_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    let evil = ["<img src=x onerror=alert(1)>", "q\"uo'te\nline"];
+    copy_dir(&fixture("images16/a"), &imgs.join(evil[0]));
+    copy_dir(&fixture("images16/b"), &imgs.join(evil[1]));
+    let out = tmp.path().join("r");
+    domsim()
+        .args(["analyze", "--permutations", "99", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--source")
+        .arg(fixture("images16"))
+        .arg("--target")
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "the class name is on the page, escaped"
+    );
+    assert!(!html.contains("<img src=x"));
+    assert!(html.contains("q&quot;uo&#39;te"), "quotes escaped");
+}
+
+/// A wide layer (60 rows of 20,000 features): Fréchet distance finishes in bounded memory (under a 3 GiB
+/// address-space limit; its covariances alone would take 3.2 GB each).
+#[test]
+fn frechet_on_a_wide_layer_runs_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let side = |name: &str, shift: f32| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let m = ndarray::Array2::from_shape_fn((30, 20_000), |(i, j)| {
+            (((i * 31 + j * 17) % 101) as f32) / 101.0 + shift
+        });
+        write_npy(&d.join("wide.npy"), &m);
+        d
+    };
+    let (s, t) = (side("s", 0.0), side("t", 0.1));
+    let out = tmp.path().join("o");
+    let bin = assert_cmd::cargo::cargo_bin("domsim");
+    let cmd = format!(
+        "ulimit -v 3145728; exec '{}' --threads 1 --quiet compare --metrics frechet --no-similarity --source '{}' --target '{}' --out '{}'",
+        bin.display(),
+        s.display(),
+        t.display(),
+        out.display()
+    );
+    let st = std::process::Command::new("bash")
+        .args(["-c", &cmd])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(csv.contains("never formed"), "{csv}");
+}

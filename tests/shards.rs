@@ -289,6 +289,44 @@ fn shards_that_do_not_belong_together_are_refused() {
         .stderr(predicate::str::contains(
             "another model, domsim version or settings",
         ));
+    // a different shard count, a different file list, a folder that is not a shard, an incomplete shard
+    ext("of3", "1/3", &[]);
+    merge(&["a0", "of3"])
+        .code(2)
+        .stderr(predicate::str::contains("it is one of 3 shards"));
+    let more = tmp.path().join("more");
+    copy_subset(&datasets().join("animals"), &more, 0, 40, 11);
+    domsim()
+        .args(["extract", "--model"])
+        .arg(&model)
+        .arg("--images")
+        .arg(&more)
+        .arg("--out")
+        .arg(tmp.path().join("other1"))
+        .args(["--shard", "1/2"])
+        .assert()
+        .success();
+    merge(&["a0", "other1"])
+        .code(2)
+        .stderr(predicate::str::contains("cut from a different file list"));
+    domsim()
+        .args(["extract", "--model"])
+        .arg(&model)
+        .arg("--images")
+        .arg(&imgs)
+        .arg("--out")
+        .arg(tmp.path().join("whole"))
+        .assert()
+        .success();
+    merge(&["a0", "whole"])
+        .code(2)
+        .stderr(predicate::str::contains("is not a shard"));
+    ext("cut1", "1/2", &[]);
+    std::fs::remove_file(tmp.path().join("cut1/manifest.json")).unwrap();
+    merge(&["a0", "cut1"]).code(2).stderr(
+        predicate::str::contains("neither an embedding folder")
+            .or(predicate::str::contains("incomplete")),
+    );
     merge(&["a0", "a1"]).success();
     assert_cmd::Command::cargo_bin("domsim")
         .unwrap()

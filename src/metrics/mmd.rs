@@ -47,6 +47,17 @@ pub struct MmdResult {
     pub sigma: f64,
     /// Points used for the median heuristic.
     pub median_points: usize,
+    /// True when the median distance was 0 (every sampled point identical) and σ fell back to 1.
+    pub sigma_fallback: bool,
+}
+
+/// How σ was chosen, for the notes: the median heuristic, or the fallback to 1 when its median is 0.
+fn sigma_words(median_points: usize, fallback: bool) -> String {
+    if fallback {
+        format!("fallback to 1: the median pairwise squared distance of a balanced sample of {median_points} points is 0, the sampled points are identical")
+    } else {
+        format!("median heuristic on a balanced sample of {median_points} points, self-distances excluded")
+    }
 }
 
 fn unbiased(sxx: f64, syy: f64, sxy: f64, m: f64, n: f64) -> f64 {
@@ -78,6 +89,7 @@ pub fn mmd2_rbf<R: Rng>(
             median_sq_dist_excl(&b.view(), rng)
         }
     };
+    let sigma_fallback = sigma.is_none() && !(sigma2 > 0.0);
     let sigma2 = if sigma2 > 0.0 { sigma2 } else { 1.0 };
     // Columns of W: [ones, observed indicator, B permutation indicators].
     let cols = 2 + perms;
@@ -111,6 +123,7 @@ pub fn mmd2_rbf<R: Rng>(
         p_value: (1.0 + ge as f64) / (1.0 + perms as f64),
         sigma: sigma2.sqrt(),
         median_points,
+        sigma_fallback,
     }
 }
 
@@ -191,12 +204,13 @@ impl Metric for Mmd2Rbf {
             let b = concatenate(Axis(0), &[bx.view(), by.view()]).expect("same width");
             let (sigma2, median_points) = median_sq_dist_excl(&b.view(), &mut rng);
             let sigma = if sigma2 > 0.0 { sigma2.sqrt() } else { 1.0 };
+            let how = sigma_words(median_points, !(sigma2 > 0.0));
             let r = mmd2_linear(s.x, t.x, sigma, &mut rng);
             let mut v = MetricValue::new(
                 &MMD2.id,
                 r.mmd2,
                 format!(
-                    "linear-time MMD^2 (Gretton et al. 2012, sec. 6) over all {}+{} rows (above --mmd-max-n {cap}): mean of {} independent pair terms, standard error {:.3e}, RBF sigma={sigma:.6e} (median heuristic on a balanced sample of {median_points} points); one-sided p from the pair terms' t statistic ({} df), not from permutations",
+                    "linear-time MMD^2 (Gretton et al. 2012, sec. 6) over all {}+{} rows (above --mmd-max-n {cap}): mean of {} independent pair terms, standard error {:.3e}, RBF sigma={sigma:.6e} ({how}); one-sided p from the pair terms' t statistic ({} df), not from permutations",
                     s.x.nrows(), t.x.nrows(), r.pairs, r.se, r.pairs.saturating_sub(1)
                 ),
             );
@@ -213,8 +227,8 @@ impl Metric for Mmd2Rbf {
         }
         let r = mmd2_rbf(x, y, p.permutations, None, &mut rng);
         note.push_str(&format!(
-            "unbiased MMD^2, {}+{} rows, RBF sigma={:.6e} (median heuristic on a balanced sample of {} points, self-distances excluded); p from {} permutations, (1+#>=)/(1+B); no interval (the bootstrap of this U-statistic is invalid)",
-            x.nrows(), y.nrows(), r.sigma, r.median_points, p.permutations
+            "unbiased MMD^2, {}+{} rows, RBF sigma={:.6e} ({}); p from {} permutations, (1+#>=)/(1+B); no interval (the bootstrap of this U-statistic is invalid)",
+            x.nrows(), y.nrows(), r.sigma, sigma_words(r.median_points, r.sigma_fallback), p.permutations
         ));
         let mut v = MetricValue::new(&MMD2.id, r.mmd2, note);
         v.p_value = Some(r.p_value);
