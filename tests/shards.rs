@@ -295,7 +295,7 @@ fn shards_that_do_not_belong_together_are_refused() {
         .code(2)
         .stderr(predicate::str::contains("it is one of 3 shards"));
     let more = tmp.path().join("more");
-    copy_subset(&datasets().join("animals"), &more, 0, 40, 11);
+    copy_subset(&datasets().join("animals"), &more, 0, 30, 11);
     domsim()
         .args(["extract", "--model"])
         .arg(&model)
