@@ -129,7 +129,19 @@ impl Walk<'_> {
             ));
             return Ok(());
         }
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list folder", dir, e))?;
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            // a sub-folder that cannot be read is skipped and recorded, like an unreadable file; the
+            // folder the user named must be readable
+            Err(e) if dir != self.root => {
+                self.excluded.push((
+                    format!("{}/", self.rel(dir)),
+                    format!("a folder that cannot be read ({e}); check its permissions"),
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("cannot list folder", dir, e)),
+        };
         let mut entries = Vec::new();
         for entry in rd {
             entries.push(entry.map_err(|e| Error::io("cannot list folder", dir, e))?);

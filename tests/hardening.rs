@@ -958,8 +958,9 @@ fn a_full_disk_fails_cleanly_and_the_rerun_succeeds() {
             .arg(&out)
             .assert()
     };
+    // exit code 1: the analysis failed (an I/O error), not the user's input
     run()
-        .failure()
+        .code(1)
         .stderr(predicate::str::contains("No space left on device"));
     let temps: Vec<String> = [out.clone(), out.join("layers")]
         .iter()
@@ -1480,4 +1481,104 @@ fn frechet_on_a_wide_layer_runs_in_bounded_memory() {
     assert!(st.success());
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert!(csv.contains("never formed"), "{csv}");
+}
+
+/// Features on a scale of 1e-20 are standardised like any others: two separable sets are told apart by the
+/// domain probe (it read 0.5 [0.5, 0.5] when such columns were mistaken for constants).
+#[test]
+fn tiny_scaled_features_are_standardised_not_mistaken_for_constants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let side = |name: &str, shift: f64| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let m = ndarray::Array2::from_shape_fn((30, 4), |(i, j)| {
+            1e-20 * ((((i * 13 + j * 7) % 17) as f64) / 17.0 + shift)
+        });
+        std::fs::write(d.join("a.npy"), domsim::npy::to_bytes_f64(&m)).unwrap();
+        d
+    };
+    let (s, t) = (side("s", 0.0), side("t", 3.0));
+    let out = tmp.path().join("o");
+    domsim()
+        .args([
+            "compare",
+            "--metrics",
+            "domain_probe_acc",
+            "--no-similarity",
+            "--source",
+        ])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let row = r
+        .records()
+        .map(|x| x.unwrap())
+        .find(|x| &x[col("metric")] == "domain_probe_acc")
+        .unwrap();
+    let v: f64 = row[col("value")].parse().unwrap();
+    assert!(
+        v > 0.95,
+        "domain probe {v} on separable 1e-20-scale features"
+    );
+}
+
+/// An unreadable class folder is skipped and recorded in skipped.csv, like an unreadable file; the run goes
+/// on. Root reads every folder, so the binary runs as the unprivileged user `nobody` (setpriv); where that
+/// cannot be done the test says so and stops.
+#[test]
+fn an_unreadable_class_folder_is_skipped_and_recorded() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let imgs = t.join("imgs");
+    copy_dir(&fixture("images16"), &imgs);
+    copy_dir(&fixture("images16/a"), &imgs.join("locked"));
+    for d in ["", "a", "b"] {
+        std::fs::set_permissions(imgs.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(imgs.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("domsim");
+    let probe = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["--threads", "1", "layers", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: cannot run the binary on the fixtures as an unprivileged user here (setpriv, or a checkout that user cannot read)");
+        return;
+    }
+    let out = t.join("emb");
+    let run = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["--threads", "1", "--quiet", "extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    std::fs::set_permissions(imgs.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let s = skipped(&out);
+    assert!(
+        s.iter()
+            .any(|(p, why)| p == "locked/" && why.contains("cannot be read")),
+        "{s:?}"
+    );
+    assert_eq!(manifest(&out)["n_images"], 6);
 }

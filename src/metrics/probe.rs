@@ -66,9 +66,17 @@ impl ProbeResult {
 
 fn standardise(train: &Array2<f64>, test: &Array2<f64>) -> (Array2<f64>, Array2<f64>) {
     let mu = train.mean_axis(Axis(0)).expect("non-empty");
-    let sd = train
-        .std_axis(Axis(0), 0.0)
-        .mapv(|s| if s > 1e-12 { s } else { 1.0 });
+    // a column is constant when its spread is round-off of its own magnitude (relative, so that features
+    // on a scale of 1e-20 are standardised like any others, not mistaken for constants)
+    let sd = ndarray::Zip::from(&train.std_axis(Axis(0), 0.0))
+        .and(&mu)
+        .map_collect(|&s, &m| {
+            if s > 1e-12 * m.abs().max(f64::MIN_POSITIVE) {
+                s
+            } else {
+                1.0
+            }
+        });
     ((train - &mu) / &sd, (test - &mu) / &sd)
 }
 

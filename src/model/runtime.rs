@@ -231,6 +231,10 @@ impl OnnxModel {
             ort_lib,
         )
         .map_err(|e| match e {
+            Error::Runtime(m) if is_out_of_memory(&m) => Error::Runtime(format!(
+                "ONNX Runtime ran out of memory loading '{}' ({m}); free memory, or run with fewer --threads",
+                path.display()
+            )),
             Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
             other => other,
         })?;
@@ -528,6 +532,21 @@ fn read_contract(
     })
 }
 
+/// Whether an ONNX Runtime message reports a failed allocation (a valid model on a machine short of memory,
+/// not a file that is no model).
+fn is_out_of_memory(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "bad_alloc",
+        "bad allocation",
+        "failed to allocate",
+        "out of memory",
+        "cannot allocate",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
+}
+
 /// One batch of preprocessed images, laid out as the model expects.
 pub enum InputBatch {
     /// float32 pixels.
@@ -661,5 +680,17 @@ impl Embedder for OrtEmbedder {
             });
         }
         Ok(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn allocation_failures_are_told_apart_from_bad_models() {
+        assert!(super::is_out_of_memory("std::bad_alloc"));
+        assert!(super::is_out_of_memory(
+            "Failed to allocate memory for requested buffer of size 3200000000"
+        ));
+        assert!(!super::is_out_of_memory("Protobuf parsing failed."));
     }
 }
