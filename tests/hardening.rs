@@ -1582,3 +1582,33 @@ fn an_unreadable_class_folder_is_skipped_and_recorded() {
     );
     assert_eq!(manifest(&out)["n_images"], 6);
 }
+
+/// A planted symbolic link where domsim writes (`layers/`, the `.domsim` journal) is refused, never followed.
+#[test]
+fn planted_links_in_the_output_folder_are_refused_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for name in ["layers", ".domsim"] {
+        let out = tmp
+            .path()
+            .join(format!("out_{}", name.trim_start_matches('.')));
+        std::fs::create_dir_all(&out).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, out.join(name)).unwrap();
+        domsim()
+            .args(["extract", "--force", "--model"])
+            .arg(fixture("nchw_dyn/model.onnx"))
+            .arg("--images")
+            .arg(fixture("images16"))
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("is a symbolic link"));
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "{name}: the link was followed"
+        );
+    }
+}
