@@ -536,7 +536,8 @@ def plan_config(verdict, layers):
     cut_depth = names.index(cut["layer"]) if cut.get("layer") in names else None
     kind = verdict["plan"]["kind"]
     plan = "train_all" if kind == "train_all" else of_depth(cut_depth) if kind == "freeze_through" else None
-    fallback = of_depth(cut_depth) if kind == "train_all" else plan
+    # no cut quoted (a poor match: no frozen layer solves the task): the fallback is the plan itself
+    fallback = (of_depth(cut_depth) if kind == "train_all" else plan) or plan
     return plan, fallback
 
 
