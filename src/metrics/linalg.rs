@@ -137,6 +137,18 @@ pub fn sym_eigvals(a: &Array2<f64>) -> crate::Result<Vec<f64>> {
         .map_err(|e| format!("eigen-decomposition did not converge: {e:?}").into())
 }
 
+/// Singular values of a (rectangular) matrix, from its SVD: small ones come out accurate to round-off of
+/// the largest, unlike the square roots of the eigenvalues of `AᵀA`.
+pub fn singular_values(a: &Array2<f64>) -> crate::Result<Vec<f64>> {
+    deterministic();
+    let (r, c) = a.dim();
+    let a = a.as_standard_layout();
+    let slice = a.as_slice().ok_or("matrix not contiguous")?;
+    faer::MatRef::from_row_major_slice(slice, r, c)
+        .singular_values()
+        .map_err(|e| format!("SVD did not converge: {e:?}").into())
+}
+
 /// Symmetric positive semi-definite square root (negative eigenvalues from round-off are clipped to 0).
 pub fn sqrtm_psd(a: &Array2<f64>) -> crate::Result<Array2<f64>> {
     let (vals, vecs) = sym_eigh(a)?;
