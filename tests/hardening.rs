@@ -1612,3 +1612,34 @@ fn planted_links_in_the_output_folder_are_refused_not_followed() {
         );
     }
 }
+
+/// A failed allocation inside ONNX Runtime while it loads a valid model (an address-space limit makes it
+/// fail) is reported as running out of memory, never as "not an ONNX model". The limits tried bracket what
+/// the loader needs; where none of them makes ONNX Runtime's allocation fail, the test says so.
+#[test]
+fn an_allocation_failure_in_onnx_runtime_is_named_as_such() {
+    let bin = assert_cmd::cargo::cargo_bin("domsim");
+    let mut seen = false;
+    for kib in [120_000, 150_000, 180_000, 210_000] {
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "ulimit -v {kib}; exec '{}' --threads 1 layers",
+                    bin.display()
+                ),
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("bad_alloc") || err.contains("out of memory") {
+            seen = true;
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains("out of memory while loading"), "{err}");
+            assert!(!err.contains("is not an ONNX model"), "{err}");
+        }
+    }
+    if !seen {
+        eprintln!("skipped: no address-space limit tried made ONNX Runtime's allocation fail here");
+    }
+}

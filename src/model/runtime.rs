@@ -232,7 +232,7 @@ impl OnnxModel {
         )
         .map_err(|e| match e {
             Error::Runtime(m) if is_out_of_memory(&m) => Error::Runtime(format!(
-                "ONNX Runtime ran out of memory loading '{}' ({m}); free memory, or run with fewer --threads",
+                "out of memory while loading '{}' ({m}); free memory, or run with fewer --threads",
                 path.display()
             )),
             Error::Runtime(m) => not_onnx(format!("ONNX Runtime cannot load it: {m}")),
