@@ -89,7 +89,7 @@ pub fn mmd2_rbf<R: Rng>(
             median_sq_dist_excl(&b.view(), rng)
         }
     };
-    let sigma_fallback = sigma.is_none() && !(sigma2 > 0.0);
+    let sigma_fallback = sigma.is_none() && (sigma2.is_nan() || sigma2 <= 0.0);
     let sigma2 = if sigma2 > 0.0 { sigma2 } else { 1.0 };
     // Columns of W: [ones, observed indicator, B permutation indicators].
     let cols = 2 + perms;
@@ -204,7 +204,7 @@ impl Metric for Mmd2Rbf {
             let b = concatenate(Axis(0), &[bx.view(), by.view()]).expect("same width");
             let (sigma2, median_points) = median_sq_dist_excl(&b.view(), &mut rng);
             let sigma = if sigma2 > 0.0 { sigma2.sqrt() } else { 1.0 };
-            let how = sigma_words(median_points, !(sigma2 > 0.0));
+            let how = sigma_words(median_points, sigma2.is_nan() || sigma2 <= 0.0);
             let r = mmd2_linear(s.x, t.x, sigma, &mut rng);
             let mut v = MetricValue::new(
                 &MMD2.id,
