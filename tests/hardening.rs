@@ -204,15 +204,7 @@ fn a_hand_edited_manifest_with_a_short_sha_is_an_error_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for d in [&a, &b] {
-        domsim()
-            .args(["extract", "--model"])
-            .arg(fixture("nchw_dyn/model.onnx"))
-            .arg("--images")
-            .arg(fixture("images16"))
-            .arg("--out")
-            .arg(d)
-            .assert()
-            .success();
+        extract_fixture(d).assert().success();
     }
     let mut m = manifest(&b);
     m["model"]["sha256"] = "abc".into();
@@ -233,15 +225,7 @@ fn a_hand_edited_manifest_with_a_short_sha_is_an_error_not_a_panic() {
 fn external_weights_are_read_beside_the_model_and_are_part_of_its_identity() {
     let tmp = tempfile::tempdir().unwrap();
     let (plain, ext) = (tmp.path().join("plain"), tmp.path().join("ext"));
-    domsim()
-        .args(["extract", "--model"])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--images")
-        .arg(fixture("images16"))
-        .arg("--out")
-        .arg(&plain)
-        .assert()
-        .success();
+    extract_fixture(&plain).assert().success();
     // run from another directory: the weights must be found beside the model, not in the current directory
     domsim()
         .current_dir(tmp.path())
@@ -343,17 +327,7 @@ fn force_removes_only_what_domsims_manifest_lists() {
     std::fs::create_dir_all(out.join("layers")).unwrap();
     std::fs::write(out.join("layers/my_features.npy"), b"precious").unwrap();
     std::fs::write(out.join("notes.txt"), b"precious too").unwrap();
-    let run = || {
-        domsim()
-            .args(["extract", "--model"])
-            .arg(fixture("nchw_dyn/model.onnx"))
-            .arg("--images")
-            .arg(fixture("images16"))
-            .arg("--out")
-            .arg(&out)
-            .arg("--force")
-            .assert()
-    };
+    let run = || extract_fixture(&out).arg("--force").assert();
     run().success();
     run().success(); // the rerun removes and rewrites its own files only
     assert_eq!(
@@ -387,15 +361,7 @@ fn force_removes_only_what_domsims_manifest_lists() {
 fn report_rewrites_only_folders_domsim_made() {
     let tmp = tempfile::tempdir().unwrap();
     let emb = tmp.path().join("emb");
-    domsim()
-        .args(["extract", "--model"])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--images")
-        .arg(fixture("images16"))
-        .arg("--out")
-        .arg(&emb)
-        .assert()
-        .success();
+    extract_fixture(&emb).assert().success();
     let d = tmp.path().join("users");
     domsim()
         .args(["compare", "--permutations", "99", "--source"])
@@ -425,16 +391,7 @@ fn report_rewrites_only_folders_domsim_made() {
 fn a_second_writer_is_refused_and_killed_runs_leave_no_temp_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("emb");
-    let run = || {
-        domsim()
-            .args(["extract", "--model"])
-            .arg(fixture("nchw_dyn/model.onnx"))
-            .arg("--images")
-            .arg(fixture("images16"))
-            .arg("--out")
-            .arg(&out)
-            .assert()
-    };
+    let run = || extract_fixture(&out).assert();
     run().success();
     // what a killed run leaves behind
     std::fs::write(out.join(".domsim-tmp-abc123"), b"partial").unwrap();
@@ -608,15 +565,7 @@ fn messages_say_what_happened_and_what_to_do() {
         ));
     // choosing only the domain probe says nothing about the target's labels
     let emb = tmp.path().join("emb");
-    domsim()
-        .args(["extract", "--model"])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--images")
-        .arg(fixture("images16"))
-        .arg("--out")
-        .arg(&emb)
-        .assert()
-        .success();
+    extract_fixture(&emb).assert().success();
     let r = tmp.path().join("dp");
     domsim()
         .args([
@@ -714,6 +663,37 @@ fn output_files_get_ordinary_permissions_not_the_temp_files_private_ones() {
         let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask, "{f}: mode {mode:o}");
     }
+}
+
+/// `domsim extract` of the fixture images on the small fixture model into `out` (one thread, quiet).
+fn extract_fixture(out: impl AsRef<std::ffi::OsStr>) -> assert_cmd::Command {
+    let mut c = domsim();
+    c.args(["extract", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--images")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+/// `domsim analyze` of `target` against the fixture images, on the small fixture model (99 permutations, one
+/// thread); `quiet` adds `--quiet`.
+fn analyze_fixture(target: &Path, out: &Path, quiet: bool) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("domsim").unwrap();
+    c.args(["--threads", "1"]);
+    if quiet {
+        c.arg("--quiet");
+    }
+    c.args(["analyze", "--permutations", "99", "--model"])
+        .arg(fixture("nchw_dyn/model.onnx"))
+        .arg("--source")
+        .arg(fixture("images16"))
+        .arg("--target")
+        .arg(target)
+        .arg("--out")
+        .arg(out);
+    c
 }
 
 /// The bundled model on `n` cats vs dogs photos copied into `dir` (a run of a few seconds at one thread).
@@ -1087,15 +1067,7 @@ fn inconsistent_npy_folders_are_refused_naming_the_layers() {
         .stderr(predicate::str::contains("has 0 features per row"));
     // a manifest whose layer file points outside the folder is refused before anything is opened
     let emb = t.join("emb");
-    domsim()
-        .args(["extract", "--model"])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--images")
-        .arg(fixture("images16"))
-        .arg("--out")
-        .arg(&emb)
-        .assert()
-        .success();
+    extract_fixture(&emb).assert().success();
     let mut man = manifest(&emb);
     man["layers"][0]["file"] = "../good/a.npy".into();
     std::fs::write(emb.join("manifest.json"), man.to_string()).unwrap();
@@ -1157,22 +1129,7 @@ fn terminal_escapes_in_names_are_printed_escaped() {
     copy_dir(&fixture("images16/a"), &imgs.join(evil));
     copy_dir(&fixture("images16/b"), &imgs.join("b"));
     let bin = || assert_cmd::Command::cargo_bin("domsim").unwrap();
-    let out = bin()
-        .args([
-            "--threads",
-            "1",
-            "analyze",
-            "--permutations",
-            "99",
-            "--model",
-        ])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--source")
-        .arg(fixture("images16"))
-        .arg("--target")
-        .arg(&imgs)
-        .arg("--out")
-        .arg(tmp.path().join("r"))
+    let out = analyze_fixture(&imgs, &tmp.path().join("r"), false)
         .output()
         .unwrap();
     let all = format!(
@@ -1205,23 +1162,7 @@ fn the_cache_sees_an_image_changed_with_its_size_and_time_kept() {
     let imgs = tmp.path().join("imgs");
     copy_dir(&fixture("images16"), &imgs);
     let run = || {
-        let out = assert_cmd::Command::cargo_bin("domsim")
-            .unwrap()
-            .args([
-                "--threads",
-                "1",
-                "analyze",
-                "--permutations",
-                "99",
-                "--model",
-            ])
-            .arg(fixture("nchw_dyn/model.onnx"))
-            .arg("--source")
-            .arg(fixture("images16"))
-            .arg("--target")
-            .arg(&imgs)
-            .arg("--out")
-            .arg(tmp.path().join("r"))
+        let out = analyze_fixture(&imgs, &tmp.path().join("r"), false)
             .output()
             .unwrap();
         assert!(
@@ -1300,15 +1241,7 @@ fn label_files_that_contradict_or_leave_gaps_are_refused() {
 fn no_cell_domsim_composes_starts_like_a_formula() {
     let tmp = tempfile::tempdir().unwrap();
     let emb = tmp.path().join("emb");
-    domsim()
-        .args(["extract", "--model"])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--images")
-        .arg(fixture("images16"))
-        .arg("--out")
-        .arg(&emb)
-        .assert()
-        .success();
+    extract_fixture(&emb).assert().success();
     let out = tmp.path().join("c");
     domsim()
         .args(["compare", "--permutations", "99", "--source"])
@@ -1430,17 +1363,7 @@ fn the_page_escapes_injected_class_names() {
     copy_dir(&fixture("images16/a"), &imgs.join(evil[0]));
     copy_dir(&fixture("images16/b"), &imgs.join(evil[1]));
     let out = tmp.path().join("r");
-    domsim()
-        .args(["analyze", "--permutations", "99", "--model"])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--source")
-        .arg(fixture("images16"))
-        .arg("--target")
-        .arg(&imgs)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
+    analyze_fixture(&imgs, &out, true).assert().success();
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(
         html.contains("&lt;img src=x onerror=alert(1)&gt;"),
