@@ -734,13 +734,14 @@ pub fn across_layers(layers: &mut [LayerResult], params: &Params, notes: &mut Ve
         }
     }
     let n_tests = ps.iter().flatten().count();
-    if n_tests > 0 && (n_tests as f64) / (params.permutations as f64 + 1.0) > crate::verdict::ALPHA
+    if n_tests > 0
+        && (n_tests as f64) / (params.permutations as f64 + 1.0) > crate::metrics::stats::ALPHA
     {
         notes.push(format!(
             "WARNING: with {} permutations no Holm-adjusted MMD2 p-value over {n_tests} layers can reach {}: raise --permutations to at least {}",
             params.permutations,
-            crate::verdict::ALPHA,
-            (n_tests as f64 / crate::verdict::ALPHA).ceil() as usize - 1
+            crate::metrics::stats::ALPHA,
+            (n_tests as f64 / crate::metrics::stats::ALPHA).ceil() as usize - 1
         ));
     }
     for (base, derived) in PAIRED {

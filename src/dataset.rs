@@ -24,7 +24,7 @@ pub struct ImageSet {
     /// Entries found but not used, with the reason (`path`, `reason`), sorted by path.
     pub excluded: Vec<(String, String)>,
     /// When this set is one shard of the folder ([`crate::shard::select`]): which, and of what.
-    pub shard: Option<crate::shard::ShardInfo>,
+    pub shard: Option<ShardInfo>,
 }
 
 impl ImageSet {
@@ -195,4 +195,21 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// A shard as recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShardInfo {
+    /// 0-based shard index.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+    /// The partition rule (`crate::shard::RULE`).
+    pub rule: String,
+    /// Where the index came from: `--shard`, `SLURM_ARRAY_TASK_ID` or `JOB_COMPLETION_INDEX`.
+    pub index_from: String,
+    /// Files in the whole folder (all shards), before the partition.
+    pub n_files_total: usize,
+    /// SHA-256 over the whole folder's sorted file list (one relative path per line).
+    pub file_list_sha256: String,
 }

@@ -108,7 +108,7 @@ pub struct Manifest {
     pub dtype: crate::npy::Dtype,
     /// The shard this folder holds (`extract --shard I/N`); absent for a whole folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard: Option<crate::shard::ShardInfo>,
+    pub shard: Option<crate::dataset::ShardInfo>,
     /// For a folder made by `domsim merge`: from how many shards, and what merging approximates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_from: Option<String>,

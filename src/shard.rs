@@ -32,22 +32,7 @@ pub struct ShardSpec {
     pub count: usize,
 }
 
-/// A shard as recorded in its manifest.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ShardInfo {
-    /// 0-based shard index.
-    pub index: usize,
-    /// Number of shards.
-    pub count: usize,
-    /// The partition rule ([`RULE`]).
-    pub rule: String,
-    /// Where the index came from: `--shard`, `SLURM_ARRAY_TASK_ID` or `JOB_COMPLETION_INDEX`.
-    pub index_from: String,
-    /// Files in the whole folder (all shards), before the partition.
-    pub n_files_total: usize,
-    /// SHA-256 over the whole folder's sorted file list (one relative path per line).
-    pub file_list_sha256: String,
-}
+pub use crate::dataset::ShardInfo;
 
 /// FNV-1a, 64 bit.
 pub fn fnv1a64(s: &str) -> u64 {

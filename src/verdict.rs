@@ -40,8 +40,7 @@ use crate::embeddings::Manifest;
 pub const CLOSE_DOMAIN_ACC: f64 = 0.75;
 /// Domain-probe accuracy at or above which a layer is far (with a significant Holm-adjusted MMD² test).
 pub const FAR_DOMAIN_ACC: f64 = 0.95;
-/// Family-wise significance level of the MMD² tests (Holm-adjusted across layers).
-pub const ALPHA: f64 = 0.01;
+pub use crate::metrics::stats::ALPHA;
 /// Balanced accuracy a layer's task probe must reach to be useful.
 pub const USEFUL_FLOOR: f64 = 0.70;
 /// How far the domain probe may exceed the source's own spread and still count as within it.

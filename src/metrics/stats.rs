@@ -6,6 +6,10 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+/// Family-wise significance level of the MMD² tests (Holm-adjusted across layers): the verdict's level, and
+/// what `compare` checks the number of permutations against. It lives here, below both.
+pub const ALPHA: f64 = 0.01;
+
 /// Percentile (linear interpolation, like numpy's default) of sorted data, q in [0, 1].
 pub fn percentile_sorted(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
