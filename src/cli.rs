@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use domsim::analyze::{self, AnalyzeConfig};
-use domsim::compare::{self, CompareConfig, CompareOptions};
+use domsim::compare::{CompareConfig, CompareOptions};
 use domsim::extract::{self, ExtractConfig, ExtractOptions};
 use domsim::metrics::Params;
 use domsim::model::{runtime, Layout, OnnxModel, Selection};
@@ -598,7 +598,7 @@ fn compare(a: CompareArgs, g: &Global) -> Result<()> {
         out: a.out,
         force: a.force,
     };
-    let r = compare::compare(&cfg)?;
+    let r = domsim::report::export::compare(&cfg)?;
     if !g.quiet {
         for n in &r.notes {
             eprintln!("domsim: note: {}", terminal_safe(n));

@@ -178,16 +178,27 @@ fn label_indices(labels: &Option<Vec<String>>) -> (Option<Vec<usize>>, Vec<Strin
     }
 }
 
-/// Runs `compare` and writes `metrics.csv`, `similarity.csv` and `compare.json` into `cfg.out`.
-pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
+/// Checks the inputs, prepares and locks `cfg.out` (refusing at once, before any computation, when one of
+/// `writes`, the files the caller will write there, is in the way and not domsim's), merges a folder of
+/// shards, and computes. The caller renders and writes the report while it holds the returned lock
+/// ([`crate::report::export::compare`]): this stage returns values and writes no report file itself.
+pub fn prepare_and_compute(
+    cfg: &CompareConfig,
+    writes: &[String],
+) -> Result<(CompareReport, output::OutputLock)> {
     output::check_out_is_not_an_input(
         &cfg.out,
         &[("--source", &cfg.source), ("--target", &cfg.target)],
     )?;
+    let prepare = || -> Result<output::OutputLock> {
+        let lock = output::prepare_dir(&cfg.out, cfg.force)?;
+        for w in writes {
+            output::check_writable(&cfg.out.join(w))?;
+        }
+        Ok(lock)
+    };
     if let Some(r) = from_moments(cfg)? {
-        let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
-        crate::report::export::check_outputs_writable(&cfg.out, false)?;
-        return write_report(r, &cfg.out);
+        return Ok((r, prepare()?));
     }
     let shards = |d: &Path| crate::shard::is_shard_parent(d);
     if !shards(&cfg.source) && !shards(&cfg.target) {
@@ -195,8 +206,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         EmbeddingSet::open(&cfg.source)?;
         EmbeddingSet::open(&cfg.target)?;
     }
-    let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
-    crate::report::export::check_outputs_writable(&cfg.out, false)?;
+    let lock = prepare()?;
     // a folder of shards (from `extract --shard I/N`) is merged under OUT/merged/ first
     let src = EmbeddingSet::open(&crate::shard::as_embedding_folder(
         &cfg.source,
@@ -206,8 +216,7 @@ pub fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         &cfg.target,
         &cfg.out.join("merged").join("target"),
     )?)?;
-    let report = compute(&src, &tgt, &cfg.options)?;
-    write_report(report, &cfg.out)
+    Ok((compute(&src, &tgt, &cfg.options)?, lock))
 }
 
 /// The metrics `--metrics` asks for (all when `None`), by group or output name; an unknown name is an error
@@ -999,15 +1008,7 @@ pub fn within_set(
     Ok(out)
 }
 
-/// Writes `metrics.csv`, `similarity.csv` and `compare.json` ([`crate::report::export::compare_files`]).
-pub fn write_report(r: CompareReport, out: &Path) -> Result<CompareReport> {
-    use crate::report::export;
-    let rr = export::of_compare(r);
-    export::write(&rr, out, &export::compare_files())?;
-    Ok(rr.compare)
-}
-
-/// Reads a `compare.json` written by [`write_report`].
+/// Reads a `compare.json` written by [`crate::report::export::compare`].
 pub fn read_report(dir: &Path) -> Result<CompareReport> {
     let p = dir.join("compare.json");
     let text = std::fs::read_to_string(&p).map_err(|e| {

@@ -289,7 +289,7 @@ fn compare_survives_inconsistent_npy_folders() {
             force: false,
         };
         t.run(&format!("npy folder mutant {k}"), move || {
-            domsim::compare::compare(&cfg)
+            domsim::report::export::compare(&cfg)
         });
     }
     t.check("compare on inconsistent npy folders");

@@ -270,6 +270,16 @@ impl Exporter for Html {
 }
 
 /// The files `domsim compare` writes.
+/// `domsim compare`: checks, computes ([`crate::compare::prepare_and_compute`]) and writes `metrics.csv`,
+/// `similarity.csv` and `compare.json` ([`compare_files`]) into `cfg.out`.
+pub fn compare(cfg: &crate::compare::CompareConfig) -> Result<CompareReport> {
+    let names: Vec<String> = compare_files().iter().map(|e| e.file_name()).collect();
+    let (r, _lock) = crate::compare::prepare_and_compute(cfg, &names)?;
+    let rr = of_compare(r);
+    write(&rr, &cfg.out, &compare_files())?;
+    Ok(rr.compare)
+}
+
 /// Files that `analyze` writes whatever the report holds (beside [`compare_files`]).
 const ANALYSIS_FIXED: &[&str] = &[
     "verdict.json",
