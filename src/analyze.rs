@@ -168,7 +168,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
-    crate::report::export::check_outputs_writable(&cfg.out, true)?;
+    crate::report::export::check_outputs_writable(&cfg.out)?;
     let t_start = std::time::Instant::now();
     let mut phases = serde_json::Map::new();
     let mut phase = |name: &str, t0: std::time::Instant| {

@@ -80,20 +80,17 @@ pub fn journal(dir: &Path) -> Option<Vec<String>> {
     (lines.next() == Some(JOURNAL_HEADER)).then(|| lines.map(str::to_string).collect())
 }
 
-/// Whether `dest` may be written: it does not exist, or its folder's journal lists it (or it is domsim's
-/// own marker or lock file). A file outside any domsim folder is not checked here.
-pub fn check_writable(dest: &Path) -> Result<()> {
-    let Some(dir) = journal_dir(dest) else {
-        return Ok(());
-    };
+/// Where `dest` stands: the folder whose journal covers it, its name there, and whether domsim may write it
+/// without recording it (its marker or lock file, or a file the journal already lists). `None` outside any
+/// domsim folder. Reads the journal once.
+fn standing(dest: &Path) -> Option<(&Path, String, bool)> {
+    let dir = journal_dir(dest)?;
     let rel = rel_name(dir, dest);
-    if dest.symlink_metadata().is_err()
-        || rel == MARKER
-        || rel == LOCK
-        || journal(dir).is_some_and(|j| j.contains(&rel))
-    {
-        return Ok(());
-    }
+    let known = rel == MARKER || rel == LOCK || journal(dir).is_some_and(|j| j.contains(&rel));
+    Some((dir, rel, known))
+}
+
+fn refuse(dest: &Path, dir: &Path) -> Result<()> {
     input_err(format!(
         "'{}' exists and was not written by domsim (its journal '{}' does not list it); domsim never replaces a file it did not write, --force or not. Move it, or choose another --out",
         dest.display(),
@@ -101,15 +98,25 @@ pub fn check_writable(dest: &Path) -> Result<()> {
     ))
 }
 
-/// Records `dest` in its folder's journal before it is written ([`check_writable`] first).
+/// Whether `dest` may be written: it does not exist, or its folder's journal lists it (or it is domsim's
+/// own marker or lock file). A file outside any domsim folder is not checked here.
+pub fn check_writable(dest: &Path) -> Result<()> {
+    match standing(dest) {
+        Some((dir, _, false)) if dest.symlink_metadata().is_ok() => refuse(dest, dir),
+        _ => Ok(()),
+    }
+}
+
+/// Records `dest` in its folder's journal before it is written (refused like [`check_writable`]).
 pub fn claim(dest: &Path) -> Result<()> {
-    check_writable(dest)?;
-    let Some(dir) = journal_dir(dest) else {
+    let Some((dir, rel, known)) = standing(dest) else {
         return Ok(());
     };
-    let rel = rel_name(dir, dest);
-    if rel == MARKER || rel == LOCK || journal(dir).is_some_and(|j| j.contains(&rel)) {
+    if known {
         return Ok(());
+    }
+    if dest.symlink_metadata().is_ok() {
+        return refuse(dest, dir);
     }
     if rel.contains('\n') {
         return input_err(format!(

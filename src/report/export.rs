@@ -289,14 +289,15 @@ const ANALYSIS_FIXED: &[&str] = &[
     "embedding_pca.csv",
 ];
 
-/// Refuses at once, before any computation, an output folder where a file that `compare` (or, with
-/// `analysis`, `analyze`) always writes is in the way and not domsim's ([`crate::output::check_writable`]).
-pub fn check_outputs_writable(out: &Path, analysis: bool) -> Result<()> {
-    let mut names: Vec<String> = compare_files().iter().map(|e| e.file_name()).collect();
-    if analysis {
-        names.extend(ANALYSIS_FIXED.iter().map(|s| s.to_string()));
-    }
-    for n in names {
+/// Refuses at once, before any computation, an output folder where a file that `analyze` always writes
+/// ([`compare_files`] and the analysis files) is in the way and not domsim's
+/// ([`crate::output::check_writable`]).
+pub fn check_outputs_writable(out: &Path) -> Result<()> {
+    let names: Vec<String> = compare_files().iter().map(|e| e.file_name()).collect();
+    for n in names
+        .into_iter()
+        .chain(ANALYSIS_FIXED.iter().map(|s| s.to_string()))
+    {
         crate::output::check_writable(&out.join(n))?;
     }
     Ok(())
