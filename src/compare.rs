@@ -1024,3 +1024,75 @@ pub fn read_report(dir: &Path) -> Result<CompareReport> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paired difference to the best layer, against a hand computation (numpy-free, in the comment):
+    /// 2 x 3-fold CV, fold scores below; diffs to the best layer (1); the variance of each layer's diffs is
+    /// floored at the mean over the non-best layers ((8.0e-5 + 1.4667e-4) / 2 = 1.1333e-4); se =
+    /// sqrt((1/6 + 1/2) var); t(0.975, 5) = 2.5705818366.
+    /// - layer 0: mean −0.1, its own variance 8.0e-5 is floored: [−0.122344191, −0.077655809] (not tied);
+    /// - layer 2: mean −0.00333, own variance 1.4667e-4: [−0.028751927, +0.022085260] (tied at margin 0.01).
+    #[test]
+    fn paired_difference_to_the_best_layer_matches_a_hand_computation() {
+        let folds = [
+            [0.80, 0.82, 0.78, 0.81, 0.79, 0.80],
+            [0.90, 0.91, 0.89, 0.92, 0.88, 0.90],
+            [0.89, 0.90, 0.90, 0.90, 0.89, 0.90],
+        ];
+        let mut layers: Vec<LayerResult> = folds
+            .iter()
+            .enumerate()
+            .map(|(d, f)| {
+                let mut v = MetricValue::new(
+                    probe::TARGET_PROBE_BAL_ACC.id.as_ref(),
+                    f.iter().sum::<f64>() / 6.0,
+                    "test",
+                );
+                v.folds = f.to_vec();
+                v.details = serde_json::json!({"folds": 3});
+                LayerResult {
+                    depth: d,
+                    layer: format!("l{d}"),
+                    dim: 4,
+                    n_source: 60,
+                    n_target: 60,
+                    values: vec![v],
+                }
+            })
+            .collect();
+        let params = Params {
+            folds: 3,
+            cv_repeats: 2,
+            ..Params::default()
+        };
+        across_layers(&mut layers, &params, &mut vec![]);
+        let delta = |i: usize| {
+            layers[i]
+                .values
+                .iter()
+                .find(|v| v.metric == TARGET_PROBE_VS_BEST.id.as_ref())
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(delta(1).value, Some(0.0), "the best layer");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        let (v0, v2) = (delta(0), delta(2));
+        let (lo0, hi0) = v0.ci.unwrap();
+        let (lo2, hi2) = v2.ci.unwrap();
+        assert!(close(v0.value.unwrap(), -0.1), "{v0:?}");
+        assert!(
+            close(lo0, -0.122344191) && close(hi0, -0.077655809),
+            "{v0:?}"
+        );
+        assert!(close(v2.value.unwrap(), -0.003333333), "{v2:?}");
+        assert!(
+            close(lo2, -0.028751927) && close(hi2, 0.022085260),
+            "{v2:?}"
+        );
+        // the tie decision the verdict reads: layer 2 reaches the margin, layer 0 does not
+        assert!(hi2 >= -params.tie_margin && hi0 < -params.tie_margin);
+    }
+}

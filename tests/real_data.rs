@@ -72,6 +72,14 @@ fn animals_vs_xrays_differ_and_interleaved_halves_do_not() {
         .fold(0.0, f64::max);
     eprintln!("NORMAL vs PNEUMONIA: best balanced target probe {best:.3}");
     assert!(best >= 0.75, "target probe peaks at {best}");
+    // the verdict on real embeddings: shifted deep layers -> freeze the first half, fine-tune the rest
+    let v = verdict(&tmp.path().join("a_vs_x"));
+    assert_eq!(v["plan"]["kind"], "freeze_through", "{:#}", v["plan"]);
+    assert_eq!(v["cut"]["depth"], 8, "{:#}", v["cut"]);
+    assert!(v["cut"]["evidence"]
+        .as_str()
+        .unwrap()
+        .starts_with("the deepest layers are shifted"));
 
     let even = tmp.path().join("even");
     let odd = tmp.path().join("odd");
@@ -95,4 +103,99 @@ fn animals_vs_xrays_differ_and_interleaved_halves_do_not() {
         accs.iter().all(|&a| a < 0.7),
         "domain probe near chance: {accs:?}"
     );
+    // the control: every layer transfers, and the plan is a new head on the frozen features
+    let v = verdict(&tmp.path().join("halves"));
+    let labels: Vec<&str> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
+    assert!(labels.iter().all(|&l| l == "transfers"), "{labels:?}");
+    assert!(
+        v["plan"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Train a new head on the frozen features"),
+        "{:#}",
+        v["plan"]
+    );
+}
+
+fn verdict(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("verdict.json")).unwrap()).unwrap()
+}
+
+/// The verdict's controls on real photos (issue: "controls that must come out right"):
+/// - cats and dogs photos, unlabelled, against the bundled ImageNet reference: a new head on the frozen
+///   features, never "re-train from an early depth" (v1 said "freeze up to depth 1, re-train from depth 2");
+/// - labelled greyscale copies of cats and dogs against colour cats and dogs (a pure colour change, the
+///   frozen features near ceiling): a new head, not "fine-tune every layer".
+#[test]
+fn same_domain_photos_and_a_pure_colour_change_get_a_new_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cd = datasets().join("cats_dogs");
+    let flat = tmp.path().join("photos");
+    copy_subset(&cd.join("cat"), &flat, 0, 1, 50);
+    copy_subset(&cd.join("dog"), &flat, 0, 1, 50);
+    let o = domsim()
+        .args(["analyze", "--no-similarity", "--target"])
+        .arg(&flat)
+        .arg("--out")
+        .arg(tmp.path().join("a"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = verdict(&tmp.path().join("a"));
+    let text = v["plan"]["text"].as_str().unwrap();
+    eprintln!("photos vs the bundled reference: {text}");
+    assert!(
+        text.starts_with("Train a new head on the frozen features"),
+        "{text}"
+    );
+    assert!(!text.contains("re-train from depth"));
+
+    let colour = tmp.path().join("colour");
+    let grey = tmp.path().join("grey");
+    for class in ["cat", "dog"] {
+        copy_subset(&cd.join(class), &colour.join(class), 0, 2, 50);
+        let dir = grey.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in copy_subset(
+            &cd.join(class),
+            &tmp.path().join("tmp").join(class),
+            1,
+            2,
+            50,
+        ) {
+            let img = image::open(cd.join(class).join(&f)).unwrap().to_luma8();
+            img.save(dir.join(format!("{f}.png"))).unwrap();
+        }
+    }
+    let o = domsim()
+        .args(["analyze", "--no-similarity", "--source"])
+        .arg(&colour)
+        .arg("--target")
+        .arg(&grey)
+        .arg("--out")
+        .arg(tmp.path().join("g"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v = verdict(&tmp.path().join("g"));
+    let text = v["plan"]["text"].as_str().unwrap();
+    eprintln!("greyscale copy vs colour: {text}");
+    assert!(
+        text.starts_with("Train a new head on the frozen features"),
+        "{text}"
+    );
+    assert!(!v["summary"]
+        .as_str()
+        .unwrap()
+        .contains("Fine-tune every layer"));
+    assert!(v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("greyscale")));
 }

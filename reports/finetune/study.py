@@ -546,7 +546,10 @@ def plan_config(verdict, layers):
     return plan, fallback
 
 
-def run_domsim(domsim_bin, names):
+def run_domsim(domsim_bin, names, rederive=False):
+    """domsim analyze on every subset (skipped where its result exists). `rederive`: re-derive the verdict of
+    every existing analyze folder with `domsim report` (no recomputation: a changed rule, the same numbers)
+    and overwrite the results."""
     layers = json.loads(subprocess.run([domsim_bin, "layers", "--json"], check=True, capture_output=True,
                                        text=True).stdout)
     layers = layers["layers"] if isinstance(layers, dict) else layers
@@ -556,12 +559,15 @@ def run_domsim(domsim_bin, names):
                 if b not in read_split(n)["budgets"]:
                     continue
                 dst = os.path.join(HERE, "domsim", n, f"b{b}_s{s}.json")
-                if os.path.exists(dst):
-                    continue
                 out = os.path.join(WORK, "domsim", n, f"b{b}", f"s{s}")
                 t0 = time.time()
-                subprocess.run([domsim_bin, "--quiet", "--seed", "0", "analyze", "--force", "--target",
-                                subset_dir(n, b, s), "--out", out], check=True)
+                if rederive and os.path.exists(os.path.join(out, "compare.json")):
+                    subprocess.run([domsim_bin, "--quiet", "report", out], check=True)
+                elif os.path.exists(dst):
+                    continue
+                else:
+                    subprocess.run([domsim_bin, "--quiet", "--seed", "0", "analyze", "--force", "--target",
+                                    subset_dir(n, b, s), "--out", out], check=True)
                 v = json.load(open(os.path.join(out, "verdict.json")))
                 plan, fallback = plan_config(v, layers)
                 write_json_atomic(dst, {"target": n, "budget": b, "seed": s, "plan_config": plan,
@@ -801,6 +807,8 @@ if __name__ == "__main__":
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="train: cpu or cuda")
+    ap.add_argument("--rederive", action="store_true",
+                    help="domsim: re-derive every existing verdict with `domsim report` (after a rule change)")
     ap.add_argument("--deadline", type=float, default=0, help="train: start no run after this Unix time")
     ap.add_argument("--domsim", default=os.path.join(ROOT, "target", "release", "domsim"))
     a = ap.parse_args()
@@ -812,7 +820,7 @@ if __name__ == "__main__":
     elif a.cmd == "check":
         check(a.domsim)
     elif a.cmd == "domsim":
-        run_domsim(a.domsim, names)
+        run_domsim(a.domsim, names, a.rederive)
     elif a.cmd == "train":
         set_device(a.device)
         train(names, [int(s) for s in a.seeds.split(",")], [int(b) for b in a.budgets.split(",")], a.threads,

@@ -53,8 +53,11 @@ def load_cell(name, budget, split):
     return seeds, correct, y, runs
 
 
+SHIFT_EVIDENCE = "the deepest layers are shifted"  # how domsim's verdict words its shifted-deep-layers cut
+
+
 def domsim_choices(name, budget, seeds):
-    out = {"domsim_plan": [], "domsim_fallback": []}
+    out = {"domsim_plan": [], "domsim_fallback": [], "deep_shift": []}
     for s in seeds:
         p = os.path.join(study.HERE, "domsim", name, f"b{budget}_s{s}.json")
         if not os.path.exists(p):
@@ -63,6 +66,7 @@ def domsim_choices(name, budget, seeds):
         out["domsim_plan"].append(d["plan_config"])
         # a plan without a quoted cut (a poor match) is its own fallback
         out["domsim_fallback"].append(d["fallback_config"] or d["plan_config"])
+        out["deep_shift"].append(bool(d.get("cut")) and d["cut"]["evidence"].startswith(SHIFT_EVIDENCE))
     return out
 
 
@@ -150,8 +154,70 @@ def main(names):
     guard = guard_summary(cells)
     write_regret(cells, pooled)
     write_ground_truth(cells, guard)
-    write_markdown(names, cells, pooled, guard)
+    rule = rule_checks(cells)
+    write_markdown(names, cells, pooled, guard, rule)
     chart(names, cells)
+
+
+def rule_checks(cells):
+    """The verdict rule against the ground truth, on the cells with domsim's choices:
+    - `paired`: domsim's plan minus each constant policy, mean regret over cells, replicate by replicate
+      (the paired bootstrap interval of the difference);
+    - `loto`: leave one target out. The rule's one calibrated choice is what to do when the deep layers are
+      shifted (a configuration, in the Rust rule a cut at SHIFT_CUT_FRACTION of the depth). For each target,
+      that choice is made on the other targets' cells (least mean regret, seed by seed: domsim's own pick
+      where it did not find a deep shift) and scored on the held-out target's cells;
+    - `statement`: per cell, whether what the verdict says about the choice is right on the point estimates
+      (by the most seeds' verdict): no useful frozen layer (a poor match) -> a new head alone more than δ below
+      the best; shifted deep layers -> the plan within δ of the best and a new head alone more than δ below
+      it; otherwise -> a new head within δ of the best."""
+    keys = [k for k, c in sorted(cells.items()) if c["choices"] and "deep_shift" in c["choices"]]
+    if not keys:
+        return None
+    consts = [f"always_{c}" for c in CONSTANTS]
+    paired = {}
+    for p in consts:
+        d = np.mean([cells[k]["_regret_reps"]["domsim_plan"] - cells[k]["_regret_reps"][p] for k in keys], axis=0)
+        obs = np.mean([cells[k]["regret_obs"]["domsim_plan"] - cells[k]["regret_obs"][p] for k in keys])
+        paired[p] = (float(obs), np.percentile(d, [2.5, 97.5]).tolist())
+
+    def regret(k, pick_when_shifted):
+        c = cells[k]
+        obs = np.array(c["bal_acc"])  # [config, seed]
+        picks = [CONSTANTS.index(pick_when_shifted) if sh else CONSTANTS.index(p)
+                 for sh, p in zip(c["choices"]["deep_shift"], c["choices"]["domsim_plan"])]
+        return float(obs.mean(1).max() - np.mean([obs[p, j] for j, p in enumerate(picks)]))
+
+    targets = sorted({n for n, _ in keys})
+    loto = {"folds": [], "regret": None}
+    held_regrets = []
+    for t in targets:
+        train = [k for k in keys if k[0] != t]
+        score = {cfg: np.mean([regret(k, cfg) for k in train]) for cfg in CONSTANTS}
+        choice = min(CONSTANTS, key=lambda cfg: (score[cfg], CONSTANTS.index(cfg)))
+        held = [regret(k, choice) for k in keys if k[0] == t]
+        held_regrets += held
+        loto["folds"].append({"held_out": t, "choice": choice, "train_regret": float(score[choice]),
+                              "held_out_regret": float(np.mean(held)), "cells": len(held)})
+    loto["regret"] = float(np.mean(held_regrets))
+    statement = []
+    for k in keys:
+        c = cells[k]
+        shifted = np.mean(c["choices"]["deep_shift"]) > 0.5
+        poor = np.mean([p == "train_all" for p in c["choices"]["domsim_plan"]]) > 0.5
+        r = c["regret_obs"]
+        if poor:  # no useful frozen layer: "fine-tune every layer", a head on frozen features is not enough
+            right = r["always_freeze_all"] > DELTA
+            said = "poor match: fine-tune, a new head alone loses more than δ"
+        elif shifted:
+            right = r["domsim_plan"] <= DELTA and r["always_freeze_all"] > DELTA
+            said = "shifted: the plan within δ, a new head alone loses more"
+        else:
+            right = r["always_freeze_all"] <= DELTA
+            said = "not shifted: a new head within δ"
+        statement.append({"cell": f"{k[0]} {k[1]}", "said": said, "right": bool(right),
+                          "plan": r["domsim_plan"], "head": r["always_freeze_all"]})
+    return {"cells": [f"{n} {b}" for n, b in keys], "paired": paired, "loto": loto, "statement": statement}
 
 
 def write_runs(runs):
@@ -255,7 +321,7 @@ def headline(cells, pooled):
     return "\n".join(out)
 
 
-def write_markdown(names, cells, pooled, guard):
+def write_markdown(names, cells, pooled, guard, rule=None):
     L = ["# Fine-tuning ground truth v2: results", "",
          "Generated by `bash reports/finetune/run.sh` (summarise step: `reports/finetune/.venv/bin/python "
          "reports/finetune/study.py summarise`) from the saved predictions. Balanced accuracy on the fixed test set "
@@ -316,8 +382,36 @@ def write_markdown(names, cells, pooled, guard):
               f"domsim's plan: {guard['domsim_plan_regret']:.4f}. A policy passes when its mean regret is no larger "
               f"than the best constant's; a random policy passes with probability {guard['p_random_passes']:.3f} "
               "(bootstrap)."]
+    if rule:
+        L += rule_markdown(rule)
     with open(os.path.join(study.HERE, "results.md"), "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+def rule_markdown(rule):
+    L = ["", "## domsim's rule against the ground truth", "",
+         f"Cells: {', '.join(rule['cells'])}.", "",
+         "**Paired difference** (domsim's plan − the constant policy, mean regret over the cells; negative = "
+         "domsim better), with the paired bootstrap interval:", "", "| constant | difference | 95 % interval |",
+         "|---|---|---|"]
+    for p, (d, ci) in sorted(rule["paired"].items(), key=lambda x: x[1][0], reverse=True):
+        L.append(f"| {p.replace('always_', '')} | {d:+.4f} | [{ci[0]:+.4f}, {ci[1]:+.4f}] |")
+    lo = rule["loto"]
+    L += ["", "**Leave one target out.** The rule's calibrated choice (what to do when the deep layers are "
+          "shifted) made without the held-out target:", "", "| held out | choice | regret on the others | regret on it |",
+          "|---|---|---|---|"]
+    for f in lo["folds"]:
+        L.append(f"| {f['held_out']} | {f['choice']} | {f['train_regret']:.4f} | {f['held_out_regret']:.4f} "
+                 f"({f['cells']} cells) |")
+    L += ["", f"Mean regret over the held-out cells: **{lo['regret']:.4f}**.", "",
+          "**What the verdict says about the choice** (point estimates, δ = 0.01):", "",
+          "| cell | what it says | plan's regret | a new head's regret | right |", "|---|---|---|---|---|"]
+    for s_ in rule["statement"]:
+        L.append(f"| {s_['cell']} | {s_['said']} | {s_['plan']:.3f} | {s_['head']:.3f} | "
+                 f"{'yes' if s_['right'] else 'no'} |")
+    n_right = sum(s_["right"] for s_ in rule["statement"])
+    L += ["", f"Right in {n_right} of {len(rule['statement'])} cells."]
+    return L
 
 
 def chart(names, cells):

@@ -187,3 +187,20 @@ def test_bootstrap_says_when_the_choice_does_not_matter():
     # reads only values near 1 as "the choice matters"
     assert res["p_matters_train_all"] < 0.35 and res["p_matters_freeze_all"] < 0.35
     assert min(res["p_within"]) > 0.3
+
+
+def test_pack_and_verify_catch_changed_pixels(tmp_path, monkeypatch):
+    """`pack` copies what a run reads with each image's resized-pixel hash; `verify` passes on the pack and
+    fails when one packed image changes (the study on another machine trains on the same inputs or stops)."""
+    split = study.read_split("pneumoniamnist")
+    monkeypatch.setattr(study, "read_split", lambda n: dict(split, test=split["test"][:3], val=split["val"][:2]))
+    study.pack(str(tmp_path), ["pneumoniamnist"], [10])
+    monkeypatch.setattr(study, "WORK", str(tmp_path / "work"))
+    study.verify(str(tmp_path / "hashes.json"))
+    rel = split["test"][0][0]
+    p = tmp_path / "work" / "data" / "pneumoniamnist" / rel
+    a = np.asarray(study.Image.open(p)).copy()
+    a[0, 0] ^= 1
+    study.Image.fromarray(a).save(p)
+    with pytest.raises(SystemExit, match="1 of"):
+        study.verify(str(tmp_path / "hashes.json"))
