@@ -240,3 +240,87 @@ fn the_snapshot_comparison_can_fail() {
     assert!(same("x,0.5,,y", "x,0.5,y").is_err());
     assert!(same("layer_2 -3e-4", "layer_2 -0.0003").is_ok());
 }
+
+/// The labelled path of `verdict.json`, pinned (the other snapshot is unlabelled): synthetic embeddings,
+/// 3 layers, 60 + 60 labelled target rows with a class signal that grows with depth and a shift that only
+/// the deepest layer carries. `compare`, then `report` derives the verdict.
+#[test]
+fn labelled_verdict_json_matches_its_snapshot() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, t) = (tmp.path().join("s"), tmp.path().join("t"));
+    std::fs::create_dir_all(&s).unwrap();
+    std::fs::create_dir_all(&t).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut randn = |n: usize, d: usize| -> Vec<Vec<f64>> {
+        (0..n)
+            .map(|_| {
+                (0..d)
+                    .map(|_| {
+                        let (u, v): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen());
+                        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let write = |path: &Path, rows: &[Vec<f64>]| {
+        let a =
+            ndarray::Array2::from_shape_fn((rows.len(), rows[0].len()), |(i, j)| rows[i][j] as f32);
+        std::fs::write(path, domsim::npy::to_bytes(&a)).unwrap();
+    };
+    let mut labels = String::from("row,label\n");
+    for layer in 0..3 {
+        let d = 6;
+        write(&s.join(format!("{layer}_l{layer}.npy")), &randn(120, d));
+        let mut tr = randn(120, d);
+        for (r, row) in tr.iter_mut().enumerate() {
+            row[0] += if r % 2 == 0 { 1.0 } else { -1.0 } * (1.0 + layer as f64);
+            if layer == 2 {
+                row[1] += 8.0; // the deepest layer is shifted
+            }
+        }
+        write(&t.join(format!("{layer}_l{layer}.npy")), &tr);
+    }
+    for r in 0..120 {
+        labels.push_str(&format!("{r},{}\n", if r % 2 == 0 { "a" } else { "b" }));
+    }
+    std::fs::write(t.join("labels.csv"), labels).unwrap();
+    let out = tmp.path().join("r");
+    domsim()
+        .args([
+            "compare",
+            "--permutations",
+            "399",
+            "--cv-repeats",
+            "2",
+            "--source",
+        ])
+        .arg(&s)
+        .arg("--target")
+        .arg(&t)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    domsim().arg("report").arg(&out).assert().success();
+    let got = std::fs::read_to_string(out.join("verdict.json"))
+        .unwrap()
+        .replace(&tmp.path().display().to_string(), "<tmp>");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/labelled_verdict.json");
+    if std::env::var_os("DOMSIM_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap();
+    if let Err(e) = same(&want, &got) {
+        panic!("labelled_verdict.json differs from its snapshot ({e}); if intended, rerun with DOMSIM_UPDATE_SNAPSHOTS=1.\n--- got ---\n{got}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["plan"]["kind"], "freeze_through");
+    assert_eq!(
+        v["cut"]["depth"], 1,
+        "shifted deep layer: the cut at 0.47 of the depth"
+    );
+    assert!(v["evidence"][0]["task"].is_number(), "the labelled path");
+}

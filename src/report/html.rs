@@ -53,11 +53,16 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     if let Some(d) = super::summary::source_reference(r) {
         h.push_str(&format!("<p>Source: {}.</p>", esc(d)));
     }
+    // the action in bold, then the evidence; the summary already holds the diagnosis (said once)
+    let (action, rest) = v
+        .summary
+        .split_once(". ")
+        .map_or((v.summary.as_str(), ""), |(a, r)| (a, r));
     h.push_str(&format!(
-        "<h2>Verdict</h2><p><b>{}</b></p>",
-        esc(&v.summary)
+        "<h2>Verdict</h2><p><b>{}.</b> {}</p>",
+        esc(action.trim_end_matches('.')),
+        esc(rest)
     ));
-    h.push_str(&format!("<p>Where the shift is: {}</p>", esc(&v.diagnosis)));
     if let Some(cut) = &v.cut {
         h.push_str(&format!(
             "<p>Evidence for the cut: {}</p>",
