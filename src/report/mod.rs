@@ -186,8 +186,14 @@ pub fn verdict_for(c: &CompareReport) -> Verdict {
         verdict::input_warnings(c.source.manifest.as_ref(), c.target.manifest.as_ref());
     warnings.extend(verdict::sample_size_warning(c.source.n, c.target.n));
     let mut v = verdict::decide(&verdict::evidence(c), c.params.tie_margin, warnings);
-    v.warnings
-        .extend(c.notes.iter().filter(|n| n.contains("WARNING")).cloned());
+    // the notes mark warnings with a "WARNING: " prefix; a warning list needs no second marker (the
+    // terminal printed "warning: WARNING: ...")
+    v.warnings.extend(
+        c.notes
+            .iter()
+            .filter(|n| n.contains("WARNING"))
+            .map(|n| n.trim_start_matches("WARNING: ").to_string()),
+    );
     v
 }
 

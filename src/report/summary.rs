@@ -80,10 +80,15 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
         s.push_str(&format!("  {}\n", paint(v.label.as_str(), v.label, color)));
     }
     s.push('\n');
-    s.push_str(&terminal_safe(&r.verdict.summary));
-    s.push('\n');
+    // the action on its own line, then the evidence, wrapped for a terminal
+    let summary = terminal_safe(&r.verdict.summary);
+    let (action, rest) = summary.split_once(". ").unwrap_or((summary.as_str(), ""));
+    s.push_str(&format!("{}.\n", action.trim_end_matches('.')));
+    if !rest.is_empty() {
+        s.push_str(&wrap(rest, WRAP, ""));
+    }
     for w in &r.verdict.warnings {
-        s.push_str(&format!("warning: {}\n", terminal_safe(w)));
+        s.push_str(&wrap(&terminal_safe(w), WRAP, "warning: "));
     }
     if let Some(d) = source_reference(r) {
         s.push_str(&format!("source: {}\n", terminal_safe(d)));
@@ -93,6 +98,34 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
         terminal_safe(&out_dir.join("report.html").display().to_string())
     ));
     s
+}
+
+/// Terminal width the summary's prose is wrapped to.
+const WRAP: usize = 100;
+
+/// Greedy word wrap at `width` characters; the first line starts with `lead`, the others are indented to
+/// line up with it. Ends with a newline. A word longer than the width stays whole (a path, a layer name).
+fn wrap(text: &str, width: usize, lead: &str) -> String {
+    let indent = " ".repeat(lead.chars().count());
+    let mut out = String::new();
+    let mut line = lead.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.clone();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// The sentence saying that the source was the bundled reference, when it was.
@@ -105,6 +138,22 @@ pub fn source_reference(r: &RunReport) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wrap_keeps_words_whole_and_lines_short() {
+        let text = "the quick brown fox jumps over the lazy dog and a_very_long_layer_name_without_spaces_here";
+        let w = super::wrap(text, 20, "warning: ");
+        let lines: Vec<&str> = w.lines().collect();
+        assert!(lines[0].starts_with("warning: the"));
+        assert!(lines[1..].iter().all(|l| l.starts_with("         ")));
+        for l in &lines {
+            assert!(l.chars().count() <= 20 || !l.trim().contains(' '), "{l:?}");
+        }
+        // nothing lost, nothing added
+        let words: Vec<&str> = w.split_whitespace().collect();
+        assert_eq!(words[0], "warning:");
+        assert_eq!(words[1..].join(" "), text);
+    }
+
     #[test]
     fn terminal_safe_escapes_controls_and_bidi_overrides_only() {
         assert_eq!(
