@@ -610,6 +610,11 @@ fn compare(a: CompareArgs, g: &Global) -> Result<()> {
             r.target.n,
             cfg.out.display()
         );
+        // compare writes the numbers; the verdict, charts and page come from `report`
+        eprintln!(
+            "domsim: for the verdict, charts and report.html run: domsim report {}",
+            cfg.out.display()
+        );
     }
     Ok(())
 }

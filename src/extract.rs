@@ -334,8 +334,15 @@ fn progress_bar(on: bool, set: &ImageSet) -> ProgressBar {
     }
     let b = ProgressBar::new(set.len() as u64);
     b.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}")
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images  {rate}  ETA {eta}")
             .expect("valid template")
+            // indicatif's {per_sec} prints "42.7766/s"
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} images/s", s.per_sec());
+                },
+            )
             .progress_chars("=> "),
     );
     b.set_message(format!("extract {}", set.root.display()));
