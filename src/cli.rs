@@ -195,34 +195,9 @@ impl MetricArgs {
     }
 
     fn params(&self, seed: u64) -> Result<Params> {
-        if !(1e-6..=1e6).contains(&self.c) {
-            bail!(domsim::Error::Input(format!(
-                "--C must be between 1e-6 and 1e6 (got {})",
-                self.c
-            )));
-        }
-        if !(99..=100_000).contains(&self.permutations) {
-            bail!(domsim::Error::Input(format!(
-                "--permutations must be between 99 and 100000 (got {}): fewer cannot reach the 0.01 level",
-                self.permutations
-            )));
-        }
-        if !(1..=20).contains(&self.cv_repeats) {
-            bail!(domsim::Error::Input(
-                "--cv-repeats must be between 1 and 20".into()
-            ));
-        }
-        if !(0.0..=0.2).contains(&self.tie_margin) {
-            bail!(domsim::Error::Input(
-                "--tie-margin must be between 0 and 0.2".into()
-            ));
-        }
-        if !(1..=100).contains(&self.knn_k) {
-            bail!(domsim::Error::Input(
-                "--knn-k must be between 1 and 100".into()
-            ));
-        }
-        Ok(Params {
+        // the ranges are written once, in the library (Params::validate, which compare also applies);
+        // checked here too so that analyze fails before extracting anything
+        let p = Params {
             seed,
             permutations: self.permutations,
             folds: self.folds,
@@ -234,7 +209,9 @@ impl MetricArgs {
             mmd_max_n: self.mmd_max_n,
             cka_rbf_max_n: self.cka_rbf_max_n,
             ..Params::default()
-        })
+        };
+        p.validate()?;
+        Ok(p)
     }
 }
 

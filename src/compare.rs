@@ -186,6 +186,7 @@ pub fn prepare_and_compute(
     cfg: &CompareConfig,
     writes: &[String],
 ) -> Result<(CompareReport, output::OutputLock)> {
+    cfg.options.params.validate()?;
     output::check_out_is_not_an_input(
         &cfg.out,
         &[("--source", &cfg.source), ("--target", &cfg.target)],
@@ -370,6 +371,7 @@ pub fn compute_with(
     tgt: &EmbeddingSet,
     cfg: &CompareOptions,
 ) -> Result<CompareReport> {
+    cfg.params.validate()?;
     let pairs = match_layers(src, tgt)?;
     let mut notes = Vec::new();
     check_models(src, tgt, &mut notes)?;

@@ -99,6 +99,67 @@ impl Default for Params {
     }
 }
 
+impl Params {
+    /// Checks every setting's range, for any caller of the library (the command line's flags are these
+    /// fields; its own range parsers only say it earlier). Each message names the flag and the field.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let bad = |m: String| Err(crate::error::Error::Input(m));
+        let in_usize = |v: usize, lo: usize, hi: usize| (lo..=hi).contains(&v);
+        if !(self.c.is_finite() && (1e-6..=1e6).contains(&self.c)) {
+            return bad(format!(
+                "--C must be between 1e-6 and 1e6 (got {}; Params::c)",
+                self.c
+            ));
+        }
+        if !in_usize(self.permutations, 99, 100_000) {
+            return bad(format!(
+                "--permutations must be between 99 and 100000 (got {}; Params::permutations): fewer cannot reach the 0.01 level",
+                self.permutations
+            ));
+        }
+        let ranges = [
+            ("--folds", "folds", self.folds, 2, 20),
+            ("--cv-repeats", "cv_repeats", self.cv_repeats, 1, 20),
+            ("--knn-k", "knn_k", self.knn_k, 1, 100),
+            (
+                "--probe-max-n",
+                "probe_max_n",
+                self.probe_max_n,
+                4,
+                1_000_000,
+            ),
+            ("--mmd-max-n", "mmd_max_n", self.mmd_max_n, 4, 50_000),
+            (
+                "--cka-rbf-max-n",
+                "cka_rbf_max_n",
+                self.cka_rbf_max_n,
+                4,
+                10_000,
+            ),
+        ];
+        for (flag, field, v, lo, hi) in ranges {
+            if !in_usize(v, lo, hi) {
+                return bad(format!(
+                    "{flag} must be between {lo} and {hi} (got {v}; Params::{field})"
+                ));
+            }
+        }
+        if !(self.tie_margin.is_finite() && (0.0..=0.2).contains(&self.tie_margin)) {
+            return bad(format!(
+                "--tie-margin must be between 0 and 0.2 (got {}; Params::tie_margin)",
+                self.tie_margin
+            ));
+        }
+        if !(self.cka_rbf_t.is_finite() && self.cka_rbf_t > 0.0) {
+            return bad(format!(
+                "the RBF CKA bandwidth factor must be finite and positive (got {}; Params::cka_rbf_t)",
+                self.cka_rbf_t
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The context a metric computes in.
 pub struct Ctx<'a> {
     /// Shared parameters.
@@ -371,4 +432,53 @@ pub fn vec_f64_or_nan<'de, D: serde::Deserializer<'de>>(
         .into_iter()
         .map(|v| v.unwrap_or(f64::NAN))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Params;
+
+    /// The library checks its settings for any caller, at each edge: the defaults pass, the ends of every
+    /// range pass, one step beyond fails with the flag and field named.
+    #[test]
+    fn params_are_validated_at_every_edge() {
+        assert!(Params::default().validate().is_ok());
+        type Set = fn(&mut Params, bool);
+        let cases: [(&str, Set); 9] = [
+            ("--C", |p, out| p.c = if out { 1.1e6 } else { 1e6 }),
+            ("--permutations", |p, out| {
+                p.permutations = if out { 98 } else { 99 }
+            }),
+            ("--folds", |p, out| p.folds = if out { 21 } else { 20 }),
+            ("--cv-repeats", |p, out| {
+                p.cv_repeats = if out { 0 } else { 1 }
+            }),
+            ("--knn-k", |p, out| p.knn_k = if out { 101 } else { 100 }),
+            ("--probe-max-n", |p, out| {
+                p.probe_max_n = if out { 3 } else { 4 }
+            }),
+            ("--mmd-max-n", |p, out| {
+                p.mmd_max_n = if out { 50_001 } else { 50_000 }
+            }),
+            ("--cka-rbf-max-n", |p, out| {
+                p.cka_rbf_max_n = if out { 10_001 } else { 10_000 }
+            }),
+            ("--tie-margin", |p, out| {
+                p.tie_margin = if out { f64::NAN } else { 0.2 }
+            }),
+        ];
+        for (flag, set) in cases {
+            let mut p = Params::default();
+            set(&mut p, false);
+            assert!(p.validate().is_ok(), "{flag} at its edge");
+            set(&mut p, true);
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("Params::"), "{flag}: {e}");
+        }
+        let p = Params {
+            cka_rbf_t: 0.0,
+            ..Params::default()
+        };
+        assert!(p.validate().is_err());
+    }
 }
