@@ -436,30 +436,7 @@ fn advice_with_labels(ev: &[Evidence], fs: &[Facts], margin: f64, deep_shift: bo
             None,
             Some("The model is a poor match for this task: its frozen features do not reach a useful accuracy at any depth. Consider a domain-specific pretrained model or training from scratch; if you fine-tune this one, expect to re-train most layers.".to_string()),
         ),
-        Some(_) if deep_shift => {
-            let last = ev.last().expect("a useful layer exists");
-            let c = (SHIFT_CUT_FRACTION * (ev.len() - 1) as f64).round() as usize;
-            (
-                Plan {
-                    kind: PlanKind::FreezeThrough,
-                    text: format!(
-                        "Freeze every layer through depth {} ({}); fine-tune the rest with a new head. The deepest layers are shifted (domain probe at depth {}: {}{}), so a head on frozen features alone is expected to lose accuracy. The exact cut matters less: on domsim's fine-tuning ground truth, freezing about the first half, or training the head first and then every layer, came within about 0.01 of the best, and a new head alone lost 0.02 to 0.06.{}",
-                        ev[c].depth,
-                        ev[c].layer,
-                        last.depth,
-                        fmt(last.domain_acc),
-                        fmt_ci(last.domain_ci),
-                        budget_note(ev)
-                    ),
-                },
-                Some(cut_at(c, format!(
-                    "the deepest layers are shifted (domain probe at depth {} with its interval at or above {FAR_DOMAIN_ACC}); the cut is at {SHIFT_CUT_FRACTION} of the measured depth, within δ of the least regret on the fine-tuning ground truth's shifted targets and the cheaper; {}",
-                    last.depth,
-                    useful_evidence(deepest_useful.expect("matched Some"))
-                ))),
-                None,
-            )
-        }
+        Some(i) if deep_shift => shifted_advice(ev, &budget_note(ev), &useful_evidence(i)),
         Some(i) => {
             let last = i + 1 == ev.len();
             (
@@ -476,6 +453,36 @@ fn advice_with_labels(ev: &[Evidence], fs: &[Facts], margin: f64, deep_shift: bo
             )
         }
     }
+}
+
+/// The advice when the deepest layer is shifted, with or without labels (one wording, one cut): freeze
+/// through the layer at `SHIFT_CUT_FRACTION` of the measured depth, fine-tune the rest with a new head.
+/// `tail` ends the plan's text, `why` ends the cut's evidence.
+fn shifted_advice(ev: &[Evidence], tail: &str, why: &str) -> Advice {
+    let last = ev.last().expect("a shifted deepest layer exists");
+    let c = (SHIFT_CUT_FRACTION * (ev.len() - 1) as f64).round() as usize;
+    (
+        Plan {
+            kind: PlanKind::FreezeThrough,
+            text: format!(
+                "Freeze every layer through depth {} ({}); fine-tune the rest with a new head. The deepest layers are shifted (domain probe at depth {}: {}{}), so a head on frozen features alone is expected to lose accuracy. The exact cut matters less: on domsim's fine-tuning ground truth, freezing about the first half, or training the head first and then every layer, came within about 0.01 of the best, and a new head alone lost 0.02 to 0.06.{tail}",
+                ev[c].depth,
+                ev[c].layer,
+                last.depth,
+                fmt(last.domain_acc),
+                fmt_ci(last.domain_ci),
+            ),
+        },
+        Some(Cut {
+            depth: ev[c].depth,
+            layer: ev[c].layer.clone(),
+            evidence: format!(
+                "the deepest layers are shifted (domain probe at depth {} with its interval at or above {FAR_DOMAIN_ACC}); the cut is at {SHIFT_CUT_FRACTION} of the measured depth, within δ of the least regret on the fine-tuning ground truth's shifted targets and the cheaper; {why}",
+                last.depth
+            ),
+        }),
+        None,
+    )
 }
 
 /// The label budget in words: what the advice rests on, and what the ground truth says about it.
@@ -518,25 +525,7 @@ fn advice_without_labels(ev: &[Evidence], fs: &[Facts]) -> Advice {
     };
     let n = ev.len() - 1;
     if fs[n].far {
-        let c = (SHIFT_CUT_FRACTION * n as f64).round() as usize;
-        (
-            Plan {
-                kind: PlanKind::FreezeThrough,
-                text: format!(
-                    "Freeze every layer through depth {} ({}); fine-tune the rest with a new head. The deepest layers are shifted (domain probe at depth {}: {}{}), so a head on frozen features alone is expected to lose accuracy. {ask_labels}",
-                    ev[c].depth, ev[c].layer, last.depth, fmt(last.domain_acc), fmt_ci(last.domain_ci)
-                ),
-            },
-            Some(Cut {
-                depth: ev[c].depth,
-                layer: ev[c].layer.clone(),
-                evidence: format!(
-                    "the deepest layers are shifted (domain probe at depth {} with its interval at or above {FAR_DOMAIN_ACC}); the cut is at {SHIFT_CUT_FRACTION} of the measured depth, within δ of the least regret on the fine-tuning ground truth's shifted targets and the cheaper; no target labels",
-                    last.depth
-                ),
-            }),
-            None,
-        )
+        shifted_advice(ev, &format!(" {ask_labels}"), "no target labels")
     } else {
         (
             Plan {
