@@ -193,6 +193,15 @@ pub struct Verdict {
     pub evidence: Vec<Evidence>,
 }
 
+impl Verdict {
+    /// The summary's first sentence (the action, without its full stop) and the rest (the evidence): what
+    /// the terminal and the page set apart.
+    pub fn action_and_evidence(&self) -> (&str, &str) {
+        let (action, rest) = self.summary.split_once(". ").unwrap_or((&self.summary, ""));
+        (action.trim_end_matches('.'), rest)
+    }
+}
+
 fn fmt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |x| format!("{x:.3}"))
 }
@@ -261,13 +270,12 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
         .zip(&fs)
         .map(|(e, f)| layer_verdict(e, f))
         .collect();
-    let sh = shift(ev, &fs);
+    let diagnosis = shift(ev, &fs);
     let (plan, cut, poor_match) = if labelled {
-        advice_with_labels(ev, &fs, margin, fs.last().is_some_and(|f| f.far))
+        advice_with_labels(ev, &fs, margin)
     } else {
         advice_without_labels(ev, &fs)
     };
-    let diagnosis = sh;
     let n = |l: Label| layers.iter().filter(|v| v.label == l).count();
     let summary = format!(
         "{} {}{} Per layer: {} of {} transfer (close to the source, or useful for the task), {} partial, {} domain-specific.",
@@ -382,7 +390,8 @@ fn shift(ev: &[Evidence], fs: &[Facts]) -> String {
 
 /// The advice with target labels: freeze the first layers and fine-tune the rest (shifted deep layers),
 /// freeze through the deepest useful layer (otherwise), or fine-tune all (no useful layer: a poor match).
-fn advice_with_labels(ev: &[Evidence], fs: &[Facts], margin: f64, deep_shift: bool) -> Advice {
+fn advice_with_labels(ev: &[Evidence], fs: &[Facts], margin: f64) -> Advice {
+    let deep_shift = fs.last().is_some_and(|f| f.far);
     let best = ev
         .iter()
         .enumerate()

@@ -54,13 +54,10 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         h.push_str(&format!("<p>Source: {}.</p>", esc(d)));
     }
     // the action in bold, then the evidence; the summary already holds the diagnosis (said once)
-    let (action, rest) = v
-        .summary
-        .split_once(". ")
-        .map_or((v.summary.as_str(), ""), |(a, r)| (a, r));
+    let (action, rest) = v.action_and_evidence();
     h.push_str(&format!(
         "<h2>Verdict</h2><p><b>{}.</b> {}</p>",
-        esc(action.trim_end_matches('.')),
+        esc(action),
         esc(rest)
     ));
     if let Some(cut) = &v.cut {

@@ -81,11 +81,10 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     }
     s.push('\n');
     // the action on its own line, then the evidence, wrapped for a terminal
-    let summary = terminal_safe(&r.verdict.summary);
-    let (action, rest) = summary.split_once(". ").unwrap_or((summary.as_str(), ""));
-    s.push_str(&format!("{}.\n", action.trim_end_matches('.')));
+    let (action, rest) = r.verdict.action_and_evidence();
+    s.push_str(&format!("{}.\n", terminal_safe(action)));
     if !rest.is_empty() {
-        s.push_str(&wrap(rest, WRAP, ""));
+        s.push_str(&wrap(&terminal_safe(rest), WRAP, ""));
     }
     for w in &r.verdict.warnings {
         s.push_str(&wrap(&terminal_safe(w), WRAP, "warning: "));
