@@ -20,4 +20,23 @@ fi
 # run from the datasets folder so that the manifest records the portable name "animals", not this machine's path
 (cd "$datasets" && "$bin" --quiet --threads 1 extract --images animals --out "$out" --float16 --force)
 (cd "$datasets/animals" && find . -type f | LC_ALL=C sort | sed 's|^\./||' | xargs -d '\n' sha256sum) > "$(dirname "$out")/animals.sha256"
-du -sh "$out"
+controls="${out}_controls"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir "$tmp/animals"
+i=0
+while IFS= read -r f; do
+  [ $((i % 4)) -eq 0 ] && ln -s "$datasets/animals/$f" "$tmp/animals/$f"
+  i=$((i + 1))
+done < <(cd "$datasets/animals" && find . -type f | LC_ALL=C sort | sed 's|^\./||')
+for px in "" 112 56 28; do
+  for grey in 0 1; do
+    [ -z "$px" ] && [ $grey -eq 0 ] && continue
+    name=${px:+px$px}
+    args=()
+    [ -n "$px" ] && args+=(--downsample "$px")
+    [ $grey -eq 1 ] && { args+=(--grey); name=${name:+${name}_}grey; }
+    (cd "$tmp" && "$bin" --quiet --threads 1 extract --images animals --out "$controls/$name" --float16 --force "${args[@]}")
+  done
+done
+du -sh "$out" "$controls"

@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 use crate::compare::{self, CompareOptions};
 use crate::dataset::ImageSet;
 use crate::embeddings::EmbeddingSet;
-use crate::embeddings::Manifest;
 use crate::error::{Error, Result};
 use crate::extract::{extract_with, ExtractConfig, ExtractOptions};
 use crate::model::runtime::{bundled_reference_path, model_identity, DEFAULT_MODEL_SHA256};
@@ -42,6 +41,8 @@ pub struct AnalyzeConfig {
     pub compare: CompareOptions,
     /// Most points per set in the PCA scatters.
     pub scatter_max_n: usize,
+    /// Measure the colour and resolution controls ([`crate::controls`]).
+    pub controls: bool,
 }
 
 /// What `analyze` did.
@@ -57,7 +58,7 @@ pub struct AnalyzeOutcome {
 fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractOptions) -> Result<String> {
     let mut h = Sha256::new();
     h.update(format!(
-        "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|",
+        "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|",
         env!("CARGO_PKG_VERSION"),
         cfg.selection,
         cfg.norm,
@@ -65,7 +66,8 @@ fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractOptions) -> Result<
         cfg.batch_size,
         cfg.size,
         cfg.layout,
-        cfg.dtype
+        cfg.dtype,
+        cfg.transform
     ));
     // every file's content, not its size and time: an image rewritten in place with its old time kept
     // (`touch -r`) is a different image (hashing the bytes costs far less than decoding them)
@@ -124,40 +126,48 @@ fn resolve_source(cfg: &AnalyzeConfig, model_sha: &str) -> Result<(PathBuf, bool
     }
 }
 
-/// Checks that two manifests describe the same extraction (model, input, preprocessing, pooling, layers), so
-/// that a ready-made embedding folder can be compared with one extracted now.
-fn check_same_extraction(a: &Manifest, b: &Manifest, a_dir: &Path, b_dir: &Path) -> Result<()> {
-    let names = |m: &Manifest| m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
-    let differs: Vec<(&str, String, String)> = [
-        (
-            "model SHA-256",
-            a.model.sha256.clone(),
-            b.model.sha256.clone(),
-        ),
-        ("input", format!("{:?}", a.input), format!("{:?}", b.input)),
-        (
-            "normalisation",
-            format!("{:?}", a.preprocessing.normalization),
-            format!("{:?}", b.preprocessing.normalization),
-        ),
-        (
-            "pooling",
-            format!("{:?}", a.pooling),
-            format!("{:?}", b.pooling),
-        ),
-        ("layers", names(a).join(", "), names(b).join(", ")),
-    ]
-    .into_iter()
-    .filter(|(_, x, y)| x != y)
-    .collect();
-    match differs.first() {
-        None => Ok(()),
-        Some((what, x, y)) => Err(Error::Input(format!(
-            "the embeddings in '{}' and '{}' were not extracted alike: {what} differs ('{x}' vs '{y}'). Extract both with the same model and settings (--layers, --pool, --norm, --size), or pass image folders so that analyze extracts both",
-            a_dir.display(),
-            b_dir.display()
-        ))),
+/// The controls of a source given as images: every applicable change of at most
+/// [`crate::controls::ROWS`] of its images (evenly spaced), extracted under `OUT/embeddings/controls/` and
+/// cached like the sets themselves.
+fn extract_controls(
+    cfg: &AnalyzeConfig,
+    model_sha: &str,
+    model: &OnnxModel,
+    set: &ImageSet,
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+) -> Result<Vec<crate::controls::Control>> {
+    let (side, channels) = crate::controls::target_side_and_channels(src, tgt);
+    let rows = crate::controls::control_rows(set.files.len());
+    let subset = ImageSet {
+        files: rows.iter().map(|&i| set.files[i].clone()).collect(),
+        labels: rows.iter().map(|&i| set.labels[i].clone()).collect(),
+        excluded: Vec::new(),
+        ..set.clone()
+    };
+    let mut out = Vec::new();
+    for t in crate::controls::applicable(side, channels, None) {
+        let options = ExtractOptions {
+            transform: t,
+            progress: false,
+            ..cfg.extract.clone()
+        };
+        let dir = cfg.out.join("embeddings").join("controls").join(t.name());
+        let fp = fingerprint(model_sha, &subset, &options)?;
+        if !cached(&dir, &fp) {
+            let job = ExtractConfig {
+                force: true,
+                fingerprint: Some(fp),
+                ..ExtractConfig::new(options, set.root.clone(), dir.clone())
+            };
+            extract_with(model, &subset, &job)?;
+        }
+        out.push(crate::controls::Control {
+            transform: t,
+            set: EmbeddingSet::open(&dir)?,
+        });
     }
+    Ok(out)
 }
 
 /// Runs the whole analysis.
@@ -190,6 +200,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     let mut dirs = Vec::new();
     let mut run_info = serde_json::Map::new();
     let mut ready_made = [false; 2];
+    let mut source_images: Option<ImageSet> = None;
     for (k, (name, images)) in [("source", &source), ("target", &cfg.target)]
         .into_iter()
         .enumerate()
@@ -233,6 +244,9 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
             extract_with(model.as_ref().expect("loaded"), &set, &job)?;
         }
         phase(&format!("extract_{name}"), t0);
+        if k == 0 {
+            source_images = Some(set.clone());
+        }
         run_info.insert(
             name.into(),
             serde_json::json!({"images": images.display().to_string(), "embeddings": dir.display().to_string(), "reused_cached_embeddings": reused[k], "fingerprint": fp}),
@@ -243,7 +257,9 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     let tgt = EmbeddingSet::open(&dirs[1])?;
     if ready_made.iter().any(|&r| r) {
         match (&src.manifest, &tgt.manifest) {
-            (Some(a), Some(b)) => check_same_extraction(a, b, &dirs[0], &dirs[1])?,
+            (Some(a), Some(b)) => {
+                crate::embeddings::check_same_extraction(a, b, &dirs[0], &dirs[1])?
+            }
             _ => unreachable!(
                 "both folders have a manifest: one was extracted here, the other was checked"
             ),
@@ -266,8 +282,23 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         });
     }
     let t0 = std::time::Instant::now();
-    let cmp = compare::compute(&src, &tgt, &cfg.compare)?;
+    let mut cmp = compare::compute(&src, &tgt, &cfg.compare)?;
     phase("compare", t0);
+    if cfg.controls {
+        let t0 = std::time::Instant::now();
+        let sets = match &source_images {
+            Some(set) => {
+                let model = match model.take() {
+                    Some(m) => m,
+                    None => cfg.extract.load_model()?,
+                };
+                extract_controls(cfg, &model_sha, &model, set, &src, &tgt)?
+            }
+            None => crate::controls::beside(&dirs[0], &src, &tgt, true, &mut cmp.notes)?,
+        };
+        crate::controls::measure(&src, &tgt, &sets, &mut cmp)?;
+        phase("controls", t0);
+    }
     let t0 = std::time::Instant::now();
     let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())
         .into_iter()

@@ -42,8 +42,11 @@ pub struct PreprocessInfo {
     pub n_alpha: usize,
     /// Images smaller than the model input on some side (upscaled).
     pub n_upscaled: usize,
-    /// Median native width and height of the embedded images.
+    /// Median native width and height of the embedded images (after `transform`).
     pub median_native_size: [u32; 2],
+    /// A control's change applied to every image before the resize (absent: none).
+    #[serde(default, skip_serializing_if = "crate::preprocess::Transform::is_none")]
+    pub transform: crate::preprocess::Transform,
 }
 
 /// One layer in a manifest.
@@ -430,6 +433,42 @@ pub fn entries(layers: &[Layer], run: &[(Vec<usize>, TensorLayout, usize)]) -> V
             stats: None,
         })
         .collect()
+}
+
+/// Checks that two manifests describe the same extraction (model, input, preprocessing, pooling, layers), so
+/// that a ready-made embedding folder can be compared with one extracted now.
+pub fn check_same_extraction(a: &Manifest, b: &Manifest, a_dir: &Path, b_dir: &Path) -> Result<()> {
+    let names = |m: &Manifest| m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    let differs: Vec<(&str, String, String)> = [
+        (
+            "model SHA-256",
+            a.model.sha256.clone(),
+            b.model.sha256.clone(),
+        ),
+        ("input", format!("{:?}", a.input), format!("{:?}", b.input)),
+        (
+            "normalisation",
+            format!("{:?}", a.preprocessing.normalization),
+            format!("{:?}", b.preprocessing.normalization),
+        ),
+        (
+            "pooling",
+            format!("{:?}", a.pooling),
+            format!("{:?}", b.pooling),
+        ),
+        ("layers", names(a).join(", "), names(b).join(", ")),
+    ]
+    .into_iter()
+    .filter(|(_, x, y)| x != y)
+    .collect();
+    match differs.first() {
+        None => Ok(()),
+        Some((what, x, y)) => Err(Error::Input(format!(
+            "the embeddings in '{}' and '{}' were not extracted alike: {what} differs ('{x}' vs '{y}'). Extract both with the same model and settings (--layers, --pool, --norm, --size), or pass image folders so that analyze extracts both",
+            a_dir.display(),
+            b_dir.display()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct ExtractOptions {
     pub dtype: Dtype,
     /// Also write each layer's mergeable moments (`stats/`; on with `--shard`).
     pub stats: bool,
+    /// A control's change to every image before the usual resize (`--grey`, `--downsample`; none by default).
+    pub transform: crate::preprocess::Transform,
 }
 
 impl ExtractOptions {
@@ -68,6 +70,7 @@ impl ExtractOptions {
             max_alloc: 512 << 20,
             dtype: Dtype::Float32,
             stats: false,
+            transform: Default::default(),
         }
     }
 }
@@ -382,7 +385,10 @@ fn stream<E: Embedder>(
             return st;
         }
     };
-    let pre = Preprocess::new(contract.clone(), norm.clone(), opts.max_alloc);
+    let pre = Preprocess {
+        transform: opts.transform,
+        ..Preprocess::new(contract.clone(), norm.clone(), opts.max_alloc)
+    };
     let chunk = run_batch.max(16);
     let bar = progress_bar(opts.progress, set);
     let mut pending: Vec<(usize, Pixels)> = Vec::new();
@@ -539,6 +545,7 @@ fn manifest(
                 median(infos.iter().map(|i| i.width).collect()),
                 median(infos.iter().map(|i| i.height).collect()),
             ],
+            transform: opts.transform,
         },
         pooling: opts.pool,
         pooling_note: pooling_note(opts.pool),

@@ -21,6 +21,7 @@
 
 pub mod analyze;
 pub mod compare;
+pub mod controls;
 pub mod dataset;
 pub mod embeddings;
 pub mod error;

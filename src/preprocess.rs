@@ -40,6 +40,98 @@ impl Normalization {
     }
 }
 
+/// A controlled change applied to every image right after decoding, before the usual resize: how domsim
+/// makes the *controls* of a source (the source as it would look greyscale, or at the target's resolution),
+/// to measure how much of a gap colour or resolution explains ([`crate::controls`]). The default changes
+/// nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Transform {
+    /// Convert to grey (luma, the `image` crate's Rec. 709 weights), then replicate it to the model's channels.
+    #[serde(default)]
+    pub grey: bool,
+    /// Downsample so that the shorter side is this many pixels (bilinear, antialiased, aspect kept), when it
+    /// is longer; the usual resize then scales it back up to the model's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shorter_side: Option<u32>,
+}
+
+impl Transform {
+    /// True when it changes nothing.
+    pub fn is_none(&self) -> bool {
+        *self == Transform::default()
+    }
+
+    /// Its name in folder names and reports: `grey`, `px56`, `px56_grey`.
+    pub fn name(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(px) = self.shorter_side {
+            parts.push(format!("px{px}"));
+        }
+        if self.grey {
+            parts.push("grey".into());
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join("_")
+        }
+    }
+
+    /// The change a name from [`Transform::name`] stands for (`grey`, `px56`, `px56_grey`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let (px, grey) = match name.strip_suffix("_grey") {
+            Some(rest) => (Some(rest), true),
+            None if name == "grey" => (None, true),
+            None => (Some(name), false),
+        };
+        let shorter_side = match px {
+            None => None,
+            Some(p) => Some(
+                p.strip_prefix("px")?
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&v| v > 0)?,
+            ),
+        };
+        let t = Transform { grey, shorter_side };
+        (!t.is_none() && t.name() == name).then_some(t)
+    }
+
+    /// Applies it to a decoded image.
+    pub fn apply(&self, img: DynamicImage) -> Result<DynamicImage, String> {
+        let mut img = img;
+        if let Some(px) = self.shorter_side {
+            let (w, h) = (img.width(), img.height());
+            let short = w.min(h);
+            if short > px {
+                let scale = f64::from(px) / f64::from(short);
+                let nw = ((f64::from(w) * scale).round() as u32).max(1);
+                let nh = ((f64::from(h) * scale).round() as u32).max(1);
+                let src = fr::images::Image::from_vec_u8(
+                    w,
+                    h,
+                    img.to_rgb8().into_raw(),
+                    fr::PixelType::U8x3,
+                )
+                .map_err(|e| format!("cannot downsample: {e}"))?;
+                let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
+                let opts = fr::ResizeOptions::new()
+                    .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+                RESIZER
+                    .with(|r| r.borrow_mut().resize(&src, &mut dst, &opts))
+                    .map_err(|e| format!("cannot downsample: {e}"))?;
+                let buf = image::RgbImage::from_raw(nw, nh, dst.into_vec())
+                    .ok_or_else(|| "cannot downsample: buffer size".to_string())?;
+                img = DynamicImage::ImageRgb8(buf);
+            }
+        }
+        if self.grey {
+            img = DynamicImage::ImageLuma8(img.to_luma8());
+        }
+        Ok(img)
+    }
+}
+
 /// What was found about one image while decoding it.
 #[derive(Debug, Clone, Default)]
 pub struct ImageInfo {
@@ -74,6 +166,8 @@ pub struct Preprocess {
     pub max_alloc: u64,
     /// Memory shared by all decoding threads (see [`DecodeBudget`]).
     pub budget: std::sync::Arc<DecodeBudget>,
+    /// A control's change to every image (none by default).
+    pub transform: Transform,
 }
 
 impl Preprocess {
@@ -84,6 +178,7 @@ impl Preprocess {
             norm,
             max_alloc,
             budget: std::sync::Arc::new(DecodeBudget::new(DECODE_BUDGET.max(max_alloc))),
+            transform: Transform::default(),
         }
     }
 }
@@ -204,6 +299,9 @@ pub fn load(path: &Path, p: &Preprocess) -> Result<(Pixels, ImageInfo), String> 
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| format!("cannot decode: {e}"))?;
     img.apply_orientation(orientation);
+    if !p.transform.is_none() {
+        img = p.transform.apply(img)?;
+    }
     let color = img.color();
     let mut info = ImageInfo {
         width: img.width(),

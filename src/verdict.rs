@@ -191,6 +191,10 @@ pub struct Verdict {
     pub rule: String,
     /// The numbers the rule read.
     pub evidence: Vec<Evidence>,
+    /// Where the gap comes from, from the colour and resolution controls ([`crate::controls`]), when
+    /// measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<String>,
 }
 
 impl Verdict {
@@ -302,6 +306,7 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
             "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: lower bound of the domain-probe interval >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close, within spread or useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); deepest layer far (shifted deep layers) -> freeze through the layer at {SHIFT_CUT_FRACTION} of the measured depth, fine-tune the rest; else freeze through the deepest useful layer (the last: a new head). Without labels: deepest layer shifted -> the same cut; measured and not shifted -> a new head; else no advice."
         ),
         evidence: ev.to_vec(),
+        sources: None,
     }
 }
 

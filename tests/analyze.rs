@@ -66,11 +66,13 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
         "summary.json",
         "embedding_pca.csv",
         "metrics_by_depth.png",
+        "gap_sources.png",
         "cka_source.png",
         "cka_target.png",
         "cka_difference.png",
         "report.html",
         "embeddings/source/manifest.json",
+        "embeddings/controls/grey/manifest.json",
         "embeddings/target/manifest.json",
     ] {
         assert!(out.join(f).is_file(), "{f} written");
@@ -102,7 +104,7 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
         !html.contains("http://") && !html.contains("https://") && !html.contains("src=\"/"),
         "no external URL"
     );
-    assert_eq!(html.matches("data:image/png;base64,").count(), 7);
+    assert_eq!(html.matches("data:image/png;base64,").count(), 8);
     // the CSVs parse and hold every layer
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(out.join("embeddings/source/manifest.json")).unwrap(),

@@ -211,7 +211,33 @@ fn the_script_regenerates_the_reference_byte_for_byte() {
     for e in std::fs::read_dir(dir.join("layers")).unwrap() {
         files.push(e.unwrap().path());
     }
-    assert!(files.len() > 20);
+    // the colour and resolution controls beside it, every change the script makes
+    let controls = committed.join("efficientnet_lite0_animals_controls");
+    let mut changes = Vec::new();
+    for c in std::fs::read_dir(&controls).unwrap() {
+        let c = c.unwrap().path();
+        changes.push(c.file_name().unwrap().to_string_lossy().into_owned());
+        for rel in ["manifest.json", "index.csv", "skipped.csv"] {
+            files.push(c.join(rel));
+        }
+        for e in std::fs::read_dir(c.join("layers")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+    }
+    changes.sort();
+    assert_eq!(
+        changes,
+        [
+            "grey",
+            "px112",
+            "px112_grey",
+            "px28",
+            "px28_grey",
+            "px56",
+            "px56_grey"
+        ]
+    );
+    assert!(files.len() > 150);
     for f in files {
         let rel = f.strip_prefix(&committed).unwrap();
         let new = tmp.path().join("reference").join(rel);

@@ -208,6 +208,8 @@ pub enum Direction {
     Closer,
     /// The layer is more useful for a task.
     MoreUseful,
+    /// A control explains more of the gap between the sets ([`crate::controls`]).
+    Explains,
 }
 
 /// The panel of `metrics_by_depth.png` an output is drawn in.
@@ -222,6 +224,8 @@ pub enum Panel {
     Task,
     /// Drawn where the task panel goes when no task output has values (no labels).
     Alignment,
+    /// Where the gap comes from (the controls' shares): their own chart, `gap_sources.png`.
+    Sources,
 }
 
 /// The declaration of one metric output: everything the verdict, the charts, the tables, `summary.json`

@@ -162,6 +162,18 @@ impl Exporter for DepthChart {
     }
 }
 
+/// `gap_sources.png`: the colour and resolution controls by depth.
+pub struct GapChart;
+
+impl Exporter for GapChart {
+    fn file_name(&self) -> String {
+        "gap_sources.png".into()
+    }
+    fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
+        plot::gap_sources(&r.compare)
+    }
+}
+
 /// `cka_source.png` / `cka_target.png`: linear CKA between the layers of one set.
 pub struct CkaHeatmap(pub &'static str);
 
@@ -274,7 +286,19 @@ impl Exporter for Html {
 /// `similarity.csv` and `compare.json` ([`compare_files`]) into `cfg.out`.
 pub fn compare(cfg: &crate::compare::CompareConfig) -> Result<CompareReport> {
     let names: Vec<String> = compare_files().iter().map(|e| e.file_name()).collect();
-    let (r, _lock) = crate::compare::prepare_and_compute(cfg, &names)?;
+    let (mut r, _lock) = crate::compare::prepare_and_compute(cfg, &names)?;
+    // the source's colour and resolution controls, when an embedding folder `X_controls/` beside it holds them
+    if crate::controls::controls_dir(&cfg.source).is_dir() {
+        let tdir = if crate::shard::is_shard_parent(&cfg.target) {
+            cfg.out.join("merged").join("target")
+        } else {
+            cfg.target.clone()
+        };
+        let src = crate::embeddings::EmbeddingSet::open(&cfg.source)?;
+        let tgt = crate::embeddings::EmbeddingSet::open(&tdir)?;
+        let controls = crate::controls::beside(&cfg.source, &src, &tgt, false, &mut r.notes)?;
+        crate::controls::measure(&src, &tgt, &controls, &mut r)?;
+    }
     let rr = of_compare(r);
     write(&rr, &cfg.out, &compare_files())?;
     Ok(rr.compare)
@@ -314,6 +338,13 @@ pub fn compare_files() -> Vec<Box<dyn Exporter>> {
 /// The charts of a report, in page order.
 pub fn charts(r: &RunReport) -> Vec<Box<dyn Exporter>> {
     let mut v: Vec<Box<dyn Exporter>> = vec![Box::new(DepthChart)];
+    if r.compare
+        .outputs()
+        .iter()
+        .any(|o| o.panel == Some(crate::metrics::Panel::Sources))
+    {
+        v.push(Box::new(GapChart));
+    }
     if !r.compare.similarity.is_empty() {
         v.push(Box::new(CkaHeatmap("source")));
         v.push(Box::new(CkaHeatmap("target")));

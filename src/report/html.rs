@@ -66,6 +66,9 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             esc(&cut.evidence)
         ));
     }
+    if let Some(src) = &v.sources {
+        h.push_str(&format!("<p>{}</p>", esc(src)));
+    }
     if !v.warnings.is_empty() {
         h.push_str("<ul>");
         for w in &v.warnings {

@@ -186,6 +186,7 @@ pub fn verdict_for(c: &CompareReport) -> Verdict {
         verdict::input_warnings(c.source.manifest.as_ref(), c.target.manifest.as_ref());
     warnings.extend(verdict::sample_size_warning(c.source.n, c.target.n));
     let mut v = verdict::decide(&verdict::evidence(c), c.params.tie_margin, warnings);
+    v.sources = crate::controls::sources_sentence(c);
     // the notes mark warnings with a "WARNING: " prefix; a warning list needs no second marker (the
     // terminal printed "warning: WARNING: ...")
     v.warnings.extend(

@@ -136,6 +136,7 @@ fn panel_series(r: &CompareReport, drawn: &[(Panel, Vec<Output>)], p: Panel) -> 
         Panel::Distance => &[BLUE_, PURPLE_, ORANGE_, GREEN_, RED_],
         Panel::Domain => &[ORANGE_, BLUE_, PURPLE_, GREEN_, RED_],
         Panel::Task | Panel::Alignment => &[GREEN_, BLUE_, PURPLE_, ORANGE_, RED_],
+        Panel::Sources => &[PURPLE_, ORANGE_, GREEN_, BLUE_, RED_],
     };
     let outs = drawn
         .iter()
@@ -357,6 +358,64 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
                 SeriesLabelPosition::LowerRight,
             )
         }
+    })
+}
+
+/// `gap_sources.png`: where the gap comes from. Top, the share of the source→target MMD² that each control
+/// (the source greyscale, at the target's resolution, both) closes, with intervals, at the layers with a
+/// gap; bottom, how much each layer responds to colour (MMD² between the source and its greyscale copy).
+pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
+    let names: Vec<String> = r.layers.iter().map(|l| short_name(&l.layer)).collect();
+    let declared = r.outputs();
+    let shares: Vec<Output> = declared
+        .iter()
+        .filter(|o| o.panel == Some(Panel::Sources))
+        .cloned()
+        .collect();
+    let drawn = vec![(Panel::Sources, shares)];
+    let list = panel_series(r, &drawn, Panel::Sources);
+    let (lo, hi) = list
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.2.unwrap_or((p.1, p.1))))
+        .fold((-0.1f64, 1.05f64), |(a, b), (l, h)| (a.min(l), b.max(h)));
+    png(1400, 950, |root| {
+        let areas = root.split_evenly((2, 1));
+        panel(
+            &areas[0],
+            "Share of the source→target gap a changed source already closes",
+            "1 − MMD²(changed, target) / MMD²(source, target)",
+            &names,
+            &list,
+            (lo - 0.05, hi + 0.05),
+            Some((
+                crate::controls::NAMED_SHARE,
+                "named as a cause when the interval lies above this",
+            )),
+            None,
+            SeriesLabelPosition::UpperRight,
+        )?;
+        let sens: Vec<Series> = declared
+            .iter()
+            .filter(|o| **o == crate::controls::COLOUR_SENSITIVITY)
+            .filter_map(|o| series(r, o, PURPLE_))
+            .collect();
+        let top = sens
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
+            .fold(0.0f64, f64::max)
+            .max(1e-6)
+            * 1.1;
+        panel(
+            &areas[1],
+            "How much each layer responds to colour",
+            "MMD², source vs its greyscale copy",
+            &names,
+            &sens,
+            (0.0, top),
+            None,
+            None,
+            SeriesLabelPosition::UpperRight,
+        )
     })
 }
 

@@ -86,6 +86,9 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     if !rest.is_empty() {
         s.push_str(&wrap(&terminal_safe(rest), WRAP, ""));
     }
+    if let Some(src) = &r.verdict.sources {
+        s.push_str(&wrap(&terminal_safe(src), WRAP, ""));
+    }
     for w in &r.verdict.warnings {
         s.push_str(&wrap(&terminal_safe(w), WRAP, "warning: "));
     }

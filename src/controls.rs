@@ -1,0 +1,901 @@
+//! Where the gap comes from: colour and resolution controls, measured per layer.
+//!
+//! A *control* is the source again after one controlled change ([`Transform`]): greyscale, downsampled to
+//! the target's resolution, or both. Embedded like the source, it answers per layer: how much of the
+//! source → target distance does this change alone already close?
+//!
+//! **Estimator.** At each layer, on the same rows: `S` = source images that have a control (at most
+//! [`ROWS`]), `Cₖ` = their controls (row i of `Cₖ` is image i of `S`, changed), `T` = the target (at most
+//! [`TARGET_MAX_N`] rows, a seeded subsample). One Gaussian kernel per layer, σ² = the median squared distance
+//! of the pooled `S ∪ T` rows (the MMD² metric's heuristic), *fixed* for every distance at that layer, so the
+//! distances are on one scale. MMD² (unbiased) does not saturate the way a probe's accuracy does: a probe
+//! tells colour photos from X-rays and colour photos from their greyscale copies both at ≥ 0.99.
+//!
+//! `share = 1 − MMD²(Cₖ, T) / MMD²(S, T)`: 1 when the change alone turns the source into the target (at
+//! this layer), 0 when it changes nothing that matters, negative when it moves the source away. Its 95 %
+//! interval is a paired percentile bootstrap ([`BOOTSTRAP`] draws): source images are resampled once per
+//! draw and carry their controls with them, target rows are resampled independently; pairs of draws of the
+//! same image are left out of the within-set sums (the unbiased estimator's rule, applied to multisets).
+//! The share is computed only where the source → target MMD² test finds a gap (Holm-adjusted p < α);
+//! elsewhere there is nothing to attribute.
+//!
+//! `mmd2_source_vs_grey` is the distance between the source and its own greyscale copy: how much the layer
+//! responds to colour at all.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{concatenate, Array1, Array2, ArrayView2, Axis};
+use rand::Rng;
+use rayon::prelude::*;
+
+use crate::compare::CompareReport;
+use crate::embeddings::EmbeddingSet;
+use crate::error::{Error, Result};
+use crate::metrics::kernel::{median_sq_dist_excl, sq_dists};
+use crate::metrics::mmd::MMD2;
+use crate::metrics::stats::{ci95, ALPHA};
+use crate::metrics::{Ctx, Direction, MetricValue, Output, Panel, Params};
+use crate::preprocess::Transform;
+
+/// Most source images a control embeds (evenly spaced through the source).
+pub const ROWS: usize = 100;
+/// Most target rows the controls use (a seeded subsample beyond that).
+pub const TARGET_MAX_N: usize = 400;
+/// Bootstrap draws of the shares' intervals.
+pub const BOOTSTRAP: usize = 400;
+/// The resolutions (shorter side, px) of the bundled reference's controls; a target's median is matched to
+/// the nearest on a log scale.
+pub const LADDER: [u32; 3] = [112, 56, 28];
+/// A resolution control applies when the target's median shorter side is below this (the geometric mean of
+/// 224, the model's input, and 112: closer to 112 than to 224).
+pub const RESOLUTION_BELOW: u32 = 158;
+/// A control is named as a cause at a layer when its share's interval lies above this.
+pub const NAMED_SHARE: f64 = 0.2;
+
+/// The colour control's share.
+pub const SHARE_GREY: Output = Output::new(
+    "gap_closed_grey",
+    "share of the source→target MMD² closed by a greyscale copy of the source (fixed σ, paired bootstrap 95 %)",
+    Direction::Explains,
+    Some("grey"),
+    Some(Panel::Sources),
+    true,
+    false,
+);
+/// The resolution control's share.
+pub const SHARE_RESOLUTION: Output = Output::new(
+    "gap_closed_resolution",
+    "share of the source→target MMD² closed by the source at the target's resolution (fixed σ, paired bootstrap 95 %)",
+    Direction::Explains,
+    Some("res"),
+    Some(Panel::Sources),
+    true,
+    false,
+);
+/// Both changes together.
+pub const SHARE_BOTH: Output = Output::new(
+    "gap_closed_grey_resolution",
+    "share of the source→target MMD² closed by the source greyscale and at the target's resolution (fixed σ, paired bootstrap 95 %)",
+    Direction::Explains,
+    Some("grey+res"),
+    Some(Panel::Sources),
+    true,
+    false,
+);
+/// How much a layer responds to colour.
+pub const COLOUR_SENSITIVITY: Output = Output::new(
+    "mmd2_source_vs_grey",
+    "MMD² between the source and its own greyscale copy (the controls' σ, paired bootstrap 95 %)",
+    Direction::Farther,
+    None,
+    None,
+    true,
+    false,
+);
+
+/// The control outputs, in report order.
+pub const OUTPUTS: [Output; 4] = [SHARE_GREY, SHARE_RESOLUTION, SHARE_BOTH, COLOUR_SENSITIVITY];
+
+/// The share output of a control's change.
+pub fn share_output(t: &Transform) -> Output {
+    match (t.grey, t.shorter_side.is_some()) {
+        (true, false) => SHARE_GREY,
+        (false, true) => SHARE_RESOLUTION,
+        _ => SHARE_BOTH,
+    }
+}
+
+/// The controls that apply to a target: greyscale always (for a 3-channel model), the resolution
+/// control when the target's median shorter side is below [`RESOLUTION_BELOW`], and both together then.
+/// `ladder`: the resolutions available (the bundled reference's [`LADDER`]); `None` = any (the source's
+/// images are at hand), so the target's own.
+pub fn applicable(
+    target_side: Option<u32>,
+    channels: usize,
+    ladder: Option<&[u32]>,
+) -> Vec<Transform> {
+    let mut v = Vec::new();
+    let grey = channels == 3;
+    if grey {
+        v.push(Transform {
+            grey: true,
+            shorter_side: None,
+        });
+    }
+    if let Some(side) = target_side.filter(|&s| s < RESOLUTION_BELOW && s > 0) {
+        let px = match ladder {
+            None => side,
+            Some(l) => *l
+                .iter()
+                .min_by(|a, b| {
+                    let d = |x: u32| (f64::from(x).ln() - f64::from(side).ln()).abs();
+                    d(**a).total_cmp(&d(**b))
+                })
+                .expect("a non-empty ladder"),
+        };
+        v.push(Transform {
+            grey: false,
+            shorter_side: Some(px),
+        });
+        if grey {
+            v.push(Transform {
+                grey: true,
+                shorter_side: Some(px),
+            });
+        }
+    }
+    v
+}
+
+/// Which source rows the controls embed: at most [`ROWS`], evenly spaced (every k-th).
+pub fn control_rows(n: usize) -> Vec<usize> {
+    let step = n.div_ceil(ROWS).max(1);
+    (0..n).step_by(step).collect()
+}
+
+/// One control: its change and its embeddings.
+pub struct Control {
+    /// The change.
+    pub transform: Transform,
+    /// The changed source images, embedded like the source.
+    pub set: EmbeddingSet,
+}
+
+/// The controls of a source given as an embedding folder `X`: the folders of `X_controls/` named after a
+/// change (`grey`, `px56`, `px56_grey`; the bundled reference has them), those that apply to the target.
+/// None there: a note saying how to make them.
+pub fn beside(
+    dir: &Path,
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    note_missing: bool,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Control>> {
+    let home = controls_dir(dir);
+    let mut have: Vec<Transform> = std::fs::read_dir(&home)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .filter_map(|e| Transform::from_name(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default();
+    have.sort_by_key(|t| (t.shorter_side, t.grey));
+    if have.is_empty() {
+        if !note_missing {
+            return Ok(Vec::new());
+        }
+        notes.push(format!(
+            "colour/resolution controls not measured: the source is an embedding folder without controls beside it ('{}'); pass the source's images instead, or make them with `domsim extract --grey` / `--downsample PX` into that folder's `grey`, `pxPX`, `pxPX_grey`",
+            home.display()
+        ));
+        return Ok(Vec::new());
+    }
+    let (side, channels) = target_side_and_channels(src, tgt);
+    let mut ladder: Vec<u32> = have.iter().filter_map(|t| t.shorter_side).collect();
+    ladder.dedup();
+    let want = applicable(side, channels, (!ladder.is_empty()).then_some(&ladder[..]));
+    let mut out = Vec::new();
+    for t in want {
+        if !have.contains(&t) {
+            notes.push(format!(
+                "the {} control is not measured: '{}' has no '{}' folder",
+                t.name(),
+                home.display(),
+                t.name()
+            ));
+            continue;
+        }
+        let set = EmbeddingSet::open(&home.join(t.name()))?;
+        if let (Some(a), Some(b)) = (&src.manifest, &set.manifest) {
+            crate::embeddings::check_same_extraction(a, b, dir, &set.dir)?;
+        }
+        out.push(Control { transform: t, set });
+    }
+    Ok(out)
+}
+
+/// Where the controls of the embedding folder `dir` live: `dir` + `_controls`.
+pub fn controls_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!("{name}_controls"))
+}
+
+/// The target's median shorter side (native pixels), and the model's input channels.
+pub fn target_side_and_channels(src: &EmbeddingSet, tgt: &EmbeddingSet) -> (Option<u32>, usize) {
+    let side = tgt
+        .manifest
+        .as_ref()
+        .map(|m| m.preprocessing.median_native_size)
+        .map(|[w, h]| w.min(h));
+    let channels = src.manifest.as_ref().map_or(3, |m| m.input.channels);
+    (side, channels)
+}
+
+/// Row pairs (source row, control row) by image path, in source order, kept only where every control has
+/// the image.
+fn pairs(src: &EmbeddingSet, controls: &[Control]) -> Result<(Vec<usize>, Vec<Vec<usize>>)> {
+    let paths = |s: &EmbeddingSet| -> Result<Vec<String>> {
+        s.paths.clone().ok_or_else(|| {
+            Error::Input(format!(
+                "'{}' has no image paths (index.csv), so its rows cannot be paired with a control's",
+                s.dir.display()
+            ))
+        })
+    };
+    let sp = paths(src)?;
+    let maps: Vec<std::collections::HashMap<String, usize>> = controls
+        .iter()
+        .map(|c| paths(&c.set).map(|p| p.into_iter().enumerate().map(|(i, x)| (x, i)).collect()))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    let mut per: Vec<Vec<usize>> = vec![Vec::new(); controls.len()];
+    for (i, p) in sp.iter().enumerate() {
+        let hit: Option<Vec<usize>> = maps.iter().map(|m| m.get(p).copied()).collect();
+        if let Some(h) = hit {
+            rows.push(i);
+            for (k, r) in h.into_iter().enumerate() {
+                per[k].push(r);
+            }
+        }
+    }
+    Ok((rows, per))
+}
+
+/// Kernel sums over weighted blocks of one Gram matrix.
+struct Blocks {
+    k: Array2<f64>,
+    /// Row ranges: source, each control, target.
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl Blocks {
+    /// `aᵀ K_AB b` for blocks `A`, `B` with weights `a`, `b`.
+    fn form(&self, a: usize, wa: &Array1<f64>, b: usize, wb: &Array1<f64>) -> f64 {
+        let (ra, rb) = (self.ranges[a].clone(), self.ranges[b].clone());
+        let kab = self.k.slice(ndarray::s![ra, rb]);
+        wa.dot(&kab.dot(wb))
+    }
+
+    /// Unbiased MMD² between blocks `a` and `b` for multiplicities `wa`, `wb` (all ones: the usual
+    /// estimator). Pairs of two draws of the same row are left out of the within-block sums (K_ii = 1).
+    fn mmd2(&self, a: usize, wa: &Array1<f64>, b: usize, wb: &Array1<f64>) -> f64 {
+        let within = |x: usize, w: &Array1<f64>| {
+            let (s, s2) = (w.sum(), w.dot(w));
+            (self.form(x, w, x, w) - s2) / (s * s - s2)
+        };
+        within(a, wa) + within(b, wb) - 2.0 * self.form(a, wa, b, wb) / (wa.sum() * wb.sum())
+    }
+
+    /// MMD² between two blocks whose rows are pairs (row i of `b` is image i of `a`, changed), with one
+    /// multiplicity `w` for both: each image's pair with its own copy is left out of the cross sum too, so
+    /// that the estimate is the unbiased one for the two marginal distributions.
+    fn paired_mmd2(&self, a: usize, b: usize, w: &Array1<f64>) -> f64 {
+        let (ra, rb) = (self.ranges[a].clone(), self.ranges[b].clone());
+        let (s, s2) = (w.sum(), w.dot(w));
+        let within = |x: usize| (self.form(x, w, x, w) - s2) / (s * s - s2);
+        let diag: f64 = ra
+            .zip(rb)
+            .zip(w.iter())
+            .map(|((i, j), wi)| wi * wi * self.k[[i, j]])
+            .sum();
+        within(a) + within(b) - 2.0 * (self.form(a, w, b, w) - diag) / (s * s - s2)
+    }
+}
+
+/// What one layer gives.
+struct LayerControls {
+    shares: Vec<MetricValue>,
+    sensitivity: Option<MetricValue>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn layer<'a>(
+    s: ArrayView2<'a, f64>,
+    cs: &'a [Array2<f64>],
+    t: ArrayView2<'a, f64>,
+    transforms: &[Transform],
+    gap: Option<(f64, f64)>,
+    params: &Params,
+    depth: usize,
+) -> LayerControls {
+    let ctx = Ctx { params, depth };
+    let mut rng = ctx.rng("controls");
+    let st = concatenate(Axis(0), &[s, t]).expect("same width");
+    let (sigma2, _) = median_sq_dist_excl(&st.view(), &mut rng);
+    let sigma2 = if sigma2 > 0.0 && sigma2.is_finite() {
+        sigma2
+    } else {
+        1.0
+    };
+    let mut views = vec![s];
+    views.extend(cs.iter().map(|c| c.view()));
+    views.push(t);
+    let z = concatenate(Axis(0), &views).expect("same width");
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    for v in &views {
+        ranges.push(at..at + v.nrows());
+        at += v.nrows();
+    }
+    let k = sq_dists(&z.view()).mapv(|d| (-d / (2.0 * sigma2)).exp());
+    let b = Blocks { k, ranges };
+    let (n, m, kc) = (s.nrows(), t.nrows(), cs.len());
+    let ti = kc + 1;
+    let one_s = Array1::<f64>::ones(n);
+    let one_t = Array1::<f64>::ones(m);
+    let grey = transforms
+        .iter()
+        .position(|x| x.grey && x.shorter_side.is_none());
+    // point estimates, then the paired bootstrap
+    let d_st = b.mmd2(0, &one_s, ti, &one_t);
+    let d_ct: Vec<f64> = (0..kc).map(|c| b.mmd2(1 + c, &one_s, ti, &one_t)).collect();
+    let d_sg = grey.map(|g| b.paired_mmd2(0, 1 + g, &one_s));
+    let mut boot_share: Vec<Vec<f64>> = vec![Vec::with_capacity(BOOTSTRAP); kc];
+    let mut boot_sens = Vec::with_capacity(BOOTSTRAP);
+    let mut undefined = 0usize;
+    for _ in 0..BOOTSTRAP {
+        let mut ws = Array1::<f64>::zeros(n);
+        for _ in 0..n {
+            ws[rng.gen_range(0..n)] += 1.0;
+        }
+        let mut wt = Array1::<f64>::zeros(m);
+        for _ in 0..m {
+            wt[rng.gen_range(0..m)] += 1.0;
+        }
+        if let Some(g) = grey {
+            boot_sens.push(b.paired_mmd2(0, 1 + g, &ws));
+        }
+        if gap.is_none() {
+            continue;
+        }
+        let den = b.mmd2(0, &ws, ti, &wt);
+        if den <= 0.0 || !den.is_finite() {
+            undefined += 1;
+            continue;
+        }
+        for (c, bs) in boot_share.iter_mut().enumerate() {
+            bs.push(1.0 - b.mmd2(1 + c, &ws, ti, &wt) / den);
+        }
+    }
+    let base = |o: &Output| -> serde_json::Value {
+        serde_json::json!({
+            "estimator": o.label,
+            "sigma": sigma2.sqrt(),
+            "sigma_rule": "median squared distance of the pooled source-with-control and target rows, fixed for every distance at this layer",
+            "n_source": n,
+            "n_target": m,
+            "bootstrap": BOOTSTRAP,
+            "seed": params.seed,
+            "mmd2_source_target": d_st,
+        })
+    };
+    let shares = transforms
+        .iter()
+        .enumerate()
+        .map(|(c, tr)| {
+            let o = share_output(tr);
+            let mut details = base(&o);
+            details["control"] = serde_json::json!(tr.name());
+            details["mmd2_control_target"] = serde_json::json!(d_ct[c]);
+            match gap {
+                None => {
+                    let mut v = o.value(
+                        f64::NAN,
+                        "no gap here to attribute (the MMD² test does not find one)",
+                    );
+                    v.value = None;
+                    v.note = "no gap here to attribute: the source→target MMD² test is not significant at this layer (Holm-adjusted)".into();
+                    v.details = details;
+                    v
+                }
+                Some((p_holm, _)) => {
+                    let mut v = o.value(
+                        1.0 - d_ct[c] / d_st,
+                        format!(
+                            "1 − MMD²({} source, target) / MMD²(source, target) = 1 − {:.4}/{:.4}; {} source images with their controls, {} target rows, σ = {:.3}, {} paired bootstrap draws, seed {}; gap test Holm p = {}",
+                            tr.name(),
+                            d_ct[c],
+                            d_st,
+                            n,
+                            m,
+                            sigma2.sqrt(),
+                            BOOTSTRAP,
+                            params.seed,
+                            if p_holm < 0.001 { "< 0.001".to_string() } else { format!("{p_holm:.3}") }
+                        ),
+                    );
+                    v.ci = ci95(boot_share[c].clone());
+                    if undefined > 0 {
+                        v.note.push_str(&format!(
+                            "; {undefined} of {BOOTSTRAP} draws had no positive source→target MMD² and were left out"
+                        ));
+                    }
+                    v.details = details;
+                    v
+                }
+            }
+        })
+        .collect();
+    let sensitivity = d_sg.map(|d| {
+        let o = COLOUR_SENSITIVITY;
+        let mut v = o.value(
+            d,
+            format!(
+                "unbiased MMD² between {n} source images and their greyscale copies (each image's pair with its own copy left out), σ = {:.3} (the controls' σ at this layer), {BOOTSTRAP} paired bootstrap draws, seed {}",
+                sigma2.sqrt(),
+                params.seed
+            ),
+        );
+        v.ci = ci95(boot_sens);
+        v.details = base(&o);
+        v
+    });
+    LayerControls {
+        shares,
+        sensitivity,
+    }
+}
+
+/// Depths as ranges: `0–1, 4, 9–17`.
+fn depth_ranges(d: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < d.len() {
+        let mut j = i;
+        while j + 1 < d.len() && d[j + 1] == d[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            d[i].to_string()
+        } else {
+            format!("{}–{}", d[i], d[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// The sentence naming where the gap comes from, from the controls' shares in `cmp` (`None` without
+/// controls, or without a gap at any layer). A control is named at a layer when its share's interval lies
+/// above [`NAMED_SHARE`] (both changes together: and where they close more than either alone); layers with a gap where none is named are called *content*. It ends with what
+/// follows for the user when colour or resolution is named.
+pub fn sources_sentence(cmp: &CompareReport) -> Option<String> {
+    let outs = cmp.outputs();
+    let controls: Vec<(Output, String)> = cmp
+        .notes
+        .iter()
+        .find_map(|n| n.strip_prefix("controls ("))
+        .and_then(|n| n.split_once(')'))
+        .map(|(names, _)| {
+            names
+                .split(", ")
+                .filter_map(Transform::from_name)
+                .map(|t| {
+                    let what = match (t.grey, t.shorter_side) {
+                        (true, None) => "a greyscale copy of the source".to_string(),
+                        (false, Some(px)) => format!("the source at {px} px"),
+                        (_, Some(px)) => format!("the source greyscale and at {px} px"),
+                        _ => t.name(),
+                    };
+                    (share_output(&t), what)
+                })
+                .filter(|(o, _)| outs.contains(o))
+                .collect()
+        })
+        .unwrap_or_default();
+    if controls.is_empty() {
+        return None;
+    }
+    let share =
+        |l: &crate::compare::LayerResult, o: &Output| l.value(o).and_then(|v| v.value.zip(v.ci));
+    let gapped: Vec<usize> = cmp
+        .layers
+        .iter()
+        .filter(|l| controls.iter().any(|(o, _)| share(l, o).is_some()))
+        .map(|l| l.depth)
+        .collect();
+    if gapped.is_empty() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut named_any = std::collections::BTreeSet::new();
+    let mut named_grey_early = false;
+    let mut named_res = false;
+    for (o, what) in &controls {
+        let hits: Vec<(usize, f64)> = cmp
+            .layers
+            .iter()
+            .filter_map(|l| {
+                // the two changes together are named only where they close more than either alone: a
+                // target that is only smaller is not "greyscale and smaller"
+                let best_single = [SHARE_GREY, SHARE_RESOLUTION]
+                    .iter()
+                    .filter_map(|s| share(l, s).map(|x| x.0))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                share(l, o)
+                    .filter(|(_, ci)| ci.0 >= NAMED_SHARE)
+                    .filter(|(v, _)| *o != SHARE_BOTH || *v > best_single)
+                    .map(|(v, _)| (l.depth, v))
+            })
+            .collect();
+        if hits.is_empty() {
+            continue;
+        }
+        let depths: Vec<usize> = hits.iter().map(|h| h.0).collect();
+        named_any.extend(depths.iter().copied());
+        // one clause per run of consecutive depths: "78–91 % of it at depths 0–1 and 27 % at depth 3"
+        let pct = |x: f64| (100.0 * x).round() as i64;
+        let mut runs: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < hits.len() {
+            let mut j = i;
+            while j + 1 < hits.len() && hits[j + 1].0 == hits[j].0 + 1 {
+                j += 1;
+            }
+            let run = &hits[i..=j];
+            let lo = pct(run.iter().map(|h| h.1).fold(f64::INFINITY, f64::min));
+            let hi = pct(run.iter().map(|h| h.1).fold(f64::NEG_INFINITY, f64::max));
+            let range = if lo == hi {
+                format!("{lo} %")
+            } else {
+                format!("{lo}–{hi} %")
+            };
+            let at = if i == j {
+                format!("depth {}", run[0].0)
+            } else {
+                format!("depths {}–{}", run[0].0, run[run.len() - 1].0)
+            };
+            let of = if runs.is_empty() { " of it" } else { "" };
+            runs.push(format!("{range}{of} at {at}"));
+            i = j + 1;
+        }
+        parts.push(format!("{what} closes {}", runs.join(" and ")));
+        if *o == SHARE_GREY && depths.iter().any(|&d| d < cmp.layers.len().div_ceil(3)) {
+            named_grey_early = true;
+        }
+        if *o != SHARE_GREY {
+            named_res = true;
+        }
+    }
+    let content: Vec<usize> = gapped
+        .iter()
+        .copied()
+        .filter(|d| !named_any.contains(d))
+        .collect();
+    let mut s =
+        String::from("Where the gap comes from (MMD² closed by changing the source alone): ");
+    if parts.is_empty() {
+        s.push_str(&format!(
+            "no control clearly closes more than {:.0} % of it at any depth: the gap is content (what the images show), not colour or resolution.",
+            100.0 * NAMED_SHARE
+        ));
+        return Some(s);
+    }
+    s.push_str(&parts.join("; "));
+    if !content.is_empty() {
+        s.push_str(&format!(
+            "; at depth{} {} no control clearly closes more than {:.0} %: the gap there is content (what the images show), not colour or resolution",
+            if content.len() > 1 { "s" } else { "" },
+            depth_ranges(&content),
+            100.0 * NAMED_SHARE
+        ));
+    }
+    s.push('.');
+    if named_grey_early {
+        s.push_str(" Colour is part of the early gap: fine-tuning the early layers, or a model pretrained on greyscale images, addresses it.");
+    }
+    if named_res {
+        s.push_str(" Resolution is part of the gap: an input size or model nearer the target's native resolution addresses it, as does fine-tuning.");
+    }
+    Some(s)
+}
+
+/// Measures the controls at every layer of `cmp` and adds their values, declarations and a note to it.
+/// The controls' layers must be the source's (same extraction, checked by name).
+pub fn measure(
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    controls: &[Control],
+    cmp: &mut CompareReport,
+) -> Result<()> {
+    if controls.is_empty() {
+        return Ok(());
+    }
+    let names = |s: &EmbeddingSet| s.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>();
+    for c in controls {
+        if names(&c.set) != names(src) {
+            return Err(Error::Input(format!(
+                "the control embeddings in '{}' do not have the source's layers; re-extract them with the source's settings",
+                c.set.dir.display()
+            )));
+        }
+    }
+    let (rows, per) = pairs(src, controls)?;
+    if rows.len() < 10 {
+        cmp.notes.push(format!(
+            "colour/resolution controls skipped: only {} source images have a control (at least 10 needed)",
+            rows.len()
+        ));
+        return Ok(());
+    }
+    let params = cmp.params.clone();
+    let m_all = cmp
+        .layers
+        .first()
+        .map_or(0, |l| l.n_target)
+        .max(tgt.paths.as_ref().map_or(0, |p| p.len()));
+    let t_rows: Option<Vec<usize>> = (m_all > TARGET_MAX_N).then(|| {
+        let mut r = Ctx {
+            params: &params,
+            depth: 0,
+        }
+        .shared_rng("controls-target");
+        let mut idx = rand::seq::index::sample(&mut r, m_all, TARGET_MAX_N).into_vec();
+        idx.sort_unstable();
+        idx
+    });
+    let transforms: Vec<Transform> = controls.iter().map(|c| c.transform).collect();
+    // source and target layers are matched by name in compare; the controls share the source's order
+    let src_index: std::collections::HashMap<String, usize> = src
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), i))
+        .collect();
+    let tgt_index: std::collections::HashMap<String, usize> = tgt
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), i))
+        .collect();
+    let results: Vec<Result<LayerControls>> = cmp
+        .layers
+        .par_iter()
+        .map(|l| {
+            let (Some(&si), Some(&ti)) = (src_index.get(&l.layer), tgt_index.get(&l.layer)) else {
+                return Err(Error::Analysis(format!(
+                    "layer '{}' is missing from the source or the target",
+                    l.layer
+                )));
+            };
+            let s = src.read_layer(si)?.select(Axis(0), &rows);
+            let cs: Vec<Array2<f64>> = controls
+                .iter()
+                .zip(&per)
+                .map(|(c, r)| Ok(c.set.read_layer(si)?.select(Axis(0), r)))
+                .collect::<Result<_>>()?;
+            let t_all = tgt.read_layer(ti)?;
+            let t = match &t_rows {
+                Some(r) => t_all.select(Axis(0), r),
+                None => t_all,
+            };
+            for (what, x) in std::iter::once(("source", &s))
+                .chain(cs.iter().map(|c| ("control", c)))
+                .chain(std::iter::once(("target", &t)))
+            {
+                if crate::compare::non_finite(x) > 0 {
+                    return Err(Error::Analysis(format!(
+                        "the {what} embeddings of layer '{}' hold non-finite values; the controls are not computed on them",
+                        l.layer
+                    )));
+                }
+            }
+            let gap = l
+                .values
+                .iter()
+                .find(|v| v.metric == MMD2.id)
+                .and_then(|v| v.p_holm.or(v.p_value).zip(v.value))
+                .filter(|(p, _)| *p < ALPHA);
+            Ok(layer(
+                s.view(),
+                &cs,
+                t.view(),
+                &transforms,
+                gap,
+                &params,
+                l.depth,
+            ))
+        })
+        .collect();
+    let mut declared = cmp.outputs();
+    for o in OUTPUTS {
+        let used = transforms.iter().any(|t| share_output(t) == o)
+            || (o == COLOUR_SENSITIVITY
+                && transforms
+                    .iter()
+                    .any(|t| t.grey && t.shorter_side.is_none()));
+        if used && !declared.contains(&o) {
+            declared.push(o);
+        }
+    }
+    for (l, r) in cmp.layers.iter_mut().zip(results) {
+        let r = r?;
+        l.values
+            .retain(|v| !OUTPUTS.iter().any(|o| o.id == v.metric));
+        l.values.extend(r.shares);
+        l.values.extend(r.sensitivity);
+    }
+    cmp.declared = declared;
+    cmp.notes.push(format!(
+        "controls ({}): {} source images changed and embedded again, paired with themselves unchanged; {} target rows{}; MMD² at one σ per layer; {BOOTSTRAP} paired bootstrap draws, seed {}",
+        transforms.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
+        rows.len(),
+        t_rows.as_ref().map_or(m_all, |r| r.len()),
+        if t_rows.is_some() { format!(" (a seeded subsample of {m_all})") } else { String::new() },
+        params.seed
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// A standard normal draw (Box–Muller).
+    fn normal(r: &mut ChaCha8Rng) -> f64 {
+        let (u, v): (f64, f64) = (r.gen_range(1e-12..1.0), r.gen());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    fn gauss(r: &mut ChaCha8Rng, n: usize, d: usize, shift: f64) -> Array2<f64> {
+        Array2::from_shape_fn((n, d), |(_, j)| {
+            normal(r) + if j == 0 { shift } else { 0.0 }
+        })
+    }
+
+    #[test]
+    fn the_weighted_estimator_is_the_unbiased_one_and_leaves_out_repeated_draws() {
+        let mut r = ChaCha8Rng::seed_from_u64(1);
+        let x = gauss(&mut r, 12, 3, 0.0);
+        let y = gauss(&mut r, 9, 3, 1.0);
+        let z = concatenate(Axis(0), &[x.view(), y.view()]).unwrap();
+        let sigma2 = 2.0;
+        let k = sq_dists(&z.view()).mapv(|d| (-d / (2.0 * sigma2)).exp());
+        let b = Blocks {
+            k,
+            ranges: vec![0..12, 12..21],
+        };
+        let reference = crate::metrics::mmd::mmd2_reference(&x, &y, sigma2.sqrt());
+        let ones = |n| Array1::<f64>::ones(n);
+        assert!((b.mmd2(0, &ones(12), 1, &ones(9)) - reference).abs() < 1e-12);
+        // a multiset with row 0 drawn twice equals the U-statistic over the expanded rows without the
+        // pairs of a row with its own copy
+        let mut w = ones(12);
+        w[0] = 2.0;
+        w[5] = 0.0;
+        let expanded: Vec<usize> = [0usize, 0]
+            .into_iter()
+            .chain((1..12).filter(|&i| i != 5))
+            .collect();
+        let xs = x.select(Axis(0), &expanded);
+        let kern = |a: ndarray::ArrayView1<f64>, c: ndarray::ArrayView1<f64>| {
+            (-(&a - &c).mapv(|v| v * v).sum() / (2.0 * sigma2)).exp()
+        };
+        let n = expanded.len();
+        let (mut sxx, mut cnt) = (0.0, 0.0);
+        for i in 0..n {
+            for j in 0..n {
+                if i != j && expanded[i] != expanded[j] {
+                    sxx += kern(xs.row(i), xs.row(j));
+                    cnt += 1.0;
+                }
+            }
+        }
+        let syy: f64 = {
+            let mut s = 0.0;
+            for i in 0..9 {
+                for j in 0..9 {
+                    if i != j {
+                        s += kern(y.row(i), y.row(j));
+                    }
+                }
+            }
+            s / 72.0
+        };
+        let mut sxy = 0.0;
+        for i in 0..n {
+            for j in 0..9 {
+                sxy += kern(xs.row(i), y.row(j));
+            }
+        }
+        let want = sxx / cnt + syy - 2.0 * sxy / (n as f64 * 9.0);
+        assert!((b.mmd2(0, &w, 1, &ones(9)) - want).abs() < 1e-12);
+    }
+
+    fn run(shift_control: f64) -> MetricValue {
+        let mut r = ChaCha8Rng::seed_from_u64(7);
+        let s = gauss(&mut r, 80, 4, 0.0);
+        let t = gauss(&mut r, 120, 4, 2.0);
+        // the control: each source row moved by `shift_control` along the shifted axis
+        let mut c = s.clone();
+        c.column_mut(0).mapv_inplace(|v| v + shift_control);
+        let out = layer(
+            s.view(),
+            &[c],
+            t.view(),
+            &[Transform {
+                grey: true,
+                shorter_side: None,
+            }],
+            Some((0.001, 1.0)),
+            &Params::default(),
+            0,
+        );
+        out.shares.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_control_that_is_the_target_closes_the_gap_and_one_that_changes_nothing_closes_none() {
+        let all = run(2.0);
+        let none = run(0.0);
+        let (a, n) = (all.value.unwrap(), none.value.unwrap());
+        assert!(a > 0.95, "{a}");
+        assert!(n.abs() < 1e-12, "{n}");
+        let (lo, hi) = all.ci.unwrap();
+        assert!(lo <= a && a <= hi && lo > 0.85, "{lo} {hi}");
+        let (lo, hi) = none.ci.unwrap();
+        assert!(
+            lo.abs() < 1e-9 && hi.abs() < 1e-9,
+            "unchanged rows: every draw gives 0 ({lo}, {hi})"
+        );
+        // half-way (in the kernel's eyes, part of the gap) and away (negative)
+        let half = run(1.0).value.unwrap();
+        let away = run(-1.0).value.unwrap();
+        assert!(0.2 < half && half < 0.9, "{half}");
+        assert!(away < 0.0, "{away}");
+    }
+
+    #[test]
+    fn the_ladder_and_which_controls_apply() {
+        let g = |s| applicable(s, 3, Some(&LADDER));
+        assert_eq!(g(None).len(), 1);
+        assert_eq!(g(Some(1024)).len(), 1);
+        assert_eq!(g(Some(159)).len(), 1);
+        assert_eq!(g(Some(157))[1].shorter_side, Some(112));
+        assert_eq!(g(Some(80))[1].shorter_side, Some(112));
+        assert_eq!(g(Some(78))[1].shorter_side, Some(56));
+        assert_eq!(
+            g(Some(28))[2],
+            Transform {
+                grey: true,
+                shorter_side: Some(28)
+            }
+        );
+        assert_eq!(applicable(Some(94), 3, None)[1].shorter_side, Some(94));
+        assert_eq!(
+            applicable(Some(28), 1, None).len(),
+            1,
+            "a grey model: resolution only"
+        );
+        assert_eq!(control_rows(398).len(), 100);
+        assert_eq!(control_rows(398)[1], 4);
+        assert_eq!(control_rows(60), (0..60).collect::<Vec<_>>());
+        assert_eq!(control_rows(199).len(), 100);
+    }
+}
