@@ -126,6 +126,83 @@ fn resolve_source(cfg: &AnalyzeConfig, model_sha: &str) -> Result<(PathBuf, bool
     }
 }
 
+/// The target images of the pretraining control ([`crate::controls::pretraining_rows`]) embedded by the
+/// model with its weights permuted within each tensor (seeded by `--seed`), under
+/// `OUT/embeddings/controls/permuted_weights/` and cached. The permuted model is written to a temporary
+/// folder inside OUT and removed. `None` for a model with external weight files.
+fn extract_permuted(
+    cfg: &AnalyzeConfig,
+    model_sha: &str,
+    set: &ImageSet,
+    tgt: &EmbeddingSet,
+) -> Result<Option<(EmbeddingSet, String)>> {
+    let seed = cfg.compare.params.seed;
+    let rows = crate::controls::pretraining_rows(set.files.len(), &cfg.compare.params);
+    let subset = ImageSet {
+        files: rows.iter().map(|&i| set.files[i].clone()).collect(),
+        labels: rows.iter().map(|&i| set.labels[i].clone()).collect(),
+        excluded: Vec::new(),
+        ..set.clone()
+    };
+    let bytes = std::fs::read(&cfg.extract.model)
+        .map_err(|e| Error::io("cannot read model", &cfg.extract.model, e))?;
+    if crate::model::onnx::decode(&bytes)
+        .ok()
+        .and_then(|m| m.graph)
+        .is_some_and(|g| !crate::model::onnx::external_files(&g).is_empty())
+    {
+        return Ok(None);
+    }
+    let Some((permuted, tensors, values)) = crate::model::onnx::permuted_weights(&bytes, seed)
+    else {
+        return Ok(None);
+    };
+    let how = format!(
+        "{values} weights in {tensors} float tensors permuted within each tensor, seed {seed}"
+    );
+    let dir = cfg
+        .out
+        .join("embeddings")
+        .join("controls")
+        .join("permuted_weights");
+    let fp = fingerprint(
+        &format!("{model_sha}+permuted-weights-seed-{seed}"),
+        &subset,
+        &cfg.extract,
+    )?;
+    if !cached(&dir, &fp) {
+        let tmp = tempfile::Builder::new()
+            .prefix(".domsim-permuted-")
+            .tempdir_in(&cfg.out)
+            .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
+        let path = tmp.path().join("permuted_weights.onnx");
+        std::fs::write(&path, &permuted).map_err(|e| Error::io("cannot write", &path, e))?;
+        // the permuted file is another model to domsim: the target's own layers and normalisation are
+        // passed explicitly, so that both networks are read at the same tensors with the same pixels
+        let m = tgt
+            .manifest
+            .as_ref()
+            .ok_or_else(|| Error::Analysis("the target embeddings have no manifest".into()))?;
+        let options = ExtractOptions {
+            model: path,
+            progress: false,
+            selection: crate::model::Selection::Names(
+                m.layers.iter().map(|l| l.name.clone()).collect(),
+            ),
+            norm: Some(m.preprocessing.normalization.clone()),
+            ..cfg.extract.clone()
+        };
+        let model = options.load_model()?;
+        let job = ExtractConfig {
+            force: true,
+            fingerprint: Some(fp),
+            ..ExtractConfig::new(options, set.root.clone(), dir.clone())
+        };
+        extract_with(&model, &subset, &job)?;
+    }
+    Ok(Some((EmbeddingSet::open(&dir)?, how)))
+}
+
 /// The controls of a source given as images: every applicable change of at most
 /// [`crate::controls::ROWS`] of its images (evenly spaced), extracted under `OUT/embeddings/controls/` and
 /// cached like the sets themselves.
@@ -201,6 +278,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     let mut run_info = serde_json::Map::new();
     let mut ready_made = [false; 2];
     let mut source_images: Option<ImageSet> = None;
+    let mut target_images: Option<ImageSet> = None;
     for (k, (name, images)) in [("source", &source), ("target", &cfg.target)]
         .into_iter()
         .enumerate()
@@ -246,6 +324,8 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         phase(&format!("extract_{name}"), t0);
         if k == 0 {
             source_images = Some(set.clone());
+        } else {
+            target_images = Some(set.clone());
         }
         run_info.insert(
             name.into(),
@@ -298,6 +378,19 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         };
         crate::controls::measure(&src, &tgt, &sets, &mut cmp)?;
         phase("controls", t0);
+        let t0 = std::time::Instant::now();
+        match (&target_images, tgt.labels.is_some()) {
+            (Some(set), true) => {
+                if let Some((perm, how)) = extract_permuted(cfg, &model_sha, set, &tgt)? {
+                    crate::controls::measure_pretraining(&tgt, &perm, &how, &mut cmp)?;
+                } else {
+                    cmp.notes.push("pretraining control not measured: the model keeps its weights outside the .onnx file (external data), which domsim does not rewrite".into());
+                }
+            }
+            (None, true) => cmp.notes.push("pretraining control not measured: the target was given as an embedding folder, and the control embeds the target's images again with permuted weights; pass the image folder".into()),
+            (_, false) => cmp.notes.push("pretraining control not measured: it compares target-task probes, which need target labels (one sub-folder per class)".into()),
+        }
+        phase("pretraining_control", t0);
     }
     let t0 = std::time::Instant::now();
     let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())

@@ -93,8 +93,191 @@ pub const COLOUR_SENSITIVITY: Output = Output::new(
     false,
 );
 
+/// What pretraining on the source buys at a layer.
+pub const PRETRAINING_GAIN: Output = Output::new(
+    "pretraining_gain",
+    "target task probe on the pretrained features minus on the same network with its weights permuted within each tensor (balanced accuracy; paired folds, corrected 95 % CI)",
+    Direction::MoreUseful,
+    Some("pretrain"),
+    None,
+    true,
+    false,
+);
+
 /// The control outputs, in report order.
-pub const OUTPUTS: [Output; 4] = [SHARE_GREY, SHARE_RESOLUTION, SHARE_BOTH, COLOUR_SENSITIVITY];
+pub const OUTPUTS: [Output; 5] = [
+    SHARE_GREY,
+    SHARE_RESOLUTION,
+    SHARE_BOTH,
+    COLOUR_SENSITIVITY,
+    PRETRAINING_GAIN,
+];
+
+/// Most target images the pretraining control embeds again (a seeded subsample beyond that).
+pub const PRETRAINING_MAX_N: usize = 400;
+
+/// Activation scales outside this factor of the pretrained network's (root mean square of the pooled
+/// features) are reported as a saturating or vanishing permuted network.
+pub const SCALE_WARN: f64 = 10.0;
+
+/// Which target images the pretraining control embeds: at most [`PRETRAINING_MAX_N`], seeded, in order.
+pub fn pretraining_rows(n: usize, params: &Params) -> Vec<usize> {
+    if n <= PRETRAINING_MAX_N {
+        return (0..n).collect();
+    }
+    let mut r = Ctx { params, depth: 0 }.shared_rng("pretraining-target");
+    let mut idx = rand::seq::index::sample(&mut r, n, PRETRAINING_MAX_N).into_vec();
+    idx.sort_unstable();
+    idx
+}
+
+/// The pretraining control: at every layer, the target-task probe on the pretrained features minus the
+/// probe on `permuted` (the same target images through the same network with its weights permuted within
+/// each tensor, [`crate::model::onnx::permuted_weights`]), on the same rows and folds. `how` says how the
+/// permuted network was made (for the note). Adds `pretraining_gain` to `cmp`, the activation scales to its
+/// details, and a warning when a permuted layer's scale is off by more than [`SCALE_WARN`].
+pub fn measure_pretraining(
+    tgt: &EmbeddingSet,
+    permuted: &EmbeddingSet,
+    how: &str,
+    cmp: &mut CompareReport,
+) -> Result<()> {
+    let labels = tgt
+        .labels
+        .as_ref()
+        .ok_or_else(|| Error::Analysis("the pretraining control needs target labels".into()))?;
+    let tp = tgt.paths.clone().unwrap_or_default();
+    let at: std::collections::HashMap<&str, usize> = tp
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
+    let pp = permuted.paths.clone().unwrap_or_default();
+    let (mut t_rows, mut p_rows) = (Vec::new(), Vec::new());
+    for (j, p) in pp.iter().enumerate() {
+        if let Some(&i) = at.get(p.as_str()) {
+            t_rows.push(i);
+            p_rows.push(j);
+        }
+    }
+    let mut names: Vec<&str> = t_rows.iter().map(|&i| labels[i].as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let y_all: Vec<usize> = t_rows
+        .iter()
+        .map(|&i| names.binary_search(&labels[i].as_str()).expect("present"))
+        .collect();
+    let params = cmp.params.clone();
+    let ctx = Ctx {
+        params: &params,
+        depth: 0,
+    };
+    let split = match crate::metrics::probe::task_split(&y_all, None, &ctx, true) {
+        Ok(s) if s.classes >= 2 => s,
+        Ok(_) | Err(_) => {
+            cmp.notes.push(format!(
+                "pretraining control not measured: the {} re-embedded target images do not hold two classes of at least {} images",
+                t_rows.len(),
+                crate::metrics::probe::MIN_CLASS
+            ));
+            return Ok(());
+        }
+    };
+    let rows_t: Vec<usize> = split.rows.iter().map(|&r| t_rows[r]).collect();
+    let rows_p: Vec<usize> = split.rows.iter().map(|&r| p_rows[r]).collect();
+    let names_t: std::collections::HashMap<String, usize> = tgt
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), i))
+        .collect();
+    let names_p: std::collections::HashMap<String, usize> = permuted
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), i))
+        .collect();
+    let rms =
+        |x: &Array2<f64>| (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt();
+    let results: Vec<Result<Option<(MetricValue, f64)>>> = cmp
+        .layers
+        .par_iter()
+        .map(|l| {
+            let (Some(&ti), Some(&pi)) = (names_t.get(&l.layer), names_p.get(&l.layer)) else {
+                return Ok(None);
+            };
+            let xt = tgt.read_layer(ti)?.select(Axis(0), &rows_t);
+            let xp = permuted.read_layer(pi)?.select(Axis(0), &rows_p);
+            if crate::compare::non_finite(&xp) > 0 {
+                let mut v = PRETRAINING_GAIN.value(f64::NAN, "");
+                v.note = format!(
+                    "not computed: the permuted network's features at this layer hold non-finite values ({how})"
+                );
+                return Ok(Some((v, f64::NAN)));
+            }
+            let a = crate::metrics::probe::cv_probe_folds(&xt, &split.y, &split.folds, params.c)?;
+            let b = crate::metrics::probe::cv_probe_folds(&xp, &split.y, &split.folds, params.c)?;
+            let d: Vec<f64> = a.fold_bal.iter().zip(&b.fold_bal).map(|(x, y)| x - y).collect();
+            let scale = rms(&xp) / rms(&xt).max(f64::MIN_POSITIVE);
+            let (mean, ci) = match crate::metrics::stats::corrected_cv_ci(&d, split.k) {
+                Some((m, ci)) => (m, Some(ci)),
+                None => (a.bal_acc - b.bal_acc, None),
+            };
+            let mut v = PRETRAINING_GAIN.value(
+                mean,
+                format!(
+                    "balanced accuracy {:.3} pretrained − {:.3} permuted weights, paired over the same folds: {}; {how}; activation scale (RMS of the pooled features) permuted / pretrained = {scale:.3}",
+                    a.bal_acc, b.bal_acc, split.note
+                ),
+            );
+            v.ci = ci;
+            v.folds = d;
+            v.details = serde_json::json!({
+                "bal_acc_pretrained": a.bal_acc,
+                "bal_acc_permuted": b.bal_acc,
+                "activation_rms_pretrained": rms(&xt),
+                "activation_rms_permuted": rms(&xp),
+                "activation_scale_ratio": scale,
+                "rows": split.rows.len(),
+                "folds": split.k,
+                "repeats": params.cv_repeats,
+                "c": params.c,
+                "seed": params.seed,
+            });
+            Ok(Some((v, scale)))
+        })
+        .collect();
+    let mut off = Vec::new();
+    for (l, r) in cmp.layers.iter_mut().zip(results) {
+        if let Some((v, scale)) = r? {
+            if scale.is_finite() && !(1.0 / SCALE_WARN..=SCALE_WARN).contains(&scale) {
+                off.push((l.depth, scale));
+            }
+            l.values.retain(|x| x.metric != PRETRAINING_GAIN.id);
+            l.values.push(v);
+        }
+    }
+    let mut declared = cmp.outputs();
+    if !declared.contains(&PRETRAINING_GAIN) {
+        declared.push(PRETRAINING_GAIN);
+    }
+    cmp.declared = declared;
+    cmp.notes.push(format!(
+        "pretraining control: {} target images embedded again by the same network with its weights permuted within each tensor ({how}); the target probe on both, same rows and folds",
+        split.rows.len()
+    ));
+    if !off.is_empty() {
+        let lo = off.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
+        let hi = off.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+        let depths: Vec<usize> = off.iter().map(|x| x.0).collect();
+        cmp.notes.push(format!(
+            "WARNING: with permuted weights the activations (RMS of the pooled features) are {lo:.1}–{hi:.1}× the pretrained network's at depth{} {}; where they saturate (ReLU6 clips at 6) or vanish, part of the pretraining gain may be that rather than what was learned (no rescaling is applied; the ratio of every layer is in metrics.csv)",
+            if depths.len() > 1 { "s" } else { "" },
+            depth_ranges(&depths)
+        ));
+    }
+    Ok(())
+}
 
 /// The share output of a control's change.
 pub fn share_output(t: &Transform) -> Output {
@@ -484,6 +667,72 @@ fn depth_ranges(d: &[usize]) -> String {
 /// above [`NAMED_SHARE`] (both changes together: and where they close more than either alone); layers with a gap where none is named are called *content*. It ends with what
 /// follows for the user when colour or resolution is named.
 pub fn sources_sentence(cmp: &CompareReport) -> Option<String> {
+    let parts: Vec<String> = [gap_sentence(cmp), pretraining_sentence(cmp)]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// The pretraining control in words: at which depths the target probe on the pretrained features beats the
+/// one on permuted weights (interval above 0), and where it does not.
+fn pretraining_sentence(cmp: &CompareReport) -> Option<String> {
+    let vals: Vec<(usize, f64, (f64, f64))> = cmp
+        .layers
+        .iter()
+        .filter_map(|l| {
+            l.value(&PRETRAINING_GAIN)
+                .and_then(|v| v.value.zip(v.ci))
+                .map(|(x, ci)| (l.depth, x, ci))
+        })
+        .collect();
+    if vals.is_empty() {
+        return None;
+    }
+    let helps: Vec<usize> = vals.iter().filter(|v| v.2 .0 > 0.0).map(|v| v.0).collect();
+    let not: Vec<usize> = vals.iter().filter(|v| v.2 .0 <= 0.0).map(|v| v.0).collect();
+    let best = vals
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("non-empty");
+    let mut s = String::from(
+        "What pretraining buys (target probe on the pretrained features minus on the same network with permuted weights, balanced accuracy): ",
+    );
+    if helps.is_empty() {
+        s.push_str("nothing shown at any depth: the source's pretraining is not what makes these features useful.");
+        return Some(s);
+    }
+    s.push_str(&format!(
+        "up to {:+.2} (depth {}); it helps at depth{} {}",
+        best.1,
+        best.0,
+        if helps.len() > 1 { "s" } else { "" },
+        depth_ranges(&helps)
+    ));
+    if !not.is_empty() {
+        s.push_str(&format!(
+            "; at depth{} {} pretrained and random features are not told apart",
+            if not.len() > 1 { "s" } else { "" },
+            depth_ranges(&not)
+        ));
+        if not.iter().all(|&d| d < helps[0]) {
+            s.push_str(&format!(
+                " (what the source taught matters from depth {} on)",
+                helps[0]
+            ));
+        } else if helps.iter().all(|&d| d < not[0]) {
+            s.push_str(&format!(
+                " (pretraining stops helping after depth {})",
+                helps[helps.len() - 1]
+            ));
+        }
+    }
+    s.push('.');
+    Some(s)
+}
+
+/// The colour and resolution controls in words.
+fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     let outs = cmp.outputs();
     let controls: Vec<(Output, String)> = cmp
         .notes

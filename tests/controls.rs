@@ -130,3 +130,118 @@ fn an_injected_cause_is_what_its_control_explains() {
     assert!(!out.join("gap_sources.png").exists());
     assert!(!out.join("embeddings/controls").exists());
 }
+
+#[test]
+fn permuted_weights_shuffle_each_float_tensor_and_touch_nothing_else() {
+    let path = domsim::model::runtime::default_model_path();
+    let bytes = std::fs::read(&path).unwrap();
+    let spans = domsim::model::onnx::float_payloads(&bytes).unwrap();
+    // the bundled EfficientNet-Lite0: 100 float initializers (convolution weights and biases), 4,631,000 values
+    assert_eq!(spans.len(), 100);
+    let (a, tensors, values) = domsim::model::onnx::permuted_weights(&bytes, 0).unwrap();
+    assert_eq!((tensors, values), (100, 4_631_000));
+    assert_eq!(a.len(), bytes.len());
+    let (b, ..) = domsim::model::onnx::permuted_weights(&bytes, 0).unwrap();
+    let (c, ..) = domsim::model::onnx::permuted_weights(&bytes, 1).unwrap();
+    assert!(a == b, "seeded: the same bytes for the same seed");
+    assert!(a != c, "another seed, another permutation");
+    let mut inside = vec![false; bytes.len()];
+    for s in &spans {
+        let floats = |x: &[u8]| -> Vec<u32> {
+            let mut v: Vec<u32> = x
+                .chunks_exact(4)
+                .map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]]))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let (old, new) = (&bytes[s.bytes.clone()], &a[s.bytes.clone()]);
+        assert_eq!(floats(old), floats(new), "{}: the same values", s.name);
+        assert!(old != new, "{}: in another order", s.name);
+        inside[s.bytes.clone()].iter_mut().for_each(|x| *x = true);
+    }
+    assert!(
+        bytes
+            .iter()
+            .zip(&a)
+            .zip(&inside)
+            .all(|((x, y), &i)| i || x == y),
+        "every byte outside the weights is unchanged"
+    );
+    // and it is still a model ONNX Runtime runs, with the same layers
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("permuted.onnx");
+    std::fs::write(&p, &a).unwrap();
+    assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .args(["layers", "--model"])
+        .arg(&p)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains(
+            "/_blocks.15/_project_conv/Conv_output_0",
+        ));
+    // not a protobuf message: None, never a panic
+    assert!(domsim::model::onnx::permuted_weights(b"\xff\xff\xff", 0).is_none());
+}
+
+#[test]
+fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("cats_dogs");
+    for c in ["cat", "dog"] {
+        copy_subset(
+            &datasets().join("cats_dogs").join(c),
+            &target.join(c),
+            0,
+            3,
+            40,
+        );
+    }
+    let out = tmp.path().join("out");
+    domsim()
+        .args(["analyze", "--target"])
+        .arg(&target)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r
+        .records()
+        .map(|x| x.unwrap())
+        .filter(|x| &x[2] == "pretraining_gain")
+        .collect();
+    assert_eq!(rows.len(), 18);
+    let deep = &rows[17];
+    let (v, lo): (f64, f64) = (deep[3].parse().unwrap(), deep[4].parse().unwrap());
+    assert!(
+        v > 0.2 && lo > 0.0,
+        "depth 17: pretrained − permuted {v} (low {lo})"
+    );
+    assert!(
+        deep[11].contains("permuted within each tensor, seed 0"),
+        "{}",
+        &deep[11]
+    );
+    assert!(deep[11].contains("activation scale"), "{}", &deep[11]);
+    let verdict: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
+    assert!(
+        verdict["sources"]
+            .as_str()
+            .unwrap()
+            .contains("What pretraining buys"),
+        "{}",
+        verdict["sources"]
+    );
+    // the temporary permuted model is gone; its embeddings are cached
+    assert!(std::fs::read_dir(&out).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".domsim-permuted")));
+    assert!(out
+        .join("embeddings/controls/permuted_weights/manifest.json")
+        .is_file());
+}

@@ -153,6 +153,130 @@ pub struct ValueInfoProto {
     pub name: String,
 }
 
+/// One float32 initializer's payload in the model's bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatPayload {
+    /// The tensor's name.
+    pub name: String,
+    /// Where its values lie (little-endian float32, `raw_data` or packed `float_data`).
+    pub bytes: std::ops::Range<usize>,
+}
+
+/// Reads one protobuf varint at `*i`, advancing it.
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// One field of a protobuf message: field number, wire type, the byte range of its value, and the value
+/// itself for a varint.
+type Field = (u64, u64, std::ops::Range<usize>, u64);
+
+/// The fields of one message in `b[range]`.
+fn fields(b: &[u8], range: std::ops::Range<usize>) -> Option<Vec<Field>> {
+    let mut out = Vec::new();
+    let mut i = range.start;
+    while i < range.end {
+        let key = varint(b, &mut i)?;
+        let (field, wire) = (key >> 3, key & 7);
+        let start = i;
+        let value = match wire {
+            0 => varint(b, &mut i)?,
+            1 => {
+                i += 8;
+                0
+            }
+            2 => {
+                let len = usize::try_from(varint(b, &mut i)?).ok()?;
+                let s = i;
+                i = i.checked_add(len)?;
+                out.push((field, wire, s..i, 0));
+                continue;
+            }
+            5 => {
+                i += 4;
+                0
+            }
+            _ => return None,
+        };
+        if i > range.end {
+            return None;
+        }
+        out.push((field, wire, start..i, value));
+    }
+    (i == range.end).then_some(out)
+}
+
+/// Every float32 initializer with its values stored in the model file (not external), read from the wire
+/// format directly so that the bytes can be changed in place: `ModelProto.graph` (7) →
+/// `GraphProto.initializer` (5) → `TensorProto` with `data_type` (2) = FLOAT (1), values in `raw_data` (9)
+/// or packed `float_data` (4). `None` when the bytes are not a well-formed protobuf message.
+pub fn float_payloads(model: &[u8]) -> Option<Vec<FloatPayload>> {
+    let mut out = Vec::new();
+    for (f, w, r, _) in fields(model, 0..model.len())? {
+        if f != 7 || w != 2 {
+            continue;
+        }
+        for (gf, gw, gr, _) in fields(model, r)? {
+            if gf != 5 || gw != 2 {
+                continue;
+            }
+            let t = fields(model, gr)?;
+            let float = t.iter().any(|x| x.0 == 2 && x.1 == 0 && x.3 == 1);
+            let name = t
+                .iter()
+                .find(|x| x.0 == 8 && x.1 == 2)
+                .map(|x| String::from_utf8_lossy(&model[x.2.clone()]).into_owned())
+                .unwrap_or_default();
+            if let Some(data) = t.iter().find(|x| (x.0 == 9 || x.0 == 4) && x.1 == 2) {
+                if float && data.2.len() % 4 == 0 {
+                    out.push(FloatPayload {
+                        name,
+                        bytes: data.2.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The model with the values of every float32 initializer of at least two values shuffled within that
+/// tensor (seeded; Fisher–Yates over the 4-byte values): each tensor keeps its exact distribution of
+/// weights while what training put where is destroyed. Every other byte is unchanged. Returns the new
+/// bytes, the tensors and the values shuffled; `None` when the bytes are not a well-formed model.
+pub fn permuted_weights(model: &[u8], seed: u64) -> Option<(Vec<u8>, usize, usize)> {
+    use rand::{Rng, SeedableRng};
+    let mut out = model.to_vec();
+    let (mut tensors, mut values) = (0, 0);
+    for (k, p) in float_payloads(model)?.iter().enumerate() {
+        let n = p.bytes.len() / 4;
+        if n < 2 {
+            continue;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(k as u64);
+        let buf = &mut out[p.bytes.clone()];
+        for i in (1..n).rev() {
+            let j = rng.gen_range(0..=i);
+            for b in 0..4 {
+                buf.swap(4 * i + b, 4 * j + b);
+            }
+        }
+        tensors += 1;
+        values += n;
+    }
+    Some((out, tensors, values))
+}
+
 /// Decodes the parts of a model that domsim reads.
 pub fn decode(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
     ModelProto::decode(bytes)

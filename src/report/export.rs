@@ -341,7 +341,7 @@ pub fn charts(r: &RunReport) -> Vec<Box<dyn Exporter>> {
     if r.compare
         .outputs()
         .iter()
-        .any(|o| o.panel == Some(crate::metrics::Panel::Sources))
+        .any(|o| crate::controls::OUTPUTS.contains(o))
     {
         v.push(Box::new(GapChart));
     }

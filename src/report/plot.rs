@@ -378,27 +378,36 @@ pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.2.unwrap_or((p.1, p.1))))
         .fold((-0.1f64, 1.05f64), |(a, b), (l, h)| (a.min(l), b.max(h)));
-    png(1400, 950, |root| {
-        let areas = root.split_evenly((2, 1));
-        panel(
-            &areas[0],
-            "Share of the source→target gap a changed source already closes",
-            "1 − MMD²(changed, target) / MMD²(source, target)",
-            &names,
-            &list,
-            (lo - 0.05, hi + 0.05),
-            Some((
-                crate::controls::NAMED_SHARE,
-                "named as a cause when the interval lies above this",
-            )),
-            None,
-            SeriesLabelPosition::UpperRight,
-        )?;
+    let gain: Vec<Series> = declared
+        .iter()
+        .filter(|o| **o == crate::controls::PRETRAINING_GAIN)
+        .filter_map(|o| series(r, o, GREEN_))
+        .collect();
+    let rows = 1 + usize::from(!list.is_empty()) + usize::from(!gain.is_empty());
+    png(1400, 100 + 425 * rows as u32, |root| {
+        let areas = root.split_evenly((rows, 1));
+        let mut next = areas.iter();
         let sens: Vec<Series> = declared
             .iter()
             .filter(|o| **o == crate::controls::COLOUR_SENSITIVITY)
             .filter_map(|o| series(r, o, PURPLE_))
             .collect();
+        if !list.is_empty() {
+            panel(
+                next.next().expect("a row per panel"),
+                "Share of the source→target gap a changed source already closes (axis cut at −1.5 and 1.5)",
+                "1 − MMD²(changed, target) / MMD²(source, target)",
+                &names,
+                &list,
+                (lo.max(-1.5) - 0.05, hi.min(1.5) + 0.05),
+                Some((
+                    crate::controls::NAMED_SHARE,
+                    "named as a cause when the interval lies above this",
+                )),
+                None,
+                SeriesLabelPosition::LowerRight,
+            )?;
+        }
         let top = sens
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
@@ -406,7 +415,7 @@ pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
             .max(1e-6)
             * 1.1;
         panel(
-            &areas[1],
+            next.next().expect("a row per panel"),
             "How much each layer responds to colour",
             "MMD², source vs its greyscale copy",
             &names,
@@ -415,7 +424,25 @@ pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
             None,
             None,
             SeriesLabelPosition::UpperRight,
-        )
+        )?;
+        if !gain.is_empty() {
+            let (glo, ghi) = gain
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.2.unwrap_or((p.1, p.1))))
+                .fold((-0.05f64, 0.05f64), |(a, b), (l, h)| (a.min(l), b.max(h)));
+            panel(
+                next.next().expect("a row per panel"),
+                "What pretraining on the source buys (target task)",
+                "balanced accuracy, pretrained − permuted weights",
+                &names,
+                &gain,
+                (glo - 0.05, ghi + 0.05),
+                Some((0.0, "no gain")),
+                None,
+                SeriesLabelPosition::LowerRight,
+            )?;
+        }
+        Ok(())
     })
 }
 
