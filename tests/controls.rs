@@ -85,6 +85,21 @@ fn an_injected_cause_is_what_its_control_explains() {
             );
             // how much a layer responds to colour is measured at every layer
             assert!(share("mmd2_source_vs_grey").iter().all(|v| v.1.is_some()));
+            // a compare.json whose declarations carry another wording (an older domsim) still gives the
+            // sentence: outputs are matched by id
+            let cj = out.join("compare.json");
+            let text = std::fs::read_to_string(&cj).unwrap();
+            std::fs::write(&cj, text.replace("jackknife 95 %", "an older wording")).unwrap();
+            assert_cmd::Command::cargo_bin("domsim")
+                .unwrap()
+                .args(["--quiet", "report"])
+                .arg(&out)
+                .assert()
+                .success();
+            let again: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap())
+                    .unwrap();
+            assert_eq!(again["sources"], verdict["sources"]);
         } else {
             // a colour target at a quarter of the resolution: the resolution control explains the gap, the
             // greyscale one does not (it moves the source away from a colour target)
@@ -231,7 +246,7 @@ fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
         verdict["sources"]
             .as_str()
             .unwrap()
-            .contains("What pretraining buys"),
+            .contains("What the model's pretraining buys"),
         "{}",
         verdict["sources"]
     );

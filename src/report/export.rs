@@ -341,7 +341,7 @@ pub fn charts(r: &RunReport) -> Vec<Box<dyn Exporter>> {
     if r.compare
         .outputs()
         .iter()
-        .any(|o| crate::controls::OUTPUTS.contains(o))
+        .any(|o| crate::controls::OUTPUTS.iter().any(|c| c.id == o.id))
     {
         v.push(Box::new(GapChart));
     }

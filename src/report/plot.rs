@@ -380,7 +380,7 @@ pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
         .fold((-0.1f64, 1.05f64), |(a, b), (l, h)| (a.min(l), b.max(h)));
     let gain: Vec<Series> = declared
         .iter()
-        .filter(|o| **o == crate::controls::PRETRAINING_GAIN)
+        .filter(|o| o.id == crate::controls::PRETRAINING_GAIN.id)
         .filter_map(|o| series(r, o, GREEN_))
         .collect();
     let rows = 1 + usize::from(!list.is_empty()) + usize::from(!gain.is_empty());
@@ -389,7 +389,7 @@ pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
         let mut next = areas.iter();
         let sens: Vec<Series> = declared
             .iter()
-            .filter(|o| **o == crate::controls::COLOUR_SENSITIVITY)
+            .filter(|o| o.id == crate::controls::COLOUR_SENSITIVITY.id)
             .filter_map(|o| series(r, o, PURPLE_))
             .collect();
         if !list.is_empty() {
@@ -432,7 +432,7 @@ pub fn gap_sources(r: &CompareReport) -> Result<Vec<u8>> {
                 .fold((-0.05f64, 0.05f64), |(a, b), (l, h)| (a.min(l), b.max(h)));
             panel(
                 next.next().expect("a row per panel"),
-                "What pretraining on the source buys (target task)",
+                "What the model's pretraining buys (target task)",
                 "balanced accuracy, pretrained − permuted weights",
                 &names,
                 &gain,
