@@ -105,6 +105,18 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
         "no external URL"
     );
     assert_eq!(html.matches("data:image/png;base64,").count(), 8);
+    // the page names the folders the user gave, not domsim's cache, and titles its charts in words
+    assert!(
+        html.contains(&format!("<code>{}</code>", tgt.display())),
+        "the target folder"
+    );
+    assert!(
+        html.contains(&format!("<code>{}</code>", src.display())),
+        "the source folder"
+    );
+    assert!(!html.contains("embeddings/target"), "no cache path");
+    assert!(html.contains("<h3>Where the gap comes from: colour, resolution, pretraining</h3>"));
+    assert!(!html.contains("<h3>cka_source.png</h3>"));
     // the CSVs parse and hold every layer
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(out.join("embeddings/source/manifest.json")).unwrap(),

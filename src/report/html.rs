@@ -29,6 +29,25 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
+/// The heading of a chart on the page, from its file name.
+fn chart_title(file: &str) -> String {
+    match file {
+        "metrics_by_depth.png" => "Distance, domain probe and task usefulness by depth".into(),
+        "gap_sources.png" => "Where the gap comes from: colour, resolution, pretraining".into(),
+        "cka_source.png" => "How the layers relate within the source (linear CKA)".into(),
+        "cka_target.png" => "How the layers relate within the target (linear CKA)".into(),
+        "cka_difference.png" => "Layer similarity, target minus source (linear CKA)".into(),
+        f => match f
+            .strip_prefix("embedding_")
+            .and_then(|x| x.get(..2))
+            .and_then(|d| d.parse::<usize>().ok())
+        {
+            Some(d) => format!("Source and target embeddings at depth {d} (PCA)"),
+            None => f.to_string(),
+        },
+    }
+}
+
 /// The page.
 pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     let v = &r.verdict;
@@ -38,11 +57,27 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     h.push_str("</style></head><body>");
     h.push_str("<h1>domsim: will these layers transfer?</h1>");
     let c = &r.compare;
+    // the folders the user gave (an image folder), not domsim's cache of their embeddings
+    let given = |set: &str, dir: &str| -> String {
+        r.extra
+            .get("embeddings")
+            .and_then(|e| e.get(set))
+            .and_then(|e| e.get("images"))
+            .and_then(|x| x.as_str())
+            .unwrap_or(dir)
+            .to_string()
+    };
+    let source = match super::summary::source_reference(r) {
+        Some(d) => esc(d),
+        None => format!(
+            "<code>{}</code> ({} images)",
+            esc(&given("source", &c.source.dir)),
+            c.source.n
+        ),
+    };
     h.push_str(&format!(
-        "<p>Source: <code>{}</code> ({} images). Target: <code>{}</code> ({} images{}).</p>",
-        esc(&c.source.dir),
-        c.source.n,
-        esc(&c.target.dir),
+        "<p>Source: {source}.<br>Target: <code>{}</code> ({} images{}).</p>",
+        esc(&given("target", &c.target.dir)),
         c.target.n,
         if c.target.classes.is_empty() {
             String::new()
@@ -50,9 +85,6 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             format!(", classes: {}", esc(&c.target.classes.join(", ")))
         }
     ));
-    if let Some(d) = super::summary::source_reference(r) {
-        h.push_str(&format!("<p>Source: {}.</p>", esc(d)));
-    }
     // the action in bold, then the evidence; the summary already holds the diagnosis (said once)
     let (action, rest) = v.action_and_evidence();
     h.push_str(&format!(
@@ -125,7 +157,7 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     for (name, bytes) in pngs {
         h.push_str(&format!(
             "<h3>{}</h3><img alt=\"{}\" src=\"data:image/png;base64,{}\">",
-            esc(name),
+            esc(&chart_title(name)),
             esc(name),
             base64(bytes)
         ));
