@@ -128,14 +128,14 @@ fn resolve_source(cfg: &AnalyzeConfig, model_sha: &str) -> Result<(PathBuf, bool
 
 /// The target images of the pretraining control ([`crate::controls::pretraining_rows`]) embedded by the
 /// model with its weights permuted within each tensor (seeded by `--seed`), under
-/// `OUT/embeddings/controls/permuted_weights/` and cached. The permuted model is written to a temporary
+/// `OUT/embeddings/controls/permuted_weights_R/`, one folder per permuted network, and cached. The permuted model is written to a temporary
 /// folder inside OUT and removed. `None` for a model with external weight files.
 fn extract_permuted(
     cfg: &AnalyzeConfig,
     model_sha: &str,
     set: &ImageSet,
     tgt: &EmbeddingSet,
-) -> Result<Option<(EmbeddingSet, String)>> {
+) -> Result<Option<(Vec<EmbeddingSet>, String)>> {
     let seed = cfg.compare.params.seed;
     let rows = crate::controls::pretraining_rows(set.files.len(), &cfg.compare.params);
     let subset = ImageSet {
@@ -153,54 +153,68 @@ fn extract_permuted(
     {
         return Ok(None);
     }
-    let Some((permuted, tensors, values)) = crate::model::onnx::permuted_weights(&bytes, seed)
-    else {
-        return Ok(None);
-    };
-    let how = format!(
-        "{values} weights in {tensors} float tensors permuted within each tensor, seed {seed}"
-    );
-    let dir = cfg
-        .out
-        .join("embeddings")
-        .join("controls")
-        .join("permuted_weights");
-    let fp = fingerprint(
-        &format!("{model_sha}+permuted-weights-seed-{seed}"),
-        &subset,
-        &cfg.extract,
-    )?;
-    if !cached(&dir, &fp) {
-        let tmp = tempfile::Builder::new()
-            .prefix(".domsim-permuted-")
-            .tempdir_in(&cfg.out)
-            .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
-        let path = tmp.path().join("permuted_weights.onnx");
-        std::fs::write(&path, &permuted).map_err(|e| Error::io("cannot write", &path, e))?;
-        // the permuted file is another model to domsim: the target's own layers and normalisation are
-        // passed explicitly, so that both networks are read at the same tensors with the same pixels
-        let m = tgt
-            .manifest
-            .as_ref()
-            .ok_or_else(|| Error::Analysis("the target embeddings have no manifest".into()))?;
-        let options = ExtractOptions {
-            model: path,
-            progress: false,
-            selection: crate::model::Selection::Names(
-                m.layers.iter().map(|l| l.name.clone()).collect(),
-            ),
-            norm: Some(m.preprocessing.normalization.clone()),
-            ..cfg.extract.clone()
+    let m = tgt
+        .manifest
+        .as_ref()
+        .ok_or_else(|| Error::Analysis("the target embeddings have no manifest".into()))?;
+    let mut sets = Vec::new();
+    let mut how = String::new();
+    for r in 0..crate::controls::PERMUTATIONS {
+        // one seed per permuted network, derived from --seed
+        let sub = seed
+            .wrapping_mul(crate::controls::PERMUTATIONS as u64)
+            .wrapping_add(r as u64);
+        let Some((permuted, tensors, values)) = crate::model::onnx::permuted_weights(&bytes, sub)
+        else {
+            return Ok(None);
         };
-        let model = options.load_model()?;
-        let job = ExtractConfig {
-            force: true,
-            fingerprint: Some(fp),
-            ..ExtractConfig::new(options, set.root.clone(), dir.clone())
-        };
-        extract_with(&model, &subset, &job)?;
+        how = format!(
+            "{values} weights in {tensors} float tensors permuted within each tensor, {} permutations (seeds {}–{} from --seed {seed})",
+            crate::controls::PERMUTATIONS,
+            seed.wrapping_mul(crate::controls::PERMUTATIONS as u64),
+            seed.wrapping_mul(crate::controls::PERMUTATIONS as u64)
+                .wrapping_add(crate::controls::PERMUTATIONS as u64 - 1)
+        );
+        let dir = cfg
+            .out
+            .join("embeddings")
+            .join("controls")
+            .join(format!("permuted_weights_{r}"));
+        let fp = fingerprint(
+            &format!("{model_sha}+permuted-weights-seed-{sub}"),
+            &subset,
+            &cfg.extract,
+        )?;
+        if !cached(&dir, &fp) {
+            let tmp = tempfile::Builder::new()
+                .prefix(".domsim-permuted-")
+                .tempdir_in(&cfg.out)
+                .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
+            let path = tmp.path().join("permuted_weights.onnx");
+            std::fs::write(&path, &permuted).map_err(|e| Error::io("cannot write", &path, e))?;
+            // the permuted file is another model to domsim: the target's own layers and normalisation
+            // are passed explicitly, so that both networks are read at the same tensors with the same
+            // pixels
+            let options = ExtractOptions {
+                model: path,
+                progress: false,
+                selection: crate::model::Selection::Names(
+                    m.layers.iter().map(|l| l.name.clone()).collect(),
+                ),
+                norm: Some(m.preprocessing.normalization.clone()),
+                ..cfg.extract.clone()
+            };
+            let model = options.load_model()?;
+            let job = ExtractConfig {
+                force: true,
+                fingerprint: Some(fp),
+                ..ExtractConfig::new(options, set.root.clone(), dir.clone())
+            };
+            extract_with(&model, &subset, &job)?;
+        }
+        sets.push(EmbeddingSet::open(&dir)?);
     }
-    Ok(Some((EmbeddingSet::open(&dir)?, how)))
+    Ok(Some((sets, how)))
 }
 
 /// The controls of a source given as images: every applicable change of at most

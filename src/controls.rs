@@ -113,8 +113,12 @@ pub const OUTPUTS: [Output; 5] = [
     PRETRAINING_GAIN,
 ];
 
+/// Permuted networks the pretraining control averages over: the gain is an expectation over random
+/// networks, and one draw alone moved the shallow layers' gains by more than their intervals between seeds.
+pub const PERMUTATIONS: usize = 3;
+
 /// Most target images the pretraining control embeds again (a seeded subsample beyond that).
-pub const PRETRAINING_MAX_N: usize = 400;
+pub const PRETRAINING_MAX_N: usize = 250;
 
 /// Activation scales outside this factor of the pretrained network's (root mean square of the pooled
 /// features) are reported as a saturating or vanishing permuted network.
@@ -138,10 +142,18 @@ pub fn pretraining_rows(n: usize, params: &Params) -> Vec<usize> {
 /// details, and a warning when a permuted layer's scale is off by more than [`SCALE_WARN`].
 pub fn measure_pretraining(
     tgt: &EmbeddingSet,
-    permuted: &EmbeddingSet,
+    permuted_sets: &[EmbeddingSet],
     how: &str,
     cmp: &mut CompareReport,
 ) -> Result<()> {
+    let Some(permuted) = permuted_sets.first() else {
+        return Ok(());
+    };
+    if permuted_sets.iter().any(|p| p.paths != permuted.paths) {
+        return Err(Error::Analysis(
+            "the permuted-weight embeddings do not hold the same images".into(),
+        ));
+    }
     let labels = tgt
         .labels
         .as_ref()
@@ -207,8 +219,11 @@ pub fn measure_pretraining(
                 return Ok(None);
             };
             let xt = tgt.read_layer(ti)?.select(Axis(0), &rows_t);
-            let xp = permuted.read_layer(pi)?.select(Axis(0), &rows_p);
-            if crate::compare::non_finite(&xp) > 0 {
+            let xps: Vec<Array2<f64>> = permuted_sets
+                .iter()
+                .map(|p| Ok(p.read_layer(pi)?.select(Axis(0), &rows_p)))
+                .collect::<Result<_>>()?;
+            if xps.iter().any(|x| crate::compare::non_finite(x) > 0) {
                 let mut v = PRETRAINING_GAIN.value(f64::NAN, "");
                 v.note = format!(
                     "not computed: the permuted network's features at this layer hold non-finite values ({how})"
@@ -216,27 +231,47 @@ pub fn measure_pretraining(
                 return Ok(Some((v, f64::NAN)));
             }
             let a = crate::metrics::probe::cv_probe_folds(&xt, &split.y, &split.folds, params.c)?;
-            let b = crate::metrics::probe::cv_probe_folds(&xp, &split.y, &split.folds, params.c)?;
-            let d: Vec<f64> = a.fold_bal.iter().zip(&b.fold_bal).map(|(x, y)| x - y).collect();
-            let scale = rms(&xp) / rms(&xt).max(f64::MIN_POSITIVE);
+            let bs: Vec<crate::metrics::probe::ProbeResult> = xps
+                .iter()
+                .map(|x| crate::metrics::probe::cv_probe_folds(x, &split.y, &split.folds, params.c))
+                .collect::<Result<_>>()?;
+            let r = bs.len() as f64;
+            // per fold: pretrained minus the mean over the permuted networks
+            let d: Vec<f64> = (0..a.fold_bal.len())
+                .map(|f| a.fold_bal[f] - bs.iter().map(|b| b.fold_bal[f]).sum::<f64>() / r)
+                .collect();
+            let b_mean = bs.iter().map(|b| b.bal_acc).sum::<f64>() / r;
+            let scale = xps.iter().map(|x| rms(x)).sum::<f64>() / r / rms(&xt).max(f64::MIN_POSITIVE);
+            // the corrected repeated-CV variance of the paired fold differences, plus the variance of the
+            // mean over random networks (between-network variance / R)
+            let between = crate::metrics::stats::sample_variance(
+                &bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
+            )
+            .unwrap_or(0.0);
             let (mean, ci) = match crate::metrics::stats::corrected_cv_ci(&d, split.k) {
-                Some((m, ci)) => (m, Some(ci)),
-                None => (a.bal_acc - b.bal_acc, None),
+                Some((m, (lo, hi))) => {
+                    let t = crate::metrics::stats::student_t_quantile(0.975, (d.len() - 1) as f64);
+                    let se_cv = (hi - lo) / (2.0 * t);
+                    let se = (se_cv * se_cv + between / r).sqrt();
+                    (m, Some((m - t * se, m + t * se)))
+                }
+                None => (a.bal_acc - b_mean, None),
             };
             let mut v = PRETRAINING_GAIN.value(
                 mean,
                 format!(
-                    "balanced accuracy {:.3} pretrained − {:.3} permuted weights, paired over the same folds: {}; {how}; activation scale (RMS of the pooled features) permuted / pretrained = {scale:.3}",
-                    a.bal_acc, b.bal_acc, split.note
+                    "balanced accuracy {:.3} pretrained − {:.3} permuted weights (mean over {} networks), paired over the same folds: {}, plus the between-network variance; {how}; activation scale (RMS of the pooled features) permuted / pretrained = {scale:.3}",
+                    a.bal_acc, b_mean, bs.len(), split.note
                 ),
             );
             v.ci = ci;
             v.folds = d;
             v.details = serde_json::json!({
                 "bal_acc_pretrained": a.bal_acc,
-                "bal_acc_permuted": b.bal_acc,
+                "bal_acc_permuted": bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
+                "between_network_variance": between,
                 "activation_rms_pretrained": rms(&xt),
-                "activation_rms_permuted": rms(&xp),
+                "activation_rms_permuted": xps.iter().map(|x| rms(x)).collect::<Vec<_>>(),
                 "activation_scale_ratio": scale,
                 "rows": split.rows.len(),
                 "folds": split.k,

@@ -235,7 +235,7 @@ fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
         "depth 17: pretrained − permuted {v} (low {lo})"
     );
     assert!(
-        deep[11].contains("permuted within each tensor, seed 0"),
+        deep[11].contains("permuted within each tensor, 3 permutations (seeds 0–2 from --seed 0)"),
         "{}",
         &deep[11]
     );
@@ -256,7 +256,11 @@ fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
         .file_name()
         .to_string_lossy()
         .starts_with(".domsim-permuted")));
-    assert!(out
-        .join("embeddings/controls/permuted_weights/manifest.json")
-        .is_file());
+    for r in 0..3 {
+        assert!(out
+            .join(format!(
+                "embeddings/controls/permuted_weights_{r}/manifest.json"
+            ))
+            .is_file());
+    }
 }
