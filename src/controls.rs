@@ -241,7 +241,7 @@ pub fn measure_pretraining(
                 .map(|f| a.fold_bal[f] - bs.iter().map(|b| b.fold_bal[f]).sum::<f64>() / r)
                 .collect();
             let b_mean = bs.iter().map(|b| b.bal_acc).sum::<f64>() / r;
-            let scale = xps.iter().map(|x| rms(x)).sum::<f64>() / r / rms(&xt).max(f64::MIN_POSITIVE);
+            let scale = xps.iter().map(&rms).sum::<f64>() / r / rms(&xt).max(f64::MIN_POSITIVE);
             // the corrected repeated-CV variance of the paired fold differences, plus the variance of the
             // mean over random networks (between-network variance / R)
             let between = crate::metrics::stats::sample_variance(
@@ -271,7 +271,7 @@ pub fn measure_pretraining(
                 "bal_acc_permuted": bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
                 "between_network_variance": between,
                 "activation_rms_pretrained": rms(&xt),
-                "activation_rms_permuted": xps.iter().map(|x| rms(x)).collect::<Vec<_>>(),
+                "activation_rms_permuted": xps.iter().map(&rms).collect::<Vec<_>>(),
                 "activation_scale_ratio": scale,
                 "rows": split.rows.len(),
                 "folds": split.k,
