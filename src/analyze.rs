@@ -268,6 +268,15 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         inputs.push(("--source", s));
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
+    // a mistyped folder is refused before the output folder is made (nothing is left behind)
+    for (flag, p) in &inputs {
+        if !p.is_dir() {
+            return Err(Error::Input(format!(
+                "{flag} '{}' does not exist or is not a folder; check the path",
+                p.display()
+            )));
+        }
+    }
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     crate::report::export::check_outputs_writable(&cfg.out)?;
     let t_start = std::time::Instant::now();

@@ -264,3 +264,19 @@ fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
             .is_file());
     }
 }
+
+#[test]
+fn a_mistyped_folder_leaves_no_output_folder_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    domsim()
+        .args(["analyze", "--target"])
+        .arg(tmp.path().join("chest_xrya"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--target"))
+        .stderr(predicates::str::contains("does not exist"));
+    assert!(!out.exists(), "the output folder is not made");
+}
