@@ -138,12 +138,7 @@ fn extract_permuted(
 ) -> Result<Option<(Vec<EmbeddingSet>, String)>> {
     let seed = cfg.compare.params.seed;
     let rows = crate::controls::pretraining_rows(set.files.len(), &cfg.compare.params);
-    let subset = ImageSet {
-        files: rows.iter().map(|&i| set.files[i].clone()).collect(),
-        labels: rows.iter().map(|&i| set.labels[i].clone()).collect(),
-        excluded: Vec::new(),
-        ..set.clone()
-    };
+    let subset = set.subset(&rows);
     let bytes = std::fs::read(&cfg.extract.model)
         .map_err(|e| Error::io("cannot read model", &cfg.extract.model, e))?;
     if crate::model::onnx::decode(&bytes)
@@ -230,12 +225,7 @@ fn extract_controls(
 ) -> Result<Vec<crate::controls::Control>> {
     let (side, channels) = crate::controls::target_side_and_channels(src, tgt);
     let rows = crate::controls::control_rows(set.files.len());
-    let subset = ImageSet {
-        files: rows.iter().map(|&i| set.files[i].clone()).collect(),
-        labels: rows.iter().map(|&i| set.labels[i].clone()).collect(),
-        excluded: Vec::new(),
-        ..set.clone()
-    };
+    let subset = set.subset(&rows);
     let mut out = Vec::new();
     for t in crate::controls::applicable(side, channels, None) {
         let options = ExtractOptions {

@@ -197,25 +197,15 @@ pub fn measure_pretraining(
     };
     let rows_t: Vec<usize> = split.rows.iter().map(|&r| t_rows[r]).collect();
     let rows_p: Vec<usize> = split.rows.iter().map(|&r| p_rows[r]).collect();
-    let names_t: std::collections::HashMap<String, usize> = tgt
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.name.clone(), i))
-        .collect();
-    let names_p: std::collections::HashMap<String, usize> = permuted
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.name.clone(), i))
-        .collect();
+    let names_t = layer_index(tgt);
+    let names_p = layer_index(permuted);
     let rms =
         |x: &Array2<f64>| (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt();
     let results: Vec<Result<Option<(MetricValue, f64)>>> = cmp
         .layers
         .par_iter()
         .map(|l| {
-            let (Some(&ti), Some(&pi)) = (names_t.get(&l.layer), names_p.get(&l.layer)) else {
+            let (Some(&ti), Some(&pi)) = (names_t.get(l.layer.as_str()), names_p.get(l.layer.as_str())) else {
                 return Ok(None);
             };
             let xt = tgt.read_layer(ti)?.select(Axis(0), &rows_t);
@@ -241,7 +231,8 @@ pub fn measure_pretraining(
                 .map(|f| a.fold_bal[f] - bs.iter().map(|b| b.fold_bal[f]).sum::<f64>() / r)
                 .collect();
             let b_mean = bs.iter().map(|b| b.bal_acc).sum::<f64>() / r;
-            let scale = xps.iter().map(&rms).sum::<f64>() / r / rms(&xt).max(f64::MIN_POSITIVE);
+            let (rms_t, rms_p): (f64, Vec<f64>) = (rms(&xt), xps.iter().map(&rms).collect());
+            let scale = rms_p.iter().sum::<f64>() / r / rms_t.max(f64::MIN_POSITIVE);
             // the corrected repeated-CV variance of the paired fold differences, plus the variance of the
             // mean over random networks (between-network variance / R)
             let between = crate::metrics::stats::sample_variance(
@@ -270,8 +261,8 @@ pub fn measure_pretraining(
                 "bal_acc_pretrained": a.bal_acc,
                 "bal_acc_permuted": bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
                 "between_network_variance": between,
-                "activation_rms_pretrained": rms(&xt),
-                "activation_rms_permuted": xps.iter().map(&rms).collect::<Vec<_>>(),
+                "activation_rms_pretrained": rms_t,
+                "activation_rms_permuted": rms_p,
                 "activation_scale_ratio": scale,
                 "rows": split.rows.len(),
                 "folds": split.k,
@@ -702,21 +693,41 @@ fn layer<'a>(
 
 /// Depths as ranges: `0–1, 4, 9–17`.
 fn depth_ranges(d: &[usize]) -> String {
-    let mut out: Vec<String> = Vec::new();
+    runs(d)
+        .into_iter()
+        .map(|r| {
+            if r.len() == 1 {
+                d[r.start].to_string()
+            } else {
+                format!("{}–{}", d[r.start], d[r.end - 1])
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The runs of consecutive depths in `d` (ascending), as index ranges into `d`.
+fn runs(d: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
     let mut i = 0;
     while i < d.len() {
-        let mut j = i;
-        while j + 1 < d.len() && d[j + 1] == d[j] + 1 {
+        let mut j = i + 1;
+        while j < d.len() && d[j] == d[j - 1] + 1 {
             j += 1;
         }
-        out.push(if i == j {
-            d[i].to_string()
-        } else {
-            format!("{}–{}", d[i], d[j])
-        });
-        i = j + 1;
+        out.push(i..j);
+        i = j;
     }
-    out.join(", ")
+    out
+}
+
+/// Each layer's index in `set`, by name.
+fn layer_index(set: &EmbeddingSet) -> std::collections::HashMap<&str, usize> {
+    set.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.as_str(), i))
+        .collect()
 }
 
 /// The sentence naming where the gap comes from, from the controls' shares in `cmp` (`None` without
@@ -877,14 +888,9 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
         named_any.extend(depths.iter().copied());
         // one clause per run of consecutive depths: "78–91 % of it at depths 0–1 and 27 % at depth 3"
         let pct = |x: f64| (100.0 * x).round() as i64;
-        let mut runs: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < hits.len() {
-            let mut j = i;
-            while j + 1 < hits.len() && hits[j + 1].0 == hits[j].0 + 1 {
-                j += 1;
-            }
-            let run = &hits[i..=j];
+        let mut clauses: Vec<String> = Vec::new();
+        for r in runs(&depths) {
+            let run = &hits[r];
             let lo = pct(run.iter().map(|h| h.1).fold(f64::INFINITY, f64::min));
             let hi = pct(run.iter().map(|h| h.1).fold(f64::NEG_INFINITY, f64::max));
             let range = if lo == hi {
@@ -892,16 +898,15 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
             } else {
                 format!("{lo}–{hi} %")
             };
-            let at = if i == j {
+            let at = if run.len() == 1 {
                 format!("depth {}", run[0].0)
             } else {
                 format!("depths {}–{}", run[0].0, run[run.len() - 1].0)
             };
-            let of = if runs.is_empty() { " of it" } else { "" };
-            runs.push(format!("{range}{of} at {at}"));
-            i = j + 1;
+            let of = if clauses.is_empty() { " of it" } else { "" };
+            clauses.push(format!("{range}{of} at {at}"));
         }
-        parts.push(format!("{what} closes {}", runs.join(" and ")));
+        parts.push(format!("{what} closes {}", clauses.join(" and ")));
         if *o == SHARE_GREY && depths.iter().any(|&d| d < cmp.layers.len().div_ceil(3)) {
             named_grey_early = true;
         }
@@ -988,23 +993,13 @@ pub fn measure(
     });
     let transforms: Vec<Transform> = controls.iter().map(|c| c.transform).collect();
     // source and target layers are matched by name in compare; the controls share the source's order
-    let src_index: std::collections::HashMap<String, usize> = src
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.name.clone(), i))
-        .collect();
-    let tgt_index: std::collections::HashMap<String, usize> = tgt
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.name.clone(), i))
-        .collect();
+    let src_index = layer_index(src);
+    let tgt_index = layer_index(tgt);
     let results: Vec<Result<LayerControls>> = cmp
         .layers
         .par_iter()
         .map(|l| {
-            let (Some(&si), Some(&ti)) = (src_index.get(&l.layer), tgt_index.get(&l.layer)) else {
+            let (Some(&si), Some(&ti)) = (src_index.get(l.layer.as_str()), tgt_index.get(l.layer.as_str())) else {
                 return Err(Error::Analysis(format!(
                     "layer '{}' is missing from the source or the target",
                     l.layer

@@ -83,6 +83,17 @@ impl ImageSet {
         })
     }
 
+    /// The set restricted to the files at `rows` (in that order), with their labels; nothing excluded.
+    pub fn subset(&self, rows: &[usize]) -> ImageSet {
+        ImageSet {
+            root: self.root.clone(),
+            files: rows.iter().map(|&i| self.files[i].clone()).collect(),
+            labels: rows.iter().map(|&i| self.labels[i].clone()).collect(),
+            excluded: Vec::new(),
+            shard: self.shard.clone(),
+        }
+    }
+
     /// Absolute (or root-joined) path of file `i`.
     pub fn path(&self, i: usize) -> PathBuf {
         self.root.join(&self.files[i])
