@@ -154,6 +154,7 @@ fn extract_permuted(
         .ok_or_else(|| Error::Analysis("the target embeddings have no manifest".into()))?;
     let mut sets = Vec::new();
     let mut how = String::new();
+    let mut scaled = Vec::new();
     for r in 0..crate::controls::PERMUTATIONS {
         // one seed per permuted network, derived from --seed
         let sub = seed
@@ -176,10 +177,15 @@ fn extract_permuted(
             .join("controls")
             .join(format!("permuted_weights_{r}"));
         let fp = fingerprint(
-            &format!("{model_sha}+permuted-weights-seed-{sub}"),
+            &format!(
+                "{model_sha}+permuted-weights-seed-{sub}+rescaled-{}x{}",
+                crate::model::rescale::PASSES,
+                crate::model::rescale::IMAGES
+            ),
             &subset,
             &cfg.extract,
         )?;
+        let scale_file = dir.join("rescaled.txt");
         if !cached(&dir, &fp) {
             let tmp = tempfile::Builder::new()
                 .prefix(".domsim-permuted-")
@@ -199,17 +205,74 @@ fn extract_permuted(
                 norm: Some(m.preprocessing.normalization.clone()),
                 ..cfg.extract.clone()
             };
-            let model = options.load_model()?;
+            let mut model = options.load_model()?;
+            let (batch, n) = calibration_batch(&model, &subset, &options)?;
+            let rescaled = crate::model::rescale::match_scale(
+                &bytes,
+                &mut model,
+                &batch,
+                n,
+                options.ort_lib.as_deref(),
+            )?;
             let job = ExtractConfig {
                 force: true,
                 fingerprint: Some(fp),
                 ..ExtractConfig::new(options, set.root.clone(), dir.clone())
             };
             extract_with(&model, &subset, &job)?;
+            crate::output::write_atomic(&scale_file, rescaled.describe().as_bytes())?;
         }
+        scaled.push(std::fs::read_to_string(&scale_file).unwrap_or_default());
         sets.push(EmbeddingSet::open(&dir)?);
     }
+    if let Some(first) = scaled.first().filter(|s| !s.is_empty()) {
+        how.push_str("; network 1 of ");
+        how.push_str(&format!("{}: {first}", scaled.len()));
+    }
     Ok(Some((sets, how)))
+}
+
+/// The first [`crate::model::rescale::IMAGES`] decodable images of `set`, preprocessed for `model` as
+/// `options` says, as one batch (and its size) to measure activation scales on.
+fn calibration_batch(
+    model: &crate::model::OnnxModel,
+    set: &ImageSet,
+    options: &ExtractOptions,
+) -> Result<(crate::model::InputBatch, usize)> {
+    use crate::preprocess::{Pixels, Preprocess};
+    let pre = Preprocess::new(
+        model.input.clone(),
+        crate::extract::resolve_norm(options.norm.clone(), model),
+        options.max_alloc,
+    );
+    // a model with a fixed batch gets exactly that many images (repeated when the set has fewer)
+    let want = model
+        .input
+        .fixed_batch
+        .unwrap_or(crate::model::rescale::IMAGES);
+    let (mut f, mut u, mut n) = (Vec::new(), Vec::new(), 0);
+    for i in (0..set.len()).cycle().take(want * 4 + set.len()) {
+        if n == want {
+            break;
+        }
+        match crate::preprocess::load(&set.path(i), &pre) {
+            Ok((Pixels::F32(x), _)) => f.extend(x),
+            Ok((Pixels::U8(x), _)) => u.extend(x),
+            Err(_) => continue,
+        }
+        n += 1;
+    }
+    if n < want {
+        return Err(Error::Input(format!(
+            "too few images of '{}' could be decoded to measure the permuted network's activation scale",
+            set.root.display()
+        )));
+    }
+    Ok(if u.is_empty() {
+        (crate::model::InputBatch::F32(f), n)
+    } else {
+        (crate::model::InputBatch::U8(u), n)
+    })
 }
 
 /// The controls of a source given as images: every applicable change of at most

@@ -296,7 +296,7 @@ pub fn measure_pretraining(
         let hi = off.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
         let depths: Vec<usize> = off.iter().map(|x| x.0).collect();
         cmp.notes.push(format!(
-            "WARNING: with permuted weights the activations (RMS of the pooled features) are {lo:.1}–{hi:.1}× the pretrained network's at depth{} {}; where they saturate (ReLU6 clips at 6) or vanish, part of the pretraining gain may be that rather than what was learned (no rescaling is applied; the ratio of every layer is in metrics.csv)",
+            "WARNING: with permuted weights the activations (RMS of the pooled features) are {lo:.1}–{hi:.1}× the pretrained network's at depth{} {}; where they saturate (ReLU6 clips at 6) or vanish, part of the pretraining gain may be that rather than what was learned (each weight layer was rescaled to the pretrained network's output RMS on a few images, as the note says, and the pooled features still differ this much; the ratio of every layer is in metrics.csv)",
             if depths.len() > 1 { "s" } else { "" },
             depth_ranges(&depths)
         ));

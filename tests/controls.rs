@@ -201,6 +201,78 @@ fn permuted_weights_shuffle_each_float_tensor_and_touch_nothing_else() {
 }
 
 #[test]
+fn a_permuted_network_is_brought_back_to_the_pretrained_activation_scale() {
+    use domsim::model::{rescale, InputBatch, OnnxModel};
+    let path = domsim::model::runtime::default_model_path();
+    let bytes = std::fs::read(&path).unwrap();
+    let (permuted, ..) = domsim::model::onnx::permuted_weights(&bytes, 0).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("permuted.onnx");
+    std::fs::write(&p, &permuted).unwrap();
+    let mut model = OnnxModel::load(&p, 1, None, None, None).unwrap();
+    // eight chest X-rays, preprocessed as extract does
+    let pre = domsim::preprocess::Preprocess::new(
+        model.input.clone(),
+        domsim::preprocess::Normalization::preset("pm1").unwrap(),
+        512 << 20,
+    );
+    let dir = datasets().join("chest_xray").join("NORMAL");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut px = Vec::new();
+    for f in files.iter().take(rescale::IMAGES) {
+        match domsim::preprocess::load(f, &pre).unwrap().0 {
+            domsim::preprocess::Pixels::F32(x) => px.extend(x),
+            domsim::preprocess::Pixels::U8(_) => unreachable!("the bundled model takes float32"),
+        }
+    }
+    let r = rescale::match_scale(&bytes, &mut model, &InputBatch::F32(px), 8, None).unwrap();
+    // 49 convolutions and the classifier's Gemm; before, some layer is several times the pretrained
+    // scale; after, every layer is within a factor of 2 of it
+    assert_eq!(r.layers, 50);
+    assert!(r.before.1 > 5.0, "{r:?}");
+    assert!(r.after.0 > 0.5 && r.after.1 < 2.0, "{r:?}");
+    assert!(r.describe().contains("LSUV-like"));
+    // only the weight layers' values changed, each tensor by one positive factor
+    let layers = domsim::model::onnx::weight_layers(&permuted).unwrap();
+    let mut inside = vec![false; permuted.len()];
+    let f32s = |x: &[u8]| -> Vec<f32> {
+        x.chunks_exact(4)
+            .map(|q| f32::from_le_bytes([q[0], q[1], q[2], q[3]]))
+            .collect()
+    };
+    for l in &layers {
+        for t in &l.tensors {
+            inside[t.clone()].iter_mut().for_each(|x| *x = true);
+            let (old, new) = (f32s(&permuted[t.clone()]), f32s(&model.bytes[t.clone()]));
+            let k = old
+                .iter()
+                .zip(&new)
+                .find(|(o, _)| o.abs() > 1e-3)
+                .map(|(o, n)| n / o)
+                .unwrap();
+            assert!(k > 0.0);
+            for (o, n) in old.iter().zip(&new) {
+                assert!(
+                    (n - k * o).abs() <= 1e-5 * (1.0 + n.abs()),
+                    "{}: {o} → {n}, factor {k}",
+                    l.output
+                );
+            }
+        }
+    }
+    assert!(inside.iter().filter(|&&x| x).count() == 4 * 4_631_000);
+    assert!(permuted
+        .iter()
+        .zip(&model.bytes)
+        .zip(&inside)
+        .all(|((x, y), &i)| i || x == y));
+}
+
+#[test]
 fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("cats_dogs");
@@ -240,6 +312,11 @@ fn pretraining_is_worth_most_at_the_deep_layers_of_a_task_imagenet_knows() {
         &deep[11]
     );
     assert!(deep[11].contains("activation scale"), "{}", &deep[11]);
+    assert!(
+        deep[11].contains("50 weight layers rescaled"),
+        "{}",
+        &deep[11]
+    );
     let verdict: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("verdict.json")).unwrap()).unwrap();
     assert!(

@@ -77,6 +77,16 @@ pub struct AttributeProto {
 }
 
 impl AttributeProto {
+    /// An integer attribute.
+    pub fn int(name: &str, i: i64) -> Self {
+        AttributeProto {
+            name: name.into(),
+            i,
+            ints: Vec::new(),
+            r#type: 2,
+        }
+    }
+
     /// An integer-list attribute.
     pub fn ints(name: &str, ints: Vec<i64>) -> Self {
         AttributeProto {
@@ -275,6 +285,56 @@ pub fn permuted_weights(model: &[u8], seed: u64) -> Option<(Vec<u8>, usize, usiz
         values += n;
     }
     Some((out, tensors, values))
+}
+
+/// A node that multiplies its input by weights stored in the model (`Conv`, `ConvTranspose`, `Gemm`,
+/// `MatMul`): its output tensor and the bytes of its float initializers (weights and bias).
+#[derive(Debug, Clone)]
+pub struct WeightLayer {
+    /// The node's output tensor.
+    pub output: String,
+    /// Byte ranges of its float32 initializers in the model file (see [`float_payloads`]).
+    pub tensors: Vec<std::ops::Range<usize>>,
+}
+
+/// The weight layers of a model, in graph order; `None` when the bytes are not a well-formed model.
+pub fn weight_layers(model: &[u8]) -> Option<Vec<WeightLayer>> {
+    let graph = decode(model).ok()?.graph?;
+    let floats = float_payloads(model)?;
+    let by_name: std::collections::HashMap<&str, &std::ops::Range<usize>> =
+        floats.iter().map(|p| (p.name.as_str(), &p.bytes)).collect();
+    Some(
+        graph
+            .node
+            .iter()
+            .filter(|n| {
+                matches!(
+                    n.op_type.as_str(),
+                    "Conv" | "ConvTranspose" | "Gemm" | "MatMul"
+                )
+            })
+            .filter_map(|n| {
+                let tensors: Vec<_> = n
+                    .input
+                    .iter()
+                    .filter_map(|i| by_name.get(i.as_str()).map(|r| (*r).clone()))
+                    .collect();
+                (!tensors.is_empty() && !n.output.is_empty()).then(|| WeightLayer {
+                    output: n.output[0].clone(),
+                    tensors,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Multiplies every float32 value stored in `bytes[range]` (little-endian, as [`float_payloads`] finds
+/// them) by `factor`, in place.
+pub fn scale_floats(bytes: &mut [u8], range: std::ops::Range<usize>, factor: f32) {
+    for c in bytes[range].chunks_exact_mut(4) {
+        let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * factor;
+        c.copy_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// Decodes the parts of a model that domsim reads.

@@ -335,6 +335,73 @@ impl OnnxModel {
     }
 }
 
+impl OnnxModel {
+    /// Root mean square of each tensor in `names` over one batch of `n` images (every value of the tensor:
+    /// images, channels and positions), computed inside the graph (`Mul`, then `ReduceMean` over all axes)
+    /// so that only one number per tensor comes back. `weights` is this model's bytes, or a copy of them
+    /// with other weight values (the same graph and input).
+    pub fn tensor_rms(
+        &self,
+        weights: &[u8],
+        names: &[String],
+        batch: InputBatch,
+        n: usize,
+        ort_lib: Option<&Path>,
+    ) -> Result<Vec<f64>> {
+        use onnx::{AttributeProto as A, NodeProto as N};
+        let mut nodes = Vec::new();
+        let mut outs = Vec::new();
+        for name in names {
+            let sq = format!("domsim/sq/{name}");
+            let mean = format!("domsim/meansq/{name}");
+            nodes.push(N::new("Mul", &[name, name], &sq, vec![]));
+            nodes.push(N::new(
+                "ReduceMean",
+                &[&sq],
+                &mean,
+                vec![A::int("keepdims", 0)],
+            ));
+            outs.push(mean);
+        }
+        let bytes = onnx::with_extra_nodes(weights, &nodes, &outs);
+        let mut session = session(&bytes, model_dir(&self.path), self.threads, ort_lib)?;
+        let c = &self.input;
+        let shape: Vec<i64> = match c.layout {
+            Layout::Nchw => vec![n as i64, c.channels as i64, c.height as i64, c.width as i64],
+            Layout::Nhwc => vec![n as i64, c.height as i64, c.width as i64, c.channels as i64],
+        };
+        let outputs = match batch {
+            InputBatch::F32(v) => {
+                session.run(ort::inputs![c.name.clone() => Tensor::from_array((shape, v))?])?
+            }
+            InputBatch::U8(v) => {
+                session.run(ort::inputs![c.name.clone() => Tensor::from_array((shape, v))?])?
+            }
+        };
+        outs.iter()
+            .zip(names)
+            .map(|(o, name)| {
+                let v = outputs
+                    .get(o.as_str())
+                    .ok_or_else(|| {
+                        Error::Runtime(format!(
+                            "tensor '{name}': its mean square is missing from the outputs"
+                        ))
+                    })?
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| {
+                        Error::Runtime(format!("tensor '{name}': cannot read its mean square: {e}"))
+                    })?
+                    .1
+                    .first()
+                    .copied()
+                    .unwrap_or(f32::NAN);
+                Ok(f64::from(v).sqrt())
+            })
+            .collect()
+    }
+}
+
 /// Appends to `nodes` the global pooling of tensor `name` (channels on axis 1, per-image shape `dims`) for
 /// `mode`; returns the names of the row-mean output and of the maximum output
 /// (N, C, 1, ...). The average is split in two so that it stays as exact as [`crate::pool::pool`]'s float64
@@ -548,6 +615,7 @@ fn is_out_of_memory(message: &str) -> bool {
 }
 
 /// One batch of preprocessed images, laid out as the model expects.
+#[derive(Debug, Clone)]
 pub enum InputBatch {
     /// float32 pixels.
     F32(Vec<f32>),
