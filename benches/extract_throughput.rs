@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n_layers = layers.len();
     eprintln!("selection: {:.3} s", t0.elapsed().as_secs_f64());
     // the same embedder as extract: pooling inside the graph
-    let mut emb = model.embedder(layers, Some(domsim::pool::Pool::Avg), None)?;
+    let mut emb = model.embedder(layers, Some(domsim::model::pool::Pool::Avg), None)?;
     eprintln!("embedder: {:.3} s", t0.elapsed().as_secs_f64());
     let set = ImageSet::scan(&images)?;
     let pre = Preprocess::new(

@@ -11,8 +11,8 @@ use domsim::analyze::{self, AnalyzeConfig};
 use domsim::compare::{CompareConfig, CompareOptions};
 use domsim::extract::{self, ExtractConfig, ExtractOptions};
 use domsim::metrics::Params;
+use domsim::model::pool::Pool;
 use domsim::model::{runtime, Layout, OnnxModel, Selection};
-use domsim::pool::Pool;
 use domsim::preprocess::Normalization;
 use domsim::report::summary::terminal_safe;
 
@@ -688,7 +688,7 @@ fn print_summary(
 ) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &domsim::report::summary::summary_json(r))?;
+        serde_json::to_writer_pretty(&mut out, &domsim::report::export::summary_json(r))?;
         writeln!(out)?;
     } else if !quiet {
         write!(out, "{}", domsim::report::summary::text(r, dir))?;

@@ -127,6 +127,10 @@ pub struct CompareReport {
     /// registry's, see [`CompareReport::outputs`]).
     #[serde(default, rename = "outputs")]
     pub declared: Vec<Output>,
+    /// The source's controls measured ([`crate::controls`]): each change made to the source, in the order
+    /// measured; empty when none was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controls: Vec<crate::preprocess::Transform>,
 }
 
 impl CompareReport {
@@ -506,6 +510,7 @@ pub fn compute_with(
         notes,
         timings_s: timings,
         declared: with_derived(declarations(&runnable)),
+        controls: Vec::new(),
     })
 }
 
@@ -641,6 +646,7 @@ fn from_moments(cfg: &CompareConfig) -> Result<Option<CompareReport>> {
         similarity: Vec::new(),
         notes,
         timings_s: timings,
+        controls: Vec::new(),
     }))
 }
 

@@ -825,27 +825,19 @@ fn pretraining_sentence(cmp: &CompareReport) -> Option<String> {
 fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     let outs = cmp.outputs();
     let controls: Vec<(Output, String)> = cmp
-        .notes
+        .controls
         .iter()
-        .find_map(|n| n.strip_prefix("controls ("))
-        .and_then(|n| n.split_once(')'))
-        .map(|(names, _)| {
-            names
-                .split(", ")
-                .filter_map(Transform::from_name)
-                .map(|t| {
-                    let what = match (t.grey, t.shorter_side) {
-                        (true, None) => "a greyscale copy of the source".to_string(),
-                        (false, Some(px)) => format!("the source at {px} px"),
-                        (_, Some(px)) => format!("the source greyscale and at {px} px"),
-                        _ => t.name(),
-                    };
-                    (share_output(&t), what)
-                })
-                .filter(|(o, _)| outs.iter().any(|x| x.id == o.id))
-                .collect()
+        .map(|t| {
+            let what = match (t.grey, t.shorter_side) {
+                (true, None) => "a greyscale copy of the source".to_string(),
+                (false, Some(px)) => format!("the source at {px} px"),
+                (_, Some(px)) => format!("the source greyscale and at {px} px"),
+                _ => t.name(),
+            };
+            (share_output(t), what)
         })
-        .unwrap_or_default();
+        .filter(|(o, _)| outs.iter().any(|x| x.id == o.id))
+        .collect();
     if controls.is_empty() {
         return None;
     }
@@ -1064,6 +1056,7 @@ pub fn measure(
         l.values.extend(r.sensitivity);
     }
     cmp.declared = declared;
+    cmp.controls = transforms.to_vec();
     cmp.notes.push(format!(
         "controls ({}): {} source images changed and embedded again, paired with themselves unchanged; {} target rows{}; MMD² at one σ per layer; two-sample jackknife intervals; seed {}",
         transforms.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),

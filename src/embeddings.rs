@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 
 use crate::error::{input_err, Error, Result};
+use crate::model::pool::{Pool, TensorLayout};
 use crate::model::{InputContract, Layer};
-use crate::pool::{Pool, TensorLayout};
 use crate::preprocess::Normalization;
 
 /// The model as recorded in a manifest.

@@ -14,10 +14,10 @@ use rayon::prelude::*;
 use crate::dataset::ImageSet;
 use crate::embeddings::{self, Manifest, ModelInfo, PreprocessInfo};
 use crate::error::{input_err, Error, Result};
+use crate::model::pool::{self, Pool, TensorLayout};
 use crate::model::{ElemType, Embedder, InputBatch, Layout, OnnxModel, Selection};
 use crate::npy::{Dtype, NpyWriter};
 use crate::output::{self, csv_bytes, write_atomic};
-use crate::pool::{self, Pool, TensorLayout};
 use crate::preprocess::{self, ImageInfo, Normalization, Pixels, Preprocess};
 
 /// How images become embeddings (validated; no CLI types, no folders): what `extract` and `analyze` share.

@@ -6,9 +6,14 @@
 //! The pipeline runs in one direction; each arrow passes a plain value:
 //!
 //! ```text
-//! images/ ─► dataset ─► preprocess ─► model (ONNX Runtime) ─► pool ─► embeddings (NPY per layer)
+//! images/ ─► dataset ─► preprocess ─► model (ONNX Runtime, pooling) ─► embeddings (NPY per layer)
 //! embeddings (source) + embeddings (target) ─► metrics (per layer) ─► verdict ─► report
 //! ```
+//!
+//! The modules are layers, lowest first: [`error`], [`output`], [`npy`], [`metrics`], [`model`],
+//! [`preprocess`], [`dataset`], [`embeddings`], [`shard`], [`extract`], [`compare`], [`controls`],
+//! [`verdict`], [`report`], [`analyze`]. Each uses only those below it, and no two files import each other
+//! (`tests/architecture.rs` checks both).
 //!
 //! ```no_run
 //! use domsim::extract::{extract, ExtractConfig, ExtractOptions};
@@ -30,7 +35,6 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod output;
-pub mod pool;
 pub mod preprocess;
 pub mod report;
 pub mod shard;

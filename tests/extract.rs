@@ -543,8 +543,8 @@ fn normalisation_parameters_are_validated() {
 /// float64 for the rest), the maxima exactly, and the manifests record the same layer shapes.
 #[test]
 fn pooling_inside_the_graph_matches_pooling_the_raw_maps() {
+    use domsim::model::pool::Pool;
     use domsim::model::{OnnxModel, Selection};
-    use domsim::pool::Pool;
     let tmp = tempfile::tempdir().unwrap();
     let imgs = tmp.path().join("imgs");
     std::fs::create_dir_all(&imgs).unwrap();
@@ -561,7 +561,7 @@ fn pooling_inside_the_graph_matches_pooling_the_raw_maps() {
     let layers = model.select(&Selection::Default).unwrap();
     let in_graph = layers
         .iter()
-        .filter(|l| domsim::pool::in_graph_shape(l, &model.input).is_some())
+        .filter(|l| domsim::model::pool::in_graph_shape(l, &model.input).is_some())
         .count();
     assert_eq!(
         in_graph,

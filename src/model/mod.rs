@@ -3,6 +3,7 @@
 
 pub mod layers;
 pub mod onnx;
+pub mod pool;
 pub mod rescale;
 pub mod runtime;
 

@@ -297,20 +297,21 @@ impl OnnxModel {
     }
 
     /// Builds the runtime embedder for `layers`. With `pool`, each layer that can be pooled inside the
-    /// graph ([`crate::pool::in_graph_shape`]) gets global pooling nodes appended to the model, so that ONNX
+    /// graph ([`crate::model::pool::in_graph_shape`]) gets global pooling nodes appended to the model, so that ONNX
     /// Runtime returns (N, C) values instead of the whole map (less copying, less memory); the other layers
     /// come back raw. `None` returns every layer raw.
     pub fn embedder(
         &self,
         layers: Vec<Layer>,
-        pool: Option<crate::pool::Pool>,
+        pool: Option<crate::model::pool::Pool>,
         ort_lib: Option<&Path>,
     ) -> Result<OrtEmbedder> {
         let mut nodes = Vec::new();
         let mut extra = Vec::new();
         let mut fetch = Vec::new();
         for l in &layers {
-            match pool.and_then(|p| Some((p, crate::pool::in_graph_shape(l, &self.input)?))) {
+            match pool.and_then(|p| Some((p, crate::model::pool::in_graph_shape(l, &self.input)?)))
+            {
                 Some((mode, dims)) => {
                     let (rows, max) = pooling_nodes(&l.name, &dims, mode, &mut nodes);
                     extra.extend(rows.iter().chain(&max).cloned());
@@ -404,18 +405,18 @@ impl OnnxModel {
 
 /// Appends to `nodes` the global pooling of tensor `name` (channels on axis 1, per-image shape `dims`) for
 /// `mode`; returns the names of the row-mean output and of the maximum output
-/// (N, C, 1, ...). The average is split in two so that it stays as exact as [`crate::pool::pool`]'s float64
+/// (N, C, 1, ...). The average is split in two so that it stays as exact as [`crate::model::pool::pool`]'s float64
 /// sum: ONNX Runtime averages each row of the last axis in float32 (an `AveragePool` over 1 × W windows, at
 /// most a few hundred values, which its blocked-channel kernels run without reordering the map), shrinking
 /// the tensor by its width, and domsim averages those row means in float64
-/// ([`crate::pool::average_row_means`]).
+/// ([`crate::model::pool::average_row_means`]).
 fn pooling_nodes(
     name: &str,
     dims: &[usize],
-    mode: crate::pool::Pool,
+    mode: crate::model::pool::Pool,
     nodes: &mut Vec<onnx::NodeProto>,
 ) -> (Option<String>, Option<String>) {
-    use crate::pool::Pool;
+    use crate::model::pool::Pool;
     use onnx::{AttributeProto as A, NodeProto as N};
     let spatial = &dims[1..];
     let window: Vec<i64> = spatial
@@ -718,7 +719,7 @@ impl Embedder for OrtEmbedder {
                         let (_, v) = get(a)?
                             .try_extract_tensor::<f32>()
                             .map_err(|e| unreadable(layer, e))?;
-                        parts.push(crate::pool::average_row_means(v, n, dims));
+                        parts.push(crate::model::pool::average_row_means(v, n, dims));
                     }
                     if let Some(m) = max {
                         let (_, v) = get(m)?

@@ -261,7 +261,7 @@ impl Exporter for SummaryJson {
         "summary.json".into()
     }
     fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
-        json("summary.json", &super::summary::summary_json(r))
+        json("summary.json", &summary_json(r))
     }
 }
 
@@ -369,6 +369,28 @@ pub fn report_files(r: &RunReport) -> Vec<Box<dyn Exporter>> {
     v.push(Box::new(SummaryJson));
     v.push(Box::new(Html));
     v
+}
+
+/// `summary.json`: paths, parameters, the verdict, versions.
+pub fn summary_json(r: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "domsim_version": env!("CARGO_PKG_VERSION"),
+        "source": {"dir": r.compare.source.dir, "n": r.compare.source.n, "classes": r.compare.source.classes,
+                   "model": r.compare.source.manifest.as_ref().map(|m| &m.model)},
+        "target": {"dir": r.compare.target.dir, "n": r.compare.target.n, "classes": r.compare.target.classes},
+        "params": r.compare.params,
+        "verdict": {"summary": r.verdict.summary, "plan": r.verdict.plan, "cut": r.verdict.cut, "diagnosis": r.verdict.diagnosis, "poor_match": r.verdict.poor_match,
+                    "warnings": r.verdict.warnings,
+                    "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
+        "outputs": r.compare.outputs(),
+        "files": files(r),
+        "run": r.extra,
+    })
+}
+
+/// The files of the report folder, from the same exporter list that writes them (no hard-coded names).
+fn files(r: &RunReport) -> Vec<String> {
+    analysis_files(r).iter().map(|e| e.file_name()).collect()
 }
 
 /// Every file of an `analyze` folder: the compare files, the scatter points (when any), the report files.

@@ -67,7 +67,7 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             .unwrap_or(dir)
             .to_string()
     };
-    let source = match super::summary::source_reference(r) {
+    let source = match r.source_reference() {
         Some(d) => esc(d),
         None => format!(
             "<code>{}</code> ({} images)",

@@ -46,6 +46,16 @@ pub struct RunReport {
     pub extra: serde_json::Value,
 }
 
+impl RunReport {
+    /// The sentence saying that the source was the bundled reference, when it was.
+    pub fn source_reference(&self) -> Option<&str> {
+        self.extra
+            .get("source_reference")
+            .and_then(|x| x.get("description"))
+            .and_then(|x| x.as_str())
+    }
+}
+
 /// One column of the per-layer tables (terminal and HTML): a declared output's value, or its p-value.
 pub struct Column {
     /// Header.

@@ -5,31 +5,6 @@ use std::io::IsTerminal;
 use super::RunReport;
 use crate::verdict::Label;
 
-/// `summary.json`: paths, parameters, the verdict, versions.
-pub fn summary_json(r: &RunReport) -> serde_json::Value {
-    serde_json::json!({
-        "domsim_version": env!("CARGO_PKG_VERSION"),
-        "source": {"dir": r.compare.source.dir, "n": r.compare.source.n, "classes": r.compare.source.classes,
-                   "model": r.compare.source.manifest.as_ref().map(|m| &m.model)},
-        "target": {"dir": r.compare.target.dir, "n": r.compare.target.n, "classes": r.compare.target.classes},
-        "params": r.compare.params,
-        "verdict": {"summary": r.verdict.summary, "plan": r.verdict.plan, "cut": r.verdict.cut, "diagnosis": r.verdict.diagnosis, "poor_match": r.verdict.poor_match,
-                    "warnings": r.verdict.warnings,
-                    "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
-        "outputs": r.compare.outputs(),
-        "files": files(r),
-        "run": r.extra,
-    })
-}
-
-/// The files of the report folder, from the same exporter list that writes them (no hard-coded names).
-fn files(r: &RunReport) -> Vec<String> {
-    super::export::analysis_files(r)
-        .iter()
-        .map(|e| e.file_name())
-        .collect()
-}
-
 /// A user string (a class folder, a file or tensor name, or a message quoting one) made safe for a terminal:
 /// control characters other than newline and tab, and the Unicode bidirectional overrides, are written
 /// escaped (`\u{1b}`), so that a name cannot move the cursor, retitle the window or reorder the line.
@@ -92,7 +67,7 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     for w in &r.verdict.warnings {
         s.push_str(&wrap(&terminal_safe(w), WRAP, "warning: "));
     }
-    if let Some(d) = source_reference(r) {
+    if let Some(d) = r.source_reference() {
         s.push_str(&format!("source: {}\n", terminal_safe(d)));
     }
     s.push_str(&format!(
@@ -128,14 +103,6 @@ fn wrap(text: &str, width: usize, lead: &str) -> String {
     out.push_str(&line);
     out.push('\n');
     out
-}
-
-/// The sentence saying that the source was the bundled reference, when it was.
-pub fn source_reference(r: &RunReport) -> Option<&str> {
-    r.extra
-        .get("source_reference")
-        .and_then(|x| x.get("description"))
-        .and_then(|x| x.as_str())
 }
 
 #[cfg(test)]

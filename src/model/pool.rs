@@ -7,8 +7,8 @@
 //!
 //! Averages are accumulated in f64 and stored as f32.
 
+use super::{InputContract, Layer, Layout, RawOutput};
 use crate::error::{Error, Result};
-use crate::model::{InputContract, Layer, Layout, RawOutput};
 
 /// How spatial or token axes are reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

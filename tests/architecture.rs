@@ -1,0 +1,224 @@
+//! The library's modules form layers whose arrows point down: no import cycle between any two files of
+//! `src/`, and no top-level module reaching up to one above it in [`LAYERS`]. An import is any `crate::…` or
+//! `super::…` path in code (comments and `#[cfg(test)]` blocks aside).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The top-level modules, lowest first: each may use those before it, never those after (the layering
+/// `src/lib.rs` describes). The binary (`main.rs`, `cli.rs`) sits on top and uses the library by its name.
+const LAYERS: &[&str] = &[
+    "error",
+    "output",
+    "npy",
+    "metrics",
+    "model",
+    "preprocess",
+    "dataset",
+    "embeddings",
+    "shard",
+    "extract",
+    "compare",
+    "controls",
+    "verdict",
+    "report",
+    "analyze",
+];
+
+/// Every library file as a module path (`report::export`, `metrics`), with its path.
+fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<String, PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+        if p.is_dir() {
+            let mut next = prefix.to_vec();
+            next.push(stem);
+            modules(&p, &next, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            if prefix.is_empty() && matches!(stem.as_str(), "main" | "cli") {
+                continue;
+            }
+            let mut m = prefix.to_vec();
+            if !matches!(stem.as_str(), "mod" | "lib") {
+                m.push(stem);
+            }
+            out.insert(m.join("::"), p);
+        }
+    }
+}
+
+/// The code of a file without comments and without its `#[cfg(test)]` part.
+fn code(p: &Path) -> String {
+    let s = std::fs::read_to_string(p).unwrap();
+    let s = s.split("#[cfg(test)]").next().unwrap_or_default();
+    s.lines()
+        .map(|l| l.split("//").next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The paths after each occurrence of `prefix` (`crate::report::export::x` → `report::export::x`).
+fn paths_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while let Some(i) = rest.find(prefix) {
+        let before = rest[..i].chars().last();
+        rest = &rest[i + prefix.len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(rest.len());
+        out.push(rest[..end].trim_end_matches(':'));
+    }
+    out
+}
+
+/// The library module a path names: its longest prefix that is a module.
+fn resolve(path: &[&str], mods: &BTreeMap<String, PathBuf>) -> Option<String> {
+    (1..=path.len())
+        .rev()
+        .map(|k| path[..k].join("::"))
+        .find(|c| mods.contains_key(c))
+}
+
+/// Edges between library files (a parent's use of its own children and a child's use of its parent are
+/// the module's inside, not edges).
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut mods = BTreeMap::new();
+    modules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &[],
+        &mut mods,
+    );
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (m, p) in &mods {
+        let c = code(p);
+        let own: Vec<&str> = if m.is_empty() {
+            vec![]
+        } else {
+            m.split("::").collect()
+        };
+        // `super::` from `report/export.rs` (module `report::export`) and from `report/mod.rs` (module
+        // `report`) alike is the module path minus its last part
+        let parent: Vec<&str> = own[..own.len().saturating_sub(1)].to_vec();
+        let mut targets: Vec<Vec<&str>> = paths_after(&c, "crate::")
+            .into_iter()
+            .map(|x| x.split("::").collect())
+            .collect();
+        targets.extend(paths_after(&c, "super::").into_iter().map(|x| {
+            let mut v = parent.clone();
+            v.extend(x.split("::"));
+            v
+        }));
+        for t in targets {
+            let Some(t) = resolve(&t, &mods) else {
+                continue;
+            };
+            let related = t == *m
+                || t.is_empty()
+                || m.is_empty()
+                || m.starts_with(&format!("{t}::"))
+                || t.starts_with(&format!("{m}::"));
+            if !related {
+                edges.entry(m.clone()).or_default().insert(t);
+            }
+        }
+    }
+    edges
+}
+
+type Edges = BTreeMap<String, BTreeSet<String>>;
+
+/// Every edge that lies on a cycle.
+fn cycles(edges: &Edges) -> Vec<String> {
+    let reaches = |from: &str, to: &str| -> bool {
+        let mut stack = vec![from.to_string()];
+        let mut seen = BTreeSet::new();
+        while let Some(x) = stack.pop() {
+            for n in edges.get(&x).into_iter().flatten() {
+                if n == to {
+                    return true;
+                }
+                if seen.insert(n.clone()) {
+                    stack.push(n.clone());
+                }
+            }
+        }
+        false
+    };
+    edges
+        .iter()
+        .flat_map(|(a, bs)| bs.iter().map(move |b| (a, b)))
+        .filter(|(a, b)| reaches(b, a))
+        .map(|(a, b)| format!("{a} -> {b}"))
+        .collect()
+}
+
+/// Every edge from a top-level module to one above it in `layers`.
+fn upward(edges: &Edges, layers: &[&str]) -> Vec<String> {
+    let layer = |m: &str| {
+        let top = m.split("::").next().unwrap();
+        layers.iter().position(|l| *l == top).unwrap_or_else(|| {
+            panic!("module '{top}' is missing from LAYERS in tests/architecture.rs")
+        })
+    };
+    edges
+        .iter()
+        .flat_map(|(a, bs)| bs.iter().map(move |b| (a, b)))
+        .filter(|(a, b)| layer(b) > layer(a))
+        .map(|(a, b)| format!("{a} -> {b}"))
+        .collect()
+}
+
+#[test]
+fn no_two_library_files_import_each_other_even_indirectly() {
+    let edges = graph();
+    assert!(
+        edges.len() > 20,
+        "the scan found too few modules: {:?}",
+        edges.keys()
+    );
+    let c = cycles(&edges);
+    assert!(
+        c.is_empty(),
+        "import cycles (each edge lies on one): {c:#?}"
+    );
+}
+
+#[test]
+fn every_import_points_down_the_layers() {
+    let up = upward(&graph(), LAYERS);
+    assert!(up.is_empty(), "imports pointing up the layers: {up:#?}");
+}
+
+#[test]
+fn the_scan_sees_a_cycle_and_an_upward_import_when_there_is_one() {
+    // the parser: paths after `crate::`, not inside longer names
+    let c = "use crate::report::export;\nlet x = my_crate::foo; crate::model::pool::Pool::Avg";
+    assert_eq!(
+        paths_after(c, "crate::"),
+        vec!["report::export", "model::pool::Pool::Avg"]
+    );
+    let mut mods = BTreeMap::new();
+    for m in ["model", "model::pool", "report"] {
+        mods.insert(m.to_string(), PathBuf::new());
+    }
+    assert_eq!(
+        resolve(&["model", "pool", "Pool", "Avg"], &mods).as_deref(),
+        Some("model::pool")
+    );
+    assert_eq!(resolve(&["nothing"], &mods), None);
+    // a three-file cycle and one edge beside it; an edge up the layers
+    let mut e = Edges::new();
+    for (a, b) in [("a", "b"), ("b", "c::x"), ("c::x", "a"), ("a", "d")] {
+        e.entry(a.to_string()).or_default().insert(b.to_string());
+    }
+    assert_eq!(cycles(&e), vec!["a -> b", "b -> c::x", "c::x -> a"]);
+    assert_eq!(
+        upward(&e, &["a", "b", "c", "d"]),
+        vec!["a -> b", "a -> d", "b -> c::x"]
+    );
+    assert!(upward(&e, &["d", "c", "b", "a"]).contains(&"c::x -> a".to_string()));
+}
