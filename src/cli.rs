@@ -489,47 +489,57 @@ fn layers(a: LayersArgs, g: &Global) -> Result<()> {
         a.model.layout(),
     )?;
     let sel = a.model.selection();
-    // `--all` lists every float tensor, layout-op outputs too (selectable by name), and marks
-    // what the default selection takes
-    let (layers, marks): (Vec<_>, Vec<&str>) = if sel == Selection::All {
+    // `--all` lists every float tensor, layout-op outputs too (selectable by name), and marks what the
+    // default selection takes. Depths are numbered as `--all` numbers them in every other command (layout-op
+    // outputs are not part of it: `-`), and the default selection's own depth is in the note.
+    let rows: Vec<(Option<usize>, domsim::model::Layer, String)> = if sel == Selection::All {
         let default: Vec<String> = model
             .select(&Selection::Default)?
             .into_iter()
             .map(|l| l.name)
             .collect();
+        let mut depth = 0;
         model
             .all_layers()
             .iter()
             .map(|l| {
-                let mark = if default.contains(&l.name) {
-                    "default"
-                } else if l.by_name_only {
-                    "by name only (a layout op's output)"
-                } else {
-                    ""
+                let d = (!l.by_name_only).then(|| {
+                    depth += 1;
+                    depth - 1
+                });
+                let mark = match default.iter().position(|n| *n == l.name) {
+                    Some(k) => format!("default selection, depth {k}"),
+                    None if l.by_name_only => "by name only (a layout op's output)".into(),
+                    None => String::new(),
                 };
-                (l.clone(), mark)
+                (d, l.clone(), mark)
             })
-            .unzip()
+            .collect()
     } else {
-        let l = model.select(&sel)?;
-        let n = l.len();
-        (l, vec![""; n])
+        model
+            .select(&sel)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (Some(i), l, String::new()))
+            .collect()
     };
+    // the list is the command's result: printed with --quiet too (which silences progress and summaries)
     let mut out = std::io::stdout().lock();
     if a.json {
+        let layers: Vec<&domsim::model::Layer> = rows.iter().map(|r| &r.1).collect();
         serde_json::to_writer_pretty(&mut out, &layers)?;
         writeln!(out)?;
-    } else if !g.quiet || a.json {
+    } else {
         writeln!(
             out,
             "{:>5}  {:<48} {:<20} {:<24} note",
             "depth", "name", "op", "shape"
         )?;
-        for (i, (l, m)) in layers.iter().zip(&marks).enumerate() {
+        for (d, l, m) in &rows {
             writeln!(
                 out,
-                "{i:>5}  {:<48} {:<20} {:<24} {m}",
+                "{:>5}  {:<48} {:<20} {:<24} {m}",
+                d.map_or("-".to_string(), |d| d.to_string()),
                 terminal_safe(&l.name),
                 terminal_safe(&l.op_type),
                 format!("{:?}", l.shape)

@@ -275,6 +275,15 @@ fn runnable_metrics(
         .collect()
 }
 
+/// How a set is named to the user: the image folder it was extracted from, else its own folder.
+fn set_name(set: &EmbeddingSet) -> String {
+    set.manifest
+        .as_ref()
+        .map(|m| m.images.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| set.dir.display().to_string())
+}
+
 /// One layer's two matrices can be compared: enough rows on each side, the same dimension.
 fn check_pair(
     name: &str,
@@ -286,9 +295,16 @@ fn check_pair(
         ("target", &tgt.dir, xt.nrows()),
     ] {
         if n < MIN_SET {
+            // the user's folder (from the extraction manifest), not domsim's embedding cache
+            let shown = set_name(if which == "source" { src } else { tgt });
+            let skipped = dir.join("skipped.csv");
             return input_err(format!(
-                "the {which} '{}' holds {n} image(s); comparing needs at least {MIN_SET} per set (50 or more for advice to act on). Add images, or check skipped.csv for files that could not be read",
-                dir.display()
+                "the {which} '{shown}' holds {n} image(s); comparing needs at least {MIN_SET} per set (50 or more for advice to act on). Add images{}",
+                if skipped.is_file() {
+                    format!(", or see '{}' for files that could not be read", skipped.display())
+                } else {
+                    String::new()
+                }
             ));
         }
     }

@@ -34,12 +34,7 @@ pub struct ShardSpec {
 
 pub use crate::dataset::ShardInfo;
 
-/// FNV-1a, 64 bit.
-pub fn fnv1a64(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use crate::metrics::fnv1a64;
 
 /// The shard a file belongs to.
 pub fn shard_of(rel_path: &str, count: usize) -> usize {

@@ -379,6 +379,29 @@ fn default_selection_spans_stem_to_final_features() {
     let pat: Value = serde_json::from_slice(&pat.stdout).unwrap();
     // blocks 10, 12, 13 and 14 end in a residual Add; 11 and 15 do not
     assert_eq!(pat.as_array().unwrap().len(), 4);
+    // the table is the command's result: printed under --quiet (domsim() passes it); with --all, the
+    // depths are those `--all` gives everywhere (layout-op outputs, not selectable by --all, get `-`), and
+    // each default layer says its depth in the default selection
+    let table = domsim().args(["layers", "--all"]).output().unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), all.as_array().unwrap().len(), "{table}");
+    let numbered: Vec<usize> = rows
+        .iter()
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(numbered, (0..numbered.len()).collect::<Vec<_>>());
+    let last = rows
+        .iter()
+        .find(|r| r.contains("/_avg_pooling/GlobalAveragePool_output_0"))
+        .unwrap();
+    assert!(
+        last.contains(&format!("default selection, depth {}", names.len() - 1)),
+        "{last}"
+    );
+    if numbered.len() < rows.len() {
+        assert!(rows.iter().any(|r| r.trim_start().starts_with("- ")));
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! Determinism across `--threads`: faer's products split their work over output blocks (each entry is one
 //! sum in a fixed order), so they run on the rayon pool. Its decompositions reduce across threads in an
-//! order that depends on the thread count, so they run sequentially ([`deterministic`]): the same inputs
+//! order that depends on the thread count, so they run sequentially (`Par::Seq`, passed to each call): the same inputs
 //! give the same bits at any thread count.
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
@@ -97,30 +97,57 @@ pub fn fro2(a: &Array2<f64>) -> f64 {
     a.iter().map(|v| v * v).sum()
 }
 
-/// Makes faer's decompositions sequential (idempotent; `DOMSIM_PARALLEL_DECOMPOSITIONS=1` keeps them
-/// parallel, for the test that shows why): their result then does not depend on the thread count. Products
-/// keep their explicit rayon parallelism.
-pub fn deterministic() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("DOMSIM_PARALLEL_DECOMPOSITIONS").is_none() {
-            faer::set_global_parallelism(faer::Par::Seq)
-        }
-    });
+/// faer's decompositions run sequentially, passed as a value to each call (`Par::Seq`), never through faer's
+/// global setting: their result then does not depend on the thread count. Products keep their explicit
+/// rayon parallelism (the caller's pool).
+const DECOMPOSITION_PAR: faer::Par = faer::Par::Seq;
+
+/// Scratch memory for one faer decomposition.
+fn scratch(req: faer::dyn_stack::StackReq) -> faer::dyn_stack::MemBuffer {
+    faer::dyn_stack::MemBuffer::new(req)
+}
+
+/// Eigenvalues (ascending) and, when `vectors`, eigenvectors of the symmetric matrix `m` (lower triangle
+/// read).
+fn self_adjoint_evd(
+    m: faer::MatRef<'_, f64>,
+    vectors: bool,
+) -> crate::Result<(faer::diag::Diag<f64>, Option<faer::Mat<f64>>)> {
+    use faer::linalg::evd::{self, ComputeEigenvectors};
+    let n = m.nrows();
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let mut u = vectors.then(|| faer::Mat::<f64>::zeros(n, n));
+    let which = if vectors {
+        ComputeEigenvectors::Yes
+    } else {
+        ComputeEigenvectors::No
+    };
+    let mut mem = scratch(evd::self_adjoint_evd_scratch::<f64>(
+        n,
+        which,
+        DECOMPOSITION_PAR,
+        Default::default(),
+    ));
+    evd::self_adjoint_evd(
+        m,
+        s.as_mut(),
+        u.as_mut().map(|u| u.as_mut()),
+        DECOMPOSITION_PAR,
+        faer::dyn_stack::MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(|e| format!("eigen-decomposition did not converge: {e:?}"))?;
+    Ok((s, u))
 }
 
 /// Eigen-decomposition of a symmetric matrix: eigenvalues ascending, eigenvectors as columns.
 pub fn sym_eigh(a: &Array2<f64>) -> crate::Result<(Array1<f64>, Array2<f64>)> {
-    deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
     let slice = a.as_slice().ok_or("matrix not contiguous")?;
     let m = faer::MatRef::from_row_major_slice(slice, n, n);
-    let evd = m
-        .self_adjoint_eigen(faer::Side::Lower)
-        .map_err(|e| format!("eigen-decomposition did not converge: {e:?}"))?;
-    let s = evd.S().column_vector();
-    let u = evd.U();
+    let (s, u) = self_adjoint_evd(m, true)?;
+    let (s, u) = (s.column_vector(), u.expect("computed"));
     let vals = Array1::from_shape_fn(n, |i| s[i]);
     let vecs = Array2::from_shape_fn((n, n), |(i, j)| u[(i, j)]);
     Ok((vals, vecs))
@@ -128,25 +155,40 @@ pub fn sym_eigh(a: &Array2<f64>) -> crate::Result<(Array1<f64>, Array2<f64>)> {
 
 /// Eigenvalues of a symmetric matrix, ascending.
 pub fn sym_eigvals(a: &Array2<f64>) -> crate::Result<Vec<f64>> {
-    deterministic();
     let n = a.nrows();
     let a = a.as_standard_layout();
     let slice = a.as_slice().ok_or("matrix not contiguous")?;
-    faer::MatRef::from_row_major_slice(slice, n, n)
-        .self_adjoint_eigenvalues(faer::Side::Lower)
-        .map_err(|e| format!("eigen-decomposition did not converge: {e:?}").into())
+    let (s, _) = self_adjoint_evd(faer::MatRef::from_row_major_slice(slice, n, n), false)?;
+    Ok(s.column_vector().iter().copied().collect())
 }
 
 /// Singular values of a (rectangular) matrix, from its SVD: small ones come out accurate to round-off of
 /// the largest, unlike the square roots of the eigenvalues of `AᵀA`.
 pub fn singular_values(a: &Array2<f64>) -> crate::Result<Vec<f64>> {
-    deterministic();
+    use faer::linalg::svd::{self, ComputeSvdVectors};
     let (r, c) = a.dim();
     let a = a.as_standard_layout();
     let slice = a.as_slice().ok_or("matrix not contiguous")?;
-    faer::MatRef::from_row_major_slice(slice, r, c)
-        .singular_values()
-        .map_err(|e| format!("SVD did not converge: {e:?}").into())
+    let mut s = faer::diag::Diag::<f64>::zeros(r.min(c));
+    let mut mem = scratch(svd::svd_scratch::<f64>(
+        r,
+        c,
+        ComputeSvdVectors::No,
+        ComputeSvdVectors::No,
+        DECOMPOSITION_PAR,
+        Default::default(),
+    ));
+    svd::svd(
+        faer::MatRef::from_row_major_slice(slice, r, c),
+        s.as_mut(),
+        None,
+        None,
+        DECOMPOSITION_PAR,
+        faer::dyn_stack::MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .map_err(|e| format!("SVD did not converge: {e:?}"))?;
+    Ok(s.column_vector().iter().copied().collect())
 }
 
 /// Symmetric positive semi-definite square root (negative eigenvalues from round-off are clipped to 0).
@@ -164,12 +206,24 @@ pub fn row_sq_norms(x: &ArrayView2<f64>) -> Array1<f64> {
 
 /// Lower Cholesky factor of a symmetric positive definite matrix; `None` when it is not positive definite.
 pub fn cholesky_lower(a: &Array2<f64>) -> Option<Array2<f64>> {
-    deterministic();
+    use faer::linalg::cholesky::llt::factor;
     let n = a.nrows();
     let a = a.as_standard_layout();
-    let m = faer::MatRef::from_row_major_slice(a.as_slice()?, n, n);
-    let llt = m.llt(faer::Side::Lower).ok()?;
-    let l = llt.L();
+    let mut l = faer::Mat::<f64>::zeros(n, n);
+    l.copy_from_triangular_lower(faer::MatRef::from_row_major_slice(a.as_slice()?, n, n));
+    let mut mem = scratch(factor::cholesky_in_place_scratch::<f64>(
+        n,
+        DECOMPOSITION_PAR,
+        Default::default(),
+    ));
+    factor::cholesky_in_place(
+        l.as_mut(),
+        Default::default(),
+        DECOMPOSITION_PAR,
+        faer::dyn_stack::MemStack::new(&mut mem),
+        Default::default(),
+    )
+    .ok()?;
     Some(Array2::from_shape_fn((n, n), |(i, j)| {
         if i >= j {
             l[(i, j)]

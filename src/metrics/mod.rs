@@ -191,9 +191,15 @@ impl Ctx<'_> {
     }
 }
 
-/// The random stream of a name (64-bit FNV-1a).
+/// The random stream of a name.
 fn stream_of(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    fnv1a64(name)
+}
+
+/// FNV-1a, 64 bit, of a string's UTF-8 bytes: random streams named by a string here, and the shard a file
+/// belongs to ([`crate::shard`]).
+pub fn fnv1a64(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
