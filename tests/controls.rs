@@ -83,6 +83,11 @@ fn an_injected_cause_is_what_its_control_explains() {
                 sentence.contains("a greyscale copy of the source closes"),
                 "{sentence}"
             );
+            // the target is the source's kind of photo in greyscale: colour is all of the gap
+            assert!(
+                sentence.contains("Colour accounts for the whole gap"),
+                "{sentence}"
+            );
             // how much a layer responds to colour is measured at every layer
             assert!(share("mmd2_source_vs_grey").iter().all(|v| v.1.is_some()));
             // a compare.json whose declarations carry another wording (an older domsim) still gives the

@@ -564,7 +564,10 @@ fn messages_say_what_happened_and_what_to_do() {
             "holds 1 image(s); comparing needs at least 5 per set",
         ))
         // the user's own folder, not the embeddings cache under the output folder
-        .stderr(predicate::str::contains(format!("the source '{}'", s.display())))
+        .stderr(predicate::str::contains(format!(
+            "the source '{}'",
+            s.display()
+        )))
         .stderr(predicate::str::contains("embeddings/source'").not());
     // choosing only the domain probe says nothing about the target's labels
     let emb = tmp.path().join("emb");

@@ -80,6 +80,9 @@ fn animals_vs_xrays_differ_and_interleaved_halves_do_not() {
         .as_str()
         .unwrap()
         .starts_with("the deepest layers are shifted"));
+    // colour is part of the early gap, not all of it: the deep gap is content
+    let sources = v["sources"].as_str().unwrap_or_default();
+    assert!(!sources.contains("accounts for the whole gap"), "{sources}");
 
     let even = tmp.path().join("even");
     let odd = tmp.path().join("odd");
@@ -198,4 +201,10 @@ fn same_domain_photos_and_a_pure_colour_change_get_a_new_head() {
         .unwrap()
         .iter()
         .any(|w| w.as_str().unwrap().contains("greyscale")));
+    // the domain probe separates the sets from depth 2 on, but the colour control says what the shift is
+    let sources = v["sources"].as_str().unwrap();
+    assert!(
+        sources.contains("Colour accounts for the whole gap"),
+        "{sources}"
+    );
 }
