@@ -187,40 +187,7 @@ fn extract_permuted(
         )?;
         let scale_file = dir.join("rescaled.txt");
         if !cached(&dir, &fp) {
-            let tmp = tempfile::Builder::new()
-                .prefix(".domsim-permuted-")
-                .tempdir_in(&cfg.out)
-                .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
-            let path = tmp.path().join("permuted_weights.onnx");
-            std::fs::write(&path, &permuted).map_err(|e| Error::io("cannot write", &path, e))?;
-            // the permuted file is another model to domsim: the target's own layers and normalisation
-            // are passed explicitly, so that both networks are read at the same tensors with the same
-            // pixels
-            let options = ExtractOptions {
-                model: path,
-                progress: false,
-                selection: crate::model::Selection::Names(
-                    m.layers.iter().map(|l| l.name.clone()).collect(),
-                ),
-                norm: Some(m.preprocessing.normalization.clone()),
-                ..cfg.extract.clone()
-            };
-            let mut model = options.load_model()?;
-            let (batch, n) = calibration_batch(&model, &subset, &options)?;
-            let rescaled = crate::model::rescale::match_scale(
-                &bytes,
-                &mut model,
-                &batch,
-                n,
-                options.ort_lib.as_deref(),
-            )?;
-            let job = ExtractConfig {
-                force: true,
-                fingerprint: Some(fp),
-                ..ExtractConfig::new(options, set.root.clone(), dir.clone())
-            };
-            extract_with(&model, &subset, &job)?;
-            crate::output::write_atomic(&scale_file, rescaled.describe().as_bytes())?;
+            embed_permuted(cfg, m, (set, &subset), (&bytes, &permuted), &dir, fp)?;
         }
         scaled.push(std::fs::read_to_string(&scale_file).unwrap_or_default());
         sets.push(EmbeddingSet::open(&dir)?);
@@ -230,6 +197,53 @@ fn extract_permuted(
         how.push_str(&format!("{}: {first}", scaled.len()));
     }
     Ok(Some((sets, how)))
+}
+
+/// Embeds `subset` (of `set`) with one permuted network (`models`: the original and the permuted bytes), at
+/// the target's own layers and normalisation, after rescaling it ([`crate::model::rescale`]); the permuted
+/// model is written to a temporary folder inside OUT and removed, and what the rescaling did is kept beside
+/// the embeddings (`rescaled.txt`).
+fn embed_permuted(
+    cfg: &AnalyzeConfig,
+    m: &crate::embeddings::Manifest,
+    (set, subset): (&ImageSet, &ImageSet),
+    (original, permuted): (&[u8], &[u8]),
+    dir: &Path,
+    fp: String,
+) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".domsim-permuted-")
+        .tempdir_in(&cfg.out)
+        .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
+    let path = tmp.path().join("permuted_weights.onnx");
+    std::fs::write(&path, permuted).map_err(|e| Error::io("cannot write", &path, e))?;
+    // the permuted file is another model to domsim: the target's own layers and normalisation are passed
+    // explicitly, so that both networks are read at the same tensors with the same pixels
+    let options = ExtractOptions {
+        model: path,
+        progress: false,
+        selection: crate::model::Selection::Names(
+            m.layers.iter().map(|l| l.name.clone()).collect(),
+        ),
+        norm: Some(m.preprocessing.normalization.clone()),
+        ..cfg.extract.clone()
+    };
+    let mut model = options.load_model()?;
+    let (batch, n) = calibration_batch(&model, subset, &options)?;
+    let rescaled = crate::model::rescale::match_scale(
+        original,
+        &mut model,
+        &batch,
+        n,
+        options.ort_lib.as_deref(),
+    )?;
+    let job = ExtractConfig {
+        force: true,
+        fingerprint: Some(fp),
+        ..ExtractConfig::new(options, set.root.clone(), dir.to_path_buf())
+    };
+    extract_with(&model, subset, &job)?;
+    crate::output::write_atomic(&dir.join("rescaled.txt"), rescaled.describe().as_bytes())
 }
 
 /// The first [`crate::model::rescale::IMAGES`] decodable images of `set`, preprocessed for `model` as
@@ -316,27 +330,11 @@ fn extract_controls(
 
 /// Runs the whole analysis.
 pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
-    let mut inputs: Vec<(&str, &Path)> = vec![("--target", &cfg.target)];
-    if let Some(s) = &cfg.source {
-        inputs.push(("--source", s));
-    }
-    output::check_out_is_not_an_input(&cfg.out, &inputs)?;
-    // a mistyped folder is refused before the output folder is made (nothing is left behind)
-    for (flag, p) in &inputs {
-        if !p.is_dir() {
-            return Err(Error::Input(format!(
-                "{flag} '{}' does not exist or is not a folder; check the path",
-                p.display()
-            )));
-        }
-    }
+    check_inputs(cfg)?;
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     crate::report::export::check_outputs_writable(&cfg.out)?;
     let t_start = std::time::Instant::now();
     let mut phases = serde_json::Map::new();
-    let mut phase = |name: &str, t0: std::time::Instant| {
-        phases.insert(name.into(), serde_json::json!(t0.elapsed().as_secs_f64()));
-    };
     let model_sha = model_identity(&cfg.extract.model).map_err(|e| match e {
         Error::Io { path, .. } => Error::Model {
             message: format!(
@@ -348,73 +346,13 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         other => other,
     })?;
     let (source, bundled_source) = resolve_source(cfg, &model_sha)?;
-    let mut model: Option<OnnxModel> = None;
-    let mut reused = [false; 2];
-    let mut dirs = Vec::new();
-    let mut run_info = serde_json::Map::new();
-    let mut ready_made = [false; 2];
-    let mut source_images: Option<ImageSet> = None;
-    let mut target_images: Option<ImageSet> = None;
-    for (k, (name, images)) in [("source", &source), ("target", &cfg.target)]
-        .into_iter()
-        .enumerate()
-    {
-        if crate::shard::is_shard_parent(images) {
-            // a folder of shards from `extract --shard I/N`: merged, then used as an embedding folder
-            let dir = cfg.out.join("embeddings").join(name);
-            crate::shard::merge(std::slice::from_ref(images), &dir, true)?;
-            ready_made[k] = true;
-            run_info.insert(
-                name.into(),
-                serde_json::json!({"embeddings": dir.display().to_string(), "merged_from_shards": images.display().to_string()}),
-            );
-            dirs.push(dir);
-            continue;
-        }
-        if is_embedding_folder(images) {
-            ready_made[k] = true;
-            run_info.insert(
-                name.into(),
-                serde_json::json!({"embeddings": images.display().to_string(), "embedding_folder_given": true, "bundled_reference": k == 0 && bundled_source}),
-            );
-            dirs.push(images.clone());
-            continue;
-        }
-        let t0 = std::time::Instant::now();
-        let set = ImageSet::scan(images)?;
-        let dir = cfg.out.join("embeddings").join(name);
-        let fp = fingerprint(&model_sha, &set, &cfg.extract)?;
-        if cached(&dir, &fp) {
-            reused[k] = true;
-        } else {
-            if model.is_none() {
-                model = Some(cfg.extract.load_model()?);
-            }
-            let job = ExtractConfig {
-                force: true,
-                fingerprint: Some(fp.clone()),
-                ..ExtractConfig::new(cfg.extract.clone(), images.clone(), dir.clone())
-            };
-            extract_with(model.as_ref().expect("loaded"), &set, &job)?;
-        }
-        phase(&format!("extract_{name}"), t0);
-        if k == 0 {
-            source_images = Some(set.clone());
-        } else {
-            target_images = Some(set.clone());
-        }
-        run_info.insert(
-            name.into(),
-            serde_json::json!({"images": images.display().to_string(), "embeddings": dir.display().to_string(), "reused_cached_embeddings": reused[k], "fingerprint": fp}),
-        );
-        dirs.push(dir);
-    }
-    let src = EmbeddingSet::open(&dirs[0])?;
-    let tgt = EmbeddingSet::open(&dirs[1])?;
-    if ready_made.iter().any(|&r| r) {
+    let mut e = embed_both(cfg, &model_sha, &source, bundled_source, &mut phases)?;
+    let src = EmbeddingSet::open(&e.dirs[0])?;
+    let tgt = EmbeddingSet::open(&e.dirs[1])?;
+    if e.ready_made.iter().any(|&r| r) {
         match (&src.manifest, &tgt.manifest) {
             (Some(a), Some(b)) => {
-                crate::embeddings::check_same_extraction(a, b, &dirs[0], &dirs[1])?
+                crate::embeddings::check_same_extraction(a, b, &e.dirs[0], &e.dirs[1])?
             }
             _ => unreachable!(
                 "both folders have a manifest: one was extracted here, the other was checked"
@@ -422,51 +360,16 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         }
     }
     let mut extra =
-        serde_json::json!({"embeddings": run_info, "report_dir": cfg.out.display().to_string()});
+        serde_json::json!({"embeddings": e.run_info, "report_dir": cfg.out.display().to_string()});
     if bundled_source {
         let m = src.manifest.as_ref().expect("checked above");
-        extra["source_reference"] = serde_json::json!({
-            "bundled": true,
-            "dir": dirs[0].display().to_string(),
-            "images": m.images,
-            "n_images": m.n_images,
-            "dtype": m.dtype,
-            "description": format!(
-                "the bundled reference: {} ImageNet photos ({}) embedded by the bundled EfficientNet-Lite0, stored as {}; every source-side metric uses at most these {} rows",
-                m.n_images, m.images, m.dtype.name(), m.n_images
-            ),
-        });
+        extra["source_reference"] = source_reference(m, &e.dirs[0]);
     }
     let t0 = std::time::Instant::now();
     let mut cmp = compare::compute(&src, &tgt, &cfg.compare)?;
-    phase("compare", t0);
+    phase(&mut phases, "compare", t0);
     if cfg.controls {
-        let t0 = std::time::Instant::now();
-        let sets = match &source_images {
-            Some(set) => {
-                let model = match model.take() {
-                    Some(m) => m,
-                    None => cfg.extract.load_model()?,
-                };
-                extract_controls(cfg, &model_sha, &model, set, &src, &tgt)?
-            }
-            None => crate::controls::beside(&dirs[0], &src, &tgt, true, &mut cmp.notes)?,
-        };
-        crate::controls::measure(&src, &tgt, &sets, &mut cmp)?;
-        phase("controls", t0);
-        let t0 = std::time::Instant::now();
-        match (&target_images, tgt.labels.is_some()) {
-            (Some(set), true) => {
-                if let Some((perm, how)) = extract_permuted(cfg, &model_sha, set, &tgt)? {
-                    crate::controls::measure_pretraining(&tgt, &perm, &how, &mut cmp)?;
-                } else {
-                    cmp.notes.push("pretraining control not measured: the model keeps its weights outside the .onnx file (external data), which domsim does not rewrite".into());
-                }
-            }
-            (None, true) => cmp.notes.push("pretraining control not measured: the target was given as an embedding folder, and the control embeds the target's images again with permuted weights; pass the image folder".into()),
-            (_, false) => cmp.notes.push("pretraining control not measured: it compares target-task probes, which need target labels (one sub-folder per class)".into()),
-        }
-        phase("pretraining_control", t0);
+        run_controls(cfg, &model_sha, &mut e, (&src, &tgt), &mut cmp, &mut phases)?;
     }
     let t0 = std::time::Instant::now();
     let scatter: Vec<(usize, String)> = report::scatter_depths(cmp.layers.len())
@@ -480,18 +383,201 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         cfg.scatter_max_n,
         cfg.compare.params.seed,
     )?;
-    phase("pca", t0);
+    phase(&mut phases, "pca", t0);
     let verdict = report::verdict_for(&cmp);
-    let mut rr = RunReport {
+    let rr = RunReport {
         compare: cmp,
         verdict,
         pca,
         extra,
     };
+    let (rr, files) = write_files(rr, cfg, phases, t_start)?;
+    Ok(AnalyzeOutcome {
+        report: rr,
+        reused: e.reused,
+        files,
+    })
+}
+
+/// Records the wall time of a phase since `t0`.
+fn phase(
+    phases: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    t0: std::time::Instant,
+) {
+    phases.insert(name.into(), serde_json::json!(t0.elapsed().as_secs_f64()));
+}
+
+/// The output folder is not one of the inputs, and every input folder exists: a mistyped folder is refused
+/// before the output folder is made (nothing is left behind).
+fn check_inputs(cfg: &AnalyzeConfig) -> Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("--target", &cfg.target)];
+    if let Some(s) = &cfg.source {
+        inputs.push(("--source", s));
+    }
+    output::check_out_is_not_an_input(&cfg.out, &inputs)?;
+    for (flag, p) in &inputs {
+        if !p.is_dir() {
+            return Err(Error::Input(format!(
+                "{flag} '{}' does not exist or is not a folder; check the path",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The two sides as embedding folders, and what the controls need of them.
+struct Embedded {
+    /// The source's and the target's embedding folders.
+    dirs: Vec<PathBuf>,
+    /// Given as embeddings (or shards), not extracted here.
+    ready_made: [bool; 2],
+    /// Extracted before, with the same fingerprint, and reused.
+    reused: [bool; 2],
+    /// `summary.json`'s `run.embeddings`.
+    run_info: serde_json::Map<String, serde_json::Value>,
+    /// The image sets, when given as images.
+    images: [Option<ImageSet>; 2],
+    /// The model, when it was loaded.
+    model: Option<OnnxModel>,
+}
+
+/// Each side as an embedding folder: a folder of shards merged, an embedding folder used as it is, an image
+/// folder extracted (or its cached embeddings reused) under `OUT/embeddings/`.
+fn embed_both(
+    cfg: &AnalyzeConfig,
+    model_sha: &str,
+    source: &Path,
+    bundled_source: bool,
+    phases: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Embedded> {
+    let mut e = Embedded {
+        dirs: Vec::new(),
+        ready_made: [false; 2],
+        reused: [false; 2],
+        run_info: serde_json::Map::new(),
+        images: [None, None],
+        model: None,
+    };
+    for (k, (name, images)) in [("source", source), ("target", cfg.target.as_path())]
+        .into_iter()
+        .enumerate()
+    {
+        if crate::shard::is_shard_parent(images) {
+            // a folder of shards from `extract --shard I/N`: merged, then used as an embedding folder
+            let dir = cfg.out.join("embeddings").join(name);
+            crate::shard::merge(&[images.to_path_buf()], &dir, true)?;
+            e.ready_made[k] = true;
+            e.run_info.insert(
+                name.into(),
+                serde_json::json!({"embeddings": dir.display().to_string(), "merged_from_shards": images.display().to_string()}),
+            );
+            e.dirs.push(dir);
+            continue;
+        }
+        if is_embedding_folder(images) {
+            e.ready_made[k] = true;
+            e.run_info.insert(
+                name.into(),
+                serde_json::json!({"embeddings": images.display().to_string(), "embedding_folder_given": true, "bundled_reference": k == 0 && bundled_source}),
+            );
+            e.dirs.push(images.to_path_buf());
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        let set = ImageSet::scan(images)?;
+        let dir = cfg.out.join("embeddings").join(name);
+        let fp = fingerprint(model_sha, &set, &cfg.extract)?;
+        if cached(&dir, &fp) {
+            e.reused[k] = true;
+        } else {
+            if e.model.is_none() {
+                e.model = Some(cfg.extract.load_model()?);
+            }
+            let job = ExtractConfig {
+                force: true,
+                fingerprint: Some(fp.clone()),
+                ..ExtractConfig::new(cfg.extract.clone(), images.to_path_buf(), dir.clone())
+            };
+            extract_with(e.model.as_ref().expect("loaded"), &set, &job)?;
+        }
+        phase(phases, &format!("extract_{name}"), t0);
+        e.images[k] = Some(set);
+        e.run_info.insert(
+            name.into(),
+            serde_json::json!({"images": images.display().to_string(), "embeddings": dir.display().to_string(), "reused_cached_embeddings": e.reused[k], "fingerprint": fp}),
+        );
+        e.dirs.push(dir);
+    }
+    Ok(e)
+}
+
+/// `summary.json`'s `run.source_reference` when the bundled reference was the source.
+fn source_reference(m: &crate::embeddings::Manifest, dir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "bundled": true,
+        "dir": dir.display().to_string(),
+        "images": m.images,
+        "n_images": m.n_images,
+        "dtype": m.dtype,
+        "description": format!(
+            "the bundled reference: {} ImageNet photos ({}) embedded by the bundled EfficientNet-Lite0, stored as {}; every source-side metric uses at most these {} rows",
+            m.n_images, m.images, m.dtype.name(), m.n_images
+        ),
+    })
+}
+
+/// The colour, resolution and pretraining controls, added to `cmp`.
+fn run_controls(
+    cfg: &AnalyzeConfig,
+    model_sha: &str,
+    e: &mut Embedded,
+    (src, tgt): (&EmbeddingSet, &EmbeddingSet),
+    cmp: &mut crate::compare::CompareReport,
+    phases: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let sets = match &e.images[0] {
+        Some(set) => {
+            let model = match e.model.take() {
+                Some(m) => m,
+                None => cfg.extract.load_model()?,
+            };
+            extract_controls(cfg, model_sha, &model, set, src, tgt)?
+        }
+        None => crate::controls::beside(&e.dirs[0], src, tgt, true, &mut cmp.notes)?,
+    };
+    crate::controls::measure(src, tgt, &sets, cmp)?;
+    phase(phases, "controls", t0);
+    let t0 = std::time::Instant::now();
+    match (&e.images[1], tgt.labels.is_some()) {
+        (Some(set), true) => {
+            if let Some((perm, how)) = extract_permuted(cfg, model_sha, set, tgt)? {
+                crate::controls::measure_pretraining(tgt, &perm, &how, cmp)?;
+            } else {
+                cmp.notes.push("pretraining control not measured: the model keeps its weights outside the .onnx file (external data), which domsim does not rewrite".into());
+            }
+        }
+        (None, true) => cmp.notes.push("pretraining control not measured: the target was given as an embedding folder, and the control embeds the target's images again with permuted weights; pass the image folder".into()),
+        (_, false) => cmp.notes.push("pretraining control not measured: it compares target-task probes, which need target labels (one sub-folder per class)".into()),
+    }
+    phase(phases, "pretraining_control", t0);
+    Ok(())
+}
+
+/// Writes every file of the folder, then `summary.json` again with the wall time per phase (writing the
+/// files is part of what is timed; the metrics' own split is compare.json's `timings_s`).
+fn write_files(
+    mut rr: RunReport,
+    cfg: &AnalyzeConfig,
+    mut phases: serde_json::Map<String, serde_json::Value>,
+    t_start: std::time::Instant,
+) -> Result<(RunReport, Vec<PathBuf>)> {
     let t0 = std::time::Instant::now();
     let exporters = export::analysis_files(&rr);
     let written = export::write(&rr, &cfg.out, &exporters)?;
-    phase("files", t0);
+    phase(&mut phases, "files", t0);
     let per_file: serde_json::Map<String, serde_json::Value> = written
         .iter()
         .map(|(p, s)| {
@@ -500,18 +586,12 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         })
         .collect();
     let files: Vec<PathBuf> = written.into_iter().map(|(p, _)| p).collect();
-    // wall time per phase (the metrics' own split is compare.json's `timings_s`): summary.json is written
-    // again with it, since writing the files is part of what is timed
-    phase("total", t_start);
+    phase(&mut phases, "total", t_start);
     rr.extra["timings_s"] = serde_json::Value::Object(phases);
     rr.extra["timings_s"]["metrics"] = serde_json::json!(rr.compare.timings_s);
     rr.extra["timings_s"]["per_file"] = serde_json::Value::Object(per_file);
     export::write(&rr, &cfg.out, &[Box::new(export::SummaryJson)])?;
-    Ok(AnalyzeOutcome {
-        report: rr,
-        reused,
-        files,
-    })
+    Ok((rr, files))
 }
 
 /// `domsim report`: re-renders charts, verdict and summary from an existing compare output.

@@ -139,6 +139,117 @@ pub fn pretraining_rows(n: usize, params: &Params) -> Vec<usize> {
     idx
 }
 
+/// The pretraining gain at one layer: the target probe on the pretrained features `xt` minus the mean of
+/// the probes on the permuted networks' `xps`, paired over the same folds, and the activation scale ratio
+/// (RMS of the pooled features, permuted / pretrained).
+fn gain_at(
+    xt: &Array2<f64>,
+    xps: &[Array2<f64>],
+    split: &crate::metrics::probe::TaskSplit,
+    params: &Params,
+    how: &str,
+) -> Result<(MetricValue, f64)> {
+    let rms =
+        |x: &Array2<f64>| (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt();
+    let a = crate::metrics::probe::cv_probe_folds(xt, &split.y, &split.folds, params.c)?;
+    let bs: Vec<crate::metrics::probe::ProbeResult> = xps
+        .iter()
+        .map(|x| crate::metrics::probe::cv_probe_folds(x, &split.y, &split.folds, params.c))
+        .collect::<Result<_>>()?;
+    let r = bs.len() as f64;
+    // per fold: pretrained minus the mean over the permuted networks
+    let d: Vec<f64> = (0..a.fold_bal.len())
+        .map(|f| a.fold_bal[f] - bs.iter().map(|b| b.fold_bal[f]).sum::<f64>() / r)
+        .collect();
+    let b_mean = bs.iter().map(|b| b.bal_acc).sum::<f64>() / r;
+    let (rms_t, rms_p): (f64, Vec<f64>) = (rms(xt), xps.iter().map(rms).collect());
+    let scale = rms_p.iter().sum::<f64>() / r / rms_t.max(f64::MIN_POSITIVE);
+    // the corrected repeated-CV variance of the paired fold differences, plus the variance of the
+    // mean over random networks (between-network variance / R)
+    let between =
+        crate::metrics::stats::sample_variance(&bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>())
+            .unwrap_or(0.0);
+    let (mean, ci) = match crate::metrics::stats::corrected_cv_ci(&d, split.k) {
+        Some((m, (lo, hi))) => {
+            let t = crate::metrics::stats::student_t_quantile(0.975, (d.len() - 1) as f64);
+            let se_cv = (hi - lo) / (2.0 * t);
+            let se = (se_cv * se_cv + between / r).sqrt();
+            (m, Some((m - t * se, m + t * se)))
+        }
+        None => (a.bal_acc - b_mean, None),
+    };
+    let mut v = PRETRAINING_GAIN.value(
+        mean,
+        format!(
+            "balanced accuracy {:.3} pretrained − {:.3} permuted weights (mean over {} networks), paired over the same folds: {}, plus the between-network variance; {how}; activation scale (RMS of the pooled features) permuted / pretrained = {scale:.3}",
+            a.bal_acc, b_mean, bs.len(), split.note
+        ),
+    );
+    v.ci = ci;
+    v.folds = d;
+    v.details = serde_json::json!({
+        "bal_acc_pretrained": a.bal_acc,
+        "bal_acc_permuted": bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
+        "between_network_variance": between,
+        "activation_rms_pretrained": rms_t,
+        "activation_rms_permuted": rms_p,
+        "activation_scale_ratio": scale,
+        "rows": split.rows.len(),
+        "folds": split.k,
+        "repeats": params.cv_repeats,
+        "c": params.c,
+        "seed": params.seed,
+    });
+    Ok((v, scale))
+}
+
+/// The target rows the permuted networks embedded again, matched by path: (target rows, permuted rows,
+/// class index of each).
+fn paired_rows(
+    tgt: &EmbeddingSet,
+    permuted: &EmbeddingSet,
+    labels: &[String],
+) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
+    let tp = tgt.paths.clone().unwrap_or_default();
+    let at: std::collections::HashMap<&str, usize> = tp
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
+    let pp = permuted.paths.clone().unwrap_or_default();
+    let (mut t_rows, mut p_rows) = (Vec::new(), Vec::new());
+    for (j, p) in pp.iter().enumerate() {
+        if let Some(&i) = at.get(p.as_str()) {
+            t_rows.push(i);
+            p_rows.push(j);
+        }
+    }
+    let mut names: Vec<&str> = t_rows.iter().map(|&i| labels[i].as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let y: Vec<usize> = t_rows
+        .iter()
+        .map(|&i| names.binary_search(&labels[i].as_str()).expect("present"))
+        .collect();
+    (t_rows, p_rows, y)
+}
+
+/// The warning for layers whose permuted-network activation scale (`off`: depth and ratio) is beyond
+/// [`SCALE_WARN`].
+fn scale_warning(off: &[(usize, f64)]) -> Option<String> {
+    if off.is_empty() {
+        return None;
+    }
+    let lo = off.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
+    let hi = off.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
+    let depths: Vec<usize> = off.iter().map(|x| x.0).collect();
+    Some(format!(
+        "WARNING: with permuted weights the activations (RMS of the pooled features) are {lo:.1}–{hi:.1}× the pretrained network's at depth{} {}; where they saturate (ReLU6 clips at 6) or vanish, part of the pretraining gain may be that rather than what was learned (each weight layer was rescaled to the pretrained network's output RMS on a few images, as the note says, and the pooled features still differ this much; the ratio of every layer is in metrics.csv)",
+        if depths.len() > 1 { "s" } else { "" },
+        depth_ranges(&depths)
+    ))
+}
+
 /// The pretraining control: at every layer, the target-task probe on the pretrained features minus the
 /// probe on `permuted` (the same target images through the same network with its weights permuted within
 /// each tensor, [`crate::model::onnx::permuted_weights`]), on the same rows and folds. `how` says how the
@@ -162,27 +273,7 @@ pub fn measure_pretraining(
         .labels
         .as_ref()
         .ok_or_else(|| Error::Analysis("the pretraining control needs target labels".into()))?;
-    let tp = tgt.paths.clone().unwrap_or_default();
-    let at: std::collections::HashMap<&str, usize> = tp
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.as_str(), i))
-        .collect();
-    let pp = permuted.paths.clone().unwrap_or_default();
-    let (mut t_rows, mut p_rows) = (Vec::new(), Vec::new());
-    for (j, p) in pp.iter().enumerate() {
-        if let Some(&i) = at.get(p.as_str()) {
-            t_rows.push(i);
-            p_rows.push(j);
-        }
-    }
-    let mut names: Vec<&str> = t_rows.iter().map(|&i| labels[i].as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let y_all: Vec<usize> = t_rows
-        .iter()
-        .map(|&i| names.binary_search(&labels[i].as_str()).expect("present"))
-        .collect();
+    let (t_rows, p_rows, y_all) = paired_rows(tgt, permuted, labels);
     let params = cmp.params.clone();
     let ctx = Ctx {
         params: &params,
@@ -203,8 +294,6 @@ pub fn measure_pretraining(
     let rows_p: Vec<usize> = split.rows.iter().map(|&r| p_rows[r]).collect();
     let names_t = layer_index(tgt);
     let names_p = layer_index(permuted);
-    let rms =
-        |x: &Array2<f64>| (x.iter().map(|v| v * v).sum::<f64>() / x.len().max(1) as f64).sqrt();
     let results: Vec<Result<Option<(MetricValue, f64)>>> = cmp
         .layers
         .par_iter()
@@ -224,57 +313,7 @@ pub fn measure_pretraining(
                 );
                 return Ok(Some((v, f64::NAN)));
             }
-            let a = crate::metrics::probe::cv_probe_folds(&xt, &split.y, &split.folds, params.c)?;
-            let bs: Vec<crate::metrics::probe::ProbeResult> = xps
-                .iter()
-                .map(|x| crate::metrics::probe::cv_probe_folds(x, &split.y, &split.folds, params.c))
-                .collect::<Result<_>>()?;
-            let r = bs.len() as f64;
-            // per fold: pretrained minus the mean over the permuted networks
-            let d: Vec<f64> = (0..a.fold_bal.len())
-                .map(|f| a.fold_bal[f] - bs.iter().map(|b| b.fold_bal[f]).sum::<f64>() / r)
-                .collect();
-            let b_mean = bs.iter().map(|b| b.bal_acc).sum::<f64>() / r;
-            let (rms_t, rms_p): (f64, Vec<f64>) = (rms(&xt), xps.iter().map(&rms).collect());
-            let scale = rms_p.iter().sum::<f64>() / r / rms_t.max(f64::MIN_POSITIVE);
-            // the corrected repeated-CV variance of the paired fold differences, plus the variance of the
-            // mean over random networks (between-network variance / R)
-            let between = crate::metrics::stats::sample_variance(
-                &bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
-            )
-            .unwrap_or(0.0);
-            let (mean, ci) = match crate::metrics::stats::corrected_cv_ci(&d, split.k) {
-                Some((m, (lo, hi))) => {
-                    let t = crate::metrics::stats::student_t_quantile(0.975, (d.len() - 1) as f64);
-                    let se_cv = (hi - lo) / (2.0 * t);
-                    let se = (se_cv * se_cv + between / r).sqrt();
-                    (m, Some((m - t * se, m + t * se)))
-                }
-                None => (a.bal_acc - b_mean, None),
-            };
-            let mut v = PRETRAINING_GAIN.value(
-                mean,
-                format!(
-                    "balanced accuracy {:.3} pretrained − {:.3} permuted weights (mean over {} networks), paired over the same folds: {}, plus the between-network variance; {how}; activation scale (RMS of the pooled features) permuted / pretrained = {scale:.3}",
-                    a.bal_acc, b_mean, bs.len(), split.note
-                ),
-            );
-            v.ci = ci;
-            v.folds = d;
-            v.details = serde_json::json!({
-                "bal_acc_pretrained": a.bal_acc,
-                "bal_acc_permuted": bs.iter().map(|b| b.bal_acc).collect::<Vec<_>>(),
-                "between_network_variance": between,
-                "activation_rms_pretrained": rms_t,
-                "activation_rms_permuted": rms_p,
-                "activation_scale_ratio": scale,
-                "rows": split.rows.len(),
-                "folds": split.k,
-                "repeats": params.cv_repeats,
-                "c": params.c,
-                "seed": params.seed,
-            });
-            Ok(Some((v, scale)))
+            gain_at(&xt, &xps, &split, &params, how).map(Some)
         })
         .collect();
     let mut off = Vec::new();
@@ -295,15 +334,8 @@ pub fn measure_pretraining(
         "pretraining control: {} target images embedded again by the same network with its weights permuted within each tensor ({how}); the target probe on both, same rows and folds",
         split.rows.len()
     ));
-    if !off.is_empty() {
-        let lo = off.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
-        let hi = off.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
-        let depths: Vec<usize> = off.iter().map(|x| x.0).collect();
-        cmp.notes.push(format!(
-            "WARNING: with permuted weights the activations (RMS of the pooled features) are {lo:.1}–{hi:.1}× the pretrained network's at depth{} {}; where they saturate (ReLU6 clips at 6) or vanish, part of the pretraining gain may be that rather than what was learned (each weight layer was rescaled to the pretrained network's output RMS on a few images, as the note says, and the pooled features still differ this much; the ratio of every layer is in metrics.csv)",
-            if depths.len() > 1 { "s" } else { "" },
-            depth_ranges(&depths)
-        ));
+    if let Some(w) = scale_warning(&off) {
+        cmp.notes.push(w);
     }
     Ok(())
 }
@@ -532,6 +564,22 @@ struct LayerControls {
     sensitivity: Option<MetricValue>,
 }
 
+/// The distances one layer's controls are made of, with their intervals.
+struct LayerStats {
+    /// The kernel's σ².
+    sigma2: f64,
+    /// Source and target rows.
+    n: usize,
+    m: usize,
+    /// MMD²(source, target), MMD²(control, target) per control, MMD²(source, grey source).
+    d_st: f64,
+    d_ct: Vec<f64>,
+    d_sg: Option<f64>,
+    /// The jackknife intervals of the shares, and of MMD²(source, grey source).
+    share_ci: Vec<Option<(f64, f64)>>,
+    sens_ci: Option<(f64, f64)>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn layer<'a>(
     s: ArrayView2<'a, f64>,
@@ -542,6 +590,21 @@ fn layer<'a>(
     params: &Params,
     depth: usize,
 ) -> LayerControls {
+    let st = layer_stats(s, cs, t, transforms, gap.is_some(), params, depth);
+    layer_values(&st, transforms, gap, params)
+}
+
+/// One layer's distances at one σ (the median heuristic on source ∪ target), and their two-sample jackknife
+/// intervals (the shares' only where there is a gap).
+fn layer_stats<'a>(
+    s: ArrayView2<'a, f64>,
+    cs: &'a [Array2<f64>],
+    t: ArrayView2<'a, f64>,
+    transforms: &[Transform],
+    has_gap: bool,
+    params: &Params,
+    depth: usize,
+) -> LayerStats {
     let ctx = Ctx { params, depth };
     let mut rng = ctx.rng("controls");
     let st = concatenate(Axis(0), &[s, t]).expect("same width");
@@ -588,7 +651,7 @@ fn layer<'a>(
         (k - 1.0) / k * vals.iter().map(|v| (v[c] - mean).powi(2)).sum::<f64>()
     };
     let mut share_ci: Vec<Option<(f64, f64)>> = vec![None; kc];
-    if gap.is_some() && d_st > 0.0 {
+    if has_gap && d_st > 0.0 {
         let loo_s: Vec<Vec<f64>> = (0..n)
             .map(|i| {
                 let mut w = one_s.clone();
@@ -622,6 +685,35 @@ fn layer<'a>(
         let se = jack_var(&loo, 0).sqrt();
         se.is_finite().then_some((d - Z95 * se, d + Z95 * se))
     });
+    LayerStats {
+        sigma2,
+        n,
+        m,
+        d_st,
+        d_ct,
+        d_sg,
+        share_ci,
+        sens_ci,
+    }
+}
+
+/// One layer's values of the controls' outputs.
+fn layer_values(
+    st: &LayerStats,
+    transforms: &[Transform],
+    gap: Option<(f64, f64)>,
+    params: &Params,
+) -> LayerControls {
+    let LayerStats {
+        sigma2,
+        n,
+        m,
+        d_st,
+        ref d_ct,
+        d_sg,
+        ref share_ci,
+        sens_ci,
+    } = *st;
     let base = |o: &Output| -> serde_json::Value {
         serde_json::json!({
             "estimator": o.label,
@@ -825,6 +917,81 @@ fn pretraining_sentence(cmp: &CompareReport) -> Option<String> {
     Some(s)
 }
 
+/// The depths at which control `o` is named, with its share there: its interval lies above
+/// [`NAMED_SHARE`], and the two changes together are named only where they close more than either alone (a
+/// target that is only smaller is not "greyscale and smaller").
+fn hits_of(cmp: &CompareReport, o: &Output) -> Vec<(usize, f64)> {
+    let share =
+        |l: &crate::compare::LayerResult, o: &Output| l.value(o).and_then(|v| v.value.zip(v.ci));
+    cmp.layers
+        .iter()
+        .filter_map(|l| {
+            let best_single = [SHARE_GREY, SHARE_RESOLUTION]
+                .iter()
+                .filter_map(|s| share(l, s).map(|x| x.0))
+                .fold(f64::NEG_INFINITY, f64::max);
+            share(l, o)
+                .filter(|(_, ci)| ci.0 >= NAMED_SHARE)
+                .filter(|(v, _)| *o != SHARE_BOTH || *v > best_single)
+                .map(|(v, _)| (l.depth, v))
+        })
+        .collect()
+}
+
+/// One clause per run of consecutive depths: "78–91 % of it at depths 0–1 and 27 % at depth 3".
+fn share_clauses(hits: &[(usize, f64)]) -> String {
+    let depths: Vec<usize> = hits.iter().map(|h| h.0).collect();
+    let pct = |x: f64| (100.0 * x).round() as i64;
+    let mut clauses: Vec<String> = Vec::new();
+    for r in runs(&depths) {
+        let run = &hits[r];
+        let lo = pct(run.iter().map(|h| h.1).fold(f64::INFINITY, f64::min));
+        let hi = pct(run.iter().map(|h| h.1).fold(f64::NEG_INFINITY, f64::max));
+        let range = if lo == hi {
+            format!("{lo} %")
+        } else {
+            format!("{lo}–{hi} %")
+        };
+        let at = if run.len() == 1 {
+            format!("depth {}", run[0].0)
+        } else {
+            format!("depths {}–{}", run[0].0, run[run.len() - 1].0)
+        };
+        let of = if clauses.is_empty() { " of it" } else { "" };
+        clauses.push(format!("{range}{of} at {at}"));
+    }
+    clauses.join(" and ")
+}
+
+/// What follows for the user from the controls named: one control accounting for the whole gap, colour in
+/// the early layers, resolution.
+fn implication(whole: Option<&Output>, named_grey_early: bool, named_res: bool) -> String {
+    let mut out = String::new();
+    if let Some(o) = whole {
+        let (cause, like) = if *o == SHARE_GREY {
+            ("Colour", "the source in greyscale")
+        } else if *o == SHARE_RESOLUTION {
+            ("Resolution", "the source at a lower resolution")
+        } else {
+            (
+                "Colour and resolution together",
+                "the source in greyscale at a lower resolution",
+            )
+        };
+        out.push_str(&format!(
+            " {cause} accounts for the whole gap, at every depth that has one: the target looks like {like}, a change of the input however deep the network notices it. Where the task probe is high the frozen features serve as they are; a model pretrained on such images, or fine-tuning the early layers, addresses the rest."
+        ));
+        return out;
+    }
+    if named_grey_early {
+        out.push_str(" Colour is part of the early gap: fine-tuning the early layers, or a model pretrained on greyscale images, addresses it.");
+    }
+    if named_res {
+        out.push_str(" Resolution is part of the gap: an input size or model nearer the target's native resolution addresses it, as does fine-tuning.");
+    }
+    out
+}
+
 /// The colour and resolution controls in words.
 fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     let outs = cmp.outputs();
@@ -863,22 +1030,7 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     let mut named_grey_early = false;
     let mut named_res = false;
     for (o, what) in &controls {
-        let hits: Vec<(usize, f64)> = cmp
-            .layers
-            .iter()
-            .filter_map(|l| {
-                // the two changes together are named only where they close more than either alone: a
-                // target that is only smaller is not "greyscale and smaller"
-                let best_single = [SHARE_GREY, SHARE_RESOLUTION]
-                    .iter()
-                    .filter_map(|s| share(l, s).map(|x| x.0))
-                    .fold(f64::NEG_INFINITY, f64::max);
-                share(l, o)
-                    .filter(|(_, ci)| ci.0 >= NAMED_SHARE)
-                    .filter(|(v, _)| *o != SHARE_BOTH || *v > best_single)
-                    .map(|(v, _)| (l.depth, v))
-            })
-            .collect();
+        let hits = hits_of(cmp, o);
         if hits.is_empty() {
             continue;
         }
@@ -887,27 +1039,7 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
         if whole.is_none() && depths == gapped && hits.iter().all(|h| h.1 >= WHOLE_SHARE) {
             whole = Some(o);
         }
-        // one clause per run of consecutive depths: "78–91 % of it at depths 0–1 and 27 % at depth 3"
-        let pct = |x: f64| (100.0 * x).round() as i64;
-        let mut clauses: Vec<String> = Vec::new();
-        for r in runs(&depths) {
-            let run = &hits[r];
-            let lo = pct(run.iter().map(|h| h.1).fold(f64::INFINITY, f64::min));
-            let hi = pct(run.iter().map(|h| h.1).fold(f64::NEG_INFINITY, f64::max));
-            let range = if lo == hi {
-                format!("{lo} %")
-            } else {
-                format!("{lo}–{hi} %")
-            };
-            let at = if run.len() == 1 {
-                format!("depth {}", run[0].0)
-            } else {
-                format!("depths {}–{}", run[0].0, run[run.len() - 1].0)
-            };
-            let of = if clauses.is_empty() { " of it" } else { "" };
-            clauses.push(format!("{range}{of} at {at}"));
-        }
-        parts.push(format!("{what} closes {}", clauses.join(" and ")));
+        parts.push(format!("{what} closes {}", share_clauses(&hits)));
         if *o == SHARE_GREY && depths.iter().any(|&d| d < cmp.layers.len().div_ceil(3)) {
             named_grey_early = true;
         }
@@ -939,28 +1071,7 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
         ));
     }
     s.push('.');
-    if let Some(o) = whole {
-        let (cause, like) = if *o == SHARE_GREY {
-            ("Colour", "the source in greyscale")
-        } else if *o == SHARE_RESOLUTION {
-            ("Resolution", "the source at a lower resolution")
-        } else {
-            (
-                "Colour and resolution together",
-                "the source in greyscale at a lower resolution",
-            )
-        };
-        s.push_str(&format!(
-            " {cause} accounts for the whole gap, at every depth that has one: the target looks like {like}, a change of the input however deep the network notices it. Where the task probe is high the frozen features serve as they are; a model pretrained on such images, or fine-tuning the early layers, addresses the rest."
-        ));
-        return Some(s);
-    }
-    if named_grey_early {
-        s.push_str(" Colour is part of the early gap: fine-tuning the early layers, or a model pretrained on greyscale images, addresses it.");
-    }
-    if named_res {
-        s.push_str(" Resolution is part of the gap: an input size or model nearer the target's native resolution addresses it, as does fine-tuning.");
-    }
+    s.push_str(&implication(whole, named_grey_early, named_res));
     Some(s)
 }
 
