@@ -1075,6 +1075,47 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     Some(s)
 }
 
+/// At most [`TARGET_MAX_N`] of the `m` target rows (seeded, sorted); `None` when all are used.
+fn target_rows(m: usize, params: &Params) -> Option<Vec<usize>> {
+    (m > TARGET_MAX_N).then(|| {
+        let mut r = Ctx { params, depth: 0 }.shared_rng("controls-target");
+        let mut idx = rand::seq::index::sample(&mut r, m, TARGET_MAX_N).into_vec();
+        idx.sort_unstable();
+        idx
+    })
+}
+
+/// An error naming the set when any of a layer's matrices holds a non-finite value.
+fn all_finite(layer: &str, s: &Array2<f64>, cs: &[Array2<f64>], t: &Array2<f64>) -> Result<()> {
+    for (what, x) in std::iter::once(("source", s))
+        .chain(cs.iter().map(|c| ("control", c)))
+        .chain(std::iter::once(("target", t)))
+    {
+        if crate::compare::non_finite(x) > 0 {
+            return Err(Error::Analysis(format!(
+                "the {what} embeddings of layer '{layer}' hold non-finite values; the controls are not computed on them"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `declared` with the controls' outputs that `transforms` produce, each once, at the end.
+fn declared_with(mut declared: Vec<Output>, transforms: &[Transform]) -> Vec<Output> {
+    for o in OUTPUTS {
+        let used = transforms.iter().any(|t| share_output(t) == o)
+            || (o == COLOUR_SENSITIVITY
+                && transforms
+                    .iter()
+                    .any(|t| t.grey && t.shorter_side.is_none()));
+        if used {
+            declared.retain(|x| x.id != o.id);
+            declared.push(o);
+        }
+    }
+    declared
+}
+
 /// Measures the controls at every layer of `cmp` and adds their values, declarations and a note to it.
 /// The controls' layers must be the source's (same extraction, checked by name).
 pub fn measure(
@@ -1109,16 +1150,7 @@ pub fn measure(
         .first()
         .map_or(0, |l| l.n_target)
         .max(tgt.paths.as_ref().map_or(0, |p| p.len()));
-    let t_rows: Option<Vec<usize>> = (m_all > TARGET_MAX_N).then(|| {
-        let mut r = Ctx {
-            params: &params,
-            depth: 0,
-        }
-        .shared_rng("controls-target");
-        let mut idx = rand::seq::index::sample(&mut r, m_all, TARGET_MAX_N).into_vec();
-        idx.sort_unstable();
-        idx
-    });
+    let t_rows = target_rows(m_all, &params);
     let transforms: Vec<Transform> = controls.iter().map(|c| c.transform).collect();
     // source and target layers are matched by name in compare; the controls share the source's order
     let src_index = layer_index(src);
@@ -1127,7 +1159,10 @@ pub fn measure(
         .layers
         .par_iter()
         .map(|l| {
-            let (Some(&si), Some(&ti)) = (src_index.get(l.layer.as_str()), tgt_index.get(l.layer.as_str())) else {
+            let (Some(&si), Some(&ti)) = (
+                src_index.get(l.layer.as_str()),
+                tgt_index.get(l.layer.as_str()),
+            ) else {
                 return Err(Error::Analysis(format!(
                     "layer '{}' is missing from the source or the target",
                     l.layer
@@ -1144,17 +1179,7 @@ pub fn measure(
                 Some(r) => t_all.select(Axis(0), r),
                 None => t_all,
             };
-            for (what, x) in std::iter::once(("source", &s))
-                .chain(cs.iter().map(|c| ("control", c)))
-                .chain(std::iter::once(("target", &t)))
-            {
-                if crate::compare::non_finite(x) > 0 {
-                    return Err(Error::Analysis(format!(
-                        "the {what} embeddings of layer '{}' hold non-finite values; the controls are not computed on them",
-                        l.layer
-                    )));
-                }
-            }
+            all_finite(&l.layer, &s, &cs, &t)?;
             let gap = l
                 .values
                 .iter()
@@ -1172,18 +1197,7 @@ pub fn measure(
             ))
         })
         .collect();
-    let mut declared = cmp.outputs();
-    for o in OUTPUTS {
-        let used = transforms.iter().any(|t| share_output(t) == o)
-            || (o == COLOUR_SENSITIVITY
-                && transforms
-                    .iter()
-                    .any(|t| t.grey && t.shorter_side.is_none()));
-        if used {
-            declared.retain(|x| x.id != o.id);
-            declared.push(o);
-        }
-    }
+    let declared = declared_with(cmp.outputs(), &transforms);
     for (l, r) in cmp.layers.iter_mut().zip(results) {
         let r = r?;
         l.values

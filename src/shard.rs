@@ -351,6 +351,58 @@ pub fn layer_moments(
     Ok(Some((m, out)))
 }
 
+/// Every shard's `skipped.csv`, merged (sorted) into `out`; returns how many.
+fn merged_skipped(dirs: &[PathBuf], out: &Path) -> Result<usize> {
+    let mut skipped: Vec<Vec<String>> = Vec::new();
+    for d in dirs {
+        if let Ok(mut rd) = csv::Reader::from_path(d.join("skipped.csv")) {
+            for rec in rd.records().flatten() {
+                skipped.push(rec.iter().map(str::to_string).collect());
+            }
+        }
+    }
+    skipped.sort();
+    write_atomic(
+        &out.join("skipped.csv"),
+        &csv_bytes(&["path", "reason"], skipped.iter().cloned()),
+    )?;
+    Ok(skipped.len())
+}
+
+/// The merged manifest's counts from the shards' manifests `ms`.
+fn merged_counts(
+    m: &mut Manifest,
+    ms: &[&Manifest],
+    n_images: usize,
+    n_skipped: usize,
+    count: usize,
+) {
+    m.n_images = n_images;
+    m.n_skipped = n_skipped;
+    m.preprocessing.n_grey = ms.iter().map(|x| x.preprocessing.n_grey).sum();
+    m.preprocessing.n_alpha = ms.iter().map(|x| x.preprocessing.n_alpha).sum();
+    m.preprocessing.n_upscaled = ms.iter().map(|x| x.preprocessing.n_upscaled).sum();
+    let med = |f: fn(&Manifest) -> u32| {
+        let mut v: Vec<u32> = ms.iter().filter(|x| x.n_images > 0).map(|x| f(x)).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    m.preprocessing.median_native_size = [
+        med(|x| x.preprocessing.median_native_size[0]),
+        med(|x| x.preprocessing.median_native_size[1]),
+    ];
+    let mut labels: Vec<String> = ms.iter().flat_map(|x| x.labels.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    m.labels = labels;
+    m.shard = None;
+    m.fingerprint = None;
+    m.merged_from = Some(format!(
+        "{} shards ({RULE}); median_native_size is the median of the shards' medians",
+        count
+    ));
+}
+
 /// Merges shard folders into one embedding folder at `out`, rows ordered by relative path as a single run
 /// orders them. Refuses shards of different folders, models or settings, a missing shard, or overlapping
 /// ones. Returns the merged manifest.
@@ -415,47 +467,12 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
             .map(|(r, (p, l, _, _))| vec![r.to_string(), p.clone(), l.clone()]),
     );
     write_atomic(&out.join("index.csv"), &index)?;
-    let mut skipped: Vec<Vec<String>> = Vec::new();
-    for d in &dirs {
-        if let Ok(mut rd) = csv::Reader::from_path(d.join("skipped.csv")) {
-            for rec in rd.records().flatten() {
-                skipped.push(rec.iter().map(str::to_string).collect());
-            }
-        }
-    }
-    skipped.sort();
-    write_atomic(
-        &out.join("skipped.csv"),
-        &csv_bytes(&["path", "reason"], skipped.iter().cloned()),
-    )?;
+    let skipped = merged_skipped(&dirs, out)?;
     let ms: Vec<&Manifest> = sets
         .iter()
         .map(|s| s.manifest.as_ref().expect("checked"))
         .collect();
-    m.n_images = rows.len();
-    m.n_skipped = skipped.len();
-    m.preprocessing.n_grey = ms.iter().map(|x| x.preprocessing.n_grey).sum();
-    m.preprocessing.n_alpha = ms.iter().map(|x| x.preprocessing.n_alpha).sum();
-    m.preprocessing.n_upscaled = ms.iter().map(|x| x.preprocessing.n_upscaled).sum();
-    let med = |f: fn(&Manifest) -> u32| {
-        let mut v: Vec<u32> = ms.iter().filter(|x| x.n_images > 0).map(|x| f(x)).collect();
-        v.sort_unstable();
-        v.get(v.len() / 2).copied().unwrap_or(0)
-    };
-    m.preprocessing.median_native_size = [
-        med(|x| x.preprocessing.median_native_size[0]),
-        med(|x| x.preprocessing.median_native_size[1]),
-    ];
-    let mut labels: Vec<String> = ms.iter().flat_map(|x| x.labels.clone()).collect();
-    labels.sort();
-    labels.dedup();
-    m.labels = labels;
-    m.shard = None;
-    m.fingerprint = None;
-    m.merged_from = Some(format!(
-        "{} shards ({RULE}); median_native_size is the median of the shards' medians",
-        i0.count
-    ));
+    merged_counts(&mut m, &ms, rows.len(), skipped, i0.count);
     let json = serde_json::to_vec_pretty(&m).expect("manifest serialises");
     write_atomic(&out.join("manifest.json"), &json)?;
     Ok(m)

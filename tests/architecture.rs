@@ -193,6 +193,87 @@ fn every_import_points_down_the_layers() {
     assert!(up.is_empty(), "imports pointing up the layers: {up:#?}");
 }
 
+/// Longest function body allowed in `src/` (from `fn` to its closing brace), in lines.
+const MAX_FN_LINES: usize = 100;
+
+/// Every function of `text` longer than `max` lines, as (name, line, length). A function runs from the line
+/// that declares it (`fn name`, possibly `pub`, `pub(crate)`, …) to the line where its braces balance; braces
+/// inside strings balance too (format strings escape them in pairs), so counting them is enough here.
+fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix("pub(crate) ")
+            .or_else(|| t.strip_prefix("pub(super) "))
+            .or_else(|| t.strip_prefix("pub "))
+            .unwrap_or(t);
+        let Some(rest) = t.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let (mut depth, mut opened) = (0i64, false);
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            let code = l.split("//").next().unwrap_or_default();
+            for c in code.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if !opened && code.trim_end().ends_with(';') {
+                break; // a declaration without a body (a trait method)
+            }
+            if opened && depth == 0 {
+                if j - i + 1 > max {
+                    out.push((name.clone(), i + 1, j - i + 1));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_in_src_is_longer_than_a_screenful() {
+    let mut mods = BTreeMap::new();
+    modules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &[],
+        &mut mods,
+    );
+    let mut files: Vec<PathBuf> = mods.into_values().collect();
+    for bin in ["main.rs", "cli.rs"] {
+        files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(bin));
+    }
+    let long: Vec<String> = files
+        .iter()
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            long_functions(&text, MAX_FN_LINES)
+                .into_iter()
+                .map(move |(n, line, len)| format!("{}:{line} {n}: {len} lines", p.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FN_LINES} lines (split them): {long:#?}"
+    );
+    // the counter itself: a 3-line function passes at 3 and fails at 2; a trait method is skipped
+    let text = "pub fn a() {\n    let s = format!(\"{}\", 1);\n}\ntrait T {\n    fn b(&self);\n}\n";
+    assert!(long_functions(text, 3).is_empty());
+    assert_eq!(long_functions(text, 2), vec![("a".to_string(), 1, 3)]);
+}
+
 #[test]
 fn the_scan_sees_a_cycle_and_an_upward_import_when_there_is_one() {
     // the parser: paths after `crate::`, not inside longer names

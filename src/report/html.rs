@@ -50,14 +50,28 @@ fn chart_title(file: &str) -> String {
 
 /// The page.
 pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
-    let v = &r.verdict;
     let mut h = String::new();
     h.push_str("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>domsim report</title><style>");
     h.push_str("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l{text-align:left}.transfers{background:#e6f4e6}.partial{background:#fff6dc}.domain-specific{background:#fbe3e3}img{max-width:100%;border:1px solid #eee;margin:1em 0}.warn{color:#8a4b00}code{background:#f4f4f4}");
     h.push_str("</style></head><body>");
     h.push_str("<h1>domsim: will these layers transfer?</h1>");
+    h.push_str(&sets(r));
+    h.push_str(&verdict_section(&r.verdict));
+    h.push_str(&layer_table(r));
+    h.push_str(&charts(r, pngs));
+    let (c, v) = (&r.compare, &r.verdict);
+    h.push_str(&format!(
+        "<h2>How these numbers were made</h2><p>Seed {}, {} permutations, {} x {}-fold cross-validation (the same folds at every layer) for probes and k-NN, C = {}. Estimators are stated per value in <code>metrics.csv</code>; all parameters are in <code>compare.json</code>. Rule: {}</p>",
+        c.params.seed, c.params.permutations, c.params.cv_repeats, c.params.folds, c.params.c, esc(&v.rule)
+    ));
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// The source and the target: the folders the user gave (an image folder), not domsim's cache of their
+/// embeddings.
+fn sets(r: &RunReport) -> String {
     let c = &r.compare;
-    // the folders the user gave (an image folder), not domsim's cache of their embeddings
     let given = |set: &str, dir: &str| -> String {
         r.extra
             .get("embeddings")
@@ -75,7 +89,7 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             c.source.n
         ),
     };
-    h.push_str(&format!(
+    format!(
         "<p>Source: {source}.<br>Target: <code>{}</code> ({} images{}).</p>",
         esc(&given("target", &c.target.dir)),
         c.target.n,
@@ -84,8 +98,13 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         } else {
             format!(", classes: {}", esc(&c.target.classes.join(", ")))
         }
-    ));
-    // the action in bold, then the evidence; the summary already holds the diagnosis (said once)
+    )
+}
+
+/// The verdict: the action in bold, then the evidence (the summary already holds the diagnosis, said
+/// once), the cut's evidence, where the gap comes from, and the warnings.
+fn verdict_section(v: &crate::verdict::Verdict) -> String {
+    let mut h = String::new();
     let (action, rest) = v.action_and_evidence();
     h.push_str(&format!(
         "<h2>Verdict</h2><p><b>{}.</b> {}</p>",
@@ -108,6 +127,13 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
         }
         h.push_str("</ul>");
     }
+    h
+}
+
+/// The per-layer table and its legend.
+fn layer_table(r: &RunReport) -> String {
+    let (c, v) = (&r.compare, &r.verdict);
+    let mut h = String::new();
     let cols = super::columns(c);
     h.push_str("<h2>Per layer</h2><table><tr><th>depth</th><th>layer</th><th>dim</th>");
     for col in &cols {
@@ -153,7 +179,13 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     h.push_str(
         ". Every output, with its estimator and sample counts, is in <code>metrics.csv</code>.</p>",
     );
-    h.push_str("<h2>Charts</h2>");
+    h
+}
+
+/// Every chart, headed in words; under the per-depth chart, what it draws (from the same list the chart
+/// is drawn from).
+fn charts(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
+    let mut h = String::from("<h2>Charts</h2>");
     for (name, bytes) in pngs {
         h.push_str(&format!(
             "<h3>{}</h3><img alt=\"{}\" src=\"data:image/png;base64,{}\">",
@@ -162,8 +194,7 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             base64(bytes)
         ));
         if name == "metrics_by_depth.png" {
-            // what the chart draws, from the same list the chart is drawn from
-            let panels: Vec<String> = super::plot::chart_series(c)
+            let panels: Vec<String> = super::plot::chart_series(&r.compare)
                 .into_iter()
                 .filter(|(_, outs)| !outs.is_empty())
                 .map(|(p, outs)| {
@@ -177,11 +208,6 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
             h.push_str(&format!("<p class=\"l\">Drawn: {}.</p>", panels.join("; ")));
         }
     }
-    h.push_str(&format!(
-        "<h2>How these numbers were made</h2><p>Seed {}, {} permutations, {} x {}-fold cross-validation (the same folds at every layer) for probes and k-NN, C = {}. Estimators are stated per value in <code>metrics.csv</code>; all parameters are in <code>compare.json</code>. Rule: {}</p>",
-        c.params.seed, c.params.permutations, c.params.cv_repeats, c.params.folds, c.params.c, esc(&v.rule)
-    ));
-    h.push_str("</body></html>\n");
     h
 }
 

@@ -155,6 +155,59 @@ const GREEN_: RGBColor = RGBColor(44, 160, 44);
 const PURPLE_: RGBColor = RGBColor(148, 103, 189);
 const RED_: RGBColor = RGBColor(214, 39, 40);
 
+/// A panel's chart: depth on x, one output's scale on y.
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// One series: its interval band (clamped to the panel's `y` range), its line, and its points (filled
+/// where significant or useful, hollow elsewhere).
+fn draw_series(chart: &mut Chart, s: &Series, y: (f64, f64)) -> Result<()> {
+    let band: Vec<(f64, f64, f64)> = s
+        .points
+        .iter()
+        .filter_map(|p| p.2.map(|(lo, hi)| (p.0, lo, hi)))
+        .collect();
+    if band.len() >= 2 {
+        let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.1.clamp(y.0, y.1))).collect();
+        poly.extend(band.iter().rev().map(|b| (b.0, b.2.clamp(y.0, y.1))));
+        chart
+            .draw_series(std::iter::once(Polygon::new(
+                poly,
+                s.color.mix(0.18).filled(),
+            )))
+            .map_err(perr)?;
+    }
+    let c = s.color;
+    chart
+        .draw_series(LineSeries::new(
+            s.points.iter().map(|p| (p.0, p.1)),
+            c.stroke_width(2),
+        ))
+        .map_err(perr)?
+        .label(s.label.clone())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    chart
+        .draw_series(s.points.iter().map(|p| {
+            let style = if p.3 { c.filled() } else { WHITE.filled() };
+            Circle::new((p.0, p.1), 4, style)
+        }))
+        .map_err(perr)?;
+    chart
+        .draw_series(
+            s.points
+                .iter()
+                .map(|p| Circle::new((p.0, p.1), 4, c.stroke_width(1))),
+        )
+        .map_err(perr)?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn panel(
     area: &DrawingArea<BitMapBackend, Shift>,
@@ -218,44 +271,7 @@ fn panel(
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     }
     for s in list {
-        let band: Vec<(f64, f64, f64)> = s
-            .points
-            .iter()
-            .filter_map(|p| p.2.map(|(lo, hi)| (p.0, lo, hi)))
-            .collect();
-        if band.len() >= 2 {
-            let mut poly: Vec<(f64, f64)> =
-                band.iter().map(|b| (b.0, b.1.clamp(y.0, y.1))).collect();
-            poly.extend(band.iter().rev().map(|b| (b.0, b.2.clamp(y.0, y.1))));
-            chart
-                .draw_series(std::iter::once(Polygon::new(
-                    poly,
-                    s.color.mix(0.18).filled(),
-                )))
-                .map_err(perr)?;
-        }
-        let c = s.color;
-        chart
-            .draw_series(LineSeries::new(
-                s.points.iter().map(|p| (p.0, p.1)),
-                c.stroke_width(2),
-            ))
-            .map_err(perr)?
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(s.points.iter().map(|p| {
-                let style = if p.3 { c.filled() } else { WHITE.filled() };
-                Circle::new((p.0, p.1), 4, style)
-            }))
-            .map_err(perr)?;
-        chart
-            .draw_series(
-                s.points
-                    .iter()
-                    .map(|p| Circle::new((p.0, p.1), 4, c.stroke_width(1))),
-            )
-            .map_err(perr)?;
+        draw_series(&mut chart, s, y)?;
     }
     chart
         .configure_series_labels()
