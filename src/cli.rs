@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub threads: Option<usize>,
     /// Seed for every random choice (permutations, folds, subsamples).
-    #[arg(long, global = true, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = Params::default().seed)]
     pub seed: u64,
     /// ONNX Runtime library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, then the checkout's .ort/, then beside the executable.
     #[arg(long, global = true, value_name = "PATH")]
@@ -145,7 +145,7 @@ pub struct PrepArgs {
     #[arg(long, value_delimiter = ',', num_args = 1..=3, requires = "mean")]
     pub std: Vec<f32>,
     /// Images per inference call (1 to 256; at most 2 GiB of input pixels per call).
-    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, default_value_t = ExtractOptions::new(PathBuf::new()).batch_size, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub batch: usize,
 }
 
@@ -156,31 +156,31 @@ pub struct MetricArgs {
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,
     /// Permutations for the MMD² test (99 to 100000; the default lets Holm's adjustment over 19 layers reach 0.01).
-    #[arg(long, default_value_t = 1999)]
+    #[arg(long, default_value_t = Params::default().permutations)]
     pub permutations: usize,
     /// Cross-validation folds for probes and k-NN (2 to 20).
-    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=20))]
+    #[arg(long, default_value_t = Params::default().folds, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=20))]
     pub folds: usize,
     /// Repeats of the stratified k-fold cross-validation (1 to 20; the same folds at every layer).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = Params::default().cv_repeats)]
     pub cv_repeats: usize,
     /// Equivalence margin (balanced accuracy) for "tied with the best layer" (0 to 0.2).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = Params::default().tie_margin)]
     pub tie_margin: f64,
     /// Neighbours of the k-NN score (1 to 100).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = Params::default().knn_k)]
     pub knn_k: usize,
     /// Inverse L2 regularisation of the logistic probes (scikit-learn's C).
-    #[arg(long = "C", default_value_t = 1.0)]
+    #[arg(long = "C", default_value_t = Params::default().c)]
     pub c: f64,
     /// Most rows per set for probes (seeded subsample beyond; 4 to 1000000).
-    #[arg(long, default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=1000000))]
+    #[arg(long, default_value_t = Params::default().probe_max_n, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=1000000))]
     pub probe_max_n: usize,
     /// Most rows per set for MMD² (seeded subsample beyond; 4 to 50000: the cost grows as n²).
-    #[arg(long, default_value_t = 20000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=50000))]
+    #[arg(long, default_value_t = Params::default().mmd_max_n, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=50000))]
     pub mmd_max_n: usize,
     /// Most rows for RBF CKA, which builds n × n kernels (seeded subsample beyond; 4 to 10000).
-    #[arg(long, default_value_t = 2000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=10000))]
+    #[arg(long, default_value_t = Params::default().cka_rbf_max_n, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=10000))]
     pub cka_rbf_max_n: usize,
     /// Skip the within-set layer × layer CKA.
     #[arg(long)]

@@ -303,3 +303,26 @@ fn the_scan_sees_a_cycle_and_an_upward_import_when_there_is_one() {
     );
     assert!(upward(&e, &["d", "c", "b", "a"]).contains(&"c::x -> a".to_string()));
 }
+
+#[test]
+fn the_readme_states_the_library_defaults() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let p = domsim::metrics::Params::default();
+    let batch = domsim::extract::ExtractOptions::new(PathBuf::new()).batch_size;
+    for (flag, value) in [
+        ("permutations", p.permutations.to_string()),
+        ("folds", p.folds.to_string()),
+        ("cv-repeats", p.cv_repeats.to_string()),
+        ("tie-margin", p.tie_margin.to_string()),
+        ("knn-k", p.knn_k.to_string()),
+        ("C", format!("{:.1}", p.c)),
+        ("probe-max-n", p.probe_max_n.to_string()),
+        ("mmd-max-n", p.mmd_max_n.to_string()),
+        ("cka-rbf-max-n", p.cka_rbf_max_n.to_string()),
+    ] {
+        let said = format!("`--{flag} {value}`");
+        assert!(readme.contains(&said), "the README should say {said}");
+    }
+    assert!(readme.contains(&format!("(`--batch`, default {batch})")));
+}
