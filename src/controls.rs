@@ -53,56 +53,21 @@ pub const RESOLUTION_BELOW: u32 = 158;
 pub const NAMED_SHARE: f64 = 0.2;
 
 /// The colour control's share.
-pub const SHARE_GREY: Output = Output::new(
-    "gap_closed_grey",
-    "share of the source→target MMD² closed by a greyscale copy of the source (fixed σ, jackknife 95 %)",
-    Direction::Explains,
-    Some("grey"),
-    Some(Panel::Sources),
-    true,
-    false,
-);
+pub const SHARE_GREY: Output = Output::new("gap_closed_grey", "share of the source→target MMD² closed by a greyscale copy of the source (fixed σ, jackknife 95 %)", Direction::Explains).column("grey").panel(Panel::Sources).with_interval();
 /// The resolution control's share.
-pub const SHARE_RESOLUTION: Output = Output::new(
-    "gap_closed_resolution",
-    "share of the source→target MMD² closed by the source at the target's resolution (fixed σ, jackknife 95 %)",
-    Direction::Explains,
-    Some("res"),
-    Some(Panel::Sources),
-    true,
-    false,
-);
+pub const SHARE_RESOLUTION: Output = Output::new("gap_closed_resolution", "share of the source→target MMD² closed by the source at the target's resolution (fixed σ, jackknife 95 %)", Direction::Explains).column("res").panel(Panel::Sources).with_interval();
 /// Both changes together.
-pub const SHARE_BOTH: Output = Output::new(
-    "gap_closed_grey_resolution",
-    "share of the source→target MMD² closed by the source greyscale and at the target's resolution (fixed σ, jackknife 95 %)",
-    Direction::Explains,
-    Some("grey+res"),
-    Some(Panel::Sources),
-    true,
-    false,
-);
+pub const SHARE_BOTH: Output = Output::new("gap_closed_grey_resolution", "share of the source→target MMD² closed by the source greyscale and at the target's resolution (fixed σ, jackknife 95 %)", Direction::Explains).column("grey+res").panel(Panel::Sources).with_interval();
 /// How much a layer responds to colour.
 pub const COLOUR_SENSITIVITY: Output = Output::new(
     "mmd2_source_vs_grey",
     "MMD² between the source and its own greyscale copy (the controls' σ, jackknife 95 %)",
     Direction::Farther,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 
 /// What the model's pretraining buys at a layer.
-pub const PRETRAINING_GAIN: Output = Output::new(
-    "pretraining_gain",
-    "target task probe on the pretrained features minus on the same network with its weights permuted within each tensor (balanced accuracy; paired folds, corrected 95 % CI)",
-    Direction::MoreUseful,
-    Some("pretrain"),
-    None,
-    true,
-    false,
-);
+pub const PRETRAINING_GAIN: Output = Output::new("pretraining_gain", "target task probe on the pretrained features minus on the same network with its weights permuted within each tensor (balanced accuracy; paired folds, corrected 95 % CI)", Direction::MoreUseful).column("pretrain").with_interval();
 
 /// The control outputs, in report order.
 pub const OUTPUTS: [Output; 5] = [

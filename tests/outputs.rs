@@ -17,11 +17,9 @@ const MEAN_GAP: Output = Output::new(
     "mean_gap",
     "mean feature gap |mean(source) - mean(target)| (test metric)",
     Direction::Farther,
-    Some("gap"),
-    Some(Panel::Distance),
-    false,
-    false,
-);
+)
+.column("gap")
+.panel(Panel::Distance);
 
 impl Metric for MeanGap {
     fn name(&self) -> &'static str {

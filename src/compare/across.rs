@@ -18,22 +18,16 @@ pub const TARGET_PROBE_VS_BEST: Output = Output::new(
     "target_probe_bal_acc_vs_best",
     "target task probe, difference to the best layer (paired folds, corrected 95% CI)",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 
 /// The target k-NN's balanced accuracy minus the best layer's, on the same folds.
 pub const TARGET_KNN_VS_BEST: Output = Output::new(
     "target_knn_bal_acc_vs_best",
     "target k-NN, difference to the best layer (paired folds, corrected 95% CI)",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 
 /// `outs` followed by the cross-layer outputs ([`PAIRED`]) of those among them.
 pub(super) fn with_derived(mut outs: Vec<Output>) -> Vec<Output> {

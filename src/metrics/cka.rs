@@ -135,20 +135,12 @@ pub const CKA_LABEL_TARGET: Output = Output::new(
     "cka_label_target",
     "linear CKA with the one-hot target labels",
     Direction::MoreUseful,
-    None,
-    None,
-    false,
-    false,
 );
 /// The score on the source labels.
 pub const CKA_LABEL_SOURCE: Output = Output::new(
     "cka_label_source",
     "linear CKA with the one-hot source labels",
     Direction::MoreUseful,
-    None,
-    None,
-    false,
-    false,
 );
 
 /// `cka_label_target` (or `cka_label_source`): linear CKA between the layer and one-hot labels

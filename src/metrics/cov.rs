@@ -14,11 +14,9 @@ pub const COV_ALIGNMENT: Output = Output::new(
     "cov_alignment",
     "covariance alignment (1 = same feature covariance)",
     Direction::Closer,
-    Some("cov"),
-    Some(Panel::Alignment),
-    false,
-    false,
-);
+)
+.column("cov")
+.panel(Panel::Alignment);
 
 impl Metric for CovAlignment {
     fn name(&self) -> &'static str {

@@ -22,10 +22,6 @@ pub const FRECHET: Output = Output::new(
     "frechet",
     "Fréchet distance (Gaussian fit, covariances ddof=1)",
     Direction::Farther,
-    None,
-    None,
-    false,
-    false,
 );
 
 /// Widest layer whose d × d covariances domsim forms (0.5 GB each); wider layers are measured only through

@@ -54,20 +54,13 @@ pub const LOGME_TARGET: Output = Output::new(
     "logme_target",
     "LogME evidence per sample, target labels",
     Direction::MoreUseful,
-    Some("LogME"),
-    None,
-    false,
-    false,
-);
+)
+.column("LogME");
 /// The score on the source labels.
 pub const LOGME_SOURCE: Output = Output::new(
     "logme_source",
     "LogME evidence per sample, source labels",
     Direction::MoreUseful,
-    None,
-    None,
-    false,
-    false,
 );
 
 /// `logme_target` (or `logme_source`).

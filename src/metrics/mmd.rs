@@ -30,11 +30,10 @@ pub const MMD2: Output = Output::new(
     "mmd2_rbf",
     "MMD² (RBF, unbiased; filled = Holm-adjusted p ≤ 0.01)",
     Direction::Farther,
-    Some("MMD2"),
-    Some(Panel::Distance),
-    false,
-    true,
-);
+)
+.column("MMD2")
+.panel(Panel::Distance)
+.with_p_value();
 
 /// The outcome of one MMD² computation.
 #[derive(Debug, Clone)]

@@ -256,28 +256,45 @@ pub struct Output {
 }
 
 impl Output {
-    /// A declaration (a `const fn`, so that metrics declare their outputs as constants).
-    pub const fn new(
-        id: &'static str,
-        label: &'static str,
-        direction: Direction,
-        column: Option<&'static str>,
-        panel: Option<Panel>,
-        interval: bool,
-        p_value: bool,
-    ) -> Self {
+    /// A declaration with no table column, no chart panel, no interval and no p-value; the `const fn`
+    /// builders below add them, so that metrics declare their outputs as constants:
+    /// `Output::new("mmd2_rbf", "…", Direction::Farther).column("MMD2").panel(Panel::Distances).with_p_value()`.
+    pub const fn new(id: &'static str, label: &'static str, direction: Direction) -> Self {
         Output {
             id: Cow::Borrowed(id),
             label: Cow::Borrowed(label),
-            column: match column {
-                Some(c) => Some(Cow::Borrowed(c)),
-                None => None,
-            },
-            panel,
+            column: None,
+            panel: None,
             direction,
-            interval,
-            p_value,
+            interval: false,
+            p_value: false,
         }
+    }
+
+    /// Shown as a column of the per-layer tables, headed `header`.
+    pub const fn column(mut self, header: &'static str) -> Self {
+        // the header it replaces (`None` from `new`) holds nothing to free, and a `const fn` cannot run a
+        // destructor: it is forgotten
+        std::mem::forget(self.column.replace(Cow::Borrowed(header)));
+        self
+    }
+
+    /// Drawn on this panel of the per-depth chart.
+    pub const fn panel(mut self, panel: Panel) -> Self {
+        self.panel = Some(panel);
+        self
+    }
+
+    /// Its values carry a 95 % interval.
+    pub const fn with_interval(mut self) -> Self {
+        self.interval = true;
+        self
+    }
+
+    /// Its values carry a p-value.
+    pub const fn with_p_value(mut self) -> Self {
+        self.p_value = true;
+        self
     }
 
     /// A value of this output.

@@ -379,31 +379,24 @@ pub const DOMAIN_ACC: Output = Output::new(
     "domain_probe_acc",
     "domain probe accuracy (repeated k-fold CV, corrected 95% CI)",
     Direction::Farther,
-    Some("domain"),
-    Some(Panel::Domain),
-    true,
-    false,
-);
+)
+.column("domain")
+.panel(Panel::Domain)
+.with_interval();
 /// The same probe's ROC AUC.
 pub const DOMAIN_AUC: Output = Output::new(
     "domain_probe_auc",
     "domain probe ROC AUC (repeated k-fold CV)",
     Direction::Farther,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 /// Proxy A-distance 2(1 - 2 err) from the domain probe (Ben-David et al. 2010).
 pub const PROXY_A: Output = Output::new(
     "proxy_a_distance",
     "proxy A-distance, 2(1 - 2 err) of the domain probe",
     Direction::Farther,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 
 impl Metric for DomainProbe {
     fn name(&self) -> &'static str {
@@ -465,11 +458,8 @@ pub const SPREAD: Output = Output::new(
     "source_spread_acc",
     "source spread: domain probe accuracy between two halves of the source",
     Direction::Farther,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 
 impl Metric for SourceSpread {
     fn name(&self) -> &'static str {
@@ -538,41 +528,32 @@ pub const TARGET_PROBE_ACC: Output = Output::new(
     "target_probe_acc",
     "target task probe, accuracy (corrected 95% CI)",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 /// Target task probe: cross-validated balanced accuracy (the verdict's usefulness measure).
 pub const TARGET_PROBE_BAL_ACC: Output = Output::new(
     "target_probe_bal_acc",
     "target task probe, balanced accuracy (corrected 95% CI)",
     Direction::MoreUseful,
-    Some("task"),
-    Some(Panel::Task),
-    true,
-    false,
-);
+)
+.column("task")
+.panel(Panel::Task)
+.with_interval();
 /// Source task probe: cross-validated accuracy.
 pub const SOURCE_PROBE_ACC: Output = Output::new(
     "source_probe_acc",
     "source task probe, accuracy (corrected 95% CI)",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 /// Source task probe: cross-validated balanced accuracy.
 pub const SOURCE_PROBE_BAL_ACC: Output = Output::new(
     "source_probe_bal_acc",
     "source task probe, balanced accuracy",
     Direction::MoreUseful,
-    None,
-    Some(Panel::Task),
-    true,
-    false,
-);
+)
+.panel(Panel::Task)
+.with_interval();
 
 /// `target_probe_acc` / `target_probe_bal_acc` (or the `source_` pair).
 pub struct TaskProbe {

@@ -128,41 +128,30 @@ pub const TARGET_KNN_ACC: Output = Output::new(
     "target_knn_acc",
     "target k-NN (cosine), accuracy",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 /// Target k-NN: balanced accuracy.
 pub const TARGET_KNN_BAL_ACC: Output = Output::new(
     "target_knn_bal_acc",
     "target k-NN (cosine), balanced accuracy",
     Direction::MoreUseful,
-    None,
-    Some(Panel::Task),
-    true,
-    false,
-);
+)
+.panel(Panel::Task)
+.with_interval();
 /// Source k-NN: accuracy.
 pub const SOURCE_KNN_ACC: Output = Output::new(
     "source_knn_acc",
     "source k-NN (cosine), accuracy",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 /// Source k-NN: balanced accuracy.
 pub const SOURCE_KNN_BAL_ACC: Output = Output::new(
     "source_knn_bal_acc",
     "source k-NN (cosine), balanced accuracy",
     Direction::MoreUseful,
-    None,
-    None,
-    true,
-    false,
-);
+)
+.with_interval();
 
 pub struct Knn {
     /// Score the target set (else the source set).
@@ -215,20 +204,12 @@ pub const HSCORE_TARGET: Output = Output::new(
     "hscore_target",
     "H-score, target labels",
     Direction::MoreUseful,
-    None,
-    None,
-    false,
-    false,
 );
 /// H-score of the source labels.
 pub const HSCORE_SOURCE: Output = Output::new(
     "hscore_source",
     "H-score, source labels",
     Direction::MoreUseful,
-    None,
-    None,
-    false,
-    false,
 );
 
 pub struct HScore {
