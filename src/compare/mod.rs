@@ -84,17 +84,68 @@ pub struct LayerResult {
 /// One within-set similarity value.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SimilarityValue {
-    /// `source` or `target`.
-    pub set: String,
+    /// The set.
+    pub set: Side,
     /// Row layer.
     pub layer_a: String,
     /// Column layer.
     pub layer_b: String,
-    /// `cka_linear`, `cka_linear_debiased` or `cka_rbf`.
-    pub measure: String,
+    /// The measure.
+    pub measure: Similarity,
     /// The value (NaN when undefined, e.g. debiased CKA of a constant layer; `null` in JSON).
     #[serde(deserialize_with = "crate::metrics::f64_or_nan")]
     pub value: f64,
+}
+
+/// One of the two sets compared.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The source: images like the model's training data.
+    Source,
+    /// The target: the user's images.
+    Target,
+}
+
+impl Side {
+    /// `source` or `target`, as in every output file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A within-set layer × layer similarity (`similarity.csv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Similarity {
+    /// Linear CKA.
+    CkaLinear,
+    /// Debiased linear CKA.
+    CkaLinearDebiased,
+    /// RBF CKA.
+    CkaRbf,
+}
+
+impl Similarity {
+    /// The name in `similarity.csv`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Similarity::CkaLinear => "cka_linear",
+            Similarity::CkaLinearDebiased => "cka_linear_debiased",
+            Similarity::CkaRbf => "cka_rbf",
+        }
+    }
 }
 
 /// Summary of one input set.
@@ -387,8 +438,8 @@ pub fn compute_with(
     } = pairs::walk(
         &names,
         &[
-            pairs::Side::of("source", src),
-            pairs::Side::of("target", tgt),
+            pairs::SetName::of("source", src),
+            pairs::SetName::of("target", tgt),
         ],
         |k| {
             Ok(rows::Rows {

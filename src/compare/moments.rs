@@ -3,7 +3,7 @@
 
 use indicatif::ProgressBar;
 
-use super::pairs::{same_features, walk, PairData, Side, SAME_TOL};
+use super::pairs::{same_features, walk, PairData, SetName, SAME_TOL};
 use super::{CompareConfig, CompareReport, SetSummary};
 use crate::error::{input_err, Error, Result};
 use crate::metrics::moments::Moments;
@@ -91,8 +91,8 @@ fn shared_layers(
 }
 
 /// A side named by the image folder its manifest records, else by its folder.
-fn side(which: &'static str, m: &crate::embeddings::Manifest, dir: &std::path::Path) -> Side {
-    Side {
+fn side(which: &'static str, m: &crate::embeddings::Manifest, dir: &std::path::Path) -> SetName {
+    SetName {
         which,
         shown: Some(m.images.clone())
             .filter(|s| !s.is_empty())

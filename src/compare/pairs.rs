@@ -68,7 +68,7 @@ pub(super) trait PairData {
 }
 
 /// How a set is named to the user, and where its unreadable files are listed.
-pub(super) struct Side {
+pub(super) struct SetName {
     /// "source" or "target".
     pub which: &'static str,
     /// The user's folder.
@@ -77,10 +77,10 @@ pub(super) struct Side {
     pub skipped: Option<PathBuf>,
 }
 
-impl Side {
+impl SetName {
     /// The side of an embedding set: named by the image folder it was extracted from (not domsim's cache).
     pub fn of(which: &'static str, set: &EmbeddingSet) -> Self {
-        Side {
+        SetName {
             which,
             shown: set
                 .manifest
@@ -104,7 +104,7 @@ pub(super) struct Walked {
 }
 
 /// Enough rows on each side, and the same dimension.
-fn check<D: PairData>(name: &str, d: &D, sides: &[Side; 2]) -> Result<()> {
+fn check<D: PairData>(name: &str, d: &D, sides: &[SetName; 2]) -> Result<()> {
     let rows = d.rows();
     for (side, n) in sides.iter().zip([rows.0, rows.1]) {
         if n < MIN_SET {
@@ -135,7 +135,7 @@ fn check<D: PairData>(name: &str, d: &D, sides: &[Side; 2]) -> Result<()> {
 /// its values, and `not_computed(why)` gives the values of a layer nothing can be computed on.
 pub(super) fn walk<D: PairData>(
     names: &[String],
-    sides: &[Side; 2],
+    sides: &[SetName; 2],
     mut load: impl FnMut(usize) -> Result<D>,
     mut measure: impl FnMut(usize, &str, &D) -> Result<Vec<MetricValue>>,
     not_computed: impl Fn(&str) -> Vec<MetricValue>,

@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, Axis};
 
-use super::{progress, CompareOptions, SimilarityValue};
+use super::{progress, CompareOptions, Side, Similarity, SimilarityValue};
 use crate::embeddings::EmbeddingSet;
 use crate::error::Result;
 use crate::metrics::cka::{centred_rbf_gram, gram_cka, linear_cka_pair, LinearRep};
@@ -11,17 +11,13 @@ use crate::metrics::{Ctx, Params};
 
 /// Layer × layer CKA (linear, debiased linear, RBF) within one set.
 pub fn within_set(
-    set_name: &str,
+    side: Side,
     set: &EmbeddingSet,
     layer_idx: &[usize],
     params: &Params,
     show: bool,
 ) -> Result<Vec<SimilarityValue>> {
-    let bar = progress(
-        show,
-        layer_idx.len() as u64,
-        &format!("CKA within {set_name}"),
-    );
+    let bar = progress(show, layer_idx.len() as u64, &format!("CKA within {side}"));
     let mut raws = Vec::new();
     let mut grams = Vec::new();
     let mut sub: Option<Vec<usize>> = None;
@@ -29,7 +25,7 @@ pub fn within_set(
         let x: Array2<f64> = set.read_layer(i)?;
         let idx = sub.get_or_insert_with(|| {
             let ctx = Ctx { params, depth: 0 };
-            let mut rng = ctx.rng(&format!("within_set_{set_name}"));
+            let mut rng = ctx.rng(&format!("within_set_{side}"));
             subsample(x.nrows(), params.cka_rbf_max_n, &mut rng)
         });
         grams.push(centred_rbf_gram(&x.select(Axis(0), idx), params.cka_rbf_t));
@@ -57,17 +53,17 @@ pub fn within_set(
     }
     let mut out = Vec::new();
     for (measure, m) in [
-        ("cka_linear", &lin),
-        ("cka_linear_debiased", &deb),
-        ("cka_rbf", &rbf),
+        (Similarity::CkaLinear, &lin),
+        (Similarity::CkaLinearDebiased, &deb),
+        (Similarity::CkaRbf, &rbf),
     ] {
         for a in 0..l {
             for b in 0..l {
                 out.push(SimilarityValue {
-                    set: set_name.into(),
+                    set: side,
                     layer_a: names[a].into(),
                     layer_b: names[b].into(),
-                    measure: measure.into(),
+                    measure,
                     value: m[a][b],
                 });
             }
@@ -88,8 +84,8 @@ pub(super) fn both_sets(
 ) -> Result<Vec<SimilarityValue>> {
     let mut out = Vec::new();
     let (ks, kt): (Vec<usize>, Vec<usize>) = kept.iter().copied().unzip();
-    for (set_name, set, idx) in [("source", src, &ks), ("target", tgt, &kt)] {
-        out.extend(within_set(set_name, set, idx, &cfg.params, cfg.progress)?);
+    for (side, set, idx) in [(Side::Source, src, &ks), (Side::Target, tgt, &kt)] {
+        out.extend(within_set(side, set, idx, &cfg.params, cfg.progress)?);
     }
     let cap = cfg.params.cka_rbf_max_n;
     if n_rows.0 > cap || n_rows.1 > cap {

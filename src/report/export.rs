@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{layer_names, plot, scatter_depths, scatter_file, sim_matrix, PcaPoint, RunReport};
-use crate::compare::CompareReport;
+use crate::compare::{CompareReport, Side, Similarity};
 use crate::error::{Error, Result};
 use crate::output::{csv_bytes, write_atomic};
 
@@ -92,10 +92,10 @@ impl Exporter for SimilarityCsv {
             &["set", "layer_a", "layer_b", "measure", "value"],
             r.compare.similarity.iter().map(|s| {
                 vec![
-                    s.set.clone(),
+                    s.set.to_string(),
                     s.layer_a.clone(),
                     s.layer_b.clone(),
-                    s.measure.clone(),
+                    s.measure.as_str().to_string(),
                     format!("{}", s.value),
                 ]
             }),
@@ -128,7 +128,7 @@ impl Exporter for PcaCsv {
             r.pca.iter().map(|p| {
                 vec![
                     p.layer.clone(),
-                    p.set.clone(),
+                    p.set.to_string(),
                     p.label.clone(),
                     format!("{}", p.pc1),
                     format!("{}", p.pc2),
@@ -175,7 +175,7 @@ impl Exporter for GapChart {
 }
 
 /// `cka_source.png` / `cka_target.png`: linear CKA between the layers of one set.
-pub struct CkaHeatmap(pub &'static str);
+pub struct CkaHeatmap(pub Side);
 
 impl Exporter for CkaHeatmap {
     fn file_name(&self) -> String {
@@ -183,7 +183,7 @@ impl Exporter for CkaHeatmap {
     }
     fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
         let (names, short) = layer_names(&r.compare);
-        let m = sim_matrix(&r.compare, self.0, "cka_linear", &names);
+        let m = sim_matrix(&r.compare, self.0, Similarity::CkaLinear, &names);
         plot::heatmap(
             &format!(
                 "Linear CKA between layers, {} images (1 = same representation)",
@@ -206,8 +206,8 @@ impl Exporter for CkaDifference {
     }
     fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
         let (names, short) = layer_names(&r.compare);
-        let s = sim_matrix(&r.compare, "source", "cka_linear", &names);
-        let t = sim_matrix(&r.compare, "target", "cka_linear", &names);
+        let s = sim_matrix(&r.compare, Side::Source, Similarity::CkaLinear, &names);
+        let t = sim_matrix(&r.compare, Side::Target, Similarity::CkaLinear, &names);
         let d: Vec<Vec<f64>> = s
             .iter()
             .zip(&t)
@@ -346,8 +346,8 @@ pub fn charts(r: &RunReport) -> Vec<Box<dyn Exporter>> {
         v.push(Box::new(GapChart));
     }
     if !r.compare.similarity.is_empty() {
-        v.push(Box::new(CkaHeatmap("source")));
-        v.push(Box::new(CkaHeatmap("target")));
+        v.push(Box::new(CkaHeatmap(Side::Source)));
+        v.push(Box::new(CkaHeatmap(Side::Target)));
         v.push(Box::new(CkaDifference));
     }
     for d in scatter_depths(r.compare.layers.len()) {

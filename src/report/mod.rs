@@ -24,8 +24,8 @@ use crate::verdict::{self, Verdict};
 pub struct PcaPoint {
     /// Layer name.
     pub layer: String,
-    /// `source` or `target`.
-    pub set: String,
+    /// The set.
+    pub set: crate::compare::Side,
     /// Class label (empty when none).
     pub label: String,
     /// First coordinate.
@@ -153,16 +153,19 @@ pub fn pca_points(
         let proj = centred(&pooled.view()).dot(&basis);
         for (r, row) in proj.rows().into_iter().enumerate() {
             let (set, label) = if r < is.len() {
-                ("source", src.labels.as_ref().map(|l| l[is[r]].clone()))
+                (
+                    crate::compare::Side::Source,
+                    src.labels.as_ref().map(|l| l[is[r]].clone()),
+                )
             } else {
                 (
-                    "target",
+                    crate::compare::Side::Target,
                     tgt.labels.as_ref().map(|l| l[it[r - is.len()]].clone()),
                 )
             };
             out.push(PcaPoint {
                 layer: name.clone(),
-                set: set.into(),
+                set,
                 label: label.unwrap_or_default(),
                 pc1: row[0],
                 pc2: row[1],
@@ -225,8 +228,8 @@ pub(crate) fn layer_names(c: &CompareReport) -> (Vec<String>, Vec<String>) {
 
 pub(crate) fn sim_matrix(
     c: &CompareReport,
-    set: &str,
-    measure: &str,
+    set: crate::compare::Side,
+    measure: crate::compare::Similarity,
     names: &[String],
 ) -> Vec<Vec<f64>> {
     let l = names.len();

@@ -575,10 +575,8 @@ pub fn heatmap(
 
 /// A 2-D PCA scatter of one layer, coloured by set and label.
 pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
-    let mut groups: Vec<(String, String)> = pts
-        .iter()
-        .map(|p| (p.set.clone(), p.label.clone()))
-        .collect();
+    let mut groups: Vec<(crate::compare::Side, String)> =
+        pts.iter().map(|p| (p.set, p.label.clone())).collect();
     groups.sort();
     groups.dedup();
     let palette = [
@@ -619,7 +617,7 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
         for (gi, (set, label)) in groups.iter().enumerate() {
             let c = palette[gi % palette.len()];
             let name = if label.is_empty() {
-                set.clone()
+                set.to_string()
             } else {
                 format!("{set}: {label}")
             };
