@@ -22,7 +22,10 @@ use crate::extract::{extract_with, ExtractConfig, ExtractOptions};
 use crate::model::runtime::{bundled_reference_path, model_identity, DEFAULT_MODEL_SHA256};
 use crate::model::OnnxModel;
 use crate::output;
-use crate::report::{self, export, RunReport};
+use crate::report::{self, export, RunInfo, RunReport, SideRun, SourceReference, Timing};
+
+/// Wall seconds per phase of `analyze`.
+type Phases = std::collections::BTreeMap<String, f64>;
 
 /// Settings for `domsim analyze`.
 #[derive(Debug, Clone)]
@@ -334,7 +337,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     crate::report::export::check_outputs_writable(&cfg.out)?;
     let t_start = std::time::Instant::now();
-    let mut phases = serde_json::Map::new();
+    let mut phases = Phases::new();
     let model_sha = model_identity(&cfg.extract.model).map_err(|e| match e {
         Error::Io { path, .. } => Error::Model {
             message: format!(
@@ -359,11 +362,14 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
             ),
         }
     }
-    let mut extra =
-        serde_json::json!({"embeddings": e.run_info, "report_dir": cfg.out.display().to_string()});
+    let mut run = RunInfo {
+        embeddings: std::mem::take(&mut e.run_info),
+        report_dir: Some(cfg.out.display().to_string()),
+        ..RunInfo::default()
+    };
     if bundled_source {
         let m = src.manifest.as_ref().expect("checked above");
-        extra["source_reference"] = source_reference(m, &e.dirs[0]);
+        run.source_reference = Some(source_reference(m, &e.dirs[0]));
     }
     let t0 = std::time::Instant::now();
     let mut cmp = compare::compute(&src, &tgt, &cfg.compare)?;
@@ -389,7 +395,7 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         compare: cmp,
         verdict,
         pca,
-        extra,
+        run: Some(run),
     };
     let (rr, files) = write_files(rr, cfg, phases, t_start)?;
     Ok(AnalyzeOutcome {
@@ -400,12 +406,8 @@ pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
 }
 
 /// Records the wall time of a phase since `t0`.
-fn phase(
-    phases: &mut serde_json::Map<String, serde_json::Value>,
-    name: &str,
-    t0: std::time::Instant,
-) {
-    phases.insert(name.into(), serde_json::json!(t0.elapsed().as_secs_f64()));
+fn phase(phases: &mut Phases, name: &str, t0: std::time::Instant) {
+    phases.insert(name.into(), t0.elapsed().as_secs_f64());
 }
 
 /// The output folder is not one of the inputs, and every input folder exists: a mistyped folder is refused
@@ -436,7 +438,7 @@ struct Embedded {
     /// Extracted before, with the same fingerprint, and reused.
     reused: [bool; 2],
     /// `summary.json`'s `run.embeddings`.
-    run_info: serde_json::Map<String, serde_json::Value>,
+    run_info: std::collections::BTreeMap<crate::compare::Side, crate::report::SideRun>,
     /// The image sets, when given as images.
     images: [Option<ImageSet>; 2],
     /// The model, when it was loaded.
@@ -450,28 +452,36 @@ fn embed_both(
     model_sha: &str,
     source: &Path,
     bundled_source: bool,
-    phases: &mut serde_json::Map<String, serde_json::Value>,
+    phases: &mut Phases,
 ) -> Result<Embedded> {
     let mut e = Embedded {
         dirs: Vec::new(),
         ready_made: [false; 2],
         reused: [false; 2],
-        run_info: serde_json::Map::new(),
+        run_info: std::collections::BTreeMap::new(),
         images: [None, None],
         model: None,
     };
-    for (k, (name, images)) in [("source", source), ("target", cfg.target.as_path())]
-        .into_iter()
-        .enumerate()
+    for (k, (side, images)) in [
+        (crate::compare::Side::Source, source),
+        (crate::compare::Side::Target, cfg.target.as_path()),
+    ]
+    .into_iter()
+    .enumerate()
     {
+        let name = side.as_str();
         if crate::shard::is_shard_parent(images) {
             // a folder of shards from `extract --shard I/N`: merged, then used as an embedding folder
             let dir = cfg.out.join("embeddings").join(name);
             crate::shard::merge(&[images.to_path_buf()], &dir, true)?;
             e.ready_made[k] = true;
             e.run_info.insert(
-                name.into(),
-                serde_json::json!({"embeddings": dir.display().to_string(), "merged_from_shards": images.display().to_string()}),
+                side,
+                SideRun {
+                    embeddings: dir.display().to_string(),
+                    merged_from_shards: Some(images.display().to_string()),
+                    ..SideRun::default()
+                },
             );
             e.dirs.push(dir);
             continue;
@@ -479,8 +489,13 @@ fn embed_both(
         if is_embedding_folder(images) {
             e.ready_made[k] = true;
             e.run_info.insert(
-                name.into(),
-                serde_json::json!({"embeddings": images.display().to_string(), "embedding_folder_given": true, "bundled_reference": k == 0 && bundled_source}),
+                side,
+                SideRun {
+                    embeddings: images.display().to_string(),
+                    embedding_folder_given: Some(true),
+                    bundled_reference: Some(k == 0 && bundled_source),
+                    ..SideRun::default()
+                },
             );
             e.dirs.push(images.to_path_buf());
             continue;
@@ -505,8 +520,14 @@ fn embed_both(
         phase(phases, &format!("extract_{name}"), t0);
         e.images[k] = Some(set);
         e.run_info.insert(
-            name.into(),
-            serde_json::json!({"images": images.display().to_string(), "embeddings": dir.display().to_string(), "reused_cached_embeddings": e.reused[k], "fingerprint": fp}),
+            side,
+            SideRun {
+                embeddings: dir.display().to_string(),
+                images: Some(images.display().to_string()),
+                reused_cached_embeddings: Some(e.reused[k]),
+                fingerprint: Some(fp),
+                ..SideRun::default()
+            },
         );
         e.dirs.push(dir);
     }
@@ -514,18 +535,18 @@ fn embed_both(
 }
 
 /// `summary.json`'s `run.source_reference` when the bundled reference was the source.
-fn source_reference(m: &crate::embeddings::Manifest, dir: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "bundled": true,
-        "dir": dir.display().to_string(),
-        "images": m.images,
-        "n_images": m.n_images,
-        "dtype": m.dtype,
-        "description": format!(
+fn source_reference(m: &crate::embeddings::Manifest, dir: &Path) -> SourceReference {
+    SourceReference {
+        bundled: true,
+        dir: dir.display().to_string(),
+        images: m.images.clone(),
+        n_images: m.n_images,
+        dtype: m.dtype,
+        description: format!(
             "the bundled reference: {} ImageNet photos ({}) embedded by the bundled EfficientNet-Lite0, stored as {}; every source-side metric uses at most these {} rows",
             m.n_images, m.images, m.dtype.name(), m.n_images
         ),
-    })
+    }
 }
 
 /// The colour, resolution and pretraining controls, added to `cmp`.
@@ -535,7 +556,7 @@ fn run_controls(
     e: &mut Embedded,
     (src, tgt): (&EmbeddingSet, &EmbeddingSet),
     cmp: &mut crate::compare::CompareReport,
-    phases: &mut serde_json::Map<String, serde_json::Value>,
+    phases: &mut Phases,
 ) -> Result<()> {
     let t0 = std::time::Instant::now();
     let sets = match &e.images[0] {
@@ -571,25 +592,32 @@ fn run_controls(
 fn write_files(
     mut rr: RunReport,
     cfg: &AnalyzeConfig,
-    mut phases: serde_json::Map<String, serde_json::Value>,
+    mut phases: Phases,
     t_start: std::time::Instant,
 ) -> Result<(RunReport, Vec<PathBuf>)> {
     let t0 = std::time::Instant::now();
     let exporters = export::analysis_files(&rr);
     let written = export::write(&rr, &cfg.out, &exporters)?;
     phase(&mut phases, "files", t0);
-    let per_file: serde_json::Map<String, serde_json::Value> = written
+    let per_file: std::collections::BTreeMap<String, f64> = written
         .iter()
         .map(|(p, s)| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            (name.unwrap_or_default(), serde_json::json!(s))
+            (name.unwrap_or_default(), *s)
         })
         .collect();
     let files: Vec<PathBuf> = written.into_iter().map(|(p, _)| p).collect();
     phase(&mut phases, "total", t_start);
-    rr.extra["timings_s"] = serde_json::Value::Object(phases);
-    rr.extra["timings_s"]["metrics"] = serde_json::json!(rr.compare.timings_s);
-    rr.extra["timings_s"]["per_file"] = serde_json::Value::Object(per_file);
+    let mut timings: std::collections::BTreeMap<String, Timing> = phases
+        .into_iter()
+        .map(|(k, v)| (k, Timing::Seconds(v)))
+        .collect();
+    timings.insert(
+        "metrics".into(),
+        Timing::Split(rr.compare.timings_s.clone()),
+    );
+    timings.insert("per_file".into(), Timing::Split(per_file));
+    rr.run.get_or_insert_with(RunInfo::default).timings_s = timings;
     export::write(&rr, &cfg.out, &[Box::new(export::SummaryJson)])?;
     Ok((rr, files))
 }
@@ -608,10 +636,15 @@ pub fn rerender(dir: &Path) -> Result<RunReport> {
         compare: cmp,
         verdict,
         pca,
-        extra: prev
-            .get("run")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({"report_dir": dir.display().to_string()})),
+        // the run facts `analyze` recorded are kept; a compare folder's (`null`) stays null
+        run: match prev.get("run") {
+            Some(serde_json::Value::Null) => None,
+            Some(v) => serde_json::from_value(v.clone()).ok(),
+            None => Some(RunInfo {
+                report_dir: Some(dir.display().to_string()),
+                ..RunInfo::default()
+            }),
+        },
     };
     export::write(&rr, dir, &export::report_files(&rr))?;
     Ok(rr)

@@ -22,19 +22,34 @@ use domsim::report::summary::terminal_safe;
 #[command(name = "domsim", version, about, long_about = None)]
 pub struct Args {
     /// No progress bars or summaries on stderr/stdout (errors are still printed).
-    #[arg(long, short, global = true)]
+    #[arg(
+        long,
+        short,
+        global = true,
+        help_heading = "Global options (any command)"
+    )]
     pub quiet: bool,
     /// Print where the time went (analyze: wall time per phase and per metric) on stderr.
-    #[arg(long, short, global = true)]
+    #[arg(
+        long,
+        short,
+        global = true,
+        help_heading = "Global options (any command)"
+    )]
     pub verbose: bool,
     /// Threads for decoding, ONNX Runtime (intra-op) and metrics (1 to 256). Default: all cores.
-    #[arg(long, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, global = true, help_heading = "Global options (any command)", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub threads: Option<usize>,
     /// Seed for every random choice (permutations, folds, subsamples).
-    #[arg(long, global = true, default_value_t = Params::default().seed)]
+    #[arg(long, global = true, help_heading = "Global options (any command)", default_value_t = Params::default().seed)]
     pub seed: u64,
     /// ONNX Runtime library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, then the checkout's .ort/, then beside the executable.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options (any command)",
+        value_name = "PATH"
+    )]
     pub ort_lib: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -45,30 +60,32 @@ pub struct Args {
 pub enum Command {
     /// List a model's candidate layers in depth order.
     #[command(
-        after_help = "Example:\n  domsim layers\n  domsim layers --model resnet18.onnx --all"
+        after_help = "Examples:\n  domsim layers\n  domsim layers --model resnet18.onnx --all"
     )]
     Layers(LayersArgs),
     /// Embed an image folder: one pooled matrix per layer.
     #[command(
-        after_help = "Example:\n  domsim extract --images ../shared/datasets/chest_xray --out emb/xray\n  domsim extract --model m.onnx --norm imagenet --layers '/layer*/Relu_output_0' --images imgs --out emb"
+        after_help = "Examples:\n  domsim extract --images ../shared/datasets/chest_xray --out emb/xray\n  domsim extract --model m.onnx --norm imagenet \\\n      --layers '/layer*/Relu_output_0' --images imgs --out emb"
     )]
     Extract(ExtractArgs),
     /// Compare two embedding folders layer by layer: distances, probes, LogME, within-set CKA.
     #[command(
-        after_help = "Example:\n  domsim compare --source emb/animals --target emb/xray --out report/\n  domsim compare --source a --target b --out r --metrics mmd2_rbf,frechet --permutations 500 --seed 7"
+        after_help = "Examples:\n  domsim compare --source emb/animals --target emb/xray --out report/\n  domsim compare --source a --target b --out r \\\n      --metrics mmd2_rbf,frechet --permutations 500 --seed 7"
     )]
     Compare(CompareArgs),
     /// The whole question in one command: extract both folders, compare, decide, chart and report.
     #[command(
-        after_help = "Example:\n  domsim analyze --target ../shared/datasets/chest_xray --out out/xray        # bundled model and reference\n  domsim analyze --source ../shared/datasets/animals --target ../shared/datasets/chest_xray --out out/animals_vs_xray\n  domsim analyze --model resnet50.onnx --norm imagenet --source ref/ --target imgs/b --out report --json"
+        after_help = "Examples:\n  # the bundled model and its bundled reference as the source\n  domsim analyze --target ../shared/datasets/chest_xray --out out/xray\n  # your own source images\n  domsim analyze --source ../shared/datasets/animals \\\n      --target ../shared/datasets/chest_xray --out out/animals_vs_xray\n  # another model, its reference embeddings, JSON on stdout\n  domsim analyze --model resnet50.onnx --norm imagenet \\\n      --source ref/ --target imgs/b --out report --json"
     )]
     Analyze(AnalyzeArgs),
     /// Re-render charts, verdict, HTML and summary from an existing compare/analyze folder (no recomputation).
-    #[command(after_help = "Example:\n  domsim report out/animals_vs_xray")]
+    #[command(
+        after_help = "Examples:\n  domsim report out/animals_vs_xray\n  domsim report out/animals_vs_xray --json     # summary.json on stdout"
+    )]
     Report(ReportArgs),
     /// Merge the shard folders of one image folder (from `extract --shard I/N`) into one embedding folder.
     #[command(
-        after_help = "Example:\n  domsim merge --out emb/xray emb/xray.shards/*\n  domsim merge --out emb/xray emb/xray.shards     # a folder holding the shards"
+        after_help = "Examples:\n  domsim merge --out emb/xray emb/xray.shards/*\n  domsim merge --out emb/xray emb/xray.shards     # a folder holding the shards"
     )]
     Merge(MergeArgs),
 }
@@ -90,32 +107,32 @@ pub struct MergeArgs {
 /// `domsim analyze`.
 #[derive(Debug, ClapArgs)]
 pub struct AnalyzeArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
     /// Source: an image folder like the model's training data, or an embedding folder from `domsim extract`.
     /// Omitted with the bundled model: its bundled reference (398 ImageNet photos, data/reference/).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub source: Option<PathBuf>,
     /// Target image folder (your images; one sub-folder per class enables the task probe), or an embedding
     /// folder.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub target: PathBuf,
     /// Report folder to write (embeddings are cached under it).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub prep: PrepArgs,
     #[command(flatten)]
     pub metric: MetricArgs,
     /// Print summary.json to stdout instead of the table.
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs and output")]
     pub json: bool,
     /// Skip the colour and resolution controls (where the gap comes from; on by default, about a tenth of
     /// the run's time with the bundled reference).
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs and output")]
     pub no_controls: bool,
     /// Overwrite a non-empty output folder that domsim did not make.
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs and output")]
     pub force: bool,
 }
 
@@ -131,6 +148,7 @@ pub struct ReportArgs {
 
 /// Preprocessing and pooling options shared by `extract` and `analyze`.
 #[derive(Debug, ClapArgs)]
+#[command(next_help_heading = "Preprocessing")]
 pub struct PrepArgs {
     /// Pooling of spatial/token axes.
     #[arg(long, value_enum, default_value = "avg")]
@@ -151,6 +169,7 @@ pub struct PrepArgs {
 
 /// Estimator settings shared by `compare` and `analyze`.
 #[derive(Debug, ClapArgs)]
+#[command(next_help_heading = "Estimators")]
 pub struct MetricArgs {
     /// Metrics to compute, comma-separated (groups or outputs, e.g. mmd2_rbf,domain_probe). Default: all.
     #[arg(long, value_delimiter = ',')]
@@ -223,23 +242,24 @@ impl MetricArgs {
 #[derive(Debug, ClapArgs)]
 pub struct CompareArgs {
     /// Source embedding folder (from `extract`, or a folder of .npy files).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub source: PathBuf,
     /// Target embedding folder.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub target: PathBuf,
     /// Report folder to write.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub out: PathBuf,
     #[command(flatten)]
     pub metric: MetricArgs,
     /// Overwrite a non-empty output folder that domsim did not make.
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs and output")]
     pub force: bool,
 }
 
 /// Which model and layers.
 #[derive(Debug, ClapArgs)]
+#[command(next_help_heading = "Model and layers")]
 pub struct ModelArgs {
     /// ONNX image model. Default: the bundled EfficientNet-Lite0 (ImageNet).
     #[arg(long, value_name = "FILE")]
@@ -280,42 +300,42 @@ pub struct LayersArgs {
 /// `domsim extract`.
 #[derive(Debug, ClapArgs)]
 pub struct ExtractArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
     /// Image folder (recursive; first-level sub-folders are labels).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub images: PathBuf,
     /// Embedding folder to write.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, help_heading = "Inputs and output", value_name = "DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub prep: PrepArgs,
     /// Store the matrices as float16 (half the size; each value moves by at most 2^-11 relative). The bundled
     /// source reference is stored so.
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs and output")]
     pub float16: bool,
     /// Embed only shard I of N (0-based): files with fnv1a64(relative path) mod N = I. Without it, the index
     /// comes from $SLURM_ARRAY_TASK_ID (count from $SLURM_ARRAY_TASK_COUNT) or $JOB_COMPLETION_INDEX (count
     /// from --shard-count).
-    #[arg(long, value_name = "I/N")]
+    #[arg(long, help_heading = "Sharding (large folders)", value_name = "I/N")]
     pub shard: Option<String>,
     /// Also write each layer's mergeable moments (count, mean, co-moments) under stats/ (always on with
     /// shards): what Fréchet distance and covariance alignment need, merged exactly across shards.
-    #[arg(long)]
+    #[arg(long, help_heading = "Sharding (large folders)")]
     pub stats: bool,
     /// Number of shards when the index comes from the scheduler's environment (1 to 100000).
-    #[arg(long, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100000))]
+    #[arg(long, help_heading = "Sharding (large folders)", value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100000))]
     pub shard_count: Option<usize>,
     /// Control: convert every image to grey (luma) before embedding it, as the colour control of a source
     /// is made (recorded in the manifest).
-    #[arg(long)]
+    #[arg(long, help_heading = "Controls (a changed copy of the images)")]
     pub grey: bool,
     /// Control: first downsample every image so that its shorter side is PX pixels (8 to 4096), as the
     /// resolution control of a source is made; the usual resize then scales it back up.
-    #[arg(long, value_name = "PX", value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(8..=4096))]
+    #[arg(long, help_heading = "Controls (a changed copy of the images)", value_name = "PX", value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(8..=4096))]
     pub downsample: Option<u32>,
     /// Overwrite a non-empty output folder that domsim did not make.
-    #[arg(long)]
+    #[arg(long, help_heading = "Inputs and output")]
     pub force: bool,
 }
 
@@ -642,17 +662,16 @@ fn analyze(a: AnalyzeArgs, g: &Global) -> Result<()> {
     };
     let o = analyze::analyze(&cfg)?;
     if g.verbose {
-        if let Some(t) = o.report.extra.get("timings_s").and_then(|t| t.as_object()) {
+        if let Some(run) = &o.report.run {
+            use domsim::report::Timing;
             // flattened (phase, or phase.part) rows, aligned on the longest name
             let mut rows: Vec<(String, f64)> = Vec::new();
-            for (k, v) in t {
-                match v.as_object() {
-                    Some(parts) => rows.extend(
-                        parts
-                            .iter()
-                            .map(|(m, x)| (format!("{k}.{m}"), x.as_f64().unwrap_or(0.0))),
-                    ),
-                    None => rows.push((k.clone(), v.as_f64().unwrap_or(0.0))),
+            for (k, v) in &run.timings_s {
+                match v {
+                    Timing::Split(parts) => {
+                        rows.extend(parts.iter().map(|(m, x)| (format!("{k}.{m}"), *x)))
+                    }
+                    Timing::Seconds(x) => rows.push((k.clone(), *x)),
                 }
             }
             let w = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);

@@ -384,7 +384,7 @@ pub fn summary_json(r: &RunReport) -> serde_json::Value {
                     "layers": r.verdict.layers.iter().map(|l| serde_json::json!({"depth": l.depth, "layer": l.layer, "label": l.label})).collect::<Vec<_>>()},
         "outputs": r.compare.outputs(),
         "files": files(r),
-        "run": r.extra,
+        "run": r.run,
     })
 }
 
@@ -409,6 +409,6 @@ pub fn of_compare(c: CompareReport) -> RunReport {
         verdict: super::verdict_for(&c),
         compare: c,
         pca: Vec::new(),
-        extra: serde_json::Value::Null,
+        run: None,
     }
 }

@@ -72,26 +72,20 @@ pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
 /// embeddings.
 fn sets(r: &RunReport) -> String {
     let c = &r.compare;
-    let given = |set: &str, dir: &str| -> String {
-        r.extra
-            .get("embeddings")
-            .and_then(|e| e.get(set))
-            .and_then(|e| e.get("images"))
-            .and_then(|x| x.as_str())
-            .unwrap_or(dir)
-            .to_string()
+    let given = |side: crate::compare::Side, dir: &str| -> String {
+        r.images_given(side).unwrap_or(dir).to_string()
     };
     let source = match r.source_reference() {
         Some(d) => esc(d),
         None => format!(
             "<code>{}</code> ({} images)",
-            esc(&given("source", &c.source.dir)),
+            esc(&given(crate::compare::Side::Source, &c.source.dir)),
             c.source.n
         ),
     };
     format!(
         "<p>Source: {source}.<br>Target: <code>{}</code> ({} images{}).</p>",
-        esc(&given("target", &c.target.dir)),
+        esc(&given(crate::compare::Side::Target, &c.target.dir)),
         c.target.n,
         if c.target.classes.is_empty() {
             String::new()

@@ -42,17 +42,95 @@ pub struct RunReport {
     pub verdict: Verdict,
     /// PCA points for the scatter plots.
     pub pca: Vec<PcaPoint>,
-    /// Extra facts for `summary.json` (paths, cache use, versions).
-    pub extra: serde_json::Value,
+    /// What `analyze` adds to `summary.json` (`run`); `None` for a folder written by `compare`.
+    pub run: Option<RunInfo>,
+}
+
+/// `summary.json`'s `run`: where each side's embeddings came from, the bundled reference when it was the
+/// source, the report folder, and the wall time per phase.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    /// Per side: how its embeddings were obtained.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub embeddings: std::collections::BTreeMap<crate::compare::Side, SideRun>,
+    /// The report folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_dir: Option<String>,
+    /// The bundled reference, when it was the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_reference: Option<SourceReference>,
+    /// Wall seconds per phase (`extract_source`, `compare`, `controls`, …, `total`), and the splits
+    /// `metrics` (per metric group) and `per_file` (per file written).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub timings_s: std::collections::BTreeMap<String, Timing>,
+}
+
+/// How one side's embeddings were obtained: extracted from `images` (or reused from the cache), given as
+/// an embedding folder, or merged from shards.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SideRun {
+    /// The embedding folder used.
+    pub embeddings: String,
+    /// The image folder, when extracted here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<String>,
+    /// Cached embeddings with the same fingerprint were reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_cached_embeddings: Option<bool>,
+    /// The extraction fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The folder of shards merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_from_shards: Option<String>,
+    /// Given as an embedding folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_folder_given: Option<bool>,
+    /// The given embedding folder is the bundled reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundled_reference: Option<bool>,
+}
+
+/// The bundled reference as the source.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SourceReference {
+    /// Always true.
+    pub bundled: bool,
+    /// Its folder.
+    pub dir: String,
+    /// The photos it was made from.
+    pub images: String,
+    /// How many.
+    pub n_images: usize,
+    /// How it is stored.
+    pub dtype: crate::npy::Dtype,
+    /// One sentence for the page and the terminal.
+    pub description: String,
+}
+
+/// A phase's wall seconds, or a split of them by part.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Timing {
+    /// Seconds.
+    Seconds(f64),
+    /// Seconds per part.
+    Split(std::collections::BTreeMap<String, f64>),
 }
 
 impl RunReport {
     /// The sentence saying that the source was the bundled reference, when it was.
     pub fn source_reference(&self) -> Option<&str> {
-        self.extra
-            .get("source_reference")
-            .and_then(|x| x.get("description"))
-            .and_then(|x| x.as_str())
+        self.run
+            .as_ref()?
+            .source_reference
+            .as_ref()
+            .map(|r| r.description.as_str())
+    }
+
+    /// The image folder the user gave for a side, when it was extracted here.
+    pub fn images_given(&self, side: crate::compare::Side) -> Option<&str> {
+        self.run.as_ref()?.embeddings.get(&side)?.images.as_deref()
     }
 }
 

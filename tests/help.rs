@@ -1,0 +1,54 @@
+//! What `--help` shows a new user: options grouped under headings (the global ones apart), and examples that
+//! can be pasted as they are printed.
+
+#[test]
+fn help_groups_the_options_and_prints_examples_that_paste() {
+    for cmd in ["layers", "extract", "compare", "analyze", "report", "merge"] {
+        let out = assert_cmd::Command::cargo_bin("domsim")
+            .unwrap()
+            .env("COLUMNS", "80")
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            text.contains("Global options (any command):"),
+            "{cmd}: {text}"
+        );
+        let examples = text
+            .split_once("Examples:")
+            .unwrap_or_else(|| panic!("{cmd} --help has no examples"))
+            .1;
+        // each command starts on its own line with `domsim`; a continuation line follows a trailing `\`
+        let lines: Vec<&str> = examples.lines().filter(|l| !l.trim().is_empty()).collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let continued = i > 0 && lines[i - 1].trim_end().ends_with('\\');
+            assert!(
+                t.starts_with("domsim ") || t.starts_with('#') || continued,
+                "{cmd}: an example line that is neither a command, a comment nor a continuation: {l:?}"
+            );
+            assert!(
+                l.chars().count() <= 80,
+                "{cmd}: {l:?} is wider than 80 columns"
+            );
+        }
+    }
+    let analyze = assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .args(["analyze", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(analyze.stdout).unwrap();
+    for heading in [
+        "Inputs and output:",
+        "Model and layers:",
+        "Preprocessing:",
+        "Estimators:",
+    ] {
+        assert!(text.contains(heading), "analyze --help lacks '{heading}'");
+    }
+    // the inputs come first
+    assert!(text.find("Inputs and output:") < text.find("Model and layers:"));
+}
