@@ -426,6 +426,8 @@ fn check_inputs(cfg: &AnalyzeConfig) -> Result<()> {
             )));
         }
     }
+    // a missing or non-ONNX model is said as such, before the source reference is looked for
+    crate::model::runtime::read_onnx(&cfg.extract.model)?;
     Ok(())
 }
 

@@ -288,10 +288,14 @@ pub fn check_out_is_not_an_input(out: &Path, inputs: &[(&str, &Path)]) -> Result
     };
     for (flag, input) in inputs {
         if canon(input).as_ref() == Some(&o) {
+            // a sibling of the images, never a folder inside them
+            let name = o
+                .file_name()
+                .map_or("images".into(), |n| n.to_string_lossy().into_owned());
             return input_err(format!(
                 "--out '{}' is the {flag} folder itself; domsim never writes among your images. Choose another folder, e.g. '{}'",
                 out.display(),
-                out.join("domsim_out").display()
+                o.with_file_name(format!("{name}_domsim")).display()
             ));
         }
     }

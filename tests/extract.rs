@@ -379,6 +379,13 @@ fn default_selection_spans_stem_to_final_features() {
     let pat: Value = serde_json::from_slice(&pat.stdout).unwrap();
     // blocks 10, 12, 13 and 14 end in a residual Add; 11 and 15 do not
     assert_eq!(pat.as_array().unwrap().len(), 4);
+    // the short name the tables print selects the layer too
+    let short = domsim()
+        .args(["layers", "--json", "--layers", "_blocks.4/Add"])
+        .output()
+        .unwrap();
+    let short: Value = serde_json::from_slice(&short.stdout).unwrap();
+    assert_eq!(short[0]["name"], "/_blocks.4/Add_output_0");
     // the table is the command's result: printed under --quiet (domsim() passes it); with --all, the
     // depths are those `--all` gives everywhere (layout-op outputs, not selectable by --all, get `-`), and
     // each default layer says its depth in the default selection

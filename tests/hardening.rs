@@ -124,7 +124,10 @@ fn out_equal_to_an_input_folder_is_refused() {
             .args(&args)
             .assert()
             .code(2)
-            .stderr(predicate::str::contains("never writes among your images"));
+            .stderr(predicate::str::contains("never writes among your images"))
+            // the folder suggested is beside the images, not inside them
+            .stderr(predicate::str::contains("imgs_domsim'"))
+            .stderr(predicate::str::contains("imgs/").not());
     }
     assert!(!imgs.join("manifest.json").exists() && !imgs.join(".domsim").exists());
 }
@@ -1571,4 +1574,25 @@ fn an_allocation_failure_in_onnx_runtime_is_named_as_such() {
     if !seen {
         eprintln!("skipped: no address-space limit tried made ONNX Runtime's allocation fail here");
     }
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_said_first_and_leaves_no_output_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake.onnx");
+    std::fs::write(&fake, "not a model").unwrap();
+    let out = tmp.path().join("r");
+    // no --source: the missing bundled reference for another model must not be what the user hears first
+    domsim()
+        .args(["analyze", "--model"])
+        .arg(&fake)
+        .arg("--target")
+        .arg(fixture("images16"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not an ONNX model"))
+        .stderr(predicate::str::contains("bundled source reference").not());
+    assert!(!out.exists(), "nothing is left behind");
 }

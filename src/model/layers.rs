@@ -374,7 +374,7 @@ pub fn select_names(all: &[Layer], wanted: &[String]) -> Result<Vec<usize>> {
     let mut picked = Vec::new();
     for w in wanted {
         let is_pattern = w.contains('*') || w.contains('?');
-        let hits: Vec<usize> = (0..all.len())
+        let mut hits: Vec<usize> = (0..all.len())
             .filter(|&i| {
                 if is_pattern {
                     glob_match(w, &all[i].name)
@@ -383,6 +383,17 @@ pub fn select_names(all: &[Layer], wanted: &[String]) -> Result<Vec<usize>> {
                 }
             })
             .collect();
+        if hits.is_empty() && !is_pattern {
+            // the short name the tables and charts print: `_blocks.4/Add` for `/_blocks.4/Add_output_0`
+            let short = |n: &str| {
+                n.trim_start_matches('/')
+                    .trim_end_matches("_output_0")
+                    .to_string()
+            };
+            hits = (0..all.len())
+                .filter(|&i| short(&all[i].name) == short(w))
+                .collect();
+        }
         if hits.is_empty() {
             let near = nearest(w, all.iter().map(|l| l.name.as_str()), 5);
             return Err(crate::Error::Layer {

@@ -152,6 +152,34 @@ pub struct OnnxModel {
     threads: usize,
 }
 
+/// The bytes and the graph of an ONNX model file: an error naming the file when it does not exist, cannot be
+/// read, or is not an ONNX model with a graph (before any session is made, and before any output folder).
+pub fn read_onnx(path: &Path) -> Result<(Vec<u8>, onnx::GraphProto)> {
+    let model_err = |message: String| Error::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(model_err(format!(
+            "model file '{}' does not exist; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read model", path, e))?;
+    let not_onnx = |why: String| {
+        model_err(format!(
+            "'{}' is not an ONNX model ({why}); export your network with torch.onnx.export or tf2onnx first",
+            path.display()
+        ))
+    };
+    let proto = onnx::decode(&bytes).map_err(|e| not_onnx(e.to_string()))?;
+    let graph = proto
+        .graph
+        .filter(|g| !g.node.is_empty())
+        .ok_or_else(|| not_onnx("it has no graph nodes".into()))?;
+    Ok((bytes, graph))
+}
+
 /// A session on (patched) model bytes. External weight files are looked up in `model_dir`, the model's own
 /// folder, not the current directory.
 fn session(
@@ -198,24 +226,13 @@ impl OnnxModel {
             path: path.to_path_buf(),
             message,
         };
-        if !path.is_file() {
-            return Err(model_err(format!(
-                "model file '{}' does not exist; pass an ONNX image model with --model, or omit --model to use the bundled EfficientNet-Lite0",
-                path.display()
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read model", path, e))?;
+        let (bytes, graph) = read_onnx(path)?;
         let not_onnx = |why: String| {
             model_err(format!(
                 "'{}' is not an ONNX model ({why}); export your network with torch.onnx.export or tf2onnx first",
                 path.display()
             ))
         };
-        let proto = onnx::decode(&bytes).map_err(|e| not_onnx(e.to_string()))?;
-        let graph = proto
-            .graph
-            .filter(|g| !g.node.is_empty())
-            .ok_or_else(|| not_onnx("it has no graph nodes".into()))?;
         let sha256 = model_sha256(path, &bytes, &graph)?;
         // One session with every candidate exposed serves both the input contract and the layer types.
         let cands = layers::candidates(&graph);
