@@ -215,7 +215,7 @@ fn embed_permuted(
     fp: String,
 ) -> Result<()> {
     let tmp = tempfile::Builder::new()
-        .prefix(".domsim-permuted-")
+        .prefix(crate::output::TEMP_DIR_PREFIX)
         .tempdir_in(&cfg.out)
         .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
     let path = tmp.path().join("permuted_weights.onnx");

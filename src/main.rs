@@ -9,6 +9,14 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    // Ctrl-C: say so, and leave no temporary file behind (every file already in place is complete)
+    let _ = ctrlc::set_handler(|| {
+        let n = domsim::output::remove_temporaries();
+        eprintln!(
+            "\ndomsim: interrupted; {n} temporary file(s) removed. The output folder holds only complete files: run the same command again to finish (cached embeddings are reused)."
+        );
+        std::process::exit(130);
+    });
     let args = cli::Args::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -197,6 +197,52 @@ fn remove_stale_temps(dir: &Path) -> Result<()> {
 #[derive(Debug)]
 pub struct OutputLock {
     _file: std::fs::File,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        if let Ok(mut a) = ACTIVE.lock() {
+            if let Some(i) = a.iter().position(|d| *d == self.dir) {
+                a.remove(i);
+            }
+        }
+    }
+}
+
+/// The output folders this process holds locked: where an interrupted run's temporary files are.
+static ACTIVE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Prefix of the temporary folder a permuted-weight model is written to inside an output folder.
+pub const TEMP_DIR_PREFIX: &str = ".domsim-permuted-";
+
+/// Removes every temporary file and folder under the output folders this process holds (for an interrupted
+/// run: Ctrl-C), and returns how many; the files already renamed into place are complete and stay.
+pub fn remove_temporaries() -> usize {
+    let dirs = ACTIVE.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut n = 0;
+    for dir in dirs {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && name.starts_with(TEMP_DIR_PREFIX) => {
+                        n += usize::from(std::fs::remove_dir_all(e.path()).is_ok());
+                    }
+                    Ok(t) if t.is_dir() => stack.push(e.path()),
+                    Ok(t) if t.is_file() && name.starts_with(TEMP_PREFIX) => {
+                        n += usize::from(std::fs::remove_file(e.path()).is_ok());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    n
 }
 
 /// Name of the lock file inside an output folder.
@@ -211,7 +257,13 @@ fn lock(dir: &Path) -> Result<OutputLock> {
         .open(&p)
         .map_err(|e| Error::io("cannot create", &p, e))?;
     match f.try_lock() {
-        Ok(()) => Ok(OutputLock { _file: f }),
+        Ok(()) => {
+            let dir = dir.to_path_buf();
+            if let Ok(mut a) = ACTIVE.lock() {
+                a.push(dir.clone());
+            }
+            Ok(OutputLock { _file: f, dir })
+        }
         Err(std::fs::TryLockError::WouldBlock) => input_err(format!(
             "another domsim run is writing to '{}' (it holds '{}'); wait for it to finish or choose another --out",
             dir.display(),
@@ -322,4 +374,36 @@ pub fn csv_bytes<R: AsRef<[u8]>>(
         w.write_record(&r).expect("in-memory CSV");
     }
     w.into_inner().expect("in-memory CSV")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_interrupted_run_leaves_no_temporary_file_in_its_output_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let lock = super::prepare_dir(&out, false).unwrap();
+        let deep = out.join("embeddings/target/layers");
+        std::fs::create_dir_all(&deep).unwrap();
+        let temp = deep.join(format!("{}abc", super::TEMP_PREFIX));
+        std::fs::write(&temp, b"partial").unwrap();
+        let kept = deep.join("00_layer.npy");
+        std::fs::write(&kept, b"complete").unwrap();
+        let model_dir = out.join(format!("{}xyz", super::TEMP_DIR_PREFIX));
+        std::fs::create_dir_all(&model_dir).unwrap();
+        std::fs::write(model_dir.join("permuted_weights.onnx"), b"model").unwrap();
+        // a folder this process does not hold is not touched
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let foreign = other.join(format!("{}keep", super::TEMP_PREFIX));
+        std::fs::write(&foreign, b"not ours").unwrap();
+        assert!(super::remove_temporaries() >= 2);
+        assert!(!temp.exists() && !model_dir.exists());
+        assert!(kept.exists() && foreign.exists());
+        drop(lock);
+        // once the lock is released the folder is no longer this process's
+        std::fs::write(&temp, b"partial").unwrap();
+        super::remove_temporaries();
+        assert!(temp.exists());
+    }
 }

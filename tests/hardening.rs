@@ -1596,3 +1596,44 @@ fn a_file_that_is_not_a_model_is_said_first_and_leaves_no_output_folder() {
         .stderr(predicate::str::contains("bundled source reference").not());
     assert!(!out.exists(), "nothing is left behind");
 }
+
+#[test]
+fn ctrl_c_says_so_and_leaves_no_temporary_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("domsim"))
+        .args(["--threads", "1", "analyze", "--target"])
+        .arg(datasets().join("chest_xray"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // mid-extraction (2,682 X-rays take far longer than this on one thread)
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(err.contains("domsim: interrupted"), "{err}");
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(domsim::output::TEMP_PREFIX)
+                    && !name.starts_with(domsim::output::TEMP_DIR_PREFIX),
+                "left behind: {}",
+                e.path().display()
+            );
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
