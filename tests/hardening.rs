@@ -1601,7 +1601,7 @@ fn a_file_that_is_not_a_model_is_said_first_and_leaves_no_output_folder() {
 fn ctrl_c_says_so_and_leaves_no_temporary_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("r");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("domsim"))
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("domsim"))
         .args(["--threads", "1", "analyze", "--target"])
         .arg(datasets().join("chest_xray"))
         .arg("--out")
