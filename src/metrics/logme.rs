@@ -7,7 +7,7 @@
 use ndarray::{Array1, Array2};
 
 use super::linalg::{gram_t, sym_eigh};
-use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, SetData};
+use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
 use crate::error::{Error, Result};
 
 /// LogME of features `f` (n × d) for integer labels `y`.
@@ -55,7 +55,8 @@ pub const LOGME_TARGET: Output = Output::new(
     "LogME evidence per sample, target labels",
     Direction::MoreUseful,
 )
-.column("LogME");
+.column("LogME")
+.panel(Panel::Evidence);
 /// The score on the source labels.
 pub const LOGME_SOURCE: Output = Output::new(
     "logme_source",

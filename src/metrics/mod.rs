@@ -230,6 +230,8 @@ pub enum Panel {
     Task,
     /// Drawn where the task panel goes when no task output has values (no labels).
     Alignment,
+    /// Label evidence scores (LogME, H-score): each on its own axis, beside the other.
+    Evidence,
     /// Where the gap comes from (the controls' shares): their own chart, `gap_sources.png`.
     Sources,
 }

@@ -459,6 +459,7 @@ pub const SPREAD: Output = Output::new(
     "source spread: domain probe accuracy between two halves of the source",
     Direction::Farther,
 )
+.panel(Panel::Domain)
 .with_interval();
 
 impl Metric for SourceSpread {

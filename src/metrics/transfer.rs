@@ -204,7 +204,8 @@ pub const HSCORE_TARGET: Output = Output::new(
     "hscore_target",
     "H-score, target labels",
     Direction::MoreUseful,
-);
+)
+.panel(Panel::Evidence);
 /// H-score of the source labels.
 pub const HSCORE_SOURCE: Output = Output::new(
     "hscore_source",

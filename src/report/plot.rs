@@ -105,6 +105,7 @@ pub fn chart_series(r: &CompareReport) -> Vec<(Panel, Vec<Output>)> {
         Panel::Domain,
         Panel::Task,
         Panel::Alignment,
+        Panel::Evidence,
     ];
     let declared = r.outputs();
     let mut v: Vec<(Panel, Vec<Output>)> = panels
@@ -130,6 +131,26 @@ pub fn chart_series(r: &CompareReport) -> Vec<(Panel, Vec<Output>)> {
     v
 }
 
+/// The smallest and largest value or interval bound over `series` (0 and 1 when there is none).
+fn value_range(series: &[Series]) -> (f64, f64) {
+    let mut lo = f64::INFINITY;
+    let mut hi = f64::NEG_INFINITY;
+    for p in series.iter().flat_map(|s| s.points.iter()) {
+        let (a, b) = p.2.unwrap_or((p.1, p.1));
+        for v in [p.1, a, b] {
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+    }
+    if lo.is_finite() {
+        (lo, hi)
+    } else {
+        (0.0, 1.0)
+    }
+}
+
 /// The series of one panel of `drawn` ([`chart_series`]), coloured in the panel's palette order.
 fn panel_series(r: &CompareReport, drawn: &[(Panel, Vec<Output>)], p: Panel) -> Vec<Series> {
     let palette: &[RGBColor] = match p {
@@ -137,6 +158,7 @@ fn panel_series(r: &CompareReport, drawn: &[(Panel, Vec<Output>)], p: Panel) -> 
         Panel::Domain => &[ORANGE_, BLUE_, PURPLE_, GREEN_, RED_],
         Panel::Task | Panel::Alignment => &[GREEN_, BLUE_, PURPLE_, ORANGE_, RED_],
         Panel::Sources => &[PURPLE_, ORANGE_, GREEN_, BLUE_, RED_],
+        Panel::Evidence => &[PURPLE_, ORANGE_, GREEN_, BLUE_, RED_],
     };
     let outs = drawn
         .iter()
@@ -298,9 +320,34 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
     let drawn = chart_series(r);
     let rows = names.len().div_ceil(3) as u32;
     let legend_h = 40 + 22 * rows;
-    png(1400, 1350 + legend_h, |root| {
-        let (plots, key) = root.split_vertically(1350);
-        let areas = plots.split_evenly((3, 1));
+    let evidence = panel_series(r, &drawn, Panel::Evidence);
+    let n_panels = if evidence.is_empty() { 3 } else { 4 };
+    let plots_h = 450 * n_panels as u32;
+    png(1400, plots_h + legend_h, |root| {
+        let (plots, key) = root.split_vertically(plots_h);
+        let areas = plots.split_evenly((n_panels, 1));
+        if let Some(area) = areas.get(3) {
+            // each score on its own axis: their scales are not comparable
+            let (left, right) = area.split_horizontally(700);
+            for (a, s) in [left, right].iter().zip(&evidence) {
+                let (lo, hi) = value_range(std::slice::from_ref(s));
+                let pad = 0.08 * (hi - lo).max(1e-3);
+                panel(
+                    a,
+                    &format!(
+                        "Label evidence: {}",
+                        s.label.split(',').next().unwrap_or("")
+                    ),
+                    "score (higher = more transferable)",
+                    &names,
+                    std::slice::from_ref(s),
+                    (lo - pad, hi + pad),
+                    None,
+                    cut,
+                    SeriesLabelPosition::LowerRight,
+                )?;
+            }
+        }
         key.draw(&Text::new(
             "Layers by depth:",
             (20, 10),
@@ -341,7 +388,8 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             "accuracy",
             &names,
             &dom,
-            (0.4, 1.02),
+            // room below chance for the legend, which would otherwise cover the source-spread line
+            (0.15, 1.02),
             Some((0.5, "chance (0.5)")),
             cut,
             SeriesLabelPosition::LowerRight,
@@ -362,14 +410,27 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             )
         } else {
             let k = r.target.classes.len().max(2) as f64;
+            // zoomed on the values and their intervals: the differences that decide the cut are a few
+            // points; chance is drawn when it falls inside, and named on the axis either way
+            let (lo, hi) = value_range(&task);
+            let y = (
+                (lo - 0.05 * (hi - lo).max(0.1)).max(0.0),
+                (hi + 0.05 * (hi - lo).max(0.1)).min(1.02),
+            );
+            let y = if y.1 - y.0 < 0.1 {
+                ((y.1 - 0.1).max(0.0), y.1)
+            } else {
+                y
+            };
+            let chance = 1.0 / k;
             panel(
                 &areas[2],
                 "Is the layer useful for the target task?",
-                "balanced accuracy",
+                &format!("balanced accuracy (chance {chance:.2})"),
                 &names,
                 &task,
-                (0.0, 1.02),
-                Some((1.0 / k, "chance")),
+                y,
+                (chance >= y.0).then_some((chance, "chance")),
                 cut,
                 SeriesLabelPosition::LowerRight,
             )
