@@ -189,6 +189,7 @@ impl Exporter for CkaHeatmap {
                 "Linear CKA between layers, {} images (1 = same representation)",
                 self.0
             ),
+            "linear CKA",
             &short,
             &m,
             (0.0, 1.0),
@@ -220,6 +221,7 @@ impl Exporter for CkaDifference {
             .max(0.05);
         plot::heatmap(
             "Linear CKA difference, target − source (red: more alike on target)",
+            "target − source",
             &short,
             &d,
             (-top, top),

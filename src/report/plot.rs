@@ -557,6 +557,7 @@ fn diverging(t: f64) -> RGBColor {
 /// A layer × layer heatmap with a colour bar. `range` is the colour scale.
 pub fn heatmap(
     title: &str,
+    bar_title: &str,
     names: &[String],
     m: &[Vec<f64>],
     range: (f64, f64),
@@ -610,7 +611,8 @@ pub fn heatmap(
             )
             .map_err(perr)?;
         let mut cb = ChartBuilder::on(&bar)
-            .margin_top(50)
+            .caption(bar_title, ("sans-serif", 14))
+            .margin_top(30)
             .margin_bottom(60)
             .margin_right(10)
             .y_label_area_size(55)
