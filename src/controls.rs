@@ -753,7 +753,7 @@ fn layer_values(
 }
 
 /// Depths as ranges: `0–1, 4, 9–17`.
-fn depth_ranges(d: &[usize]) -> String {
+pub(crate) fn depth_ranges(d: &[usize]) -> String {
     runs(d)
         .into_iter()
         .map(|r| {

@@ -425,12 +425,13 @@ fn advice_with_labels(ev: &[Evidence], fs: &[Facts], margin: f64) -> Advice {
     let useful_evidence = |i: usize| {
         let (bi, _) = best.expect("labelled");
         format!(
-            "the target probe peaks at depth {} ({}: balanced accuracy {}{}); layers at depths {:?} are tied with it (paired difference on the same folds, interval reaching -{margin}) and above the floor {USEFUL_FLOOR}; the deepest of them is depth {}{}",
+            "the target probe peaks at depth {} ({}: balanced accuracy {}{}); layers at depth{} {} are tied with it (paired difference on the same folds, interval reaching -{margin}) and above the floor {USEFUL_FLOOR}; the deepest of them is depth {}{}",
             ev[bi].depth,
             ev[bi].layer,
             fmt(ev[bi].task),
             fmt_ci(ev[bi].task_ci),
-            tied_depths,
+            if tied_depths.len() == 1 { "" } else { "s" },
+            crate::controls::depth_ranges(&tied_depths),
             ev[i].depth,
             logme_peak.map_or(String::new(), |l| format!("; LogME peaks at depth {} ({})", l.depth, fmt(l.logme)))
         )

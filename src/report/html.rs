@@ -149,10 +149,17 @@ fn layer_table(r: &RunReport) -> String {
         for col in &cols {
             h.push_str(&format!("<td>{}</td>", col.cell(l)));
         }
+        // the reason's words; its numbers are the row's own columns, and the whole reason is the cell's
+        // tooltip (and in verdict.json)
+        let lead = lv
+            .reason
+            .split_once(": ")
+            .map_or(lv.reason.as_str(), |x| x.0);
         h.push_str(&format!(
-            "<td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
+            "<td class=\"l\">{}</td><td class=\"l\" title=\"{}\">{}</td></tr>",
             lv.label.as_str(),
-            esc(&lv.reason)
+            esc(&lv.reason),
+            esc(lead)
         ));
     }
     h.push_str("</table>");
@@ -171,7 +178,7 @@ fn layer_table(r: &RunReport) -> String {
         .collect();
     h.push_str(&legend.join("; "));
     h.push_str(
-        ". Every output, with its estimator and sample counts, is in <code>metrics.csv</code>.</p>",
+        ". Every output, with its estimator and sample counts, is in <code>metrics.csv</code>; a reason's numbers show when the pointer rests on it, and are in <code>verdict.json</code>.</p>",
     );
     h
 }
