@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{datasets, domsim, fixture, manifest, npy, png_header};
+use common::{copy_dir, datasets, domsim, fixture, manifest, npy, png_header, write_npy};
 use predicates::prelude::*;
 
 fn skipped(out: &Path) -> Vec<(String, String)> {
@@ -22,18 +22,6 @@ fn skipped(out: &Path) -> Vec<(String, String)> {
 fn index_paths(out: &Path) -> Vec<String> {
     let mut r = csv::Reader::from_path(out.join("index.csv")).unwrap();
     r.records().map(|x| x.unwrap()[1].to_string()).collect()
-}
-
-fn copy_dir(src: &Path, dest: &Path) {
-    std::fs::create_dir_all(dest).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -482,11 +470,6 @@ fn reshaped_tensors_are_selectable_and_the_default_keeps_the_pooled_features_nev
     assert_eq!(npy(&file(0)), npy(&file(1)));
 }
 
-/// Writes an f32 matrix as NPY.
-fn write_npy(path: &Path, a: &ndarray::Array2<f32>) {
-    std::fs::write(path, domsim::npy::to_bytes(a)).unwrap();
-}
-
 #[test]
 fn report_reads_back_undefined_similarities_and_small_sets_are_warned_about() {
     let tmp = tempfile::tempdir().unwrap();
@@ -498,7 +481,10 @@ fn report_reads_back_undefined_similarities_and_small_sets_are_warned_about() {
         });
         write_npy(&d.join("0_a.npy"), &a);
         // a constant layer: CKA with it is undefined (NaN, written as null)
-        write_npy(&d.join("1_const.npy"), &ndarray::Array2::ones((12, 4)));
+        write_npy(
+            &d.join("1_const.npy"),
+            &ndarray::Array2::<f32>::ones((12, 4)),
+        );
     }
     let out = tmp.path().join("r");
     domsim()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{domsim, fixture, npy};
+use common::{domsim, fixture, npy, write_npy};
 use domsim::metrics::cka::{
     centre_gram, centred_rbf_gram, gram_cka, linear_cka, linear_cka_gram_reference, LinearRep,
 };
@@ -299,10 +299,6 @@ fn domain_probe_is_chance_on_one_distribution_and_perfect_on_separated_ones() {
     let r = cv_probe(&far, &y, 5, 3, 1.0, &mut rng).unwrap();
     assert!(r.acc > 0.99, "separated: {}", r.acc);
     assert!(r.auc.unwrap() > 0.99);
-}
-
-fn write_npy(path: &std::path::Path, a: &Array2<f64>) {
-    std::fs::write(path, domsim::npy::to_bytes(&a.mapv(|v| v as f32))).unwrap();
 }
 
 /// Two plain .npy folders (3 layers, labelled target) for CLI tests.

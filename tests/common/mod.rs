@@ -100,3 +100,23 @@ pub fn png_header(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
 pub fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
 }
+
+/// Writes a matrix as a float32 NPY file (f64 values are rounded to f32, as `extract` stores them).
+#[allow(dead_code)]
+pub fn write_npy<T: Copy + Into<f64>>(path: &Path, a: &ndarray::Array2<T>) {
+    std::fs::write(path, domsim::npy::to_bytes(&a.mapv(|v| v.into() as f32))).unwrap();
+}
+
+/// Copies a folder tree.
+#[allow(dead_code)]
+pub fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    }
+}
