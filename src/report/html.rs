@@ -149,17 +149,16 @@ fn layer_table(r: &RunReport) -> String {
         for col in &cols {
             h.push_str(&format!("<td>{}</td>", col.cell(l)));
         }
-        // the reason's words; its numbers are the row's own columns, and the whole reason is the cell's
-        // tooltip (and in verdict.json)
+        // the reason's words; the whole reason, with its numbers, behind a toggle (no script)
         let lead = lv
             .reason
             .split_once(": ")
             .map_or(lv.reason.as_str(), |x| x.0);
         h.push_str(&format!(
-            "<td class=\"l\">{}</td><td class=\"l\" title=\"{}\">{}</td></tr>",
+            "<td class=\"l\">{}</td><td class=\"l\"><details><summary>{}</summary>{}</details></td></tr>",
             lv.label.as_str(),
-            esc(&lv.reason),
-            esc(lead)
+            esc(lead),
+            esc(&lv.reason)
         ));
     }
     h.push_str("</table>");
@@ -178,7 +177,7 @@ fn layer_table(r: &RunReport) -> String {
         .collect();
     h.push_str(&legend.join("; "));
     h.push_str(
-        ". Every output, with its estimator and sample counts, is in <code>metrics.csv</code>; a reason's numbers show when the pointer rests on it, and are in <code>verdict.json</code>.</p>",
+        ". Every output, with its estimator and sample counts, is in <code>metrics.csv</code>; open a reason for its numbers (also in <code>verdict.json</code>).</p>",
     );
     h
 }
