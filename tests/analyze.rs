@@ -77,10 +77,11 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
     ] {
         assert!(out.join(f).is_file(), "{f} written");
     }
-    // PNGs decode, at their stated sizes (18 measured layers: a 6-row name key under the panels)
+    // PNGs decode, at their stated sizes (18 measured layers: a 6-row name key under the panels; labels:
+    // four rows of panels, the fourth for LogME and H-score)
     assert_eq!(
         png_size(&out.join("metrics_by_depth.png")),
-        (1400, 1350 + 40 + 22 * 6)
+        (1400, 4 * 450 + 40 + 22 * 6)
     );
     for f in ["cka_source.png", "cka_target.png", "cka_difference.png"] {
         assert_eq!(png_size(&out.join(f)), (1150, 900), "{f}");

@@ -37,6 +37,13 @@ fn paint(s: &str, label: Label, color: bool) -> String {
 pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut s = String::new();
+    // first what to do, on its own line; then the headline figure; then the table; then the evidence
+    let (action, rest) = r.verdict.action_and_evidence();
+    s.push_str(&format!("{}.\n", terminal_safe(action)));
+    if let Some(h) = headline(r) {
+        s.push_str(&wrap(&terminal_safe(&h), WRAP, ""));
+    }
+    s.push('\n');
     let cols = super::columns(&r.compare);
     s.push_str(&format!("{:>5}  {:<30}", "depth", "layer"));
     for c in &cols {
@@ -55,9 +62,6 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
         s.push_str(&format!("  {}\n", paint(v.label.as_str(), v.label, color)));
     }
     s.push('\n');
-    // the action on its own line, then the evidence, wrapped for a terminal
-    let (action, rest) = r.verdict.action_and_evidence();
-    s.push_str(&format!("{}.\n", terminal_safe(action)));
     if !rest.is_empty() {
         s.push_str(&wrap(&terminal_safe(rest), WRAP, ""));
     }
@@ -68,13 +72,42 @@ pub fn text(r: &RunReport, out_dir: &std::path::Path) -> String {
         s.push_str(&wrap(&terminal_safe(w), WRAP, "warning: "));
     }
     if let Some(d) = r.source_reference() {
-        s.push_str(&format!("source: {}\n", terminal_safe(d)));
+        s.push_str(&wrap(&terminal_safe(d), WRAP, "source: "));
     }
     s.push_str(&format!(
         "report: {}\n",
         terminal_safe(&out_dir.join("report.html").display().to_string())
     ));
     s
+}
+
+/// The headline figure: the best frozen features for the target task (the target probe's best layer, with
+/// its interval), and where the sets first separate; `None` without a task score.
+fn headline(r: &RunReport) -> Option<String> {
+    use crate::metrics::probe::{DOMAIN_ACC, TARGET_PROBE_BAL_ACC};
+    let best = r
+        .compare
+        .layers
+        .iter()
+        .filter_map(|l| {
+            l.value(&TARGET_PROBE_BAL_ACC)
+                .and_then(|v| v.value.map(|x| (l, x, v.ci)))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let (l, x, ci) = best;
+    let ci = ci.map_or(String::new(), |(lo, hi)| format!(" [{lo:.3}, {hi:.3}]"));
+    let dom = l
+        .value(&DOMAIN_ACC)
+        .and_then(|v| v.value)
+        .map_or(String::new(), |d| {
+            format!(", where a probe tells source from target at {d:.3}")
+        });
+    Some(format!(
+        "Best frozen features: balanced accuracy {x:.3}{ci} at depth {} ({}; linear probe, {} target images){dom}.",
+        l.depth,
+        super::plot::short_name(&l.layer),
+        l.n_target
+    ))
 }
 
 /// Terminal width the summary's prose is wrapped to.
