@@ -52,3 +52,26 @@ fn help_groups_the_options_and_prints_examples_that_paste() {
     // the inputs come first
     assert!(text.find("Inputs and output:") < text.find("Model and layers:"));
 }
+
+#[test]
+fn the_readme_is_short_and_its_test_command_is_what_ci_runs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 220,
+        "the README has {lines} lines; reference, validation and performance belong in docs/"
+    );
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(readme.contains("bash scripts/test.sh") && ci.contains("bash scripts/test.sh"));
+    // every document the README links to exists
+    for link in readme.split("](").skip(1) {
+        let target = link.split(')').next().unwrap();
+        if !target.starts_with("http") {
+            assert!(
+                root.join(target).exists(),
+                "README links to missing {target}"
+            );
+        }
+    }
+}

@@ -306,6 +306,89 @@ fn panel(
     Ok(())
 }
 
+/// The panel's drawing area, as `png` hands it out.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+
+/// LogME and H-score, each on its own axis (their scales are not comparable), side by side.
+fn evidence_panels(
+    area: &Area,
+    evidence: &[Series],
+    names: &[String],
+    cut: Option<&(usize, String)>,
+) -> Result<()> {
+    let (left, right) = area.split_horizontally(700);
+    for (a, s) in [left, right].iter().zip(evidence) {
+        let (lo, hi) = value_range(std::slice::from_ref(s));
+        let pad = 0.08 * (hi - lo).max(1e-3);
+        panel(
+            a,
+            &format!(
+                "Label evidence: {}",
+                s.label.split(',').next().unwrap_or("")
+            ),
+            "score (higher = more transferable)",
+            names,
+            std::slice::from_ref(s),
+            (lo - pad, hi + pad),
+            None,
+            cut,
+            SeriesLabelPosition::LowerRight,
+        )?;
+    }
+    Ok(())
+}
+
+/// The task panel: the task scores zoomed to their values, or without labels the covariance alignment.
+fn task_panel(
+    area: &Area,
+    r: &CompareReport,
+    drawn: &[(Panel, Vec<Output>)],
+    names: &[String],
+    cut: Option<&(usize, String)>,
+) -> Result<()> {
+    let task = panel_series(r, drawn, Panel::Task);
+    if task.is_empty() {
+        let cov = panel_series(r, drawn, Panel::Alignment);
+        panel(
+            area,
+            "Target usefulness (no target labels: covariance alignment shown)",
+            "cosine",
+            names,
+            &cov,
+            (0.0, 1.02),
+            None,
+            cut,
+            SeriesLabelPosition::LowerRight,
+        )
+    } else {
+        let k = r.target.classes.len().max(2) as f64;
+        // zoomed on the values and their intervals: the differences that decide the cut are a few
+        // points; chance is drawn when it falls inside, and named on the axis either way
+        let (lo, hi) = value_range(&task);
+        let y = (
+            (lo - 0.05 * (hi - lo).max(0.1)).max(0.0),
+            (hi + 0.05 * (hi - lo).max(0.1)).min(1.02),
+        );
+        let y = if y.1 - y.0 < 0.1 {
+            ((y.1 - 0.1).max(0.0), y.1)
+        } else {
+            y
+        };
+        let chance = 1.0 / k;
+        panel(
+            area,
+            "Is the layer useful for the target task?",
+            &format!("balanced accuracy (chance {chance:.2})"),
+            names,
+            &task,
+            y,
+            (chance >= y.0).then_some((chance, "chance")),
+            cut,
+            SeriesLabelPosition::LowerRight,
+        )
+    }
+}
+
 /// `metrics_by_depth.png`: distance, domain probe and target usefulness against depth, CI bands, cut marked.
 pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
     let names: Vec<String> = r.layers.iter().map(|l| short_name(&l.layer)).collect();
@@ -327,26 +410,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
         let (plots, key) = root.split_vertically(plots_h);
         let areas = plots.split_evenly((n_panels, 1));
         if let Some(area) = areas.get(3) {
-            // each score on its own axis: their scales are not comparable
-            let (left, right) = area.split_horizontally(700);
-            for (a, s) in [left, right].iter().zip(&evidence) {
-                let (lo, hi) = value_range(std::slice::from_ref(s));
-                let pad = 0.08 * (hi - lo).max(1e-3);
-                panel(
-                    a,
-                    &format!(
-                        "Label evidence: {}",
-                        s.label.split(',').next().unwrap_or("")
-                    ),
-                    "score (higher = more transferable)",
-                    &names,
-                    std::slice::from_ref(s),
-                    (lo - pad, hi + pad),
-                    None,
-                    cut,
-                    SeriesLabelPosition::LowerRight,
-                )?;
-            }
+            evidence_panels(area, &evidence, &names, cut)?;
         }
         key.draw(&Text::new(
             "Layers by depth:",
@@ -394,47 +458,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             cut,
             SeriesLabelPosition::LowerRight,
         )?;
-        let task = panel_series(r, &drawn, Panel::Task);
-        if task.is_empty() {
-            let cov = panel_series(r, &drawn, Panel::Alignment);
-            panel(
-                &areas[2],
-                "Target usefulness (no target labels: covariance alignment shown)",
-                "cosine",
-                &names,
-                &cov,
-                (0.0, 1.02),
-                None,
-                cut,
-                SeriesLabelPosition::LowerRight,
-            )
-        } else {
-            let k = r.target.classes.len().max(2) as f64;
-            // zoomed on the values and their intervals: the differences that decide the cut are a few
-            // points; chance is drawn when it falls inside, and named on the axis either way
-            let (lo, hi) = value_range(&task);
-            let y = (
-                (lo - 0.05 * (hi - lo).max(0.1)).max(0.0),
-                (hi + 0.05 * (hi - lo).max(0.1)).min(1.02),
-            );
-            let y = if y.1 - y.0 < 0.1 {
-                ((y.1 - 0.1).max(0.0), y.1)
-            } else {
-                y
-            };
-            let chance = 1.0 / k;
-            panel(
-                &areas[2],
-                "Is the layer useful for the target task?",
-                &format!("balanced accuracy (chance {chance:.2})"),
-                &names,
-                &task,
-                y,
-                (chance >= y.0).then_some((chance, "chance")),
-                cut,
-                SeriesLabelPosition::LowerRight,
-            )
-        }
+        task_panel(&areas[2], r, &drawn, &names, cut)
     })
 }
 
