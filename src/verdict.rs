@@ -527,7 +527,8 @@ fn budget_note(ev: &[Evidence]) -> String {
 /// decides between a new head and fine-tuning): shifted -> freeze the first layers and fine-tune the rest;
 /// measured and not shown shifted -> a new head on the frozen features; no domain evidence -> no advice.
 fn advice_without_labels(ev: &[Evidence], fs: &[Facts]) -> Advice {
-    let ask_labels = "Labels (a few dozen images per class in sub-folders) would show whether the frozen features are useful for your task, which decides the rest.";
+    // said the same whether the target has no labels or classes too small to score
+    let ask_labels = "A task score (target images in class sub-folders: at least two classes of 5 images, a few dozen per class to act on) would show whether the frozen features are useful for your task, which decides the rest.";
     let Some(last) = ev.last().filter(|e| e.domain_acc.is_some()) else {
         return (
             Plan {
@@ -781,7 +782,9 @@ mod tests {
         assert_eq!(v.plan.kind, PlanKind::FreezeThrough);
         assert_eq!(v.cut.as_ref().unwrap().depth, 1, "0.47 of 2, rounded");
         assert!(v.diagnosis.contains("starts at the input"));
-        assert!(v.summary.contains("Labels (a few dozen images per class"));
+        assert!(v
+            .summary
+            .contains("A task score (target images in class sub-folders"));
         assert!(
             v.poor_match.is_none(),
             "no labels: no evidence of a poor match"

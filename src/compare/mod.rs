@@ -486,21 +486,29 @@ pub fn compute_with(
     })
 }
 
-/// Warnings for classes too small for the task scores (they are dropped there).
+/// One warning for the classes too small for the task scores (they are dropped there), naming each with its
+/// count.
 fn class_warnings(labels: &Option<Vec<usize>>, classes: &[String], set: &str) -> Vec<String> {
     let Some(y) = labels else { return Vec::new() };
-    classes
+    let small: Vec<String> = classes
         .iter()
         .enumerate()
         .filter_map(|(c, name)| {
             let n = y.iter().filter(|&&v| v == c).count();
-            (n > 0 && n < MIN_CLASS).then(|| {
-                format!(
-                    "WARNING: {set} class '{name}' has {n} image(s) (< {MIN_CLASS}) and is dropped from the task probe and k-NN; add images or merge it"
-                )
-            })
+            (n > 0 && n < MIN_CLASS).then(|| format!("'{name}' ({n})"))
         })
-        .collect()
+        .collect();
+    match small.len() {
+        0 => Vec::new(),
+        1 => vec![format!(
+            "WARNING: {set} class {} has fewer than {MIN_CLASS} images and is dropped from the task probe and k-NN; add images or merge it",
+            small[0]
+        )],
+        k => vec![format!(
+            "WARNING: {k} {set} classes have fewer than {MIN_CLASS} images and are dropped from the task probe and k-NN: {}; add images or merge them",
+            small.join(", ")
+        )],
+    }
 }
 
 fn progress(on: bool, len: u64, msg: &str) -> ProgressBar {
