@@ -177,6 +177,14 @@ const GREEN_: RGBColor = RGBColor(44, 160, 44);
 const PURPLE_: RGBColor = RGBColor(148, 103, 189);
 const RED_: RGBColor = RGBColor(214, 39, 40);
 
+/// The cut drawn on every per-depth panel: a dashed line after `depth`, and, when the plan freezes the layers
+/// up to it, those depths shaded.
+struct CutMark {
+    depth: usize,
+    label: String,
+    frozen_band: bool,
+}
+
 /// A panel's chart: depth on x, one output's scale on y.
 type Chart<'a, 'b> = ChartContext<
     'a,
@@ -239,7 +247,7 @@ fn panel(
     list: &[Series],
     y: (f64, f64),
     hline: Option<(f64, &str)>,
-    cut: Option<&(usize, String)>,
+    cut: Option<&CutMark>,
     legend: SeriesLabelPosition,
 ) -> Result<()> {
     let l = names.len();
@@ -279,8 +287,27 @@ fn panel(
             .label(label.to_string())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
     }
-    if let Some((c, cut_label)) = cut {
+    if let Some(CutMark {
+        depth: c,
+        label: cut_label,
+        frozen_band,
+    }) = cut
+    {
         let xc = *c as f64 + 0.5;
+        if *frozen_band {
+            // the plan inside the plot: the depths it freezes, shaded
+            let shade = RGBColor(120, 120, 120);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(-0.5, y.0), (xc, y.1)],
+                    shade.mix(0.10).filled(),
+                )))
+                .map_err(perr)?
+                .label(format!("frozen by the plan (depths 0–{c})"))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 20, y + 5)], shade.mix(0.25).filled())
+                });
+        }
         chart
             .draw_series(DashedLineSeries::new(
                 vec![(xc, y.0), (xc, y.1)],
@@ -314,7 +341,7 @@ fn evidence_panels(
     area: &Area,
     evidence: &[Series],
     names: &[String],
-    cut: Option<&(usize, String)>,
+    cut: Option<&CutMark>,
 ) -> Result<()> {
     let (left, right) = area.split_horizontally(700);
     for (a, s) in [left, right].iter().zip(evidence) {
@@ -344,7 +371,7 @@ fn task_panel(
     r: &CompareReport,
     drawn: &[(Panel, Vec<Output>)],
     names: &[String],
-    cut: Option<&(usize, String)>,
+    cut: Option<&CutMark>,
 ) -> Result<()> {
     let task = panel_series(r, drawn, Panel::Task);
     if task.is_empty() {
@@ -393,11 +420,17 @@ fn task_panel(
 pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
     let names: Vec<String> = r.layers.iter().map(|l| short_name(&l.layer)).collect();
     let cut = v.cut.as_ref().map(|c| {
-        let what = match v.plan.kind {
-            crate::verdict::PlanKind::FreezeThrough => "recommended cut",
-            _ => "fallback cut (the plan: fine-tune every layer)",
+        let freezes = v.plan.kind == crate::verdict::PlanKind::FreezeThrough;
+        let what = if freezes {
+            "recommended cut"
+        } else {
+            "fallback cut (the plan: fine-tune every layer)"
         };
-        (c.depth, format!("{what} (after depth {})", c.depth))
+        CutMark {
+            depth: c.depth,
+            label: format!("{what} (after depth {})", c.depth),
+            frozen_band: freezes,
+        }
     });
     let cut = cut.as_ref();
     let drawn = chart_series(r);
