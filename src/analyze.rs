@@ -157,7 +157,9 @@ fn extract_permuted(
         .ok_or_else(|| Error::Analysis("the target embeddings have no manifest".into()))?;
     let mut sets = Vec::new();
     let mut how = String::new();
-    let mut scaled = Vec::new();
+    let mut rescaled_first = String::new();
+    // measured once, with the first network that is not cached, and shared by the others
+    let mut calibration = None;
     for r in 0..crate::controls::PERMUTATIONS {
         // one seed per permuted network, derived from --seed
         let sub = seed
@@ -190,20 +192,33 @@ fn extract_permuted(
         )?;
         let scale_file = dir.join("rescaled.txt");
         if !cached(&dir, &fp) {
-            embed_permuted(cfg, m, (set, &subset), (&bytes, &permuted), &dir, fp)?;
+            embed_permuted(
+                cfg,
+                m,
+                (set, &subset),
+                (&bytes, &permuted),
+                &mut calibration,
+                &dir,
+                fp,
+            )?;
         }
-        scaled.push(std::fs::read_to_string(&scale_file).unwrap_or_default());
+        if r == 0 {
+            rescaled_first = std::fs::read_to_string(&scale_file).unwrap_or_default();
+        }
         sets.push(EmbeddingSet::open(&dir)?);
     }
-    if let Some(first) = scaled.first().filter(|s| !s.is_empty()) {
-        how.push_str("; network 1 of ");
-        how.push_str(&format!("{}: {first}", scaled.len()));
+    if !rescaled_first.is_empty() {
+        how.push_str(&format!(
+            "; network 1 of {}: {rescaled_first}",
+            crate::controls::PERMUTATIONS
+        ));
     }
     Ok(Some((sets, how)))
 }
 
 /// Embeds `subset` (of `set`) with one permuted network (`models`: the original and the permuted bytes), at
-/// the target's own layers and normalisation, after rescaling it ([`crate::model::rescale`]); the permuted
+/// the target's own layers and normalisation, after rescaling it ([`crate::model::rescale`]; `calibration`
+/// is measured on the first call and reused); the permuted
 /// model is written to a temporary folder inside OUT and removed, and what the rescaling did is kept beside
 /// the embeddings (`rescaled.txt`).
 fn embed_permuted(
@@ -211,6 +226,7 @@ fn embed_permuted(
     m: &crate::embeddings::Manifest,
     (set, subset): (&ImageSet, &ImageSet),
     (original, permuted): (&[u8], &[u8]),
+    calibration: &mut Option<crate::model::rescale::Calibration>,
     dir: &Path,
     fp: String,
 ) -> Result<()> {
@@ -232,14 +248,15 @@ fn embed_permuted(
         ..cfg.extract.clone()
     };
     let mut model = options.load_model()?;
-    let (batch, n) = calibration_batch(&model, subset, &options)?;
-    let rescaled = crate::model::rescale::match_scale(
-        original,
-        &mut model,
-        &batch,
-        n,
-        options.ort_lib.as_deref(),
-    )?;
+    let ort_lib = options.ort_lib.as_deref();
+    if calibration.is_none() {
+        let (batch, n) = calibration_batch(&model, subset, &options)?;
+        *calibration = Some(crate::model::rescale::Calibration::new(
+            &model, original, batch, n, ort_lib,
+        )?);
+    }
+    let cal = calibration.as_ref().expect("measured above");
+    let rescaled = crate::model::rescale::match_scale(&mut model, cal, ort_lib)?;
     let job = ExtractConfig {
         force: true,
         fingerprint: Some(fp),

@@ -882,12 +882,15 @@ fn pretraining_sentence(cmp: &CompareReport) -> Option<String> {
     Some(s)
 }
 
+/// A control's share at a layer with its interval, when both were computed.
+fn share(l: &crate::compare::LayerResult, o: &Output) -> Option<(f64, (f64, f64))> {
+    l.value(o).and_then(|v| v.value.zip(v.ci))
+}
+
 /// The depths at which control `o` is named, with its share there: its interval lies above
 /// [`NAMED_SHARE`], and the two changes together are named only where they close more than either alone (a
 /// target that is only smaller is not "greyscale and smaller").
 fn hits_of(cmp: &CompareReport, o: &Output) -> Vec<(usize, f64)> {
-    let share =
-        |l: &crate::compare::LayerResult, o: &Output| l.value(o).and_then(|v| v.value.zip(v.ci));
     cmp.layers
         .iter()
         .filter_map(|l| {
@@ -977,8 +980,6 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     if controls.is_empty() {
         return None;
     }
-    let share =
-        |l: &crate::compare::LayerResult, o: &Output| l.value(o).and_then(|v| v.value.zip(v.ci));
     let gapped: Vec<usize> = cmp
         .layers
         .iter()

@@ -222,23 +222,19 @@ pub fn remove_temporaries() -> usize {
     let dirs = ACTIVE.lock().map(|a| a.clone()).unwrap_or_default();
     let mut n = 0;
     for dir in dirs {
-        let mut stack = vec![dir];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                match e.file_type() {
-                    Ok(t) if t.is_dir() && name.starts_with(TEMP_DIR_PREFIX) => {
-                        n += usize::from(std::fs::remove_dir_all(e.path()).is_ok());
-                    }
-                    Ok(t) if t.is_dir() => stack.push(e.path()),
-                    Ok(t) if t.is_file() && name.starts_with(TEMP_PREFIX) => {
-                        n += usize::from(std::fs::remove_file(e.path()).is_ok());
-                    }
-                    _ => {}
-                }
+        // the temporary model folders sit in the output folder itself; temporary files anywhere under it
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && e.file_name().to_string_lossy().starts_with(TEMP_DIR_PREFIX) {
+                n += usize::from(std::fs::remove_dir_all(e.path()).is_ok());
+            }
+        }
+        for f in walkdir(&dir) {
+            let temp = f
+                .file_name()
+                .is_some_and(|x| x.to_string_lossy().starts_with(TEMP_PREFIX));
+            if temp {
+                n += usize::from(std::fs::remove_file(&f).is_ok());
             }
         }
     }

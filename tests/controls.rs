@@ -234,7 +234,8 @@ fn a_permuted_network_is_brought_back_to_the_pretrained_activation_scale() {
             domsim::preprocess::Pixels::U8(_) => unreachable!("the bundled model takes float32"),
         }
     }
-    let r = rescale::match_scale(&bytes, &mut model, &InputBatch::F32(px), 8, None).unwrap();
+    let cal = rescale::Calibration::new(&model, &bytes, InputBatch::F32(px), 8, None).unwrap();
+    let r = rescale::match_scale(&mut model, &cal, None).unwrap();
     // 49 convolutions and the classifier's Gemm; before, some layer is several times the pretrained
     // scale; after, every layer is within a factor of 2 of it
     assert_eq!(r.layers, 50);

@@ -90,13 +90,11 @@ fn shared_layers(
         .collect()
 }
 
-/// A side named by the image folder its manifest records, else by its folder.
+/// A side named as the user knows it ([`super::pairs::shown`]).
 fn side(which: &'static str, m: &crate::embeddings::Manifest, dir: &std::path::Path) -> SetName {
     SetName {
         which,
-        shown: Some(m.images.clone())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| dir.display().to_string()),
+        shown: super::pairs::shown(Some(m), dir),
         skipped: None,
     }
 }

@@ -82,15 +82,17 @@ impl SetName {
     pub fn of(which: &'static str, set: &EmbeddingSet) -> Self {
         SetName {
             which,
-            shown: set
-                .manifest
-                .as_ref()
-                .map(|m| m.images.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| set.dir.display().to_string()),
+            shown: shown(set.manifest.as_ref(), &set.dir),
             skipped: Some(set.dir.join("skipped.csv")).filter(|p| p.is_file()),
         }
     }
+}
+
+/// A set as the user knows it: the image folder its manifest records, else its own folder.
+pub(super) fn shown(m: Option<&crate::embeddings::Manifest>, dir: &std::path::Path) -> String {
+    m.map(|m| m.images.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| dir.display().to_string())
 }
 
 /// What [`walk`] measured.

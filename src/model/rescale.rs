@@ -58,26 +58,66 @@ fn ratio_range(have: &[f64], want: &[f64]) -> (f64, f64) {
         })
 }
 
-/// Rescales `model`'s weights in place (its `bytes`) so that each weight layer's output RMS on `batch`
-/// (`n` images) matches that of `pretrained`, the same network with its original weights (see the module
-/// docs). Layers whose output is zero or not finite keep their weights.
-pub fn match_scale(
-    pretrained: &[u8],
-    model: &mut OnnxModel,
-    batch: &InputBatch,
+/// What every permuted network is rescaled towards: the pretrained network's output RMS at each weight layer
+/// on one batch of images, measured once and shared by all the networks.
+pub struct Calibration {
+    batch: InputBatch,
     n: usize,
-    ort_lib: Option<&Path>,
-) -> Result<Rescaled> {
-    let layers = onnx::weight_layers(&model.bytes).ok_or_else(|| Error::Model {
+    names: Vec<String>,
+    want: Vec<f64>,
+}
+
+impl Calibration {
+    /// Measures `pretrained` (the original model bytes of `model`'s graph) on `batch` (`n` images).
+    pub fn new(
+        model: &OnnxModel,
+        pretrained: &[u8],
+        batch: InputBatch,
+        n: usize,
+        ort_lib: Option<&Path>,
+    ) -> Result<Self> {
+        let names: Vec<String> = weight_layers(model)?
+            .iter()
+            .map(|l| l.output.clone())
+            .collect();
+        let want = model.tensor_rms(pretrained, &names, batch.clone(), n, ort_lib)?;
+        Ok(Calibration {
+            batch,
+            n,
+            names,
+            want,
+        })
+    }
+}
+
+/// The weight layers of `model`'s current bytes.
+fn weight_layers(model: &OnnxModel) -> Result<Vec<onnx::WeightLayer>> {
+    onnx::weight_layers(&model.bytes).ok_or_else(|| Error::Model {
         path: model.path.clone(),
         message: "cannot read its weight layers to rescale them".into(),
-    })?;
-    let names: Vec<String> = layers.iter().map(|l| l.output.clone()).collect();
-    let want = model.tensor_rms(pretrained, &names, batch.clone(), n, ort_lib)?;
-    let mut have = model.tensor_rms(&model.bytes, &names, batch.clone(), n, ort_lib)?;
-    let before = ratio_range(&have, &want);
+    })
+}
+
+/// Rescales `model`'s weights in place (its `bytes`) so that each weight layer's output RMS on the
+/// calibration batch matches the pretrained network's ([`Calibration`]; see the module docs). Layers whose
+/// output is zero or not finite keep their weights.
+pub fn match_scale(
+    model: &mut OnnxModel,
+    cal: &Calibration,
+    ort_lib: Option<&Path>,
+) -> Result<Rescaled> {
+    let layers = weight_layers(model)?;
+    if layers.iter().map(|l| &l.output).ne(cal.names.iter()) {
+        return Err(Error::Model {
+            path: model.path.clone(),
+            message: "its weight layers are not those of the calibrated network".into(),
+        });
+    }
+    let (names, want, n) = (&cal.names, &cal.want, cal.n);
+    let mut have = model.tensor_rms(&model.bytes, names, cal.batch.clone(), n, ort_lib)?;
+    let before = ratio_range(&have, want);
     for _ in 0..PASSES {
-        for (l, (h, w)) in layers.iter().zip(have.iter().zip(&want)) {
+        for (l, (h, w)) in layers.iter().zip(have.iter().zip(want)) {
             let f = (w / h).sqrt();
             if f.is_finite() && f > 0.0 {
                 for r in &l.tensors {
@@ -85,12 +125,12 @@ pub fn match_scale(
                 }
             }
         }
-        have = model.tensor_rms(&model.bytes, &names, batch.clone(), n, ort_lib)?;
+        have = model.tensor_rms(&model.bytes, names, cal.batch.clone(), n, ort_lib)?;
     }
     Ok(Rescaled {
         layers: layers.len(),
         images: n,
         before,
-        after: ratio_range(&have, &want),
+        after: ratio_range(&have, want),
     })
 }

@@ -383,19 +383,7 @@ impl OnnxModel {
         }
         let bytes = onnx::with_extra_nodes(weights, &nodes, &outs);
         let mut session = session(&bytes, model_dir(&self.path), self.threads, ort_lib)?;
-        let c = &self.input;
-        let shape: Vec<i64> = match c.layout {
-            Layout::Nchw => vec![n as i64, c.channels as i64, c.height as i64, c.width as i64],
-            Layout::Nhwc => vec![n as i64, c.height as i64, c.width as i64, c.channels as i64],
-        };
-        let outputs = match batch {
-            InputBatch::F32(v) => {
-                session.run(ort::inputs![c.name.clone() => Tensor::from_array((shape, v))?])?
-            }
-            InputBatch::U8(v) => {
-                session.run(ort::inputs![c.name.clone() => Tensor::from_array((shape, v))?])?
-            }
-        };
+        let outputs = run_batch(&mut session, &self.input, batch, n)?;
         outs.iter()
             .zip(names)
             .map(|(o, name)| {
@@ -632,6 +620,24 @@ fn is_out_of_memory(message: &str) -> bool {
     .any(|k| m.contains(k))
 }
 
+/// Runs one batch of `n` images through `session`, shaped by the model's input contract.
+fn run_batch<'s>(
+    session: &'s mut Session,
+    c: &InputContract,
+    batch: InputBatch,
+    n: usize,
+) -> Result<ort::session::SessionOutputs<'s>> {
+    let shape: Vec<i64> = match c.layout {
+        Layout::Nchw => vec![n as i64, c.channels as i64, c.height as i64, c.width as i64],
+        Layout::Nhwc => vec![n as i64, c.height as i64, c.width as i64, c.channels as i64],
+    };
+    let name = c.name.clone();
+    Ok(match batch {
+        InputBatch::F32(v) => session.run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
+        InputBatch::U8(v) => session.run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
+    })
+}
+
 /// One batch of preprocessed images, laid out as the model expects.
 #[derive(Debug, Clone)]
 pub enum InputBatch {
@@ -693,20 +699,7 @@ impl Embedder for OrtEmbedder {
     }
 
     fn run(&mut self, batch: InputBatch, n: usize) -> Result<Vec<RawOutput>> {
-        let c = &self.contract;
-        let shape: Vec<i64> = match c.layout {
-            Layout::Nchw => vec![n as i64, c.channels as i64, c.height as i64, c.width as i64],
-            Layout::Nhwc => vec![n as i64, c.height as i64, c.width as i64, c.channels as i64],
-        };
-        let name = c.name.clone();
-        let outputs = match batch {
-            InputBatch::F32(v) => self
-                .session
-                .run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
-            InputBatch::U8(v) => self
-                .session
-                .run(ort::inputs![name => Tensor::from_array((shape, v))?])?,
-        };
+        let outputs = run_batch(&mut self.session, &self.contract, batch, n)?;
         let missing = |name: &str, layer: &str| {
             Error::Runtime(format!(
                 "layer '{layer}': output '{name}' is missing from the model's outputs"
