@@ -348,8 +348,13 @@ fn extract_controls(
     Ok(out)
 }
 
-/// Runs the whole analysis.
+/// Runs the whole analysis on `cfg.compare.threads` workers (ONNX Runtime and decoding take
+/// `cfg.extract.threads`).
 pub fn analyze(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
+    crate::threads::run(cfg.compare.threads, || analyze_here(cfg))?
+}
+
+fn analyze_here(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     check_inputs(cfg)?;
     let _lock = output::prepare_dir(&cfg.out, cfg.force)?;
     crate::report::export::check_outputs_writable(&cfg.out)?;

@@ -208,12 +208,13 @@ pub struct MetricArgs {
 
 impl MetricArgs {
     /// The compare options these arguments ask for, validated.
-    fn options(&self, seed: u64, progress: bool) -> Result<CompareOptions> {
+    fn options(&self, seed: u64, progress: bool, threads: usize) -> Result<CompareOptions> {
         Ok(CompareOptions {
             metrics: (!self.metrics.is_empty()).then(|| self.metrics.clone()),
             params: self.params(seed)?,
             similarity: !self.no_similarity,
             progress,
+            threads,
         })
     }
 
@@ -459,16 +460,6 @@ impl ModelArgs {
     }
 }
 
-/// Sets the thread budget for rayon and matrixmultiply (once per process).
-fn set_threads(threads: usize) {
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
-    }
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
-}
-
 /// The global options every command reads, resolved once.
 struct Global {
     quiet: bool,
@@ -481,7 +472,6 @@ struct Global {
 /// Runs a parsed command line: one function per command.
 pub fn run(args: Args) -> Result<()> {
     let threads = args.threads.unwrap_or_else(extract::default_threads).max(1);
-    set_threads(threads);
     let g = Global {
         quiet: args.quiet,
         verbose: args.verbose,
@@ -615,7 +605,7 @@ fn extract(a: ExtractArgs, g: &Global) -> Result<()> {
 /// `domsim compare`.
 fn compare(a: CompareArgs, g: &Global) -> Result<()> {
     let cfg = CompareConfig {
-        options: a.metric.options(g.seed, !g.quiet)?,
+        options: a.metric.options(g.seed, !g.quiet, g.threads)?,
         source: a.source,
         target: a.target,
         out: a.out,
@@ -656,7 +646,7 @@ fn analyze(a: AnalyzeArgs, g: &Global) -> Result<()> {
         out: a.out.clone(),
         force: a.force,
         extract: a.prep.options(&a.model, run)?,
-        compare: a.metric.options(g.seed, progress)?,
+        compare: a.metric.options(g.seed, progress, g.threads)?,
         scatter_max_n: 1000,
         controls: !a.no_controls,
     };

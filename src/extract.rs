@@ -373,15 +373,10 @@ fn stream<E: Embedder>(
         batch_size: run_batch,
         result: Ok(()),
     };
-    let decode_pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads.max(1))
-        .build()
-    {
+    let decode_pool = match crate::threads::pool(opts.threads.max(1)) {
         Ok(p) => p,
         Err(e) => {
-            st.result = Err(Error::Analysis(format!(
-                "cannot start decoding threads: {e}"
-            )));
+            st.result = Err(e);
             return st;
         }
     };

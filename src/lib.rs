@@ -10,7 +10,7 @@
 //! embeddings (source) + embeddings (target) ─► metrics (per layer) ─► verdict ─► report
 //! ```
 //!
-//! The modules are layers, lowest first: [`error`], [`output`], [`npy`], [`metrics`], [`model`],
+//! The modules are layers, lowest first: [`error`], [`threads`], [`output`], [`npy`], [`metrics`], [`model`],
 //! [`preprocess`], [`dataset`], [`embeddings`], [`shard`], [`extract`], [`compare`], [`controls`],
 //! [`verdict`], [`report`], [`analyze`]. Each uses only those below it, and no two files import each other
 //! (`tests/architecture.rs` checks both).
@@ -38,6 +38,7 @@ pub mod output;
 pub mod preprocess;
 pub mod report;
 pub mod shard;
+pub mod threads;
 pub mod verdict;
 
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// `src/lib.rs` describes). The binary (`main.rs`, `cli.rs`) sits on top and uses the library by its name.
 const LAYERS: &[&str] = &[
     "error",
+    "threads",
     "output",
     "npy",
     "metrics",

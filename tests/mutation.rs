@@ -282,6 +282,7 @@ fn compare_survives_inconsistent_npy_folders() {
                 },
                 similarity: k % 2 == 0,
                 progress: false,
+                threads: 0,
             },
             source: dirs[0].clone(),
             target: dirs[1].clone(),

@@ -47,6 +47,8 @@ pub struct CompareOptions {
     pub similarity: bool,
     /// Progress bar on a terminal.
     pub progress: bool,
+    /// Worker threads for the computation (0: one per core); the results do not depend on it.
+    pub threads: usize,
 }
 
 /// One `domsim compare`: how ([`CompareOptions`]), which two embedding folders, into which report folder.
@@ -397,8 +399,19 @@ pub fn compute(
     compute_with(registry(), src, tgt, cfg)
 }
 
-/// [`compute`] with the given metrics (the registry, or the registry and a metric of a test or a plug-in).
+/// [`compute`] with the given metrics (the registry, or the registry and a metric of a test or a plug-in),
+/// on `cfg.threads` workers.
 pub fn compute_with(
+    all: Vec<Box<dyn Metric>>,
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    cfg: &CompareOptions,
+) -> Result<CompareReport> {
+    crate::threads::run(cfg.threads, || compute_here(all, src, tgt, cfg))?
+}
+
+/// [`compute_with`] on the current pool.
+fn compute_here(
     all: Vec<Box<dyn Metric>>,
     src: &EmbeddingSet,
     tgt: &EmbeddingSet,

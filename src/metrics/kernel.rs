@@ -13,17 +13,45 @@ pub const BLOCK: usize = 512;
 /// Points used for the median heuristic; a larger pooled sample is subsampled (seeded).
 pub const MEDIAN_MAX_POINTS: usize = 2000;
 
+/// Row blocks of an `n`-row product: at most [`BLOCK`] rows, and at least one block per worker of the
+/// current pool (down to 32 rows). Each block's product is single-threaded and each output entry one
+/// fixed-order sum, so the result does not depend on the blocks or the thread count.
+fn row_blocks(n: usize) -> Vec<(usize, usize)> {
+    let per = n
+        .div_ceil(rayon::current_num_threads().max(1))
+        .clamp(32, BLOCK);
+    (0..n).step_by(per).map(|s| (s, (s + per).min(n))).collect()
+}
+
+/// Runs `f` on each row block of an `n`-row result in parallel and stacks the blocks.
+fn by_row_blocks(
+    n: usize,
+    cols: usize,
+    f: impl Fn(usize, usize) -> Array2<f64> + Sync,
+) -> Array2<f64> {
+    use rayon::prelude::*;
+    let parts: Vec<((usize, usize), Array2<f64>)> = row_blocks(n)
+        .into_par_iter()
+        .map(|(a, b)| ((a, b), f(a, b)))
+        .collect();
+    let mut out = Array2::<f64>::zeros((n, cols));
+    for ((a, b), part) in parts {
+        out.slice_mut(s![a..b, ..]).assign(&part);
+    }
+    out
+}
+
 /// Pairwise squared distances of the rows of `x` (n × n), clamped at 0.
 pub fn sq_dists(x: &ArrayView2<f64>) -> Array2<f64> {
     let sq = row_sq_norms(x);
-    let mut d = x.dot(&x.t());
     let n = x.nrows();
-    for i in 0..n {
-        for j in 0..n {
-            d[[i, j]] = (sq[i] + sq[j] - 2.0 * d[[i, j]]).max(0.0);
+    by_row_blocks(n, n, |a, b| {
+        let mut d = x.slice(s![a..b, ..]).dot(&x.t());
+        for ((i, j), v) in d.indexed_iter_mut() {
+            *v = (sq[a + i] + sq[j] - 2.0 * *v).max(0.0);
         }
-    }
-    d
+        d
+    })
 }
 
 /// Median of a slice (mean of the two middle values for even length).
@@ -65,25 +93,19 @@ pub fn median_sq_dist_excl<R: Rng>(x: &ArrayView2<f64>, rng: &mut R) -> (f64, us
     (median(&mut v), m)
 }
 
-/// `K · W` for the RBF kernel `K_ij = exp(−‖z_i − z_j‖² / (2σ²))` on the rows of `z`, computed one row block at
-/// a time. Deterministic whatever the thread count: each output entry is one fixed-order sum.
+/// `K · W` for the RBF kernel `K_ij = exp(−‖z_i − z_j‖² / (2σ²))` on the rows of `z`, computed by row blocks
+/// in parallel (memory O(block × N) per worker). Deterministic whatever the thread count: each output entry
+/// is one fixed-order sum.
 pub fn rbf_times(z: &ArrayView2<f64>, sigma2: f64, w: &Array2<f64>) -> Array2<f64> {
     let n = z.nrows();
     let sq: Array1<f64> = row_sq_norms(z);
-    let mut out = Array2::<f64>::zeros((n, w.ncols()));
     let scale = -1.0 / (2.0 * sigma2);
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
-        let zb = z.slice(s![start..end, ..]);
-        let mut k = zb.dot(&z.t());
-        let sqb = sq.slice(s![start..end]);
-        ndarray::Zip::indexed(&mut k).par_for_each(|(i, j), v| {
-            let d = (sqb[i] + sq[j] - 2.0 * *v).max(0.0);
+    by_row_blocks(n, w.ncols(), |a, b| {
+        let mut k = z.slice(s![a..b, ..]).dot(&z.t());
+        for ((i, j), v) in k.indexed_iter_mut() {
+            let d = (sq[a + i] + sq[j] - 2.0 * *v).max(0.0);
             *v = (d * scale).exp();
-        });
-        out.slice_mut(s![start..end, ..]).assign(&k.dot(w));
-        start = end;
-    }
-    out
+        }
+        k.dot(w)
+    })
 }

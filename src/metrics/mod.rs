@@ -406,7 +406,7 @@ pub fn labelled<'a>(
 }
 
 /// A per-layer measure between source and target.
-pub trait Metric: Sync {
+pub trait Metric: Send + Sync {
     /// Group name used by `--metrics` (outputs are selectable by their own names too).
     fn name(&self) -> &'static str;
     /// The outputs it returns, in that order.
