@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the committed case studies under reports/ with the bundled default model (EfficientNet-Lite0)
+# Regenerates the committed case studies under reports/case_studies/ with the bundled default model (EfficientNet-Lite0)
 # on the shared datasets (../shared/datasets, or $DOMSIM_DATASETS). Embeddings are cached under
 # target/case_studies/ and not committed; only CSV, JSON, PNG and HTML files are copied here.
 #   1. animals vs chest X-rays (NORMAL / PNEUMONIA labels on the target)
@@ -44,13 +44,13 @@ fi
 run() {
   name=$1; src=$2; tgt=$3
   "$bin" analyze --source "$src" --target "$tgt" --out "$work/$name"
-  mkdir -p "reports/$name"
-  rm -f reports/"$name"/*
+  mkdir -p "reports/case_studies/$name"
+  rm -f reports/case_studies/"$name"/*
   for f in "$work/$name"/*; do
-    [ -f "$f" ] && cp "$f" "reports/$name/"
+    [ -f "$f" ] && cp "$f" "reports/case_studies/$name/"
   done
 }
 run animals_vs_xray "$DATA/animals" "$DATA/chest_xray"
 run animals_halves "$work/halves/even" "$work/halves/odd"
 run xray_vs_pneumoniamnist "$DATA/chest_xray" "$work/pneumoniamnist"
-echo "case studies written under reports/"
+echo "case studies written under reports/case_studies/"

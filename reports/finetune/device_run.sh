@@ -6,7 +6,7 @@
 #   OUT=$OUT bash reports/finetune/device_run.sh 480
 # Every cell ("target:budget" in CELLS) trains in its own process on the GPU; no run starts after SECONDS
 # (the argument) have passed; predictions and the grid are snapshotted into $OUT/results.tar every 15 s, so
-# what finished comes back even if the call is cut. Unpack here with `tar xf results.tar -C reports/finetune`
+# what finished comes back even if the call is cut. Unpack here with `tar xf results.tar -C reports/finetune/results`
 # (the grid rows: merge, do not overwrite, lr_grid.csv). Every run's meta records torch's version and device.
 set -u
 budget=${1:-480}
@@ -29,7 +29,7 @@ for cell in $CELLS; do
     >"$OUT/log_${t}_$b.txt" 2>&1 &
   pids+=($!)
 done
-snapshot() { tar cf "$OUT/results.tar.tmp" predictions lr_grid.csv && mv "$OUT/results.tar.tmp" "$OUT/results.tar"; }
+snapshot() { tar cf "$OUT/results.tar.tmp" -C results predictions lr_grid.csv && mv "$OUT/results.tar.tmp" "$OUT/results.tar"; }
 while :; do
   alive=0
   for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done

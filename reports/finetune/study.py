@@ -40,9 +40,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 DATA = os.environ.get("DOMSIM_DATASETS", os.path.join(ROOT, "..", "shared", "datasets"))
 WORK = os.environ.get("DOMSIM_FINETUNE_WORK", os.path.join(ROOT, "target", "finetune"))
-SPLITS = os.path.join(HERE, "splits")
-PREDICTIONS = os.path.join(HERE, "predictions")
-LR_GRID_CSV = os.path.join(HERE, "lr_grid.csv")
+# everything the study generates lives under results/, apart from this code
+RESULTS = os.path.join(HERE, "results")
+SPLITS = os.path.join(RESULTS, "splits")
+PREDICTIONS = os.path.join(RESULTS, "predictions")
+LR_GRID_CSV = os.path.join(RESULTS, "lr_grid.csv")
 DEVICE = "cpu"  # `train --device cuda` on a GPU machine (TF32 off, deterministic cuDNN); recorded in every run's meta
 
 # ---- the study's fixed design (stated in README.md) ----
@@ -517,7 +519,7 @@ def check(domsim_bin):
         lines.append(f"| {d} | `{lay['name']}` | {theirs.shape[1]} | {r:.6f} | {np.abs(theirs - ours[d]).max():.2e} |")
     txt = ("| depth | layer | dim | correlation | max abs diff |\n|---|---|---|---|---|\n" + "\n".join(lines)
            + f"\n\n{len(order)} images (15 cats/dogs photos of mixed sizes, 5 chest X-rays), torch {torch.__version__}.\n")
-    with open(os.path.join(HERE, "feature_check.md"), "w") as f:
+    with open(os.path.join(RESULTS, "feature_check.md"), "w") as f:
         f.write(txt)
     print(txt)
     if not ok:
@@ -558,7 +560,7 @@ def run_domsim(domsim_bin, names, rederive=False):
             for n in names:
                 if b not in read_split(n)["budgets"]:
                     continue
-                dst = os.path.join(HERE, "domsim", n, f"b{b}_s{s}.json")
+                dst = os.path.join(RESULTS, "domsim", n, f"b{b}_s{s}.json")
                 out = os.path.join(WORK, "domsim", n, f"b{b}", f"s{s}")
                 t0 = time.time()
                 if rederive and os.path.exists(os.path.join(out, "compare.json")):

@@ -59,7 +59,7 @@ SHIFT_EVIDENCE = "the deepest layers are shifted"  # how domsim's verdict words 
 def domsim_choices(name, budget, seeds):
     out = {"domsim_plan": [], "domsim_fallback": [], "deep_shift": []}
     for s in seeds:
-        p = os.path.join(study.HERE, "domsim", name, f"b{budget}_s{s}.json")
+        p = os.path.join(study.RESULTS, "domsim", name, f"b{budget}_s{s}.json")
         if not os.path.exists(p):
             return None
         d = json.load(open(p))
@@ -223,7 +223,7 @@ def rule_checks(cells):
 def write_runs(runs):
     fields = ["target", "budget", "seed", "config", "family", "frozen_through", "lr_head", "lr_body", "bn", "steps",
               "batch", "n_train", "n_test", "bal_acc", "acc", "seconds"]
-    with open(os.path.join(study.HERE, "results.csv"), "w", newline="") as f:
+    with open(os.path.join(study.RESULTS, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in sorted(runs, key=lambda r: (r["target"], r["budget"], r["seed"], CONSTANTS.index(r["config"]))):
@@ -231,7 +231,7 @@ def write_runs(runs):
 
 
 def write_cells(cells):
-    with open(os.path.join(study.HERE, "cells.csv"), "w", newline="") as f:
+    with open(os.path.join(study.RESULTS, "cells.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["target", "budget", "n_seeds", "config", "mean_bal_acc", "ci_low", "ci_high", "p_within_delta",
                     "is_best"])
@@ -260,7 +260,7 @@ def policy_order(pols):
 
 
 def write_regret(cells, pooled):
-    with open(os.path.join(study.HERE, "regret.csv"), "w", newline="") as f:
+    with open(os.path.join(study.RESULTS, "regret.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["target", "budget", "n_seeds", "policy", "regret", "ci_low", "ci_high", "choices"])
         for (n, b), c in sorted(cells.items()):
@@ -300,7 +300,7 @@ def write_ground_truth(cells, guard):
         out["cells"].append({"target": n, "budget": b, "seeds": c["seeds"], "best": c["best"],
                              "bal_acc": {cfg: [round(v, 6) for v in c["bal_acc"][i]] for i, cfg in enumerate(CONSTANTS)},
                              "choices": c["choices"]})
-    study.write_json_atomic(os.path.join(study.HERE, "ground_truth.json"), out)
+    study.write_json_atomic(os.path.join(study.RESULTS, "ground_truth.json"), out)
 
 
 def headline(cells, pooled):
@@ -384,7 +384,7 @@ def write_markdown(names, cells, pooled, guard, rule=None):
               "(bootstrap)."]
     if rule:
         L += rule_markdown(rule)
-    with open(os.path.join(study.HERE, "results.md"), "w") as f:
+    with open(os.path.join(study.RESULTS, "results.md"), "w") as f:
         f.write("\n".join(L) + "\n")
 
 
@@ -451,4 +451,4 @@ def chart(names, cells):
     fig.suptitle("Fine-tuning by configuration and label budget (300 test images per class); "
                  "red circle: domsim's plan, its most frequent pick over seeds")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(os.path.join(study.HERE, "finetune_v2.png"), dpi=110)
+    fig.savefig(os.path.join(study.RESULTS, "finetune_v2.png"), dpi=110)

@@ -152,7 +152,7 @@ def summarise(args):
             rows.append(row)
     if not rows:
         sys.exit("no runs found under " + str(work))
-    with open(HERE / "results.csv", "w", newline="") as f:
+    with open(HERE / "results" / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
         w.writeheader()
         w.writerows(rows)
@@ -182,7 +182,7 @@ def summarise(args):
     for r in rows:
         if r["seed"] == 0:
             lines.append(f"- `{r['target']}`: {r['sentence'] or '(no sentence: no gap to attribute)'}")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

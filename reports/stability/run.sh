@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seed stability of the verdict (issue: "a verdict that holds still"): animals -> all 2,682 chest X-rays with
 # default settings, seeds 0-9; embeddings extracted once, then `compare --seed S` + `report` per seed.
-# Writes reports/stability/stability.md. Run: bash reports/stability/run.sh
+# Writes reports/stability/results/stability.md. Run: bash reports/stability/run.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DATA="${DOMSIM_DATASETS:-../shared/datasets}"
@@ -20,4 +20,4 @@ for s in 0 1 2 3 4 5 6 7 8 9; do
     "$bin" --quiet report "$work/seed$s" > /dev/null
   fi
 done
-python3 reports/stability/summarise.py "$work" | tee reports/stability/stability.md
+python3 reports/stability/summarise.py "$work" | tee reports/stability/results/stability.md
