@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             fixed_batch: None,
             dynamic_size: false,
         },
-        Normalization::preset("pm1").expect("preset"),
+        Normalization::preset(domsim::preprocess::Preset::Pm1),
         512 << 20,
     );
     let mut rows = Vec::new();

@@ -14,6 +14,7 @@ use domsim::metrics::Params;
 use domsim::model::pool::Pool;
 use domsim::model::{runtime, Layout, OnnxModel, Selection};
 use domsim::preprocess::Normalization;
+use domsim::preprocess::Preset;
 use domsim::report::summary::terminal_safe;
 
 /// Will a pretrained model's layers transfer to my images? Layer-by-layer domain similarity for ONNX image
@@ -38,7 +39,7 @@ pub struct Args {
     )]
     pub verbose: bool,
     /// Threads for decoding, ONNX Runtime (intra-op) and metrics (1 to 256). Default: all cores.
-    #[arg(long, global = true, help_heading = "Global options (any command)", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, global = true, help_heading = "Global options (any command)", value_parser = ranged(extract::THREADS_RANGE))]
     pub threads: Option<usize>,
     /// Seed for every random choice (permutations, folds, subsamples).
     #[arg(long, global = true, help_heading = "Global options (any command)", default_value_t = Params::default().seed)]
@@ -163,7 +164,7 @@ pub struct PrepArgs {
     #[arg(long, value_delimiter = ',', num_args = 1..=3, requires = "mean")]
     pub std: Vec<f32>,
     /// Images per inference call (1 to 256; at most 2 GiB of input pixels per call).
-    #[arg(long, default_value_t = ExtractOptions::new(PathBuf::new()).batch_size, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, default_value_t = ExtractOptions::new(PathBuf::new()).batch_size, value_parser = ranged(extract::BATCH_RANGE))]
     pub batch: usize,
 }
 
@@ -178,7 +179,7 @@ pub struct MetricArgs {
     #[arg(long, default_value_t = Params::default().permutations)]
     pub permutations: usize,
     /// Cross-validation folds for probes and k-NN (2 to 20).
-    #[arg(long, default_value_t = Params::default().folds, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=20))]
+    #[arg(long, default_value_t = Params::default().folds, value_parser = ranged(Params::FOLDS_RANGE))]
     pub folds: usize,
     /// Repeats of the stratified k-fold cross-validation (1 to 20; the same folds at every layer).
     #[arg(long, default_value_t = Params::default().cv_repeats)]
@@ -193,13 +194,13 @@ pub struct MetricArgs {
     #[arg(long = "C", default_value_t = Params::default().c)]
     pub c: f64,
     /// Most rows per set for probes (seeded subsample beyond; 4 to 1000000).
-    #[arg(long, default_value_t = Params::default().probe_max_n, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=1000000))]
+    #[arg(long, default_value_t = Params::default().probe_max_n, value_parser = ranged(Params::PROBE_MAX_N_RANGE))]
     pub probe_max_n: usize,
     /// Most rows per set for MMD² (seeded subsample beyond; 4 to 50000: the cost grows as n²).
-    #[arg(long, default_value_t = Params::default().mmd_max_n, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=50000))]
+    #[arg(long, default_value_t = Params::default().mmd_max_n, value_parser = ranged(Params::MMD_MAX_N_RANGE))]
     pub mmd_max_n: usize,
     /// Most rows for RBF CKA, which builds n × n kernels (seeded subsample beyond; 4 to 10000).
-    #[arg(long, default_value_t = Params::default().cka_rbf_max_n, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4..=10000))]
+    #[arg(long, default_value_t = Params::default().cka_rbf_max_n, value_parser = ranged(Params::CKA_RBF_MAX_N_RANGE))]
     pub cka_rbf_max_n: usize,
     /// Skip the within-set layer × layer CKA.
     #[arg(long)]
@@ -272,7 +273,7 @@ pub struct ModelArgs {
     #[arg(long = "layers", value_name = "NAME", num_args = 1..)]
     pub layers: Vec<String>,
     /// Spatial size for models whose input size is dynamic (16 to 2048).
-    #[arg(long, value_name = "PIXELS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=2048))]
+    #[arg(long, value_name = "PIXELS", value_parser = ranged(extract::SIZE_RANGE))]
     pub size: Option<usize>,
     /// Input layout, for models whose input shape does not say.
     #[arg(long, value_enum)]
@@ -375,12 +376,12 @@ impl PrepArgs {
     /// The extraction options these arguments (with the model's and the run's) ask for, validated.
     fn options(&self, model: &ModelArgs, run: RunArgs) -> Result<ExtractOptions> {
         let norm = match (self.norm, self.mean.is_empty()) {
-            (Some(n), _) => Normalization::preset(match n {
-                NormArg::Imagenet => "imagenet",
-                NormArg::Pm1 => "pm1",
-                NormArg::Unit => "unit",
-                NormArg::Raw => "raw",
-            }),
+            (Some(n), _) => Some(Normalization::preset(match n {
+                NormArg::Imagenet => Preset::Imagenet,
+                NormArg::Pm1 => Preset::Pm1,
+                NormArg::Unit => Preset::Unit,
+                NormArg::Raw => Preset::Raw,
+            })),
             (None, false) => {
                 if self.mean.len() != 3 || self.std.len() != 3 {
                     bail!(domsim::Error::Input(format!(
@@ -389,36 +390,14 @@ impl PrepArgs {
                         self.std.len()
                     )));
                 }
-                if self.mean.iter().any(|m| !m.is_finite()) {
-                    bail!(domsim::Error::Input(format!(
-                        "--mean values must be finite numbers (got {:?})",
-                        self.mean
-                    )));
-                }
-                if self.std.iter().any(|s| !s.is_finite() || *s < 1e-6) {
-                    bail!(domsim::Error::Input(format!(
-                        "--std values must be finite and at least 1e-6 (got {:?}): a smaller std makes every pixel non-finite",
-                        self.std
-                    )));
-                }
-                Some(Normalization {
-                    preset: "custom".into(),
-                    mean: [self.mean[0], self.mean[1], self.mean[2]],
-                    std: [self.std[0], self.std[1], self.std[2]],
-                })
+                Some(Normalization::custom(
+                    [self.mean[0], self.mean[1], self.mean[2]],
+                    [self.std[0], self.std[1], self.std[2]],
+                )?)
             }
             (None, true) => None,
         };
-        let side = model.size.unwrap_or(224);
-        let bytes = self.batch as u64 * 3 * (side * side) as u64 * 4;
-        if bytes > 2 << 30 {
-            bail!(domsim::Error::Input(format!(
-                "--batch {} at {side} px needs {:.1} GiB of input per inference call (limit 2 GiB); lower --batch or --size",
-                self.batch,
-                bytes as f64 / (1u64 << 30) as f64
-            )));
-        }
-        Ok(ExtractOptions {
+        let opts = ExtractOptions {
             norm,
             batch_size: self.batch,
             pool: match self.pool {
@@ -433,7 +412,9 @@ impl PrepArgs {
             ort_lib: run.ort_lib,
             progress: run.progress,
             ..ExtractOptions::new(model.path())
-        })
+        };
+        opts.validate()?;
+        Ok(opts)
     }
 }
 
@@ -467,6 +448,11 @@ struct Global {
     seed: u64,
     threads: usize,
     ort_lib: Option<PathBuf>,
+}
+
+/// A flag's parser for a range the library declares (one place holds each range).
+fn ranged(r: std::ops::RangeInclusive<usize>) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(*r.start() as u64..=*r.end() as u64)
 }
 
 /// Runs a parsed command line: one function per command.

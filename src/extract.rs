@@ -18,7 +18,7 @@ use crate::model::pool::{self, Pool, TensorLayout};
 use crate::model::{ElemType, Embedder, InputBatch, Layout, OnnxModel, Selection};
 use crate::npy::{Dtype, NpyWriter};
 use crate::output::{self, csv_bytes, write_atomic};
-use crate::preprocess::{self, ImageInfo, Normalization, Pixels, Preprocess};
+use crate::preprocess::{self, ImageInfo, Normalization, Pixels, Preprocess, Preset};
 
 /// How images become embeddings (validated; no CLI types, no folders): what `extract` and `analyze` share.
 #[derive(Debug, Clone)]
@@ -75,9 +75,54 @@ impl ExtractOptions {
     }
 }
 
+/// The ranges [`ExtractOptions::validate`] accepts (the command line's flags say the same).
+pub const BATCH_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+/// Worker threads accepted.
+pub const THREADS_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+/// Input side in pixels accepted by `--size`.
+pub const SIZE_RANGE: std::ops::RangeInclusive<usize> = 16..=2048;
+/// Most input bytes per inference call.
+pub const MAX_BATCH_BYTES: u64 = 2 << 30;
+
 impl ExtractOptions {
-    /// Loads the model with these options' threads, runtime library, size and layout.
+    /// Checks every setting against its range (`Error::Input` naming the flag and the range): the library
+    /// checks for any caller, and the command line calls it before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let range = |flag: &str, v: usize, r: &std::ops::RangeInclusive<usize>| -> Result<()> {
+            if r.contains(&v) {
+                Ok(())
+            } else {
+                input_err(format!(
+                    "{flag} {v} is out of range: use {} to {}",
+                    r.start(),
+                    r.end()
+                ))
+            }
+        };
+        range("--batch", self.batch_size, &BATCH_RANGE)?;
+        range("--threads", self.threads, &THREADS_RANGE)?;
+        if let Some(s) = self.size {
+            range("--size", s, &SIZE_RANGE)?;
+        }
+        if let Some(n) = &self.norm {
+            n.validate()?;
+        }
+        let side = self.size.unwrap_or(224);
+        let bytes = self.batch_size as u64 * 3 * (side * side) as u64 * 4;
+        if bytes > MAX_BATCH_BYTES {
+            return input_err(format!(
+                "--batch {} at {side} px needs {:.1} GiB of input per inference call (limit 2 GiB); lower --batch or --size",
+                self.batch_size,
+                bytes as f64 / (1u64 << 30) as f64
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads the model with these options' threads, runtime library, size and layout (after
+    /// [`ExtractOptions::validate`]).
     pub fn load_model(&self) -> Result<OnnxModel> {
+        self.validate()?;
         OnnxModel::load(
             &self.model,
             self.threads,
@@ -235,11 +280,10 @@ fn clear_previous_run(out: &Path, layers: &[crate::model::Layer]) -> Result<()> 
 pub fn resolve_norm(user: Option<Normalization>, model: &OnnxModel) -> Normalization {
     user.unwrap_or_else(|| {
         Normalization::preset(if model.is_default() {
-            "pm1"
+            Preset::Pm1
         } else {
-            "imagenet"
+            Preset::Imagenet
         })
-        .expect("known preset")
     })
 }
 
@@ -652,4 +696,94 @@ fn infer<E: Embedder>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A library caller gets the command line's checks: each bad setting is refused with its flag and range.
+    #[test]
+    fn options_are_checked_in_the_library() {
+        let ok = ExtractOptions::new(PathBuf::from("m.onnx"));
+        assert!(ok.validate().is_ok());
+        let cases: Vec<(ExtractOptions, &str)> = vec![
+            (
+                ExtractOptions {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "--batch 0 is out of range: use 1 to 256",
+            ),
+            (
+                ExtractOptions {
+                    batch_size: 257,
+                    ..ok.clone()
+                },
+                "--batch 257",
+            ),
+            (
+                ExtractOptions {
+                    threads: 0,
+                    ..ok.clone()
+                },
+                "--threads 0 is out of range",
+            ),
+            (
+                ExtractOptions {
+                    size: Some(15),
+                    ..ok.clone()
+                },
+                "--size 15 is out of range: use 16 to 2048",
+            ),
+            (
+                ExtractOptions {
+                    size: Some(2048),
+                    batch_size: 256,
+                    ..ok.clone()
+                },
+                "limit 2 GiB",
+            ),
+            (
+                ExtractOptions {
+                    norm: Some(Normalization {
+                        preset: "custom".into(),
+                        mean: [0.5; 3],
+                        std: [1e-9, 1.0, 1.0],
+                    }),
+                    ..ok.clone()
+                },
+                "--std values must be finite",
+            ),
+        ];
+        for (o, want) in cases {
+            let e = o.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        // the edges are accepted
+        for o in [
+            ExtractOptions {
+                batch_size: 256,
+                threads: 256,
+                ..ok.clone()
+            },
+            ExtractOptions {
+                size: Some(16),
+                batch_size: 1,
+                threads: 1,
+                ..ok.clone()
+            },
+            ExtractOptions {
+                size: Some(2048),
+                batch_size: 42,
+                ..ok.clone()
+            },
+        ] {
+            assert!(o.validate().is_ok(), "{o:?}");
+        }
+        for p in Preset::ALL {
+            assert!(Normalization::preset(p).validate().is_ok());
+        }
+        assert!(Normalization::custom([0.0; 3], [f32::NAN, 1.0, 1.0]).is_err());
+    }
 }

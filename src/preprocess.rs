@@ -22,21 +22,77 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
+/// The named normalisations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// ImageNet mean/std.
+    Imagenet,
+    /// x/127.5 − 1 (the bundled model's own).
+    Pm1,
+    /// x/255.
+    Unit,
+    /// 0–255, unchanged.
+    Raw,
+}
+
+impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 4] = [Preset::Imagenet, Preset::Pm1, Preset::Unit, Preset::Raw];
+
+    /// The name written in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Imagenet => "imagenet",
+            Preset::Pm1 => "pm1",
+            Preset::Unit => "unit",
+            Preset::Raw => "raw",
+        }
+    }
+}
+
 impl Normalization {
-    /// A named preset: `imagenet` (mean/std), `pm1` (x/127.5 − 1), `unit` (x/255), `raw` (0–255).
-    pub fn preset(name: &str) -> Option<Self> {
-        let (mean, std) = match name {
-            "imagenet" => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-            "pm1" => ([0.5; 3], [0.5; 3]),
-            "unit" => ([0.0; 3], [1.0; 3]),
-            "raw" => ([0.0; 3], [1.0 / 255.0; 3]),
-            _ => return None,
+    /// A named preset.
+    pub fn preset(p: Preset) -> Self {
+        let (mean, std) = match p {
+            Preset::Imagenet => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            Preset::Pm1 => ([0.5; 3], [0.5; 3]),
+            Preset::Unit => ([0.0; 3], [1.0; 3]),
+            Preset::Raw => ([0.0; 3], [1.0 / 255.0; 3]),
         };
-        Some(Normalization {
-            preset: name.to_string(),
+        Normalization {
+            preset: p.name().to_string(),
             mean,
             std,
-        })
+        }
+    }
+
+    /// A custom mean and std per channel (0–1 scale), checked ([`Normalization::validate`]).
+    pub fn custom(mean: [f32; 3], std: [f32; 3]) -> crate::error::Result<Self> {
+        let n = Normalization {
+            preset: "custom".into(),
+            mean,
+            std,
+        };
+        n.validate()?;
+        Ok(n)
+    }
+
+    /// Finite means, and finite standard deviations of at least 1e-6 (a smaller one makes every pixel
+    /// non-finite).
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if self.mean.iter().any(|m| !m.is_finite()) {
+            return Err(crate::error::Error::Input(format!(
+                "--mean values must be finite numbers (got {:?})",
+                self.mean
+            )));
+        }
+        if self.std.iter().any(|s| !s.is_finite() || *s < 1e-6) {
+            return Err(crate::error::Error::Input(format!(
+                "--std values must be finite and at least 1e-6 (got {:?}): a smaller std makes every pixel non-finite",
+                self.std
+            )));
+        }
+        Ok(())
     }
 }
 

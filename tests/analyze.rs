@@ -77,11 +77,11 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
     ] {
         assert!(out.join(f).is_file(), "{f} written");
     }
-    // PNGs decode, at their stated sizes (18 measured layers: a 6-row name key under the panels; labels:
-    // four rows of panels, the fourth for LogME and H-score)
+    // PNGs decode, at their stated sizes (18 measured layers: the 120 px strip of per-layer actions, then
+    // a 6-row name key under the panels; labels: four rows of panels, the fourth for LogME and H-score)
     assert_eq!(
         png_size(&out.join("metrics_by_depth.png")),
-        (1400, 4 * 450 + 40 + 22 * 6)
+        (1400, 4 * 450 + 120 + 40 + 22 * 6)
     );
     for f in ["cka_source.png", "cka_target.png", "cka_difference.png"] {
         assert_eq!(png_size(&out.join(f)), (1150, 900), "{f}");
@@ -289,8 +289,8 @@ fn report_drops_non_finite_scatter_points_instead_of_hanging() {
     let text = std::fs::read_to_string(&pca).unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
     let cols: Vec<&str> = lines[1].split(',').collect();
-    let n = cols.len();
-    lines[1] = format!("{},inf,{}", cols[..n - 2].join(","), cols[n - 1]);
+    // layer,set,label,pc1,... : pc1 made infinite
+    lines[1] = format!("{},inf,{}", cols[..3].join(","), cols[4..].join(","));
     std::fs::write(&pca, lines.join("\n") + "\n").unwrap();
     domsim()
         .args(["report"])

@@ -218,7 +218,7 @@ fn a_permuted_network_is_brought_back_to_the_pretrained_activation_scale() {
     // eight chest X-rays, preprocessed as extract does
     let pre = domsim::preprocess::Preprocess::new(
         model.input.clone(),
-        domsim::preprocess::Normalization::preset("pm1").unwrap(),
+        domsim::preprocess::Normalization::preset(domsim::preprocess::Preset::Pm1),
         512 << 20,
     );
     let dir = datasets().join("chest_xray").join("NORMAL");

@@ -508,7 +508,7 @@ fn extract_fails_cleanly_when_inference_fails_part_way() {
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let norm = domsim::preprocess::Normalization::preset("pm1").unwrap();
+        let norm = domsim::preprocess::Normalization::preset(domsim::preprocess::Preset::Pm1);
         let r = domsim::extract::run(&mut emb, &set, norm, model, &cfg);
         tx.send(r.err().map(|e| e.to_string())).unwrap();
     });

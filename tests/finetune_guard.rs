@@ -80,7 +80,7 @@ fn resized_rgb(path: &Path) -> Vec<u8> {
             fixed_batch: None,
             dynamic_size: false,
         },
-        Normalization::preset("raw").unwrap(),
+        Normalization::preset(domsim::preprocess::Preset::Raw),
         512 << 20,
     );
     match load(path, &p).unwrap().0 {

@@ -161,7 +161,7 @@ fn image_decoding_survives_mutated_files() {
             fixed_batch: None,
             dynamic_size: false,
         },
-        domsim::preprocess::Normalization::preset("pm1").unwrap(),
+        domsim::preprocess::Normalization::preset(domsim::preprocess::Preset::Pm1),
         512 << 20,
     );
     let mut rng = ChaCha8Rng::seed_from_u64(2026);

@@ -21,6 +21,7 @@ pub mod stats;
 pub mod transfer;
 
 use std::borrow::Cow;
+use std::ops::RangeInclusive;
 
 use ndarray::Array2;
 use rand::SeedableRng;
@@ -100,47 +101,73 @@ impl Default for Params {
 }
 
 impl Params {
+    /// Permutations accepted (fewer than 99 cannot reach the 0.01 level).
+    pub const PERMUTATIONS_RANGE: RangeInclusive<usize> = 99..=100_000;
+    /// Folds accepted.
+    pub const FOLDS_RANGE: RangeInclusive<usize> = 2..=20;
+    /// Repeats of the cross-validation accepted.
+    pub const CV_REPEATS_RANGE: RangeInclusive<usize> = 1..=20;
+    /// Neighbours of the k-NN score accepted.
+    pub const KNN_K_RANGE: RangeInclusive<usize> = 1..=100;
+    /// Rows per set for probes accepted.
+    pub const PROBE_MAX_N_RANGE: RangeInclusive<usize> = 4..=1_000_000;
+    /// Rows per set for MMD² accepted (the cost grows as n²).
+    pub const MMD_MAX_N_RANGE: RangeInclusive<usize> = 4..=50_000;
+    /// Rows for RBF CKA accepted (n × n kernels).
+    pub const CKA_RBF_MAX_N_RANGE: RangeInclusive<usize> = 4..=10_000;
+
     /// Checks every setting's range, for any caller of the library (the command line's flags are these
     /// fields; its own range parsers only say it earlier). Each message names the flag and the field.
     pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |m: String| Err(crate::error::Error::Input(m));
-        let in_usize = |v: usize, lo: usize, hi: usize| (lo..=hi).contains(&v);
         if !(self.c.is_finite() && (1e-6..=1e6).contains(&self.c)) {
             return bad(format!(
                 "--C must be between 1e-6 and 1e6 (got {}; Params::c)",
                 self.c
             ));
         }
-        if !in_usize(self.permutations, 99, 100_000) {
+        if !Self::PERMUTATIONS_RANGE.contains(&self.permutations) {
             return bad(format!(
-                "--permutations must be between 99 and 100000 (got {}; Params::permutations): fewer cannot reach the 0.01 level",
+                "--permutations must be between {} and {} (got {}; Params::permutations): fewer cannot reach the 0.01 level",
+                Self::PERMUTATIONS_RANGE.start(),
+                Self::PERMUTATIONS_RANGE.end(),
                 self.permutations
             ));
         }
         let ranges = [
-            ("--folds", "folds", self.folds, 2, 20),
-            ("--cv-repeats", "cv_repeats", self.cv_repeats, 1, 20),
-            ("--knn-k", "knn_k", self.knn_k, 1, 100),
+            ("--folds", "folds", self.folds, Self::FOLDS_RANGE),
+            (
+                "--cv-repeats",
+                "cv_repeats",
+                self.cv_repeats,
+                Self::CV_REPEATS_RANGE,
+            ),
+            ("--knn-k", "knn_k", self.knn_k, Self::KNN_K_RANGE),
             (
                 "--probe-max-n",
                 "probe_max_n",
                 self.probe_max_n,
-                4,
-                1_000_000,
+                Self::PROBE_MAX_N_RANGE,
             ),
-            ("--mmd-max-n", "mmd_max_n", self.mmd_max_n, 4, 50_000),
+            (
+                "--mmd-max-n",
+                "mmd_max_n",
+                self.mmd_max_n,
+                Self::MMD_MAX_N_RANGE,
+            ),
             (
                 "--cka-rbf-max-n",
                 "cka_rbf_max_n",
                 self.cka_rbf_max_n,
-                4,
-                10_000,
+                Self::CKA_RBF_MAX_N_RANGE,
             ),
         ];
-        for (flag, field, v, lo, hi) in ranges {
-            if !in_usize(v, lo, hi) {
+        for (flag, field, v, r) in ranges {
+            if !r.contains(&v) {
                 return bad(format!(
-                    "{flag} must be between {lo} and {hi} (got {v}; Params::{field})"
+                    "{flag} must be between {} and {} (got {v}; Params::{field})",
+                    r.start(),
+                    r.end()
                 ));
             }
         }

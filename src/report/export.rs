@@ -124,7 +124,15 @@ impl Exporter for PcaCsv {
     }
     fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
         Ok(csv_bytes(
-            &["layer", "set", "label", "pc1", "pc2"],
+            &[
+                "layer",
+                "set",
+                "label",
+                "pc1",
+                "pc2",
+                "pc1_share",
+                "pc2_share",
+            ],
             r.pca.iter().map(|p| {
                 vec![
                     p.layer.clone(),
@@ -132,6 +140,8 @@ impl Exporter for PcaCsv {
                     p.label.clone(),
                     format!("{}", p.pc1),
                     format!("{}", p.pc2),
+                    format!("{:.6}", p.pc1_share),
+                    format!("{:.6}", p.pc2_share),
                 ]
             }),
         ))

@@ -3,6 +3,7 @@
 //! writes.
 
 pub mod export;
+pub mod glyphs;
 pub mod html;
 pub mod plot;
 pub mod summary;
@@ -32,6 +33,13 @@ pub struct PcaPoint {
     pub pc1: f64,
     /// Second coordinate.
     pub pc2: f64,
+    /// Share of the pooled sample's variance along the first component (the layer's, on every row; 0 in a
+    /// file written before it was recorded).
+    #[serde(default)]
+    pub pc1_share: f64,
+    /// Share along the second component.
+    #[serde(default)]
+    pub pc2_share: f64,
 }
 
 /// Everything a report is rendered from.
@@ -221,8 +229,16 @@ pub fn pca_points(
         let pooled = ndarray::concatenate(Axis(0), &[xs.view(), xt.view()])
             .map_err(|e| Error::Analysis(e.to_string()))?;
         let cov = covariance(&pooled.view());
-        let (_, vecs) = sym_eigh(&cov)?;
+        let (vals, vecs) = sym_eigh(&cov)?;
         let k = vecs.ncols();
+        let total: f64 = vals.iter().map(|v| v.max(0.0)).sum();
+        let share = |i: usize| {
+            if total > 0.0 && i < k {
+                vals[k - 1 - i].max(0.0) / total
+            } else {
+                0.0
+            }
+        };
         let basis: Array2<f64> = if k >= 2 {
             ndarray::stack(Axis(1), &[vecs.column(k - 1), vecs.column(k - 2)]).expect("same length")
         } else {
@@ -247,6 +263,8 @@ pub fn pca_points(
                 label: label.unwrap_or_default(),
                 pc1: row[0],
                 pc2: row[1],
+                pc1_share: share(0),
+                pc2_share: share(1),
             });
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::glyphs::Glyphs;
 use super::PcaPoint;
 use crate::compare::CompareReport;
 use crate::error::{Error, Result};
@@ -44,15 +45,12 @@ pub fn short_name(name: &str) -> String {
 }
 
 /// Renders with `draw` into a `w` × `h` RGB buffer and encodes it as PNG.
-fn png(
-    w: u32,
-    h: u32,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
-) -> Result<Vec<u8>> {
+fn png(w: u32, h: u32, draw: impl FnOnce(&Area) -> Result<()>) -> Result<Vec<u8>> {
     font();
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let root = Glyphs::new(BitMapBackend::with_buffer(&mut buf, (w, h)), FONT_BYTES)
+            .into_drawing_area();
         root.fill(&WHITE).map_err(perr)?;
         draw(&root)?;
         root.present().map_err(perr)?;
@@ -188,7 +186,7 @@ struct CutMark {
 /// A panel's chart: depth on x, one output's scale on y.
 type Chart<'a, 'b> = ChartContext<
     'a,
-    BitMapBackend<'b>,
+    Glyphs<BitMapBackend<'b>>,
     plotters::coord::cartesian::Cartesian2d<
         plotters::coord::types::RangedCoordf64,
         plotters::coord::types::RangedCoordf64,
@@ -240,7 +238,7 @@ fn draw_series(chart: &mut Chart, s: &Series, y: (f64, f64)) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 fn panel(
-    area: &DrawingArea<BitMapBackend, Shift>,
+    area: &Area,
     title: &str,
     y_desc: &str,
     names: &[String],
@@ -333,8 +331,8 @@ fn panel(
     Ok(())
 }
 
-/// The panel's drawing area, as `png` hands it out.
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+/// A drawing area as `png` hands it out: the bitmap, with text drawn by [`Glyphs`].
+type Area<'a> = DrawingArea<Glyphs<BitMapBackend<'a>>, Shift>;
 
 /// LogME and H-score, each on its own axis (their scales are not comparable), side by side.
 fn evidence_panels(
@@ -439,8 +437,10 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
     let evidence = panel_series(r, &drawn, Panel::Evidence);
     let n_panels = if evidence.is_empty() { 3 } else { 4 };
     let plots_h = 450 * n_panels as u32;
-    png(1400, plots_h + legend_h, |root| {
-        let (plots, key) = root.split_vertically(plots_h);
+    png(1400, plots_h + STRIP_H + legend_h, |root| {
+        let (plots, rest) = root.split_vertically(plots_h);
+        let (strip, key) = rest.split_vertically(STRIP_H);
+        action_strip(&strip, v, names.len())?;
         let areas = plots.split_evenly((n_panels, 1));
         if let Some(area) = areas.get(3) {
             evidence_panels(area, &evidence, &names, cut)?;
@@ -493,6 +493,77 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
         )?;
         task_panel(&areas[2], r, &drawn, &names, cut)
     })
+}
+
+/// Height of the per-layer strip under the panels.
+const STRIP_H: u32 = 120;
+
+/// Under the panels, on their depth axis: per layer, what the plan does with it (frozen or fine-tuned) and
+/// the verdict's label, as coloured cells with their words.
+fn action_strip(area: &Area, v: &Verdict, n: usize) -> Result<()> {
+    use crate::verdict::{Label, PlanKind};
+    // the panels' horizontal geometry (margin 12, right margin 30, y label area 80), so depths line up
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(30)
+        .x_label_area_size(0)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..2f64)
+        .map_err(perr)?;
+    let frozen = |d: usize| {
+        v.plan.kind == PlanKind::FreezeThrough && v.cut.as_ref().is_some_and(|c| d <= c.depth)
+    };
+    let plan_cell = |d: usize| match v.plan.kind {
+        PlanKind::NoAdvice => ("no advice", RGBColor(200, 200, 200)),
+        _ if frozen(d) => ("frozen", RGBColor(150, 150, 150)),
+        _ => ("fine-tuned", RGBColor(66, 133, 244)),
+    };
+    let label_cell = |l: Label| match l {
+        Label::Transfers => ("transfers", RGBColor(44, 160, 44)),
+        Label::Partial => ("partial", RGBColor(255, 165, 0)),
+        Label::DomainSpecific => ("domain-spec.", RGBColor(214, 39, 40)),
+    };
+    let rows: [(&str, f64); 2] = [("the plan", 1.0), ("label", 0.0)];
+    let top = area.get_base_pixel().1;
+    for (name, y) in rows {
+        area.draw(&Text::new(
+            name.to_string(),
+            (14, chart.backend_coord(&(-0.5, y + 0.5)).1 - top - 8),
+            ("sans-serif", 15).into_font(),
+        ))
+        .map_err(perr)?;
+    }
+    for d in 0..n {
+        let label = v
+            .layers
+            .iter()
+            .find(|l| l.depth == d)
+            .map(|l| label_cell(l.label));
+        for (y, cell) in [(1.0, Some(plan_cell(d))), (0.0, label)] {
+            let Some((word, c)) = cell else { continue };
+            let (x0, x1) = (d as f64 - 0.46, d as f64 + 0.46);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0, y + 0.08), (x1, y + 0.92)],
+                    c.mix(0.35).filled(),
+                )))
+                .map_err(perr)?;
+            let style = ("sans-serif", 11).into_font().color(&BLACK).pos(
+                plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ),
+            );
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    word.to_string(),
+                    (d as f64, y + 0.5),
+                    style,
+                )))
+                .map_err(perr)?;
+        }
+    }
+    Ok(())
 }
 
 /// `gap_sources.png`: where the gap comes from. Top, the share of the source→target MMD² that each control
@@ -699,6 +770,11 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
         pts.iter().map(|p| (p.set, p.label.clone())).collect();
     groups.sort();
     groups.dedup();
+    let size = |g: &(crate::compare::Side, String)| {
+        pts.iter()
+            .filter(|p| p.set == g.0 && p.label == g.1)
+            .count()
+    };
     let palette = [
         BLUE_,
         ORANGE_,
@@ -718,6 +794,19 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
     }
     let pad = |a: f64, b: f64| ((b - a).abs() * 0.05).max(1e-6);
     let (px, py) = (pad(x0, x1), pad(y0, y1));
+    let share = |s: f64| {
+        if s > 0.0 {
+            format!(" ({:.0} % of the variance)", 100.0 * s)
+        } else {
+            String::new()
+        }
+    };
+    let first = pts.first();
+    let x_desc = format!("PC 1{}", share(first.map_or(0.0, |p| p.pc1_share)));
+    let y_desc = format!("PC 2{}", share(first.map_or(0.0, |p| p.pc2_share)));
+    // the largest group is drawn first, so that a small one is never buried under it
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by_key(|&g| std::cmp::Reverse(size(&groups[g])));
     png(1000, 850, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
@@ -728,28 +817,25 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
             .map_err(perr)?;
         chart
             .configure_mesh()
-            .x_desc("PC 1")
-            .y_desc("PC 2")
+            .x_desc(x_desc.as_str())
+            .y_desc(y_desc.as_str())
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 16))
             .draw()
             .map_err(perr)?;
-        for (gi, (set, label)) in groups.iter().enumerate() {
+        for &gi in &order {
+            let (set, label) = &groups[gi];
             let c = palette[gi % palette.len()];
             let name = if label.is_empty() {
-                set.to_string()
+                format!("{set} (n = {})", size(&groups[gi]))
             } else {
-                format!("{set}: {label}")
+                format!("{set}: {label} (n = {})", size(&groups[gi]))
             };
-            chart
-                .draw_series(
-                    pts.iter()
-                        .filter(|p| &p.set == set && &p.label == label)
-                        .map(|p| Circle::new((p.pc1, p.pc2), 3, c.mix(0.6).filled())),
-                )
-                .map_err(perr)?
+            let mine = pts.iter().filter(|p| &p.set == set && &p.label == label);
+            let points: Vec<(f64, f64)> = mine.map(|p| (p.pc1, p.pc2)).collect();
+            marker_series(&mut chart, gi, &points, c)?
                 .label(name)
-                .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
+                .legend(move |(x, y)| legend_marker(gi, (x + 10, y), c));
         }
         chart
             .configure_series_labels()
@@ -761,4 +847,57 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
             .map_err(perr)?;
         Ok(())
     })
+}
+
+/// A scatter chart on f64 axes.
+type Scatter<'a, 'b> = ChartContext<
+    'a,
+    Glyphs<BitMapBackend<'b>>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// Group `g`'s points with its own marker (circle, triangle, cross, square, in turn), half transparent,
+/// so that overlapping groups stay readable.
+fn marker_series<'c, 'a, 'b>(
+    chart: &'c mut Scatter<'a, 'b>,
+    g: usize,
+    points: &[(f64, f64)],
+    c: RGBColor,
+) -> Result<&'c mut plotters::chart::SeriesAnno<'a, Glyphs<BitMapBackend<'b>>>> {
+    let style = c.mix(0.45);
+    let anno =
+        match g % 4 {
+            0 => chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, style.filled()))),
+            1 => chart.draw_series(
+                points
+                    .iter()
+                    .map(|&p| TriangleMarker::new(p, 4, style.filled())),
+            ),
+            2 => chart.draw_series(
+                points
+                    .iter()
+                    .map(|&p| Cross::new(p, 3, style.stroke_width(2))),
+            ),
+            _ => chart.draw_series(points.iter().map(|&p| {
+                EmptyElement::at(p) + Rectangle::new([(-3, -3), (3, 3)], style.filled())
+            })),
+        };
+    anno.map_err(perr)
+}
+
+/// The legend's marker for group `g` (opaque).
+fn legend_marker<DB: DrawingBackend>(
+    g: usize,
+    at: (i32, i32),
+    c: RGBColor,
+) -> DynElement<'static, DB, (i32, i32)> {
+    match g % 4 {
+        0 => Circle::new(at, 5, c.filled()).into_dyn(),
+        1 => TriangleMarker::new(at, 6, c.filled()).into_dyn(),
+        2 => Cross::new(at, 5, c.stroke_width(2)).into_dyn(),
+        _ => Rectangle::new([(at.0 - 5, at.1 - 5), (at.0 + 5, at.1 + 5)], c.filled()).into_dyn(),
+    }
 }
