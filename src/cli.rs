@@ -38,22 +38,54 @@ pub struct Args {
         help_heading = "Global options (any command)"
     )]
     pub verbose: bool,
-    /// Threads for decoding, ONNX Runtime (intra-op) and metrics (1 to 256). Default: all cores.
-    #[arg(long, global = true, help_heading = "Global options (any command)", value_parser = ranged(extract::THREADS_RANGE))]
-    pub threads: Option<usize>,
-    /// Seed for every random choice (permutations, folds, subsamples).
-    #[arg(long, global = true, help_heading = "Global options (any command)", default_value_t = Params::default().seed)]
-    pub seed: u64,
-    /// ONNX Runtime library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, then the checkout's .ort/, then beside the executable.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options (any command)",
-        value_name = "PATH"
-    )]
-    pub ort_lib: Option<PathBuf>,
+    /// The runtime flags also accepted before the command (`domsim --threads 2 extract …`), for the
+    /// commands that use them; each command's help lists its own.
+    #[command(flatten)]
+    pub before: Runtime,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Threads, seed and runtime library written before the command: accepted, not listed (each command lists
+/// the ones it uses).
+#[derive(Debug, ClapArgs, Default)]
+pub struct Runtime {
+    #[arg(long = "threads", id = "before_threads", hide = true, value_parser = ranged(extract::THREADS_RANGE))]
+    threads: Option<usize>,
+    #[arg(long = "seed", id = "before_seed", hide = true)]
+    seed: Option<u64>,
+    #[arg(
+        long = "ort-lib",
+        id = "before_ort_lib",
+        hide = true,
+        value_name = "PATH"
+    )]
+    ort_lib: Option<PathBuf>,
+}
+
+/// `--threads`, for the commands that run in parallel.
+#[derive(Debug, ClapArgs, Default)]
+pub struct ThreadsArg {
+    /// Threads for decoding, ONNX Runtime (intra-op) and metrics (1 to 256). Default: all cores.
+    #[arg(long, help_heading = "Runtime", value_parser = ranged(extract::THREADS_RANGE))]
+    pub threads: Option<usize>,
+}
+
+/// `--seed`, for the commands that draw at random.
+#[derive(Debug, ClapArgs, Default)]
+pub struct SeedArg {
+    /// Seed for every random choice (permutations, folds, subsamples). Default: 0.
+    #[arg(long, help_heading = "Runtime")]
+    pub seed: Option<u64>,
+}
+
+/// `--ort-lib`, for the commands that load a model.
+#[derive(Debug, ClapArgs, Default)]
+pub struct OrtLibArg {
+    /// ONNX Runtime library (libonnxruntime.so). Default: $ORT_DYLIB_PATH, then the checkout's .ort/, then
+    /// beside the executable.
+    #[arg(long, help_heading = "Runtime", value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -135,6 +167,12 @@ pub struct AnalyzeArgs {
     /// Overwrite a non-empty output folder that domsim did not make.
     #[arg(long, help_heading = "Inputs and output")]
     pub force: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+    #[command(flatten)]
+    pub seed: SeedArg,
+    #[command(flatten)]
+    pub ort: OrtLibArg,
 }
 
 /// `domsim report`.
@@ -145,6 +183,23 @@ pub struct ReportArgs {
     /// Print summary.json to stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Runtime {
+    /// The flags given before a command that does not use them, by name.
+    fn unused(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.threads.is_some() {
+            v.push("--threads");
+        }
+        if self.seed.is_some() {
+            v.push("--seed");
+        }
+        if self.ort_lib.is_some() {
+            v.push("--ort-lib");
+        }
+        v
+    }
 }
 
 /// Preprocessing and pooling options shared by `extract` and `analyze`.
@@ -257,6 +312,10 @@ pub struct CompareArgs {
     /// Overwrite a non-empty output folder that domsim did not make.
     #[arg(long, help_heading = "Inputs and output")]
     pub force: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+    #[command(flatten)]
+    pub seed: SeedArg,
 }
 
 /// Which model and layers.
@@ -294,6 +353,8 @@ pub enum LayoutArg {
 pub struct LayersArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub ort: OrtLibArg,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -339,6 +400,10 @@ pub struct ExtractArgs {
     /// Overwrite a non-empty output folder that domsim did not make.
     #[arg(long, help_heading = "Inputs and output")]
     pub force: bool,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+    #[command(flatten)]
+    pub ort: OrtLibArg,
 }
 
 /// Pooling modes.
@@ -457,21 +522,55 @@ fn ranged(r: std::ops::RangeInclusive<usize>) -> clap::builder::RangedU64ValuePa
 
 /// Runs a parsed command line: one function per command.
 pub fn run(args: Args) -> Result<()> {
-    let threads = args.threads.unwrap_or_else(extract::default_threads).max(1);
-    let g = Global {
-        quiet: args.quiet,
-        verbose: args.verbose,
-        seed: args.seed,
-        threads,
-        ort_lib: args.ort_lib.clone(),
+    let Args {
+        quiet,
+        verbose,
+        before: b,
+        command,
+    } = args;
+    // a command's own flag wins over the same flag written before the command
+    let g = |threads: Option<usize>, seed: Option<u64>, ort_lib: Option<PathBuf>| Global {
+        quiet,
+        verbose,
+        seed: seed.or(b.seed).unwrap_or(Params::default().seed),
+        threads: threads
+            .or(b.threads)
+            .unwrap_or_else(extract::default_threads)
+            .max(1),
+        ort_lib: ort_lib.or_else(|| b.ort_lib.clone()),
     };
-    match args.command {
-        Command::Layers(a) => layers(a, &g),
-        Command::Extract(a) => extract(a, &g),
-        Command::Compare(a) => compare(a, &g),
-        Command::Analyze(a) => analyze(a, &g),
-        Command::Merge(a) => merge(a, &g),
-        Command::Report(a) => report(a, &g),
+    let ignored = |cmd: &str| {
+        if !quiet {
+            for f in b.unused() {
+                eprintln!("domsim: {f} has no effect on `domsim {cmd}` (ignored)");
+            }
+        }
+    };
+    match command {
+        Command::Layers(a) => {
+            let g = g(None, None, a.ort.ort_lib.clone());
+            layers(a, &g)
+        }
+        Command::Extract(a) => {
+            let g = g(a.threads.threads, None, a.ort.ort_lib.clone());
+            extract(a, &g)
+        }
+        Command::Compare(a) => {
+            let g = g(a.threads.threads, a.seed.seed, None);
+            compare(a, &g)
+        }
+        Command::Analyze(a) => {
+            let g = g(a.threads.threads, a.seed.seed, a.ort.ort_lib.clone());
+            analyze(a, &g)
+        }
+        Command::Merge(a) => {
+            ignored("merge");
+            merge(a, &g(None, None, None))
+        }
+        Command::Report(a) => {
+            ignored("report");
+            report(a, &g(None, None, None))
+        }
     }
 }
 

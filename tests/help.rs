@@ -53,6 +53,54 @@ fn help_groups_the_options_and_prints_examples_that_paste() {
     assert!(text.find("Inputs and output:") < text.find("Model and layers:"));
 }
 
+/// Each command lists only the flags it uses; the runtime flags written before a command still work, and a
+/// command that ignores them says so.
+#[test]
+fn each_command_lists_its_own_flags() {
+    let help = |cmd: &str| {
+        let out = assert_cmd::Command::cargo_bin("domsim")
+            .unwrap()
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let uses: [(&str, &[&str]); 6] = [
+        ("layers", &["--ort-lib"]),
+        ("extract", &["--threads", "--ort-lib"]),
+        ("compare", &["--threads", "--seed"]),
+        ("analyze", &["--threads", "--seed", "--ort-lib"]),
+        ("report", &[]),
+        ("merge", &[]),
+    ];
+    for (cmd, own) in uses {
+        let text = help(cmd);
+        for flag in ["--threads", "--seed", "--ort-lib"] {
+            assert_eq!(
+                text.contains(flag),
+                own.contains(&flag),
+                "`domsim {cmd} --help` and {flag}: {text}"
+            );
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = assert_cmd::Command::cargo_bin("domsim")
+        .unwrap()
+        .args(["--threads", "2", "--seed", "4", "report"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--threads has no effect on `domsim report`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--seed has no effect on `domsim report`"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_readme_is_short_and_its_test_command_is_what_ci_runs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
