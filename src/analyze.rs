@@ -413,11 +413,15 @@ fn analyze_here(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     )?;
     phase(&mut phases, "pca", t0);
     let verdict = report::verdict_for(&cmp);
+    let t0 = std::time::Instant::now();
+    let examples = example_images(&src, &tgt, &run, &cmp, &verdict)?;
+    phase(&mut phases, "examples", t0);
     let rr = RunReport {
         compare: cmp,
         verdict,
         pca,
         run: Some(run),
+        examples,
     };
     let (rr, files) = write_files(rr, cfg, phases, t_start)?;
     Ok(AnalyzeOutcome {
@@ -425,6 +429,38 @@ fn analyze_here(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         reused: e.reused,
         files,
     })
+}
+
+/// The page's example images: each side's image folder (when it was extracted here), and the layer the plan
+/// acts on (the cut, else the deepest layer).
+fn example_images(
+    src: &EmbeddingSet,
+    tgt: &EmbeddingSet,
+    run: &RunInfo,
+    cmp: &crate::compare::CompareReport,
+    verdict: &crate::verdict::Verdict,
+) -> Result<Vec<report::examples::Example>> {
+    let dir = |side| {
+        run.embeddings
+            .get(&side)
+            .and_then(|s| s.images.as_deref())
+            .map(Path::new)
+    };
+    let depth = verdict
+        .cut
+        .as_ref()
+        .map(|c| c.depth)
+        .or(cmp.layers.len().checked_sub(1));
+    let at = depth.and_then(|d| cmp.layers.get(d).map(|l| (d, l.layer.as_str())));
+    report::examples::pick(
+        src,
+        tgt,
+        [
+            dir(crate::compare::Side::Source),
+            dir(crate::compare::Side::Target),
+        ],
+        at,
+    )
 }
 
 /// Records the wall time of a phase since `t0`.
@@ -651,6 +687,7 @@ pub fn rerender(dir: &Path) -> Result<RunReport> {
     let cmp = compare::read_report(dir)?;
     let _lock = output::lock_domsim_dir(dir)?;
     let pca = report::read_pca(&dir.join("embedding_pca.csv"))?;
+    let examples = report::read_examples(&dir.join("examples.json"))?;
     let verdict = report::verdict_for(&cmp);
     let prev: serde_json::Value = std::fs::read(dir.join("summary.json"))
         .ok()
@@ -660,6 +697,7 @@ pub fn rerender(dir: &Path) -> Result<RunReport> {
         compare: cmp,
         verdict,
         pca,
+        examples,
         // the run facts `analyze` recorded are kept; a compare folder's (`null`) stays null
         run: match prev.get("run") {
             Some(serde_json::Value::Null) => None,

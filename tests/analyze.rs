@@ -118,6 +118,35 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
     assert!(!html.contains("embeddings/target"), "no cache path");
     assert!(html.contains("<h3>Where the gap comes from: colour, resolution, pretraining</h3>"));
     assert!(!html.contains("<h3>cka_source.png</h3>"));
+    // example images: the first 3 of the (unlabelled) source, 3 per target class, and the 4 target images
+    // nearest to and farthest from the source where the plan acts, embedded as thumbnails
+    let examples: Value =
+        serde_json::from_slice(&std::fs::read(out.join("examples.json")).unwrap()).unwrap();
+    let roles: Vec<(String, String)> = examples
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["set"].as_str().unwrap().to_string(),
+                e["role"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let count = |set: &str, role: &str| {
+        roles
+            .iter()
+            .filter(|(s, r)| s == set && r.starts_with(role))
+            .count()
+    };
+    assert_eq!(count("source", "first images"), 3, "{roles:?}");
+    assert_eq!(count("target", "class NORMAL"), 3, "{roles:?}");
+    assert_eq!(count("target", "class PNEUMONIA"), 3, "{roles:?}");
+    assert_eq!(count("target", "nearest to the source"), 4, "{roles:?}");
+    assert_eq!(count("target", "farthest from the source"), 4, "{roles:?}");
+    assert!(html.contains("<h2>What the images look like</h2>"));
+    assert_eq!(html.matches("data:image/jpeg;base64,").count(), roles.len());
+    common::page_renders(&out.join("report.html"));
     // the CSVs parse and hold every layer
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(out.join("embeddings/source/manifest.json")).unwrap(),
@@ -292,10 +321,20 @@ fn report_drops_non_finite_scatter_points_instead_of_hanging() {
     // layer,set,label,pc1,... : pc1 made infinite
     lines[1] = format!("{},inf,{}", cols[..3].join(","), cols[4..].join(","));
     std::fs::write(&pca, lines.join("\n") + "\n").unwrap();
+    let thumbnails = |out: &std::path::Path| {
+        std::fs::read_to_string(out.join("report.html"))
+            .unwrap()
+            .matches("data:image/jpeg;base64,")
+            .count()
+    };
+    let before = thumbnails(&out);
+    assert!(before >= 6, "{before} example images");
     domsim()
         .args(["report"])
         .arg(&out)
         .timeout(std::time::Duration::from_secs(120))
         .assert()
         .success();
+    // the re-rendered page keeps its example images (from examples.json; the images are not read again)
+    assert_eq!(thumbnails(&out), before);
 }

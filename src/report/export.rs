@@ -115,6 +115,21 @@ impl Exporter for CompareJson {
     }
 }
 
+/// `examples.json`: the page's example images (thumbnails), kept for `domsim report`.
+pub struct ExamplesJson;
+
+impl Exporter for ExamplesJson {
+    fn file_name(&self) -> String {
+        "examples.json".into()
+    }
+    fn render(&self, r: &RunReport) -> Result<Vec<u8>> {
+        let mut b = serde_json::to_vec_pretty(&r.examples)
+            .map_err(|e| crate::error::Error::Analysis(e.to_string()))?;
+        b.push(b'\n');
+        Ok(b)
+    }
+}
+
 /// `embedding_pca.csv`: the scatter points.
 pub struct PcaCsv;
 
@@ -411,6 +426,9 @@ pub fn analysis_files(r: &RunReport) -> Vec<Box<dyn Exporter>> {
     if !r.pca.is_empty() {
         v.push(Box::new(PcaCsv));
     }
+    if !r.examples.is_empty() {
+        v.push(Box::new(ExamplesJson));
+    }
     v.extend(report_files(r));
     v
 }
@@ -418,6 +436,7 @@ pub fn analysis_files(r: &RunReport) -> Vec<Box<dyn Exporter>> {
 /// A report built from a compare output alone (the verdict derived, no scatter points, no run facts).
 pub fn of_compare(c: CompareReport) -> RunReport {
     RunReport {
+        examples: Vec::new(),
         verdict: super::verdict_for(&c),
         compare: c,
         pca: Vec::new(),

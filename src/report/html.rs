@@ -52,11 +52,12 @@ fn chart_title(file: &str) -> String {
 pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>domsim report</title><style>");
-    h.push_str("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l{text-align:left}.transfers{background:#e6f4e6}.partial{background:#fff6dc}.domain-specific{background:#fbe3e3}img{max-width:100%;border:1px solid #eee;margin:1em 0}.warn{color:#8a4b00}code{background:#f4f4f4}");
+    h.push_str("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l{text-align:left}.transfers{background:#e6f4e6}.partial{background:#fff6dc}.domain-specific{background:#fbe3e3}img{max-width:100%;border:1px solid #eee;margin:1em 0}.warn{color:#8a4b00}code{background:#f4f4f4}.exs{display:flex;flex-wrap:wrap;gap:8px}figure.ex{margin:0;width:140px;font-size:11px;color:#555;overflow-wrap:anywhere}figure.ex img{margin:0;max-width:112px;max-height:112px}");
     h.push_str("</style></head><body>");
     h.push_str("<h1>domsim: will these layers transfer?</h1>");
     h.push_str(&sets(r));
     h.push_str(&verdict_section(&r.verdict));
+    h.push_str(&examples_section(r));
     h.push_str(&layer_table(r));
     h.push_str(&charts(r, pngs));
     let (c, v) = (&r.compare, &r.verdict);
@@ -93,6 +94,56 @@ fn sets(r: &RunReport) -> String {
             format!(", classes: {}", esc(&c.target.classes.join(", ")))
         }
     )
+}
+
+/// What the images look like: the first images of each class on each side, and the target images nearest
+/// to and farthest from the source where the plan acts (thumbnails embedded in the page).
+fn examples_section(r: &RunReport) -> String {
+    if r.examples.is_empty() {
+        return String::new();
+    }
+    let mut h = String::from("<h2>What the images look like</h2>");
+    let group = |side: crate::compare::Side, distance: bool| -> String {
+        let mut g = String::new();
+        for e in r
+            .examples
+            .iter()
+            .filter(|e| e.set == side && e.distance.is_some() == distance)
+        {
+            let caption = match e.distance {
+                Some(d) => format!("{}<br>{} (distance {d:.2})", esc(&e.role), esc(&e.file)),
+                None => format!("{}<br>{}", esc(&e.role), esc(&e.file)),
+            };
+            g.push_str(&format!(
+                "<figure class=\"ex\"><img src=\"{}\" alt=\"{}\"><figcaption>{caption}</figcaption></figure>",
+                e.thumbnail,
+                esc(&e.file)
+            ));
+        }
+        g
+    };
+    for (side, name) in [
+        (crate::compare::Side::Source, "Source"),
+        (crate::compare::Side::Target, "Target"),
+    ] {
+        let g = group(side, false);
+        if g.is_empty() {
+            if side == crate::compare::Side::Source && r.source_reference().is_some() {
+                h.push_str(
+                    "<p>Source: the bundled reference holds embeddings only, no images.</p>",
+                );
+            }
+            continue;
+        }
+        h.push_str(&format!(
+            "<p>{name}: the first images in file order, per class when it has classes:</p><div class=\"exs\">{g}</div>"
+        ));
+    }
+    let far = group(crate::compare::Side::Target, true);
+    if !far.is_empty() {
+        h.push_str(&format!("<p>Target images nearest to and farthest from the source (Euclidean distance to the mean source embedding at the layer the plan acts on):</p><div class=\"exs\">{far}</div>"));
+    }
+    h
 }
 
 /// The verdict: the action in bold, then the evidence (the summary already holds the diagnosis, said

@@ -2,6 +2,7 @@
 //! Each file is rendered to bytes by an [`export::Exporter`]; [`export::write`] alone owns paths and atomic
 //! writes.
 
+pub mod examples;
 pub mod export;
 pub mod glyphs;
 pub mod html;
@@ -52,6 +53,8 @@ pub struct RunReport {
     pub pca: Vec<PcaPoint>,
     /// What `analyze` adds to `summary.json` (`run`); `None` for a folder written by `compare`.
     pub run: Option<RunInfo>,
+    /// Example images for the page (`examples.json`; empty for a folder written by `compare`).
+    pub examples: Vec<examples::Example>,
 }
 
 /// `summary.json`'s `run`: where each side's embeddings came from, the bundled reference when it was the
@@ -287,6 +290,20 @@ pub fn read_pca(path: &Path) -> Result<Vec<PcaPoint>> {
         .into_iter()
         .filter(|p| p.pc1.is_finite() && p.pc2.is_finite())
         .collect())
+}
+
+/// Reads `examples.json` (none when the folder has no such file).
+pub fn read_examples(path: &Path) -> Result<Vec<examples::Example>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let b = std::fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    serde_json::from_slice(&b).map_err(|e| {
+        Error::Input(format!(
+            "'{}' is not domsim's examples.json ({e}); delete it, or re-run `domsim analyze`",
+            path.display()
+        ))
+    })
 }
 
 /// Builds the verdict from a compare report (the rule in [`crate::verdict`]).

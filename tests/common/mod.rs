@@ -120,3 +120,90 @@ pub fn copy_dir(src: &Path, dest: &Path) {
         }
     }
 }
+
+/// Renders an HTML page in headless Chromium (Debian's `chromium` package) and checks the screenshot as a
+/// reader would see it: it holds text at the top, and its images load (the same page without its `<img>`
+/// elements looks clearly emptier). Without a browser on the machine it says so on stderr and checks
+/// nothing else, unless `DOMSIM_REQUIRE_BROWSER` is set (`scripts/test.sh` installs Debian's chromium and
+/// sets it).
+pub fn page_renders(html: &Path) {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var_os("DOMSIM_REQUIRE_BROWSER").is_none(),
+            "DOMSIM_REQUIRE_BROWSER is set but no chromium runs"
+        );
+        eprintln!("page_renders: no headless browser installed (apt-get install chromium); screenshot not checked");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let shot = |page: &Path, name: &str| -> image::RgbImage {
+        let png = tmp.path().join(name);
+        let out = std::process::Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=1280,3000",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                tmp.path().join("profile").display()
+            ))
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+            .env("HOME", tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            png.is_file(),
+            "{browser} wrote no screenshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        image::open(&png).unwrap().to_rgb8()
+    };
+    let inked = |img: &image::RgbImage, rows: std::ops::Range<u32>| -> usize {
+        rows.flat_map(|y| (0..img.width()).map(move |x| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y).0.iter().any(|&c| c < 200))
+            .count()
+    };
+    let page = shot(html, "page.png");
+    assert_eq!((page.width(), page.height()), (1280, 3000));
+    assert!(
+        inked(&page, 0..150) > 500,
+        "no title or text at the top of the page"
+    );
+    // the same page with every <img> removed
+    let text = std::fs::read_to_string(html).unwrap();
+    let mut bare = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("<img ") {
+        bare.push_str(&rest[..i]);
+        rest = &rest[i..];
+        rest = &rest[rest.find('>').unwrap() + 1..];
+    }
+    bare.push_str(rest);
+    let bare_page = html.with_file_name("bare_for_screenshot.html");
+    std::fs::write(&bare_page, bare).unwrap();
+    let without = shot(&bare_page, "bare.png");
+    std::fs::remove_file(&bare_page).unwrap();
+    let (a, b) = (inked(&page, 0..3000), inked(&without, 0..3000));
+    eprintln!("page_renders: {a} inked pixels with the page's images, {b} without");
+    assert!(
+        a > b + 100_000,
+        "the page's images do not render: {a} inked pixels with them, {b} without"
+    );
+}
