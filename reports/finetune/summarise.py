@@ -170,7 +170,9 @@ def rule_checks(cells):
     - `statement`: per cell, whether what the verdict says about the choice is right on the point estimates
       (by the most seeds' verdict): no useful frozen layer (a poor match) -> a new head alone more than δ below
       the best; shifted deep layers -> the plan within δ of the best and a new head alone more than δ below
-      it; otherwise -> a new head within δ of the best."""
+      it; otherwise -> a new head within δ of the best. Each cell is also scored on the intervals: a claim is
+      `contradicted` only when the 95 % bootstrap interval of the regret it speaks of lies wholly on the
+      wrong side of δ (the point estimates carry a seed-and-test-set error of about 0.01 themselves)."""
     keys = [k for k, c in sorted(cells.items()) if c["choices"] and "deep_shift" in c["choices"]]
     if not keys:
         return None
@@ -206,17 +208,25 @@ def rule_checks(cells):
         shifted = np.mean(c["choices"]["deep_shift"]) > 0.5
         poor = np.mean([p == "train_all" for p in c["choices"]["domsim_plan"]]) > 0.5
         r = c["regret_obs"]
+        lo = {p: float(np.percentile(c["_regret_reps"][p], 2.5)) for p in ("domsim_plan", "always_freeze_all")}
+        hi = {p: float(np.percentile(c["_regret_reps"][p], 97.5)) for p in ("domsim_plan", "always_freeze_all")}
         if poor:  # no useful frozen layer: "fine-tune every layer", a head on frozen features is not enough
             right = r["always_freeze_all"] > DELTA
+            contradicted = hi["always_freeze_all"] <= DELTA
             said = "poor match: fine-tune, a new head alone loses more than δ"
         elif shifted:
             right = r["domsim_plan"] <= DELTA and r["always_freeze_all"] > DELTA
+            contradicted = lo["domsim_plan"] > DELTA or hi["always_freeze_all"] <= DELTA
             said = "shifted: the plan within δ, a new head alone loses more"
         else:
             right = r["always_freeze_all"] <= DELTA
+            contradicted = lo["always_freeze_all"] > DELTA
             said = "not shifted: a new head within δ"
         statement.append({"cell": f"{k[0]} {k[1]}", "said": said, "right": bool(right),
-                          "plan": r["domsim_plan"], "head": r["always_freeze_all"]})
+                          "contradicted": bool(contradicted),
+                          "plan": r["domsim_plan"], "head": r["always_freeze_all"],
+                          "plan_ci": [lo["domsim_plan"], hi["domsim_plan"]],
+                          "head_ci": [lo["always_freeze_all"], hi["always_freeze_all"]]})
     return {"cells": [f"{n} {b}" for n, b in keys], "paired": paired, "loto": loto, "statement": statement}
 
 
@@ -404,13 +414,19 @@ def rule_markdown(rule):
         L.append(f"| {f['held_out']} | {f['choice']} | {f['train_regret']:.4f} | {f['held_out_regret']:.4f} "
                  f"({f['cells']} cells) |")
     L += ["", f"Mean regret over the held-out cells: **{lo['regret']:.4f}**.", "",
-          "**What the verdict says about the choice** (point estimates, δ = 0.01):", "",
-          "| cell | what it says | plan's regret | a new head's regret | right |", "|---|---|---|---|---|"]
+          "**What the verdict says about the choice** (δ = 0.01; *right*: on the point estimates; *contradicted*: "
+          "the 95 % interval of the regret the claim speaks of lies wholly on the wrong side of δ):", "",
+          "| cell | what it says | plan's regret | a new head's regret | right | contradicted |",
+          "|---|---|---|---|---|---|"]
     for s_ in rule["statement"]:
-        L.append(f"| {s_['cell']} | {s_['said']} | {s_['plan']:.3f} | {s_['head']:.3f} | "
-                 f"{'yes' if s_['right'] else 'no'} |")
+        L.append(f"| {s_['cell']} | {s_['said']} | {s_['plan']:.3f} [{s_['plan_ci'][0]:.3f}, {s_['plan_ci'][1]:.3f}] | "
+                 f"{s_['head']:.3f} [{s_['head_ci'][0]:.3f}, {s_['head_ci'][1]:.3f}] | "
+                 f"{'yes' if s_['right'] else 'no'} | {'yes' if s_['contradicted'] else 'no'} |")
     n_right = sum(s_["right"] for s_ in rule["statement"])
-    L += ["", f"Right in {n_right} of {len(rule['statement'])} cells."]
+    n_contra = sum(s_["contradicted"] for s_ in rule["statement"])
+    n = len(rule["statement"])
+    L += ["", f"Right on the point estimates in {n_right} of {n} cells; contradicted by the intervals in "
+          f"{n_contra} of {n}."]
     return L
 
 
