@@ -189,6 +189,28 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
     let verdict: Value =
         serde_json::from_slice(&std::fs::read(out.join("verdict.json")).unwrap()).unwrap();
     assert_eq!(verdict["layers"].as_array().unwrap().len(), 18);
+    // the strip under the panels draws the plan (checked on this verdict, then on the same numbers with
+    // a plan that freezes through depth 8 and one that fine-tunes every layer)
+    let chart = image::open(out.join("metrics_by_depth.png"))
+        .unwrap()
+        .to_rgb8();
+    let v: domsim::verdict::Verdict = serde_json::from_value(verdict.clone()).unwrap();
+    strip_shows_the_plan(&chart, &v);
+    let cmp = domsim::compare::read_report(&out).unwrap();
+    let mut cut8 = v.clone();
+    cut8.plan.kind = domsim::verdict::PlanKind::FreezeThrough;
+    cut8.cut = Some(domsim::verdict::Cut {
+        depth: 8,
+        layer: v.layers[8].layer.clone(),
+        evidence: String::new(),
+    });
+    let mut all = v.clone();
+    all.plan.kind = domsim::verdict::PlanKind::TrainAll;
+    for other in [cut8, all] {
+        let png = domsim::report::plot::metrics_by_depth(&cmp, &other).unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        strip_shows_the_plan(&img, &other);
+    }
     assert!(verdict["warnings"]
         .as_array()
         .unwrap()
@@ -337,4 +359,38 @@ fn report_drops_non_finite_scatter_points_instead_of_hanging() {
         .success();
     // the re-rendered page keeps its example images (from examples.json; the images are not read again)
     assert_eq!(thumbnails(&out), before);
+}
+
+/// Per depth, the cell of the strip's row "the plan" (under the 4 panels of an 18-layer chart) is blue where
+/// the plan fine-tunes the layer and grey where it freezes it (or gives no advice), read as the mean
+/// blue-minus-red and the mean brightness over the middle of the cell (its black word moves both alike).
+fn strip_shows_the_plan(chart: &image::RgbImage, v: &domsim::verdict::Verdict) {
+    use domsim::verdict::PlanKind;
+    let strip_top = 4 * 450;
+    let cell = |d: u32| -> (f64, f64) {
+        let (x0, w) = (12 + 80, 1400 - 12 - 80 - 30);
+        let cx = x0 + (2 * d + 1) * w / (2 * 18);
+        let (mut blue, mut light, mut n) = (0.0, 0.0, 0.0);
+        for y in strip_top + 22..strip_top + 50 {
+            for x in cx - 20..cx + 20 {
+                let p = chart.get_pixel(x, y).0.map(f64::from);
+                blue += p[2] - p[0];
+                light += (p[0] + p[1] + p[2]) / 3.0;
+                n += 1.0;
+            }
+        }
+        (blue / n, light / n)
+    };
+    for d in 0..18u32 {
+        let frozen = v.plan.kind == PlanKind::FreezeThrough
+            && v.cut.as_ref().is_some_and(|c| d as usize <= c.depth);
+        let tuned = !frozen && v.plan.kind != PlanKind::NoAdvice;
+        let (b, light) = cell(d);
+        assert!(
+            light < 240.0 && if tuned { b > 25.0 } else { b.abs() < 8.0 },
+            "depth {d}: strip cell blueness {b:.1}, brightness {light:.0}, plan {:?} cut {:?}",
+            v.plan.kind,
+            v.cut.as_ref().map(|c| c.depth)
+        );
+    }
 }
