@@ -236,6 +236,58 @@ fn draw_series(chart: &mut Chart, s: &Series, y: (f64, f64)) -> Result<()> {
     Ok(())
 }
 
+/// The corner for a panel's legend: the one whose quarter-box (half the width, 35 % of the height) holds
+/// the fewest drawn values (points, interval ends, the reference line), `preferred` first among equals,
+/// so that the legend does not hide the data.
+fn legend_corner(
+    list: &[Series],
+    y: (f64, f64),
+    hline: Option<f64>,
+    n: usize,
+    preferred: SeriesLabelPosition,
+) -> SeriesLabelPosition {
+    use SeriesLabelPosition::{LowerLeft, LowerRight, UpperLeft, UpperRight};
+    let span = (y.1 - y.0).max(1e-12);
+    let mut values: Vec<(f64, f64)> = Vec::new();
+    for s in list {
+        for p in &s.points {
+            values.push((p.0, p.1));
+            if let Some((lo, hi)) = p.2 {
+                values.extend([(p.0, lo), (p.0, hi)]);
+            }
+        }
+    }
+    if let Some(h) = hline {
+        values.extend((0..n).map(|d| (d as f64, h)));
+    }
+    let covered = |right: bool, upper: bool| {
+        values
+            .iter()
+            .filter(|&&(x, v)| {
+                let fx = (x + 0.5) / n.max(1) as f64;
+                let fy = (v - y.0) / span;
+                (if right { fx >= 0.5 } else { fx < 0.5 })
+                    && (if upper { fy >= 0.65 } else { fy <= 0.35 })
+            })
+            .count()
+    };
+    let place = |c: &SeriesLabelPosition| match c {
+        UpperRight => covered(true, true),
+        LowerRight => covered(true, false),
+        UpperLeft => covered(false, true),
+        _ => covered(false, false),
+    };
+    let order = [UpperRight, LowerRight, UpperLeft, LowerLeft];
+    let best = order.iter().map(place).min().unwrap_or(0);
+    if place(&preferred) == best {
+        return preferred;
+    }
+    order
+        .into_iter()
+        .find(|c| place(c) == best)
+        .unwrap_or(preferred)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn panel(
     area: &Area,
@@ -322,7 +374,7 @@ fn panel(
     }
     chart
         .configure_series_labels()
-        .position(legend)
+        .position(legend_corner(list, y, hline.map(|h| h.0), l, legend))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
         .label_font(("sans-serif", 14))
