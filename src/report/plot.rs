@@ -953,3 +953,48 @@ fn legend_marker<DB: DrawingBackend>(
         _ => Rectangle::new([(at.0 - 5, at.1 - 5), (at.0 + 5, at.1 + 5)], c.filled()).into_dyn(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(values: &[f64]) -> Series {
+        Series {
+            label: String::new(),
+            color: BLUE_,
+            points: values
+                .iter()
+                .enumerate()
+                .map(|(d, &v)| (d as f64, v, None, false))
+                .collect(),
+        }
+    }
+
+    /// The legend avoids the quarter where the data is: a curve high on the right sends it down, one low
+    /// on the right sends it up, and a free preferred corner is kept.
+    #[test]
+    fn the_legend_goes_where_the_data_is_not() {
+        use SeriesLabelPosition::{LowerRight, UpperRight};
+        let rising = [line(&[0.0, 0.1, 0.2, 0.5, 0.8, 0.9, 1.0, 1.0])];
+        let falling = [line(&[1.0, 0.9, 0.8, 0.5, 0.2, 0.1, 0.0, 0.0])];
+        let y = (0.0, 1.0);
+        assert!(matches!(
+            legend_corner(&rising, y, None, 8, UpperRight),
+            LowerRight
+        ));
+        assert!(matches!(
+            legend_corner(&falling, y, None, 8, LowerRight),
+            UpperRight
+        ));
+        assert!(matches!(
+            legend_corner(&falling, y, None, 8, UpperRight),
+            UpperRight
+        ));
+        // a reference line counts as data: flat data in the middle, the line along the top
+        let flat = [line(&[0.5; 8])];
+        assert!(matches!(
+            legend_corner(&flat, y, Some(0.9), 8, UpperRight),
+            LowerRight
+        ));
+    }
+}
