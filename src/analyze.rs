@@ -230,10 +230,7 @@ fn embed_permuted(
     dir: &Path,
     fp: String,
 ) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix(crate::output::TEMP_DIR_PREFIX)
-        .tempdir_in(&cfg.out)
-        .map_err(|e| Error::io("cannot create a temporary folder in", &cfg.out, e))?;
+    let tmp = crate::output::temp_dir_in(&cfg.out)?;
     let path = tmp.path().join("permuted_weights.onnx");
     std::fs::write(&path, permuted).map_err(|e| Error::io("cannot write", &path, e))?;
     // the permuted file is another model to domsim: the target's own layers and normalisation are passed

@@ -11,7 +11,7 @@ mod cli;
 fn main() -> ExitCode {
     // Ctrl-C: say so, and leave no temporary file behind (every file already in place is complete)
     let _ = ctrlc::set_handler(|| {
-        let n = domsim::output::remove_temporaries();
+        let n = domsim::output::interrupt();
         eprintln!(
             "\ndomsim: interrupted; {n} temporary file(s) removed. The output folder holds only complete files: run the same command again to finish (cached embeddings are reused)."
         );

@@ -19,6 +19,40 @@ pub const MARKER: &str = ".domsim";
 /// is removed by the next run into the same folder ([`prepare_dir`]).
 pub const TEMP_PREFIX: &str = ".domsim-tmp-";
 
+/// `true` once the run is interrupted. Held for reading while a temporary file or folder is created, and
+/// for writing while [`interrupt`] sets it and sweeps: a creation either ends before the sweep, which then
+/// removes what it made, or starts after it and is refused. (Without it a worker thread could create a
+/// temporary file between the sweep and the exit, and leave it behind.)
+static INTERRUPTED: std::sync::RwLock<bool> = std::sync::RwLock::new(false);
+
+/// Runs `create` (which makes a temporary file or folder) unless the run is interrupted.
+fn creating<T>(create: impl FnOnce() -> Result<T>) -> Result<T> {
+    let interrupted = INTERRUPTED.read().unwrap_or_else(|e| e.into_inner());
+    if *interrupted {
+        return Err(Error::Analysis("interrupted".into()));
+    }
+    create()
+}
+
+/// Ctrl-C: marks the run interrupted (no temporary file or folder is created after this) and removes every
+/// temporary file and folder under the output folders this process holds; returns how many.
+pub fn interrupt() -> usize {
+    let mut interrupted = INTERRUPTED.write().unwrap_or_else(|e| e.into_inner());
+    *interrupted = true;
+    remove_temporaries()
+}
+
+/// A new temporary folder inside the output folder `dir`, named with [`TEMP_DIR_PREFIX`] (removed on drop,
+/// and by [`interrupt`]).
+pub fn temp_dir_in(dir: &Path) -> Result<tempfile::TempDir> {
+    creating(|| {
+        tempfile::Builder::new()
+            .prefix(TEMP_DIR_PREFIX)
+            .tempdir_in(dir)
+            .map_err(|e| Error::io("cannot create a temporary folder in", dir, e))
+    })
+}
+
 /// A new temporary file beside `dest`, to be persisted onto it.
 pub fn temp_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = match dest.parent() {
@@ -34,8 +68,10 @@ pub fn temp_file(dest: &Path) -> Result<tempfile::NamedTempFile> {
         use std::os::unix::fs::PermissionsExt;
         b.permissions(std::fs::Permissions::from_mode(0o666));
     }
-    b.tempfile_in(dir)
-        .map_err(|e| Error::io("cannot create a temporary file in", dir, e))
+    creating(|| {
+        b.tempfile_in(dir)
+            .map_err(|e| Error::io("cannot create a temporary file in", dir, e))
+    })
 }
 
 /// Moves a finished temporary file onto `dest` (atomic rename), after recording `dest` in its folder's
