@@ -7,7 +7,8 @@ bash scripts/install-ort.sh
 # Debian's Chromium renders report.html in a test (tests/common page_renders); best effort: where it cannot
 # be installed the test says so instead of checking the screenshot
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+  (timeout 300 apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends chromium) \
     >/dev/null 2>&1 || echo "scripts/test.sh: chromium could not be installed; the page screenshot is not checked"
 fi
 # the screenshot check is required once chromium has shown it can take one here
