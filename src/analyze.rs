@@ -437,12 +437,7 @@ fn example_images(
     cmp: &crate::compare::CompareReport,
     verdict: &crate::verdict::Verdict,
 ) -> Result<Vec<report::examples::Example>> {
-    let dir = |side| {
-        run.embeddings
-            .get(&side)
-            .and_then(|s| s.images.as_deref())
-            .map(Path::new)
-    };
+    let dir = |side| run.images(side).map(Path::new);
     let depth = verdict
         .cut
         .as_ref()

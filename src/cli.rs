@@ -13,8 +13,7 @@ use domsim::extract::{self, ExtractConfig, ExtractOptions};
 use domsim::metrics::Params;
 use domsim::model::pool::Pool;
 use domsim::model::{runtime, Layout, OnnxModel, Selection};
-use domsim::preprocess::Normalization;
-use domsim::preprocess::Preset;
+use domsim::preprocess::{Normalization, Preset};
 use domsim::report::summary::terminal_safe;
 
 /// Will a pretrained model's layers transfer to my images? Layer-by-layer domain similarity for ONNX image

@@ -166,7 +166,7 @@ impl ExtractConfig {
 
 /// The number of cores.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::threads::per_core()
 }
 
 /// What an extraction produced.

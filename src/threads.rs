@@ -5,6 +5,11 @@
 
 use crate::error::{Error, Result};
 
+/// One thread per core (the default of `--threads`).
+pub fn per_core() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// A pool of `threads` workers (0: one per core).
 pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
@@ -16,11 +21,7 @@ pub fn pool(threads: usize) -> Result<rayon::ThreadPool> {
 /// Runs `f` on a pool of `threads` workers (0: one per core). Already on a pool of that size, `f` runs
 /// where it is (no second pool is built for a nested call).
 pub fn run<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let wanted = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
+    let wanted = if threads == 0 { per_core() } else { threads };
     if rayon::current_thread_index().is_some() && rayon::current_num_threads() == wanted {
         return Ok(f());
     }

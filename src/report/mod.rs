@@ -76,6 +76,13 @@ pub struct RunInfo {
     pub timings_s: std::collections::BTreeMap<String, Timing>,
 }
 
+impl RunInfo {
+    /// The image folder a side was extracted from here, when it was.
+    pub fn images(&self, side: crate::compare::Side) -> Option<&str> {
+        self.embeddings.get(&side)?.images.as_deref()
+    }
+}
+
 /// How one side's embeddings were obtained: extracted from `images` (or reused from the cache), given as
 /// an embedding folder, or merged from shards.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -141,7 +148,7 @@ impl RunReport {
 
     /// The image folder the user gave for a side, when it was extracted here.
     pub fn images_given(&self, side: crate::compare::Side) -> Option<&str> {
-        self.run.as_ref()?.embeddings.get(&side)?.images.as_deref()
+        self.run.as_ref()?.images(side)
     }
 }
 

@@ -183,7 +183,7 @@ struct CutMark {
     frozen_band: bool,
 }
 
-/// A panel's chart: depth on x, one output's scale on y.
+/// A chart on f64 axes (a panel: depth on x, one output's scale on y; a scatter: two components).
 type Chart<'a, 'b> = ChartContext<
     'a,
     Glyphs<BitMapBackend<'b>>,
@@ -288,6 +288,12 @@ fn legend_corner(
         .unwrap_or(preferred)
 }
 
+/// A per-depth panel's margin, right margin and y label area, pixels: what places its depth axis, shared by
+/// the strip of per-layer actions under the panels.
+const PANEL_MARGIN: u32 = 12;
+const PANEL_MARGIN_RIGHT: u32 = 30;
+const PANEL_Y_LABELS: u32 = 80;
+
 #[allow(clippy::too_many_arguments)]
 fn panel(
     area: &Area,
@@ -303,10 +309,10 @@ fn panel(
     let l = names.len();
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .margin_right(30)
+        .margin(PANEL_MARGIN)
+        .margin_right(PANEL_MARGIN_RIGHT)
         .x_label_area_size(40)
-        .y_label_area_size(80)
+        .y_label_area_size(PANEL_Y_LABELS)
         .build_cartesian_2d(-0.5f64..(l as f64 - 0.5), y.0..y.1)
         .map_err(perr)?;
     let fmt_x = |x: &f64| {
@@ -554,12 +560,12 @@ const STRIP_H: u32 = 120;
 /// the verdict's label, as coloured cells with their words.
 fn action_strip(area: &Area, v: &Verdict, n: usize) -> Result<()> {
     use crate::verdict::{Label, PlanKind};
-    // the panels' horizontal geometry (margin 12, right margin 30, y label area 80), so depths line up
+    // the panels' horizontal geometry, so depths line up
     let mut chart = ChartBuilder::on(area)
-        .margin(12)
-        .margin_right(30)
+        .margin(PANEL_MARGIN)
+        .margin_right(PANEL_MARGIN_RIGHT)
         .x_label_area_size(0)
-        .y_label_area_size(80)
+        .y_label_area_size(PANEL_Y_LABELS)
         .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..2f64)
         .map_err(perr)?;
     let frozen = |d: usize| {
@@ -822,11 +828,14 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
         pts.iter().map(|p| (p.set, p.label.clone())).collect();
     groups.sort();
     groups.dedup();
-    let size = |g: &(crate::compare::Side, String)| {
-        pts.iter()
-            .filter(|p| p.set == g.0 && p.label == g.1)
-            .count()
-    };
+    let sizes: Vec<usize> = groups
+        .iter()
+        .map(|g| {
+            pts.iter()
+                .filter(|p| p.set == g.0 && p.label == g.1)
+                .count()
+        })
+        .collect();
     let palette = [
         BLUE_,
         ORANGE_,
@@ -858,7 +867,7 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
     let y_desc = format!("PC 2{}", share(first.map_or(0.0, |p| p.pc2_share)));
     // the largest group is drawn first, so that a small one is never buried under it
     let mut order: Vec<usize> = (0..groups.len()).collect();
-    order.sort_by_key(|&g| std::cmp::Reverse(size(&groups[g])));
+    order.sort_by_key(|&g| std::cmp::Reverse(sizes[g]));
     png(1000, 850, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
@@ -879,9 +888,9 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
             let (set, label) = &groups[gi];
             let c = palette[gi % palette.len()];
             let name = if label.is_empty() {
-                format!("{set} (n = {})", size(&groups[gi]))
+                format!("{set} (n = {})", sizes[gi])
             } else {
-                format!("{set}: {label} (n = {})", size(&groups[gi]))
+                format!("{set}: {label} (n = {})", sizes[gi])
             };
             let mine = pts.iter().filter(|p| &p.set == set && &p.label == label);
             let points: Vec<(f64, f64)> = mine.map(|p| (p.pc1, p.pc2)).collect();
@@ -901,20 +910,10 @@ pub fn scatter(title: &str, pts: &[&PcaPoint]) -> Result<Vec<u8>> {
     })
 }
 
-/// A scatter chart on f64 axes.
-type Scatter<'a, 'b> = ChartContext<
-    'a,
-    Glyphs<BitMapBackend<'b>>,
-    plotters::coord::cartesian::Cartesian2d<
-        plotters::coord::types::RangedCoordf64,
-        plotters::coord::types::RangedCoordf64,
-    >,
->;
-
 /// Group `g`'s points with its own marker (circle, triangle, cross, square, in turn), half transparent,
 /// so that overlapping groups stay readable.
 fn marker_series<'c, 'a, 'b>(
-    chart: &'c mut Scatter<'a, 'b>,
+    chart: &'c mut Chart<'a, 'b>,
     g: usize,
     points: &[(f64, f64)],
     c: RGBColor,
