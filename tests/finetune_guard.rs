@@ -144,6 +144,8 @@ fn read_json(path: &Path) -> Value {
 /// Where a study target's images come from in the shared datasets, and its corruption (σ).
 enum Source {
     Folder(PathBuf, Option<f64>),
+    /// One flat folder whose files the study sorted into classes by name (`study.py byname`).
+    ByName(PathBuf),
     PneumoniaMnist,
 }
 
@@ -159,6 +161,7 @@ fn source_of(target: &str, split: &Value) -> Option<Source> {
             Some(Source::Folder(datasets().join("cats_dogs"), sigma))
         }
         "pneumoniamnist" => Some(Source::PneumoniaMnist),
+        "chest_bv" => Some(Source::ByName(datasets().join("chest_xray/PNEUMONIA"))),
         _ => None,
     }
 }
@@ -213,18 +216,26 @@ fn training_subset(target: &str, budget: usize, seed: u64, dir: &Path) -> Option
                 Source::Folder(base, None) => {
                     std::os::unix::fs::symlink(base.join(rel), &dst).unwrap();
                 }
+                Source::ByName(base) => {
+                    std::os::unix::fs::symlink(
+                        base.join(Path::new(rel).file_name().unwrap()),
+                        &dst,
+                    )
+                    .unwrap();
+                }
             }
         }
     }
     Some(())
 }
 
-/// The study configuration of domsim's plan (`study.py` `plan_config`): `train_all`, or the cut at depth L
+/// The study configuration of domsim's plan (`study.py` `plan_config`): `train_all` or `lp_ft`, or the cut at depth L
 /// mapped to the configuration whose frozen prefix is nearest (ties: the one that freezes less); L >= 17
 /// is a linear head on the final features (`freeze_all`).
 fn plan_config(verdict: &Value, layers: &[Value]) -> String {
-    if verdict["plan"]["kind"] == "train_all" {
-        return "train_all".into();
+    let kind = verdict["plan"]["kind"].as_str().expect("a plan kind");
+    if kind == "train_all" || kind == "lp_ft" {
+        return kind.into();
     }
     let name = verdict["cut"]["layer"]
         .as_str()
@@ -385,7 +396,19 @@ fn recommended_plan_beats_every_constant_policy_on_the_guard_cells() {
                 .arg(&rep)
                 .assert()
                 .success();
-            picks.push(plan_config(&read_json(&rep.join("verdict.json")), &layers));
+            let v = read_json(&rep.join("verdict.json"));
+            // the advice names the budget it rests on, and calls it rough below 20 per class
+            let text = v["plan"]["text"].as_str().unwrap_or_default();
+            if v["profile"]["deep_shift"].as_bool() == Some(true)
+                || text.starts_with("Train a new head")
+            {
+                assert!(
+                    text.contains(&format!("about {budget} labelled images per class")),
+                    "{target} {budget}/class seed {seed}: {text}"
+                );
+                assert_eq!(text.contains("here is rough"), budget < 20, "{text}");
+            }
+            picks.push(plan_config(&v, &layers));
         }
         let r = regret(cell, &picks);
         eprintln!(

@@ -76,6 +76,20 @@ fn animals_vs_xrays_differ_and_interleaved_halves_do_not() {
     let v = verdict(&tmp.path().join("a_vs_x"));
     assert_eq!(v["plan"]["kind"], "freeze_through", "{:#}", v["plan"]);
     assert_eq!(v["cut"]["depth"], 8, "{:#}", v["cut"]);
+    // the shift runs through the network (MMD² ratio about 1.7 on the ground truth's X-rays), so the first
+    // layers are kept rather than LP-FT; the reason names the budget (the ground truth's best at 100 per
+    // class was this cut; the CI guard checks 10 per class)
+    let profile = &v["profile"];
+    let ratio = profile["early_ratio"].as_f64().unwrap();
+    eprintln!("animals vs x-rays: early-to-deepest MMD2 ratio {ratio:.2}");
+    assert!(profile["deep_shift"].as_bool().unwrap());
+    assert!(ratio < domsim::verdict::EARLY_SHIFT_RATIO, "{profile:#}");
+    let text = v["plan"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("about 100 labelled images per class"),
+        "{text}"
+    );
+    assert!(!text.contains("here is rough"), "{text}");
     assert!(v["cut"]["evidence"]
         .as_str()
         .unwrap()

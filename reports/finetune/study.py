@@ -11,6 +11,8 @@ files by summarise.py. Subcommands:
              order), materialised images under target/finetune/data/<NAME> and one class-folder tree per
              (budget, seed) under target/finetune/subsets/<NAME>/b<B>/s<S> (what a user would hold)
   npz2dir    PneumoniaMNIST (an .npz) as a class-folder tree, so that it is a target like any other
+  byname SRC OUT CLASS=TEXT...
+             a class-folder tree from one flat folder by file name (bacterial vs viral pneumonia)
   check      frozen torch features vs `domsim extract` on 20 images at 3 depths (correlation >= 0.999)
   domsim     domsim analyze on every subset (the user's view before fine-tuning): domsim/<NAME>/b<B>_s<S>.json
   train      the learning-rate grids, then every run, lightest cells first (budget, then seed)
@@ -351,6 +353,18 @@ def npz2dir(npz, out):
                 os.replace(dst + ".tmp.png", dst)
 
 
+def byname(src, out, *classes):
+    """A class-folder tree from one flat folder, by file name: each CLASS=TEXT links the files of `src` whose
+    name contains TEXT into out/CLASS (the chest X-rays' PNEUMONIA files named *_bacteria_* and *_virus_*)."""
+    for spec in classes:
+        cls, text = spec.split("=", 1)
+        os.makedirs(os.path.join(out, cls), exist_ok=True)
+        for f in sorted(os.listdir(src)):
+            link = os.path.join(out, cls, f)
+            if text in f and not os.path.lexists(link):
+                os.symlink(os.path.realpath(os.path.join(src, f)), link)
+
+
 # ------------------------------------------------------------------------------------------------ network
 def load_network():
     """The pretrained network, eval mode, channels-last, every parameter frozen: the untouched original that
@@ -530,7 +544,8 @@ def check(domsim_bin):
 def plan_config(verdict, layers):
     """domsim's plan and fallback as study configurations. A cut at depth L (freeze through L) maps to the
     configuration whose frozen prefix is nearest (ties: the one that freezes less); depth >= 17 is a linear
-    head (freeze_all). Plan `train_all` is `train_all`; its quoted fallback cut maps like a cut."""
+    head (freeze_all). Plans `train_all` and `lp_ft` are those configurations; a quoted fallback cut maps like a
+    cut."""
     def of_depth(d):
         if d is None:
             return None
@@ -542,7 +557,7 @@ def plan_config(verdict, layers):
     cut = verdict.get("cut") or {}
     cut_depth = names.index(cut["layer"]) if cut.get("layer") in names else None
     kind = verdict["plan"]["kind"]
-    plan = "train_all" if kind == "train_all" else of_depth(cut_depth) if kind == "freeze_through" else None
+    plan = kind if kind in ("train_all", "lp_ft") else of_depth(cut_depth) if kind == "freeze_through" else None
     # no cut quoted (a poor match: no frozen layer solves the task): the fallback is the plan itself
     fallback = (of_depth(cut_depth) if kind == "train_all" else plan) or plan
     return plan, fallback
@@ -574,6 +589,7 @@ def run_domsim(domsim_bin, names, rederive=False):
                 plan, fallback = plan_config(v, layers)
                 write_json_atomic(dst, {"target": n, "budget": b, "seed": s, "plan_config": plan,
                                         "fallback_config": fallback, "plan": v["plan"], "cut": v.get("cut"),
+                                        "profile": v.get("profile"),
                                         "seconds": round(time.time() - t0, 1)})
                 print(f"domsim {n} b{b} s{s}: plan {plan}, fallback {fallback} ({time.time() - t0:.0f} s)",
                       flush=True)
@@ -799,7 +815,7 @@ def verify(path):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["prepare", "npz2dir", "check", "domsim", "train", "summarise", "pack",
+    ap.add_argument("cmd", choices=["prepare", "npz2dir", "byname", "check", "domsim", "train", "summarise", "pack",
                                     "verify"])
     ap.add_argument("spec", nargs="*", help="prepare: NAME=DIR; npz2dir: NPZ OUT")
     ap.add_argument("--corrupt", default="")
@@ -819,6 +835,8 @@ if __name__ == "__main__":
         prepare(a.spec[0], a.corrupt, a.group)
     elif a.cmd == "npz2dir":
         npz2dir(*a.spec)
+    elif a.cmd == "byname":
+        byname(*a.spec)
     elif a.cmd == "check":
         check(a.domsim)
     elif a.cmd == "domsim":

@@ -20,6 +20,7 @@ one configuration per seed (domsim's plan is run on each seed's own training sub
 
 import csv
 import json
+import math
 import os
 
 import numpy as np
@@ -53,6 +54,9 @@ def load_cell(name, budget, split):
     return seeds, correct, y, runs
 
 
+# the rule's two plans for shifted deep layers (src/verdict.rs): a shift concentrated in the early layers
+# (MMD² ratio at or above EARLY_SHIFT_RATIO) -> LP-FT; otherwise freeze the first half (SHIFT_CUT_FRACTION)
+EARLY_CONFIG, THROUGH_CONFIG = "lp_ft", "freeze_through_8"
 SHIFT_EVIDENCE = "the deepest layers are shifted"  # how domsim's verdict words its shifted-deep-layers cut
 
 
@@ -66,7 +70,12 @@ def domsim_choices(name, budget, seeds):
         out["domsim_plan"].append(d["plan_config"])
         # a plan without a quoted cut (a poor match) is its own fallback
         out["domsim_fallback"].append(d["fallback_config"] or d["plan_config"])
-        out["deep_shift"].append(bool(d.get("cut")) and d["cut"]["evidence"].startswith(SHIFT_EVIDENCE))
+        prof = d.get("profile")
+        if prof is not None:
+            out["deep_shift"].append(bool(prof["deep_shift"]))
+            out.setdefault("early_ratio", []).append(prof.get("early_ratio"))
+        else:  # a verdict from before the profile was recorded
+            out["deep_shift"].append(bool(d.get("cut")) and d["cut"]["evidence"].startswith(SHIFT_EVIDENCE))
     return out
 
 
@@ -183,25 +192,63 @@ def rule_checks(cells):
         obs = np.mean([cells[k]["regret_obs"]["domsim_plan"] - cells[k]["regret_obs"][p] for k in keys])
         paired[p] = (float(obs), np.percentile(d, [2.5, 97.5]).tolist())
 
-    def regret(k, pick_when_shifted):
+    def applies(c, j):
+        """The rule's fitted part decides seed j: its deep layers are shifted."""
+        return c["choices"]["deep_shift"][j]
+
+    def regret(k, tau, cfg_early, cfg_through):
+        """Cell k's regret of the rule with threshold tau and the two shifted branches' configurations; seeds
+        the fitted part does not decide keep domsim's own pick."""
         c = cells[k]
         obs = np.array(c["bal_acc"])  # [config, seed]
-        picks = [CONSTANTS.index(pick_when_shifted) if sh else CONSTANTS.index(p)
-                 for sh, p in zip(c["choices"]["deep_shift"], c["choices"]["domsim_plan"])]
+        ratios = c["choices"].get("early_ratio") or [None] * len(c["seeds"])
+        picks = []
+        for j, p in enumerate(c["choices"]["domsim_plan"]):
+            if applies(c, j):
+                early = ratios[j] is not None and ratios[j] >= tau
+                picks.append(CONSTANTS.index(cfg_early if early else cfg_through))
+            else:
+                picks.append(CONSTANTS.index(p))
         return float(obs.mean(1).max() - np.mean([obs[p, j] for j, p in enumerate(picks)]))
 
+    def fit(train):
+        """The threshold with the least mean regret on `train`; the two branches' configurations are the rule's
+        structure (at or above: LP-FT, the early layers adapt; below: freeze the first half), not fitted.
+        Candidates: the geometric middle of each pair of consecutive ratios (of the seeds the fitted part
+        decides) that belong to different targets, so that no target's seeds are split by seed noise; and the
+        two edges of the evidence (the lowest ratio seen: all of it LP-FT; just above the highest: none), so a
+        branch is never extended beyond the ratios its evidence covers. Ties go to the widest gap."""
+        pts = sorted((r, k[0]) for k in train for j, r in enumerate(cells[k]["choices"].get("early_ratio") or [])
+                     if r is not None and applies(cells[k], j))
+        if not pts:
+            return None
+        cands = [(pts[0][0], 0.0), (pts[-1][0] * (1 + 1e-9), 0.0)]
+        cands += [(math.sqrt(a * b), math.log(b / a)) for (a, ta), (b, tb) in zip(pts, pts[1:]) if ta != tb and b > a]
+        best = None
+        for tau, gap in cands:
+            score = float(np.mean([regret(k, tau, EARLY_CONFIG, THROUGH_CONFIG) for k in train]))
+            key = (round(score, 12), -gap)
+            if best is None or key < best[0]:
+                best = (key, tau, score)
+        return best[1], EARLY_CONFIG, THROUGH_CONFIG, best[2]
+
     targets = sorted({n for n, _ in keys})
-    loto = {"folds": [], "regret": None}
+    full = fit(keys)
+    loto = {"folds": [], "regret": None, "full_fit": None if full is None else
+            {"tau": full[0], "early": full[1], "through": full[2], "regret": full[3]}}
     held_regrets = []
     for t in targets:
         train = [k for k in keys if k[0] != t]
-        score = {cfg: np.mean([regret(k, cfg) for k in train]) for cfg in CONSTANTS}
-        choice = min(CONSTANTS, key=lambda cfg: (score[cfg], CONSTANTS.index(cfg)))
-        held = [regret(k, choice) for k in keys if k[0] == t]
+        got = fit(train)
+        if got is None:
+            continue
+        tau, ce, ct, score = got
+        held = [regret(k, tau, ce, ct) for k in keys if k[0] == t]
         held_regrets += held
-        loto["folds"].append({"held_out": t, "choice": choice, "train_regret": float(score[choice]),
+        loto["folds"].append({"held_out": t, "tau": tau, "early": ce, "through": ct, "train_regret": score,
                               "held_out_regret": float(np.mean(held)), "cells": len(held)})
-    loto["regret"] = float(np.mean(held_regrets))
+    loto["regret"] = float(np.mean(held_regrets)) if held_regrets else None
+    loto["constants"] = {p: float(np.mean([cells[k]["regret_obs"][p] for k in keys])) for p in consts}
     statement = []
     for k in keys:
         c = cells[k]
@@ -407,13 +454,25 @@ def rule_markdown(rule):
     for p, (d, ci) in sorted(rule["paired"].items(), key=lambda x: x[1][0], reverse=True):
         L.append(f"| {p.replace('always_', '')} | {d:+.4f} | [{ci[0]:+.4f}, {ci[1]:+.4f}] |")
     lo = rule["loto"]
-    L += ["", "**Leave one target out.** The rule's calibrated choice (what to do when the deep layers are "
-          "shifted) made without the held-out target:", "", "| held out | choice | regret on the others | regret on it |",
-          "|---|---|---|---|"]
+    ff = lo["full_fit"]
+    best_c = min(lo["constants"].items(), key=lambda x: x[1])
+    L += ["", "**Leave one target out.** The rule's fitted part decides the seeds whose deep layers are shifted "
+          "(useful frozen features or not): a threshold τ on the early-to-deepest MMD² ratio (at or above: LP-FT; "
+          "below: freeze the first half, the rule's structure). It is refitted without the held-out target (least "
+          "mean regret on the others, over thresholds between two targets' ratios or at the edge of the evidence; "
+          "ties to the widest gap) and scored on that target. "
+          + (f"On all targets the fit is τ = {ff['tau']:.2f}: at or above, `{ff['early']}`; below, "
+             f"`{ff['through']}` (the Rust rule: `EARLY_SHIFT_RATIO`, LP-FT / freeze the first half)."
+             if ff else ""), "",
+          "| held out | τ | at or above τ | below τ | regret on the others | regret on it |",
+          "|---|---|---|---|---|---|"]
     for f in lo["folds"]:
-        L.append(f"| {f['held_out']} | {f['choice']} | {f['train_regret']:.4f} | {f['held_out_regret']:.4f} "
-                 f"({f['cells']} cells) |")
-    L += ["", f"Mean regret over the held-out cells: **{lo['regret']:.4f}**.", "",
+        L.append(f"| {f['held_out']} | {f['tau']:.2f} | {f['early']} | {f['through']} | {f['train_regret']:.4f} | "
+                 f"{f['held_out_regret']:.4f} ({f['cells']} cells) |")
+    if lo["regret"] is not None:
+        L += ["", f"Mean regret over the held-out cells: **{lo['regret']:.4f}**; the best constant policy over the "
+              f"same cells, `{best_c[0].replace('always_', '')}`: {best_c[1]:.4f}."]
+    L += ["",
           "**What the verdict says about the choice** (δ = 0.01; *right*: on the point estimates; *contradicted*: "
           "the 95 % interval of the regret the claim speaks of lies wholly on the wrong side of δ):", "",
           "| cell | what it says | plan's regret | a new head's regret | right | contradicted |",

@@ -519,9 +519,22 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             .map_err(perr)?;
         }
         let mmd = panel_series(r, &drawn, Panel::Distance);
+        // where the deep layers are shifted, the verdict compares the early layers' MMD² with this line
+        let early_line = v.profile.as_ref().filter(|p| p.deep_shift).and_then(|p| {
+            let d = p.deepest_mmd2.filter(|d| *d > 0.0)?;
+            Some((
+                d * crate::verdict::EARLY_SHIFT_RATIO,
+                format!(
+                    "{} × the deepest MMD²: a peak above it through depth {} means LP-FT",
+                    crate::verdict::EARLY_SHIFT_RATIO,
+                    p.cut_depth
+                ),
+            ))
+        });
         let top = mmd
             .iter()
             .flat_map(|s| s.points.iter().map(|p| p.2.map_or(p.1, |c| c.1)))
+            .chain(early_line.as_ref().map(|l| l.0))
             .fold(0.0f64, f64::max)
             .max(1e-6)
             * 1.1;
@@ -532,7 +545,7 @@ pub fn metrics_by_depth(r: &CompareReport, v: &Verdict) -> Result<Vec<u8>> {
             &names,
             &mmd,
             (0.0, top),
-            None,
+            early_line.as_ref().map(|(y, l)| (*y, l.as_str())),
             cut,
             SeriesLabelPosition::UpperRight,
         )?;
