@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Seed stability of the verdict (issue: "a verdict that holds still"): animals -> all 2,682 chest X-rays with
-# default settings, seeds 0-9; embeddings extracted once, then `compare --seed S` + `report` per seed.
-# Writes reports/stability/results/stability.md. Run: bash reports/stability/run.sh
+# Seed stability of the verdict on data the rule was not tuned on: animals -> the fine-tuning study's held-back
+# test splits (300 images per class; the study scores fine-tuning on these images, but domsim, whose evidence
+# the rule reads, never ran on them), one per branch of the shifted-deep-layers rule: the chest X-rays
+# (patient-grouped; a shift through the network -> freeze the first half) and PneumoniaMNIST (a shift
+# concentrated early -> LP-FT). Default settings, seeds 0-9; embeddings extracted once, then
+# `compare --seed S` + `report` per seed. Writes reports/stability/results/stability.md.
+# Run: bash reports/stability/run.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 DATA="${DOMSIM_DATASETS:-../shared/datasets}"
@@ -10,14 +14,34 @@ cargo build --release --quiet
 bin=target/release/domsim
 work=target/stability
 mkdir -p "$work"
-for set in animals chest_xray; do
-  [ -f "$work/emb/$set/manifest.json" ] || "$bin" --quiet extract --images "$DATA/$set" --out "$work/emb/$set" --force
+# PneumoniaMNIST as class folders of PNGs (the study's own conversion, in the study's environment)
+bash reports/finetune/setup_venv.sh
+reports/finetune/.venv/bin/python reports/finetune/study.py npz2dir "$DATA/pneumoniamnist.npz" target/finetune/datasets/pneumoniamnist
+[ -f "$work/emb/animals/manifest.json" ] || "$bin" --quiet extract --images "$DATA/animals" --out "$work/emb/animals" --force
+out=reports/stability/results/stability.md
+: > "$out.tmp"
+for set in chest_xray:"$DATA/chest_xray" pneumoniamnist:target/finetune/datasets/pneumoniamnist; do
+  name="${set%%:*}" src="${set#*:}"
+  held="$work/$name/images"
+  # the held-back images, as class folders of links (from the study's split file)
+  python3 - "$src" "$held" "$name" <<'PY'
+import json, os, sys
+src, out, name = sys.argv[1:4]
+for rel, cls, _ in json.load(open(f"reports/finetune/results/splits/{name}.json"))["test"]:
+    os.makedirs(os.path.join(out, cls), exist_ok=True)
+    link = os.path.join(out, rel)
+    if not os.path.lexists(link):
+        os.symlink(os.path.abspath(os.path.join(src, rel)), link)
+PY
+  [ -f "$work/$name/emb/manifest.json" ] || "$bin" --quiet extract --images "$held" --out "$work/$name/emb" --force
+  for s in 0 1 2 3 4 5 6 7 8 9; do
+    if [ ! -f "$work/$name/seed$s/verdict.json" ]; then
+      /usr/bin/time -f "%e" -o "$work/$name/seed$s.time" "$bin" --quiet --seed "$s" compare --no-similarity --force \
+        --source "$work/emb/animals" --target "$work/$name/emb" --out "$work/$name/seed$s"
+      "$bin" --quiet report "$work/$name/seed$s" > /dev/null
+    fi
+  done
+  python3 reports/stability/summarise.py "$work/$name" "$name" >> "$out.tmp"
 done
-for s in 0 1 2 3 4 5 6 7 8 9; do
-  if [ ! -f "$work/seed$s/verdict.json" ]; then
-    /usr/bin/time -f "%e" -o "$work/seed$s.time" "$bin" --quiet --seed "$s" compare --no-similarity --force \
-      --source "$work/emb/animals" --target "$work/emb/chest_xray" --out "$work/seed$s"
-    "$bin" --quiet report "$work/seed$s" > /dev/null
-  fi
-done
-python3 reports/stability/summarise.py "$work" | tee reports/stability/results/stability.md
+mv "$out.tmp" "$out"
+cat "$out"
