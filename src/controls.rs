@@ -947,15 +947,15 @@ fn implication(whole: Option<&Output>, named_grey_early: bool, named_res: bool) 
             )
         };
         out.push_str(&format!(
-            " {cause} accounts for the whole gap, at every depth that has one: the target looks like {like}, a change of the input however deep the network notices it. Where the task probe is high the frozen features serve as they are; a model pretrained on such images, or fine-tuning the early layers, addresses the rest."
+            " {cause} accounts for the whole gap, at every depth that has one: the target looks like {like}, a change of the input however deep the network notices it. Where the task probe is high the frozen features serve as they are; a model pretrained on such images would remove the rest (how to fine-tune this one is the plan's question)."
         ));
         return out;
     }
     if named_grey_early {
-        out.push_str(" Colour is part of the early gap: fine-tuning the early layers, or a model pretrained on greyscale images, addresses it.");
+        out.push_str(" Colour is part of the early gap: a model pretrained on greyscale images would remove it (how to fine-tune this one is the plan's question).");
     }
     if named_res {
-        out.push_str(" Resolution is part of the gap: an input size or model nearer the target's native resolution addresses it, as does fine-tuning.");
+        out.push_str(" Resolution is part of the gap: an input size or model nearer the target's native resolution would remove it.");
     }
     out
 }
