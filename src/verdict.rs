@@ -16,8 +16,9 @@
 //!   worse than the best by more than the margin);
 //! - *useful*: tied, and the layer itself is clearly above chance (the lower bound of `task` > 1/k) and at
 //!   least the floor 0.70 balanced accuracy. A best layer below the floor makes no layer useful.
-//! - label `transfers` = close, within the spread, or useful; `domain-specific` = far and not useful;
-//!   `partial` otherwise.
+//! - label `transfers` = close or within the spread (the input to the layer is, in effect, unchanged);
+//!   `useful` = shifted but useful for the task (a separate answer: "transfers" never means "useful despite
+//!   a shift"); `domain-specific` = far and not useful; `partial` otherwise.
 //!
 //! **The plan** (calibrated on the fine-tuning ground truth, `reports/finetune`: 5 targets, 10 to 300
 //! labels per class, 5 seeds; the README's validation section gives the regret of this rule and of every
@@ -117,8 +118,12 @@ pub struct Evidence {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Label {
-    /// Source and target are close here, or the layer is useful for the target task.
+    /// Source and target are close here, or the gap is no larger than the source's own spread: the layer's
+    /// input is unchanged in the sense that matters.
     Transfers,
+    /// Shifted (not shown close), but its frozen features are useful for the target task: usefulness is a
+    /// separate answer from the shift, never called "transfers".
+    Useful,
     /// In between.
     Partial,
     /// Separates the domains and adds nothing for the target task.
@@ -130,6 +135,7 @@ impl Label {
     pub fn as_str(&self) -> &'static str {
         match self {
             Label::Transfers => "transfers",
+            Label::Useful => "useful",
             Label::Partial => "partial",
             Label::DomainSpecific => "domain-specific",
         }
@@ -346,14 +352,15 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
     };
     let n = |l: Label| layers.iter().filter(|v| v.label == l).count();
     let summary = format!(
-        "{} {}{} Per layer: {} of {} transfer (close to the source, or useful for the task), {} partial, {} domain-specific.",
+        "{} {}{} Per layer ({}): {} transfer (close to the source, or within its own spread), {} shifted but useful for the task, {} partial, {} domain-specific.",
         plan.text,
         diagnosis,
         poor_match
             .as_deref()
             .map_or(String::new(), |p| format!(" {p}")),
-        n(Label::Transfers),
         layers.len(),
+        n(Label::Transfers),
+        n(Label::Useful),
         n(Label::Partial),
         n(Label::DomainSpecific),
     );
@@ -372,7 +379,7 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
         poor_match,
         warnings,
         rule: format!(
-            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: lower bound of the domain-probe interval >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close, within spread or useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); deepest layer far (shifted deep layers) -> the largest MMD2 through the layer at {SHIFT_CUT_FRACTION} of the measured depth >= {EARLY_SHIFT_RATIO} x the deepest layer's (shift concentrated early): LP-FT (a new head, then every layer), otherwise freeze through that layer and fine-tune the rest; else freeze through the deepest useful layer (the last: a new head). Without labels: deepest layer shifted -> the same choice; measured and not shifted -> a new head; else no advice."
+            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: lower bound of the domain-probe interval >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close or within spread; useful = otherwise useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); deepest layer far (shifted deep layers) -> the largest MMD2 through the layer at {SHIFT_CUT_FRACTION} of the measured depth >= {EARLY_SHIFT_RATIO} x the deepest layer's (shift concentrated early): LP-FT (a new head, then every layer), otherwise freeze through that layer and fine-tune the rest; else freeze through the deepest useful layer (the last: a new head). Without labels: deepest layer shifted -> the same choice; measured and not shifted -> a new head; else no advice."
         ),
         evidence: ev.to_vec(),
         sources: None,
@@ -382,8 +389,10 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
 
 /// One layer's label and the reason, from its facts.
 fn layer_verdict(e: &Evidence, f: &Facts) -> LayerVerdict {
-    let label = if f.close || f.within_spread || f.useful {
+    let label = if f.close || f.within_spread {
         Label::Transfers
+    } else if f.useful {
+        Label::Useful
     } else if f.far {
         Label::DomainSpecific
     } else {
@@ -415,11 +424,11 @@ fn layer_verdict(e: &Evidence, f: &Facts) -> LayerVerdict {
     }
     let reason = match label {
     Label::Transfers if f.close => format!("close to the source: {why}"),
-    Label::Transfers if f.within_spread && !f.useful => format!(
+    Label::Transfers => format!(
         "the gap is no larger than between the source's own class groups (class content, not domain): {why}"
     ),
-    Label::Transfers => {
-        format!("useful for the target task despite the domain gap: {why}")
+    Label::Useful => {
+        format!("shifted from the source, but its frozen features are useful for the target task: {why}")
     }
     Label::DomainSpecific => format!(
         "separates the domains{}: {why}",
@@ -811,10 +820,7 @@ mod tests {
 
     /// Labels, plan and summary come from one decision: they never contradict each other.
     fn consistent(v: &Verdict) {
-        let useful_claimed = v
-            .layers
-            .iter()
-            .any(|l| l.reason.contains("useful for the target task despite"));
+        let useful_claimed = v.layers.iter().any(|l| l.label == Label::Useful);
         if v.poor_match.is_some() && v.evidence.iter().any(|e| e.task.is_some()) {
             assert!(
                 !useful_claimed,
@@ -835,7 +841,10 @@ mod tests {
                 let labelled = v.evidence.iter().any(|e| e.task.is_some());
                 if !c.evidence.starts_with("the deepest layers are shifted") {
                     if labelled {
-                        assert_eq!(v.layers[c.depth].label, Label::Transfers);
+                        assert!(matches!(
+                            v.layers[c.depth].label,
+                            Label::Transfers | Label::Useful
+                        ));
                     } else {
                         assert_ne!(v.layers[c.depth].label, Label::DomainSpecific);
                     }
@@ -1011,8 +1020,8 @@ mod tests {
             [
                 Label::Transfers, // close
                 Label::Partial,   // Δ interval below -0.01: not tied; not far
-                Label::Transfers,
-                Label::Transfers,
+                Label::Useful,    // far, but the best layer
+                Label::Useful,    // far, tied with it
                 Label::Partial // its domain interval reaches below 0.95: not shown far (undetermined)
             ]
         );
@@ -1046,7 +1055,9 @@ mod tests {
         // (MMD² flat: not concentrated early, so freeze the first layers)
         let v = decide(&case((0.99, 0.98, 1.0)), 0.01, vec![]);
         assert!(
-            v.layers.iter().all(|l| l.label != Label::Transfers),
+            v.layers
+                .iter()
+                .all(|l| !matches!(l.label, Label::Transfers | Label::Useful)),
             "{v:#?}"
         );
         assert_eq!(v.plan.kind, PlanKind::FreezeThrough);

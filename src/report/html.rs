@@ -52,7 +52,7 @@ fn chart_title(file: &str) -> String {
 pub fn page(r: &RunReport, pngs: &[(String, Vec<u8>)]) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>domsim report</title><style>");
-    h.push_str("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l{text-align:left}.transfers{background:#e6f4e6}.partial{background:#fff6dc}.domain-specific{background:#fbe3e3}img{max-width:100%;border:1px solid #eee;margin:1em 0}.warn{color:#8a4b00}code{background:#f4f4f4}.exs{display:flex;flex-wrap:wrap;gap:8px}figure.ex{margin:0;width:140px;font-size:11px;color:#555;overflow-wrap:anywhere}figure.ex img{margin:0;max-width:112px;max-height:112px}");
+    h.push_str("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.l{text-align:left}.transfers{background:#e6f4e6}.useful{background:#dff3f6}.partial{background:#fff6dc}.domain-specific{background:#fbe3e3}img{max-width:100%;border:1px solid #eee;margin:1em 0}.warn{color:#8a4b00}code{background:#f4f4f4}.exs{display:flex;flex-wrap:wrap;gap:8px}figure.ex{margin:0;width:140px;font-size:11px;color:#555;overflow-wrap:anywhere}figure.ex img{margin:0;max-width:112px;max-height:112px}");
     h.push_str("</style></head><body>");
     h.push_str("<h1>domsim: will these layers transfer?</h1>");
     h.push_str(&sets(r));

@@ -591,6 +591,7 @@ fn action_strip(area: &Area, v: &Verdict, n: usize) -> Result<()> {
     };
     let label_cell = |l: Label| match l {
         Label::Transfers => ("transfers", RGBColor(44, 160, 44)),
+        Label::Useful => ("useful", RGBColor(23, 190, 207)),
         Label::Partial => ("partial", RGBColor(255, 165, 0)),
         Label::DomainSpecific => ("domain-spec.", RGBColor(214, 39, 40)),
     };

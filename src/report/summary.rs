@@ -27,6 +27,7 @@ fn paint(s: &str, label: Label, color: bool) -> String {
     }
     let code = match label {
         Label::Transfers => "32",
+        Label::Useful => "36",
         Label::Partial => "33",
         Label::DomainSpecific => "31",
     };
