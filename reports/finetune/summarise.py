@@ -531,7 +531,7 @@ def chart(names, cells):
         ax.set_xticks([bi * width + (len(CONSTANTS) - 1) / 2 for bi in range(len(bs))])
         ax.set_xticklabels([f"{b}/class\n({cells[(n, b)]['n_seeds']} seeds)" for b in bs])
         ax.set_xlim(-1, max(1, len(bs)) * width - 2)
-        ax.set_title(n)
+        ax.set_title(f"{n} (added after the rule: held out)" if n in HELD_OUT else n)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test balanced accuracy (mean of seeds, 95 % CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
