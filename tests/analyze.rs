@@ -293,7 +293,7 @@ fn analyze_writes_every_report_file_and_reuses_its_cache() {
     assert!(v["verdict"]["summary"]
         .as_str()
         .unwrap()
-        .contains("transfer (close to the source, or useful for the task)"));
+        .contains("transfer (close to the source, or within its own spread)"));
     assert!(out.join("metrics_by_depth.png").is_file());
     // byte for byte: compare.json's values read back bit-exact (serde_json's float_roundtrip)
     assert!(
