@@ -189,6 +189,40 @@ def test_bootstrap_says_when_the_choice_does_not_matter():
     assert min(res["p_within"]) > 0.3
 
 
+def test_leave_one_target_out_learns_the_ratio_threshold_and_never_splits_a_target():
+    """The rule's fitted part on synthetic cells: targets "low" (ratio about 1.7) where freezing the first half
+    is 10 points better, and "high" (about 3.5) and "higher" (about 5.5) where LP-FT is. The full fit puts
+    the threshold between 1.7 and 3.5 (not inside a target's seeds); each fold scores the held-out target
+    with the others' threshold (held out, "high" meets the middle of 1.7 and 5.5, about 3.1, and lies above
+    it; a target nearer that middle would be split, as PneumoniaMNIST is in the real study); the domsim plan
+    that follows the rule has regret 0 and beats every constant."""
+    import summarise
+    rng = np.random.default_rng(4)
+    n, S = 400, 5
+    y = np.repeat([0, 1], n // 2)
+    cells = {}
+    for name, ratio, good in [("low", 1.7, "freeze_through_8"), ("high", 3.5, "lp_ft"), ("higher", 5.5, "lp_ft")]:
+        for b in (10, 25):
+            p = np.full(len(study.CONFIGS), 0.8)
+            p[summarise.CONSTANTS.index(good)] = 0.9
+            correct = rng.random((len(p), S, n)) < p[:, None, None]
+            choices = {"domsim_plan": [good] * S, "domsim_fallback": [good] * S, "deep_shift": [True] * S,
+                       "early_ratio": list(ratio * (1 + 0.02 * rng.standard_normal(S)))}
+            cells[(name, b)] = summarise.analyse_cell(list(range(S)), correct, y, choices, rng)
+    rule = summarise.rule_checks(cells, None, "synthetic")
+    tau = rule["loto"]["full_fit"]["tau"]
+    assert 1.8 < tau < 3.3, tau
+    folds = {f["held_out"]: f for f in rule["loto"]["folds"]}
+    assert folds["high"]["held_out_regret"] == 0 and folds["higher"]["held_out_regret"] == 0
+    # "low" held out: the others are all LP-FT targets, so the threshold sits at the edge of their evidence
+    # (about 3.5), and the low target, below it, gets freezing the first half
+    assert folds["low"]["held_out_regret"] == 0 and folds["low"]["tau"] > 3.0
+    assert rule["loto"]["regret"] == 0
+    assert all(d < 0 for p, (d, _) in rule["paired"].items())
+    # shifted, the plan best and a new head 10 points behind: the statement is right in every cell
+    assert all(x["right"] and not x["contradicted"] for x in rule["statement"])
+
+
 def test_pack_and_verify_catch_changed_pixels(tmp_path, monkeypatch):
     """`pack` copies what a run reads with each image's resized-pixel hash; `verify` passes on the pack and
     fails when one packed image changes (the study on another machine trains on the same inputs or stops)."""
