@@ -200,10 +200,16 @@ pub struct ShiftProfile {
     pub early_heavy: bool,
 }
 
+/// Index of the layer through which the first layers are frozen when the deep layers are shifted:
+/// `SHIFT_CUT_FRACTION` of the measured depth (`n` layers, `n >= 1`).
+fn shift_cut_index(n: usize) -> usize {
+    (SHIFT_CUT_FRACTION * (n - 1) as f64).round() as usize
+}
+
 /// The shift profile of the evidence (see [`ShiftProfile`]); `None` without layers.
 fn profile(ev: &[Evidence], fs: &[Facts]) -> Option<ShiftProfile> {
     let last = ev.last()?;
-    let cut = (SHIFT_CUT_FRACTION * (ev.len() - 1) as f64).round() as usize;
+    let cut = shift_cut_index(ev.len());
     let peak = ev[..=cut]
         .iter()
         .filter_map(|e| e.mmd2.filter(|m| m.is_finite()).map(|m| (e.depth, m)))
@@ -480,7 +486,7 @@ fn advice_with_labels(
     margin: f64,
     profile: Option<&ShiftProfile>,
 ) -> Advice {
-    let deep_shift = fs.last().is_some_and(|f| f.far);
+    let deep_shift = profile.is_some_and(|p| p.deep_shift);
     let best = ev
         .iter()
         .enumerate()
@@ -532,7 +538,7 @@ fn advice_with_labels(
                 || format!("no layer's frozen features solve the target task (best target probe {} balanced accuracy, floor {USEFUL_FLOOR})", fmt(best_task)),
                 useful_evidence,
             );
-            let (plan, cut, _) =
+            let (plan, cut) =
                 shifted_advice(ev, profile.expect("layers exist"), &budget_note(ev), &why);
             (plan, cut, deepest_useful.is_none().then(|| poor.to_string()))
         }
@@ -571,7 +577,7 @@ fn advice_with_labels(
 /// frozen features first, then every layer; spread through the network -> freeze through the layer at
 /// `SHIFT_CUT_FRACTION` of the measured depth and fine-tune the rest. `tail` ends the plan's text, `why` ends
 /// the cut's evidence.
-fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> Advice {
+fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> (Plan, Option<Cut>) {
     let last = ev.last().expect("a shifted deepest layer exists");
     let deep = format!(
         "domain probe at depth {}: {}{}",
@@ -595,13 +601,9 @@ fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> A
                 ),
             },
             None,
-            None,
         );
     }
-    let c = ev
-        .iter()
-        .position(|e| e.depth == p.cut_depth)
-        .expect("the cut is a measured depth");
+    let c = shift_cut_index(ev.len());
     (
         Plan {
             kind: PlanKind::FreezeThrough,
@@ -619,7 +621,6 @@ fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> A
                 last.depth
             ),
         }),
-        None,
     )
 }
 
@@ -663,14 +664,10 @@ fn advice_without_labels(ev: &[Evidence], fs: &[Facts], profile: Option<&ShiftPr
             None,
         );
     };
-    let n = ev.len() - 1;
-    if fs[n].far {
-        shifted_advice(
-            ev,
-            profile.expect("layers exist"),
-            &format!(" {ask_labels}"),
-            "no target labels",
-        )
+    let p = profile.expect("layers exist");
+    if p.deep_shift {
+        let (plan, cut) = shifted_advice(ev, p, &format!(" {ask_labels}"), "no target labels");
+        (plan, cut, None)
     } else {
         (
             Plan {
@@ -685,7 +682,7 @@ fn advice_without_labels(ev: &[Evidence], fs: &[Facts], profile: Option<&ShiftPr
                 layer: last.layer.clone(),
                 evidence: format!(
                     "no target labels: the deepest layer's domain-probe interval does not lie at or above {FAR_DOMAIN_ACC}{}",
-                    if fs[n].within_spread { ", and the gap is within the source's own spread" } else { "" }
+                    if fs.last().is_some_and(|f| f.within_spread) { ", and the gap is within the source's own spread" } else { "" }
                 ),
             }),
             None,
