@@ -30,9 +30,9 @@ import study
 B = 2000
 DELTA = 0.01
 BOOT_SEED = 20261129
-GUARD_BUDGETS = [10]
+GUARD_BUDGETS = [10]  # cells the CI guard re-runs domsim on (5 seeds each; about 5 s per domsim run)
 # targets added after the rule was set (its registered prediction: results/chest_bv_prediction.md)
-HELD_OUT = ["chest_bv"]  # cells the CI guard re-runs domsim on (5 seeds each; about 5 s per domsim run)
+HELD_OUT = ["chest_bv"]
 CONSTANTS = [c.name for c in study.CONFIGS]
 
 
@@ -59,11 +59,10 @@ def load_cell(name, budget, split):
 # the rule's two plans for shifted deep layers (src/verdict.rs): a shift concentrated in the early layers
 # (MMD² ratio at or above EARLY_SHIFT_RATIO) -> LP-FT; otherwise freeze the first half (SHIFT_CUT_FRACTION)
 EARLY_CONFIG, THROUGH_CONFIG = "lp_ft", "freeze_through_8"
-SHIFT_EVIDENCE = "the deepest layers are shifted"  # how domsim's verdict words its shifted-deep-layers cut
 
 
 def domsim_choices(name, budget, seeds):
-    out = {"domsim_plan": [], "domsim_fallback": [], "deep_shift": []}
+    out = {"domsim_plan": [], "domsim_fallback": [], "deep_shift": [], "early_ratio": []}
     for s in seeds:
         p = os.path.join(study.RESULTS, "domsim", name, f"b{budget}_s{s}.json")
         if not os.path.exists(p):
@@ -72,12 +71,8 @@ def domsim_choices(name, budget, seeds):
         out["domsim_plan"].append(d["plan_config"])
         # a plan without a quoted cut (a poor match) is its own fallback
         out["domsim_fallback"].append(d["fallback_config"] or d["plan_config"])
-        prof = d.get("profile")
-        if prof is not None:
-            out["deep_shift"].append(bool(prof["deep_shift"]))
-            out.setdefault("early_ratio", []).append(prof.get("early_ratio"))
-        else:  # a verdict from before the profile was recorded
-            out["deep_shift"].append(bool(d.get("cut")) and d["cut"]["evidence"].startswith(SHIFT_EVIDENCE))
+        out["deep_shift"].append(bool(d["profile"]["deep_shift"]))
+        out["early_ratio"].append(d["profile"]["early_ratio"])
     return out
 
 
@@ -201,17 +196,17 @@ def rule_checks(cells, targets, title):
         """The rule's fitted part decides seed j: its deep layers are shifted."""
         return c["choices"]["deep_shift"][j]
 
-    def regret(k, tau, cfg_early, cfg_through):
-        """Cell k's regret of the rule with threshold tau and the two shifted branches' configurations; seeds
-        the fitted part does not decide keep domsim's own pick."""
+    def regret(k, tau):
+        """Cell k's regret of the rule with threshold tau (at or above: EARLY_CONFIG, below: THROUGH_CONFIG);
+        seeds the fitted part does not decide keep domsim's own pick."""
         c = cells[k]
         obs = np.array(c["bal_acc"])  # [config, seed]
-        ratios = c["choices"].get("early_ratio") or [None] * len(c["seeds"])
+        ratios = c["choices"]["early_ratio"]
         picks = []
         for j, p in enumerate(c["choices"]["domsim_plan"]):
             if applies(c, j):
                 early = ratios[j] is not None and ratios[j] >= tau
-                picks.append(CONSTANTS.index(cfg_early if early else cfg_through))
+                picks.append(CONSTANTS.index(EARLY_CONFIG if early else THROUGH_CONFIG))
             else:
                 picks.append(CONSTANTS.index(p))
         return float(obs.mean(1).max() - np.mean([obs[p, j] for j, p in enumerate(picks)]))
@@ -223,7 +218,7 @@ def rule_checks(cells, targets, title):
         decides) that falls inside no target's range, so that no target's seeds are split by seed noise; and the
         two edges of the evidence (the lowest ratio seen: all of it LP-FT; just above the highest: none), so a
         branch is never extended beyond the ratios its evidence covers. Ties go to the widest gap."""
-        pts = sorted((r, k[0]) for k in train for j, r in enumerate(cells[k]["choices"].get("early_ratio") or [])
+        pts = sorted((r, k[0]) for k in train for j, r in enumerate(cells[k]["choices"]["early_ratio"])
                      if r is not None and applies(cells[k], j))
         if not pts:
             return None
@@ -236,26 +231,27 @@ def rule_checks(cells, targets, title):
                   if b > a and not any(lo < math.sqrt(a * b) <= hi for lo, hi in span.values())]
         best = None
         for tau, gap in cands:
-            score = float(np.mean([regret(k, tau, EARLY_CONFIG, THROUGH_CONFIG) for k in train]))
+            score = float(np.mean([regret(k, tau) for k in train]))
             key = (round(score, 12), -gap)
             if best is None or key < best[0]:
                 best = (key, tau, score)
-        return best[1], EARLY_CONFIG, THROUGH_CONFIG, best[2]
+        return best[1], best[2]
 
     targets = sorted({n for n, _ in keys})
     full = fit(keys)
     loto = {"folds": [], "regret": None, "full_fit": None if full is None else
-            {"tau": full[0], "early": full[1], "through": full[2], "regret": full[3]}}
+            {"tau": full[0], "early": EARLY_CONFIG, "through": THROUGH_CONFIG, "regret": full[1]}}
     held_regrets = []
     for t in targets:
         train = [k for k in keys if k[0] != t]
         got = fit(train)
         if got is None:
             continue
-        tau, ce, ct, score = got
-        held = [regret(k, tau, ce, ct) for k in keys if k[0] == t]
+        tau, score = got
+        held = [regret(k, tau) for k in keys if k[0] == t]
         held_regrets += held
-        loto["folds"].append({"held_out": t, "tau": tau, "early": ce, "through": ct, "train_regret": score,
+        loto["folds"].append({"held_out": t, "tau": tau, "early": EARLY_CONFIG, "through": THROUGH_CONFIG,
+                              "train_regret": score,
                               "held_out_regret": float(np.mean(held)), "cells": len(held)})
     loto["regret"] = float(np.mean(held_regrets)) if held_regrets else None
     loto["constants"] = {p: float(np.mean([cells[k]["regret_obs"][p] for k in keys])) for p in consts}
@@ -466,25 +462,25 @@ def rule_markdown(rule):
     lo = rule["loto"]
     ff = lo["full_fit"]
     best_c = min(lo["constants"].items(), key=lambda x: x[1])
-    L += [] if not lo["folds"] else ["", "**Leave one target out.** The rule's fitted part decides the seeds whose deep layers are shifted "
-          "(useful frozen features or not): a threshold τ on the early-to-deepest MMD² ratio (at or above: LP-FT; "
-          "below: freeze the first half, the rule's structure). It is refitted without the held-out target (least "
-          "mean regret on the others, over thresholds between two targets' ratios or at the edge of the evidence; "
-          "ties to the widest gap) and scored on that target. "
-          + (f"On all targets the fit is τ = {ff['tau']:.2f}: at or above, `{ff['early']}`; below, "
-             f"`{ff['through']}` (the Rust rule: `EARLY_SHIFT_RATIO`, LP-FT / freeze the first half)."
-             if ff else ""), "",
-          "| held out | τ | at or above τ | below τ | regret on the others | regret on it |",
-          "|---|---|---|---|---|---|"]
-    if not lo["folds"]:
-        L += ["", f"The best constant policy over these cells: `{best_c[0].replace('always_', '')}`, "
-              f"{best_c[1]:.4f}; domsim's plan: {np.mean([x['plan'] for x in rule['statement']]):.4f}."]
-    for f in lo["folds"]:
-        L.append(f"| {f['held_out']} | {f['tau']:.2f} | {f['early']} | {f['through']} | {f['train_regret']:.4f} | "
-                 f"{f['held_out_regret']:.4f} ({f['cells']} cells) |")
-    if lo["regret"] is not None:
+    if lo["folds"]:
+        L += ["", "**Leave one target out.** The rule's fitted part decides the seeds whose deep layers are shifted "
+              "(useful frozen features or not): a threshold τ on the early-to-deepest MMD² ratio (at or above: LP-FT; "
+              "below: freeze the first half, the rule's structure). It is refitted without the held-out target (least "
+              "mean regret on the others, over thresholds between two targets' ratios or at the edge of the evidence; "
+              "ties to the widest gap) and scored on that target. "
+              + (f"On all targets the fit is τ = {ff['tau']:.2f}: at or above, `{ff['early']}`; below, "
+                 f"`{ff['through']}` (the Rust rule: `EARLY_SHIFT_RATIO`, LP-FT / freeze the first half)."
+                 if ff else ""), "",
+              "| held out | τ | at or above τ | below τ | regret on the others | regret on it |",
+              "|---|---|---|---|---|---|"]
+        for f in lo["folds"]:
+            L.append(f"| {f['held_out']} | {f['tau']:.2f} | {f['early']} | {f['through']} | {f['train_regret']:.4f} | "
+                     f"{f['held_out_regret']:.4f} ({f['cells']} cells) |")
         L += ["", f"Mean regret over the held-out cells: **{lo['regret']:.4f}**; the best constant policy over the "
               f"same cells, `{best_c[0].replace('always_', '')}`: {best_c[1]:.4f}."]
+    else:
+        L += ["", f"The best constant policy over these cells: `{best_c[0].replace('always_', '')}`, "
+              f"{best_c[1]:.4f}; domsim's plan: {np.mean([x['plan'] for x in rule['statement']]):.4f}."]
     L += ["",
           "**What the verdict says about the choice** (δ = 0.01; *right*: on the point estimates; *contradicted*: "
           "the 95 % interval of the regret the claim speaks of lies wholly on the wrong side of δ):", "",
