@@ -133,17 +133,35 @@ def gaussian_noise_u8(rgb, name, sigma):
     return np.floor(np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(rgb.shape)
 
 
+def grey_u8(rgb):
+    """ITU-R BT.601 luma in integers, (299 R + 587 G + 114 B + 500) // 1000, replicated to three channels:
+    exact, so the Rust guard makes the same pixels."""
+    rgb = rgb.astype(np.int64)
+    y = (299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000
+    return np.repeat(y[..., None], 3, axis=-1).astype(np.uint8)
+
+
 def parse_corrupt(spec):
-    """`gaussian:SIGMA` (SIGMA on [0, 1] pixels; ImageNet-C severity 5 is 0.38) or None."""
+    """`gaussian:SIGMA` (SIGMA on [0, 1] pixels; ImageNet-C severity 5 is 0.38), `grey` or None."""
     if not spec:
         return None
     kind, _, arg = spec.partition(":")
+    if kind == "grey" and not arg:
+        return ("grey", None)
     if kind != "gaussian" or not arg:
-        raise SystemExit(f"unknown corruption '{spec}': the one known is gaussian:SIGMA, e.g. gaussian:0.38")
+        raise SystemExit(f"unknown corruption '{spec}': the known ones are gaussian:SIGMA (e.g. gaussian:0.38) "
+                         "and grey")
     sigma = float(arg)
     if not 0 < sigma <= 2:
         raise SystemExit(f"corruption '{spec}': SIGMA must lie in (0, 2]")
     return ("gaussian", sigma)
+
+
+def corrupt_spec(corrupt):
+    """The split file's text of a parsed corruption (None when there is none)."""
+    if not corrupt:
+        return None
+    return corrupt[0] if corrupt[1] is None else f"{corrupt[0]}:{corrupt[1]}"
 
 
 def resize_crop(img):
@@ -232,7 +250,7 @@ def make_split(name, root, corrupt, group_regex):
         orders[str(s)] = {c: [items[i][0] for i in r.permutation(per_class[c])[: max(budgets)]] for c in classes}
     stored = lambda i: stored_name(items[i][0], corrupt)  # noqa: E731
     return {
-        "name": name, "source": os.path.abspath(root), "corrupt": corrupt and f"{corrupt[0]}:{corrupt[1]}",
+        "name": name, "source": os.path.abspath(root), "corrupt": corrupt_spec(corrupt),
         "group_regex": group_regex, "classes": classes, "budgets": budgets,
         "budgets_skipped": [b for b in BUDGETS if b > room],
         "n_images": len(items), "n_groups": len({g for _, _, g in items}),
@@ -300,10 +318,13 @@ def materialise(split, rels):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if corrupt:
             orig = os.path.join(src, source_name(split, rel))
-            rgb = np.asarray(resize_crop(Image.open(orig)))
-            noisy = gaussian_noise_u8(rgb, os.path.basename(orig), corrupt[1])
+            if corrupt[0] == "grey":  # at the original size: the grey copy a user would hold
+                out = grey_u8(np.asarray(Image.open(orig).convert("RGB")))[..., 0]
+            else:
+                rgb = np.asarray(resize_crop(Image.open(orig)))
+                out = gaussian_noise_u8(rgb, os.path.basename(orig), corrupt[1])
             tmp = dst + ".tmp.png"
-            Image.fromarray(noisy).save(tmp)
+            Image.fromarray(out).save(tmp)
             os.replace(tmp, dst)
         else:
             os.symlink(os.path.abspath(os.path.join(src, rel)), dst)

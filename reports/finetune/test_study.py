@@ -145,6 +145,16 @@ def test_noise_generator_matches_the_rust_guard():
     assert out.tolist() == [[0, 175, 131]]
 
 
+def test_grey_matches_the_rust_guard():
+    # the same value is asserted in tests/finetune_guard.rs (grey_is_the_studys); the text round-trips
+    out = study.grey_u8(np.array([[[10, 200, 128], [255, 255, 255], [0, 0, 1]]], np.uint8))
+    assert out[..., 0].tolist() == [[135, 255, 0]] and (out == out[..., :1]).all()
+    assert study.corrupt_spec(study.parse_corrupt("grey")) == "grey"
+    assert study.corrupt_spec(study.parse_corrupt("gaussian:0.38")) == "gaussian:0.38"
+    with pytest.raises(SystemExit):
+        study.parse_corrupt("grey:2")
+
+
 def test_step_budget():
     assert study.n_steps(20) == 60 and study.n_steps(200) == 125 and study.n_steps(600) == 375
     b = study.batches(20, 60, 0)
