@@ -9,7 +9,8 @@
 //! The input-shift target's images are regenerated here with the study's documented corruption (Gaussian
 //! noise σ on [0, 1] pixels after domsim's own resize and centre crop, Box–Muller on splitmix64 seeded by
 //! FNV-1a of the file name): the study resized with PIL, whose fixed-point arithmetic can differ by one grey
-//! level before the noise, so the images are equal up to that rounding.
+//! level before the noise, so the images are equal up to that rounding. The colour-change target's grey
+//! copies (BT.601 luma in integers, at the original size) are equal up to the JPEG decoders' rounding.
 
 mod common;
 
@@ -94,6 +95,20 @@ fn resized_rgb(path: &Path) -> Vec<u8> {
     }
 }
 
+/// BT.601 luma in integers, (299 R + 587 G + 114 B + 500) / 1000 (reports/finetune/study.py `grey_u8`).
+fn luma(rgb: [u8; 3]) -> u8 {
+    let [r, g, b] = rgb.map(u32::from);
+    ((299 * r + 587 * g + 114 * b + 500) / 1000) as u8
+}
+
+/// The study's grey copy of one image, at its original size.
+fn grey_copy(src: &Path) -> image::GrayImage {
+    let rgb = image::open(src).unwrap().to_rgb8();
+    image::GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+        image::Luma([luma(rgb.get_pixel(x, y).0)])
+    })
+}
+
 /// The entries of an uncompressed (`np.savez`) archive: name → bytes.
 fn npz_entries(path: &Path) -> std::collections::HashMap<String, Vec<u8>> {
     let b = std::fs::read(path).unwrap();
@@ -146,24 +161,35 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Where a study target's images come from in the shared datasets, and its corruption (σ).
+/// A study target's corruption (`study.py parse_corrupt`).
+enum Corruption {
+    /// Gaussian noise of this σ after the resize.
+    Gaussian(f64),
+    /// A grey copy at the original size.
+    Grey,
+}
+
+/// Where a study target's images come from in the shared datasets, and its corruption.
 enum Source {
-    Folder(PathBuf, Option<f64>),
+    Folder(PathBuf, Option<Corruption>),
     /// One flat folder whose files the study sorted into classes by name (`study.py byname`).
     ByName(PathBuf),
     PneumoniaMnist,
 }
 
 fn source_of(target: &str, split: &Value) -> Option<Source> {
-    let sigma = split["corrupt"].as_str().map(|c| {
-        c.strip_prefix("gaussian:")
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{target}: unknown corruption {c}"))
+    let corruption = split["corrupt"].as_str().map(|c| match c {
+        "grey" => Corruption::Grey,
+        _ => Corruption::Gaussian(
+            c.strip_prefix("gaussian:")
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{target}: unknown corruption {c}")),
+        ),
     });
     match target {
-        "chest_xray" => Some(Source::Folder(datasets().join("chest_xray"), sigma)),
-        "cats_dogs" | "cats_dogs_noise" => {
-            Some(Source::Folder(datasets().join("cats_dogs"), sigma))
+        "chest_xray" => Some(Source::Folder(datasets().join("chest_xray"), corruption)),
+        "cats_dogs" | "cats_dogs_noise" | "cats_dogs_grey" => {
+            Some(Source::Folder(datasets().join("cats_dogs"), corruption))
         }
         "pneumoniamnist" => Some(Source::PneumoniaMnist),
         "chest_bv" => Some(Source::ByName(datasets().join("chest_xray/PNEUMONIA"))),
@@ -202,7 +228,7 @@ fn training_subset(target: &str, budget: usize, seed: u64, dir: &Path) -> Option
                         .save(&dst)
                         .unwrap();
                 }
-                Source::Folder(base, Some(sigma)) => {
+                Source::Folder(base, Some(corruption)) => {
                     // stored as <stem>.png; the original is the file of that stem in the class folder
                     let stem = Path::new(rel).file_stem().unwrap().to_str().unwrap();
                     let folder = base.join(Path::new(rel).parent().unwrap());
@@ -211,12 +237,17 @@ fn training_subset(target: &str, budget: usize, seed: u64, dir: &Path) -> Option
                         .map(|e| e.unwrap().path())
                         .find(|p| p.file_stem().and_then(|s| s.to_str()) == Some(stem))
                         .unwrap_or_else(|| panic!("{rel}: no original in {}", folder.display()));
-                    let name = src.file_name().unwrap().to_str().unwrap().to_string();
-                    let noisy = gaussian_noise(&resized_rgb(&src), &name, *sigma);
-                    image::RgbImage::from_raw(224, 224, noisy)
-                        .unwrap()
-                        .save(&dst)
-                        .unwrap();
+                    match corruption {
+                        Corruption::Gaussian(sigma) => {
+                            let name = src.file_name().unwrap().to_str().unwrap().to_string();
+                            let noisy = gaussian_noise(&resized_rgb(&src), &name, *sigma);
+                            image::RgbImage::from_raw(224, 224, noisy)
+                                .unwrap()
+                                .save(&dst)
+                                .unwrap();
+                        }
+                        Corruption::Grey => grey_copy(&src).save(&dst).unwrap(),
+                    }
                 }
                 Source::Folder(base, None) => {
                     std::os::unix::fs::symlink(base.join(rel), &dst).unwrap();
@@ -307,6 +338,15 @@ fn noise_generator_is_the_studys() {
     assert_eq!(
         gaussian_noise(&[10, 200, 128], "cat.1.jpg", 0.18),
         [0, 175, 131]
+    );
+}
+
+#[test]
+fn grey_is_the_studys() {
+    // study.grey_u8 of [10, 200, 128], [255, 255, 255], [0, 0, 1], asserted in reports/finetune/test_study.py
+    assert_eq!(
+        [[10, 200, 128], [255, 255, 255], [0, 0, 1]].map(luma),
+        [135, 255, 0]
     );
 }
 
@@ -478,6 +518,38 @@ fn regenerated_noise_matches_the_studys_images() {
         let mad = ours
             .iter()
             .zip(&theirs)
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / ours.len() as f64;
+        eprintln!("{name}: mean absolute difference {mad:.3} grey levels");
+        worst = worst.max(mad);
+    }
+    assert!(worst < 1.0, "{worst}");
+}
+
+/// Local check (needs the study's images under target/finetune/, made by `reports/finetune/run.sh`): the
+/// grey copies made here differ from the study's by the JPEG decoders' rounding only.
+/// `cargo test --release --test finetune_guard -- --ignored`
+#[test]
+#[ignore]
+fn regenerated_grey_matches_the_studys_images() {
+    let study =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/finetune/data/cats_dogs_grey/cat");
+    let mut worst = 0.0f64;
+    for name in ["cat.1.png", "cat.103.png", "cat.10.png"] {
+        let Ok(img) = image::open(study.join(name)) else {
+            continue;
+        };
+        let theirs = img.to_luma8();
+        let src = datasets()
+            .join("cats_dogs/cat")
+            .join(name)
+            .with_extension("jpg");
+        let ours = grey_copy(&src);
+        assert_eq!(ours.dimensions(), theirs.dimensions());
+        let mad = ours
+            .iter()
+            .zip(theirs.iter())
             .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
             .sum::<f64>()
             / ours.len() as f64;
