@@ -10,7 +10,8 @@
 //! noise σ on [0, 1] pixels after domsim's own resize and centre crop, Box–Muller on splitmix64 seeded by
 //! FNV-1a of the file name): the study resized with PIL, whose fixed-point arithmetic can differ by one grey
 //! level before the noise, so the images are equal up to that rounding. The colour-change target's grey
-//! copies (BT.601 luma in integers, at the original size) are equal up to the JPEG decoders' rounding.
+//! copies (BT.601 luma in integers, at the original size) are equal up to the JPEG decoders' rounding; the
+//! low-resolution target's copies (domsim's resize to 32 × 32) up to the resizers' rounding.
 
 mod common;
 
@@ -75,14 +76,19 @@ fn gaussian_noise(rgb: &[u8], name: &str, sigma: f64) -> Vec<u8> {
 }
 
 fn resized_rgb(path: &Path) -> Vec<u8> {
+    resized_rgb_to(path, 224)
+}
+
+/// domsim's own resize and centre crop to side × side, as RGB bytes.
+fn resized_rgb_to(path: &Path, side: usize) -> Vec<u8> {
     let p = Preprocess::new(
         InputContract {
             name: "input".into(),
             layout: Layout::Nhwc,
             elem: ElemType::U8,
             channels: 3,
-            height: 224,
-            width: 224,
+            height: side,
+            width: side,
             fixed_batch: None,
             dynamic_size: false,
         },
@@ -167,6 +173,8 @@ enum Corruption {
     Gaussian(f64),
     /// A grey copy at the original size.
     Grey,
+    /// A low-resolution copy: domsim's resize to this side.
+    LowRes(usize),
 }
 
 /// Where a study target's images come from in the shared datasets, and its corruption.
@@ -180,6 +188,11 @@ enum Source {
 fn source_of(target: &str, split: &Value) -> Option<Source> {
     let corruption = split["corrupt"].as_str().map(|c| match c {
         "grey" => Corruption::Grey,
+        _ if c.starts_with("lowres:") => Corruption::LowRes(
+            c["lowres:".len()..]
+                .parse()
+                .unwrap_or_else(|_| panic!("{target}: unknown corruption {c}")),
+        ),
         _ => Corruption::Gaussian(
             c.strip_prefix("gaussian:")
                 .and_then(|s| s.parse::<f64>().ok())
@@ -188,7 +201,7 @@ fn source_of(target: &str, split: &Value) -> Option<Source> {
     });
     match target {
         "chest_xray" => Some(Source::Folder(datasets().join("chest_xray"), corruption)),
-        "cats_dogs" | "cats_dogs_noise" | "cats_dogs_grey" => {
+        "cats_dogs" | "cats_dogs_noise" | "cats_dogs_grey" | "cats_dogs_32" => {
             Some(Source::Folder(datasets().join("cats_dogs"), corruption))
         }
         "pneumoniamnist" => Some(Source::PneumoniaMnist),
@@ -247,6 +260,13 @@ fn training_subset(target: &str, budget: usize, seed: u64, dir: &Path) -> Option
                                 .unwrap();
                         }
                         Corruption::Grey => grey_copy(&src).save(&dst).unwrap(),
+                        Corruption::LowRes(side) => {
+                            let side32 = u32::try_from(*side).unwrap();
+                            image::RgbImage::from_raw(side32, side32, resized_rgb_to(&src, *side))
+                                .unwrap()
+                                .save(&dst)
+                                .unwrap();
+                        }
                     }
                 }
                 Source::Folder(base, None) => {
@@ -550,6 +570,36 @@ fn regenerated_grey_matches_the_studys_images() {
         let mad = ours
             .iter()
             .zip(theirs.iter())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
+            / ours.len() as f64;
+        eprintln!("{name}: mean absolute difference {mad:.3} grey levels");
+        worst = worst.max(mad);
+    }
+    assert!(worst < 1.0, "{worst}");
+}
+
+/// Local check: the low-resolution copies made here differ from the study's (PIL's resize) by rounding only.
+/// `cargo test --release --test finetune_guard -- --ignored`
+#[test]
+#[ignore]
+fn regenerated_lowres_matches_the_studys_images() {
+    let study = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/finetune/data/cats_dogs_32/cat");
+    let mut worst = 0.0f64;
+    for name in ["cat.1.png", "cat.103.png", "cat.10.png"] {
+        let Ok(img) = image::open(study.join(name)) else {
+            continue;
+        };
+        let theirs = img.to_rgb8().into_raw();
+        let src = datasets()
+            .join("cats_dogs/cat")
+            .join(name)
+            .with_extension("jpg");
+        let ours = resized_rgb_to(&src, 32);
+        assert_eq!(ours.len(), theirs.len());
+        let mad = ours
+            .iter()
+            .zip(&theirs)
             .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
             .sum::<f64>()
             / ours.len() as f64;

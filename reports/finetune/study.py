@@ -142,15 +142,20 @@ def grey_u8(rgb):
 
 
 def parse_corrupt(spec):
-    """`gaussian:SIGMA` (SIGMA on [0, 1] pixels; ImageNet-C severity 5 is 0.38), `grey` or None."""
+    """`gaussian:SIGMA` (SIGMA on [0, 1] pixels; ImageNet-C severity 5 is 0.38), `grey`, `lowres:SIDE` (the
+    image stored at SIDE x SIDE, as a low-resolution dataset is; the model's resize upscales it) or None."""
     if not spec:
         return None
     kind, _, arg = spec.partition(":")
     if kind == "grey" and not arg:
         return ("grey", None)
+    if kind == "lowres" and arg.isdigit():
+        if not 8 <= int(arg) < SIZE:
+            raise SystemExit(f"corruption '{spec}': the side must lie in [8, {SIZE})")
+        return ("lowres", int(arg))
     if kind != "gaussian" or not arg:
-        raise SystemExit(f"unknown corruption '{spec}': the known ones are gaussian:SIGMA (e.g. gaussian:0.38) "
-                         "and grey")
+        raise SystemExit(f"unknown corruption '{spec}': the known ones are gaussian:SIGMA (e.g. gaussian:0.38), "
+                         "grey and lowres:SIDE (e.g. lowres:32)")
     sigma = float(arg)
     if not 0 < sigma <= 2:
         raise SystemExit(f"corruption '{spec}': SIGMA must lie in (0, 2]")
@@ -164,13 +169,13 @@ def corrupt_spec(corrupt):
     return corrupt[0] if corrupt[1] is None else f"{corrupt[0]}:{corrupt[1]}"
 
 
-def resize_crop(img):
+def resize_crop(img, size=SIZE):
     """domsim's resize: centre crop to the model's aspect (float box) and bilinear convolution resize."""
     img = img.convert("RGB")
     w, h = img.size
     c = float(min(w, h))
     left, top = (w - c) * 0.5, (h - c) * 0.5
-    return img.resize((SIZE, SIZE), Image.BILINEAR, box=(left, top, left + c, top + c))
+    return img.resize((size, size), Image.BILINEAR, box=(left, top, left + c, top + c))
 
 
 def load_tensor(path):
@@ -320,6 +325,8 @@ def materialise(split, rels):
             orig = os.path.join(src, source_name(split, rel))
             if corrupt[0] == "grey":  # at the original size: the grey copy a user would hold
                 out = grey_u8(np.asarray(Image.open(orig).convert("RGB")))[..., 0]
+            elif corrupt[0] == "lowres":  # domsim's resize to SIDE x SIDE: a low-resolution copy
+                out = np.asarray(resize_crop(Image.open(orig), corrupt[1]))
             else:
                 rgb = np.asarray(resize_crop(Image.open(orig)))
                 out = gaussian_noise_u8(rgb, os.path.basename(orig), corrupt[1])

@@ -10,6 +10,7 @@ import os
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -153,6 +154,16 @@ def test_grey_matches_the_rust_guard():
     assert study.corrupt_spec(study.parse_corrupt("gaussian:0.38")) == "gaussian:0.38"
     with pytest.raises(SystemExit):
         study.parse_corrupt("grey:2")
+
+
+def test_lowres_spec():
+    assert study.parse_corrupt("lowres:32") == ("lowres", 32)
+    assert study.corrupt_spec(study.parse_corrupt("lowres:32")) == "lowres:32"
+    for bad in ("lowres", "lowres:4", "lowres:224", "lowres:x"):
+        with pytest.raises(SystemExit):
+            study.parse_corrupt(bad)
+    img = Image.fromarray(np.arange(300 * 200 * 3, dtype=np.uint8).reshape(200, 300, 3))
+    assert study.resize_crop(img, 32).size == (32, 32)
 
 
 def test_step_budget():
