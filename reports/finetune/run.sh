@@ -4,8 +4,8 @@
 # the splits and images, tests the study itself (pytest: no state leak, run order, patient grouping), proves
 # the torch network reproduces domsim's features, runs domsim on every training subset, trains every
 # configuration x budget x seed not yet done (lightest cells first), then summarises from the saved predictions.
-#   bash reports/finetune/run.sh                                      # the study's six targets
-#   bash reports/finetune/run.sh --target NAME=DIR [--corrupt gaussian:SIGMA|grey] [--group REGEX]
+#   bash reports/finetune/run.sh                                      # the study's seven targets
+#   bash reports/finetune/run.sh --target NAME=DIR [--corrupt gaussian:SIGMA|grey|lowres:SIDE] [--group REGEX]
 #                                                                     # any folder with one sub-folder per class
 #   bash reports/finetune/run.sh --budgets 10,25 --seeds 0,1,2        # a part of the design (train step only)
 set -euo pipefail
@@ -40,7 +40,9 @@ else
   $py $study prepare "chest_bv=target/finetune/datasets/chest_bv"
   # the sixth, also held out (results/cats_dogs_grey_prediction.md): a pure colour change
   $py $study prepare "cats_dogs_grey=$data/cats_dogs" --corrupt grey
-  names="chest_xray,pneumoniamnist,cats_dogs,cats_dogs_noise,chest_bv,cats_dogs_grey"
+  # the seventh, also held out (results/cats_dogs_32_prediction.md): a lower resolution
+  $py $study prepare "cats_dogs_32=$data/cats_dogs" --corrupt lowres:32
+  names="chest_xray,pneumoniamnist,cats_dogs,cats_dogs_noise,chest_bv,cats_dogs_grey,cats_dogs_32"
 fi
 $py -m pytest -q reports/finetune/test_study.py
 $py $study check
