@@ -21,7 +21,7 @@
 //!   a shift"); `domain-specific` = far and not useful; `partial` otherwise.
 //!
 //! **The plan** (set on the fine-tuning ground truth, `reports/finetune`: 4 targets, 10 to 300 labels per
-//! class, 5 seeds, and checked on a fifth added afterwards; the README's validation section gives the regret of this rule and of every
+//! class, 5 seeds, and checked on targets added afterwards; the README's validation section gives the regret of this rule and of every
 //! constant policy, in sample and leaving one target out):
 //! - *shifted deep layers* (the deepest measured layer is far), with or without labels, useful frozen
 //!   features or not: a head on frozen features is not enough, and **the shift's profile** chooses how to
