@@ -511,10 +511,14 @@ def chart(names, cells):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.6), squeeze=False)
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.92, len(CONSTANTS)))
     width = len(CONSTANTS) + 2
-    for ax, n in zip(axes[0], names):
+    for ax, n in zip(axes.flat, names):
         bs = sorted(b for (t, b) in cells if t == n)
         for bi, b in enumerate(bs):
             c = cells[(n, b)]
@@ -534,12 +538,13 @@ def chart(names, cells):
         ax.set_xticks([bi * width + (len(CONSTANTS) - 1) / 2 for bi in range(len(bs))])
         ax.set_xticklabels([f"{b}/class\n({cells[(n, b)]['n_seeds']} seeds)" for b in bs])
         ax.set_xlim(-1, max(1, len(bs)) * width - 2)
-        ax.set_title(f"{n} (added after the rule: held out)" if n in HELD_OUT else n)
+        ax.set_title(f"{n}\n(added after the rule: held out)" if n in HELD_OUT else n)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("test balanced accuracy (mean of seeds, 95 % CI)")
+    for row in axes:
+        row[0].set_ylabel("test balanced accuracy (mean of seeds, 95 % CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(CONSTANTS), fontsize=8, frameon=False)
     fig.suptitle("Fine-tuning by configuration and label budget (300 test images per class); "
                  "red circle: domsim's plan, its most frequent pick over seeds")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(os.path.join(study.RESULTS, "finetune_v2.png"), dpi=110)
