@@ -11,7 +11,9 @@
 //!   the model's training distribution is no evidence of a domain shift (two ImageNet-like photo sets with
 //!   different classes separate at deep layers for that reason alone);
 //! - *far*: the lower bound of `dom`'s interval ≥ 0.95 (decided on the interval: a layer whose interval
-//!   reaches below is `partial`, undetermined), `p_holm ≤ 0.01`, and not within the source's spread;
+//!   reaches below is `partial`, undetermined), the gap large: MMD² ≥ `FAR_MMD2` (0.08; the probe saturates
+//!   for a colour change and a change of modality alike, MMD² does not), `p_holm ≤ 0.01`, and not within
+//!   the source's spread;
 //! - *tied* with the best layer: the upper bound of `Δ`'s interval is ≥ −margin (default 0.01: not shown
 //!   worse than the best by more than the margin);
 //! - *useful*: tied, and the layer itself is clearly above chance (the lower bound of `task` > 1/k) and at
@@ -53,6 +55,15 @@ use crate::embeddings::Manifest;
 pub const CLOSE_DOMAIN_ACC: f64 = 0.75;
 /// Domain-probe accuracy at or above which a layer is far (with a significant Holm-adjusted MMD² test).
 pub const FAR_DOMAIN_ACC: f64 = 0.95;
+/// The effect size a far layer must also reach: MMD² (median-heuristic RBF kernel, unbiased) at or above
+/// this. The domain probe saturates (≥ 0.99 for a pure colour change and for a change of modality alike), so
+/// it says whether two sets are told apart, not by how much; MMD² does not saturate. At the deepest layer on
+/// the fine-tuning ground truth: clean photos 0.029–0.038, greyscale photos 0.045–0.057 (a new head within
+/// δ of the best at 25 and 100 per class), 32-px photos 0.112–0.138, noisy photos 0.148–0.189, X-rays
+/// 0.26–0.33 (a new head alone more than δ behind in 16 of 18 cells); 0.08 is the geometric middle of the gap
+/// between 0.057 and 0.112, and the leave-one-target-out fit (`reports/finetune/summarise.py`) places it in
+/// that gap (`reports/finetune/results/results.md`).
+pub const FAR_MMD2: f64 = 0.08;
 pub use crate::metrics::stats::ALPHA;
 /// Balanced accuracy a layer's task probe must reach to be useful.
 pub const USEFUL_FLOOR: f64 = 0.70;
@@ -366,11 +377,9 @@ fn facts(e: &Evidence, margin: f64, labelled_ok: bool) -> Facts {
         matches!((e.domain_acc, e.spread), (Some(d), Some(s)) if d <= s + SPREAD_MARGIN);
     // decided on the interval: a layer whose interval reaches below the threshold is not far (it is
     // `partial`, undetermined), so a point estimate near 0.95 cannot flip a label or the plan between seeds
-    let far = e
-        .domain_ci
-        .map_or(e.domain_acc, |(lo, _)| Some(lo))
-        .is_some_and(|lo| lo >= FAR_DOMAIN_ACC)
+    let far = separated(e)
         && e.mmd_p_holm.or(e.mmd_p).is_none_or(|p| p <= ALPHA)
+        && large_gap(e)
         && !within_spread;
     let tied = e.task_vs_best.is_some_and(|(_, (_, hi))| hi >= -margin);
     let chance = 1.0 / e.classes.unwrap_or(2).max(2) as f64;
@@ -383,6 +392,20 @@ fn facts(e: &Evidence, margin: f64, labelled_ok: bool) -> Facts {
         tied,
         useful,
     }
+}
+
+/// The domain probe tells the sets apart: its interval's lower bound (or, without one, its value) at or above
+/// [`FAR_DOMAIN_ACC`].
+fn separated(e: &Evidence) -> bool {
+    e.domain_ci
+        .map_or(e.domain_acc, |(lo, _)| Some(lo))
+        .is_some_and(|lo| lo >= FAR_DOMAIN_ACC)
+}
+
+/// The effect size of a far layer: MMD² at or above [`FAR_MMD2`] (a missing or non-finite MMD² is no
+/// evidence of a large gap).
+fn large_gap(e: &Evidence) -> bool {
+    e.mmd2.is_some_and(|m| m.is_finite() && m >= FAR_MMD2)
 }
 
 /// The plan, the cut and the poor-match note.
@@ -436,7 +459,7 @@ pub fn decide(ev: &[Evidence], margin: f64, warnings: Vec<String>) -> Verdict {
         poor_match,
         warnings,
         rule: format!(
-            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: lower bound of the domain-probe interval >= {FAR_DOMAIN_ACC}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close or within spread; useful = otherwise useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); deepest layer far (shifted deep layers) -> the largest MMD2 through the layer at {SHIFT_CUT_FRACTION} of the measured depth >= {EARLY_SHIFT_RATIO} x the deepest layer's (shift concentrated early): LP-FT (a new head, then every layer), otherwise freeze through that layer and fine-tune the rest; else freeze through the deepest useful layer (the last: a new head). Without labels: deepest layer shifted -> the same choice; measured and not shifted -> a new head; else no advice."
+            "close: upper bound of the domain-probe interval <= {CLOSE_DOMAIN_ACC}; within spread: domain probe <= source_spread_acc + {SPREAD_MARGIN}; far: lower bound of the domain-probe interval >= {FAR_DOMAIN_ACC}, MMD2 >= {FAR_MMD2}, Holm-adjusted MMD2 p <= {ALPHA}, not within spread; tied: paired difference to the best target probe with interval reaching -{margin}; useful: tied, lower bound above chance, value >= {USEFUL_FLOOR}; transfers = close or within spread; useful = otherwise useful; domain-specific = far and not useful; else partial. Plan with labels: no useful layer -> fine-tune all (poor match); deepest layer far (shifted deep layers) -> the largest MMD2 through the layer at {SHIFT_CUT_FRACTION} of the measured depth >= {EARLY_SHIFT_RATIO} x the deepest layer's (shift concentrated early): LP-FT (a new head, then every layer), otherwise freeze through that layer and fine-tune the rest; else freeze through the deepest useful layer (the last: a new head). Without labels: deepest layer shifted -> the same choice; measured and not shifted -> a new head; else no advice."
         ),
         evidence: ev.to_vec(),
         sources: None,
@@ -495,6 +518,9 @@ fn layer_verdict(e: &Evidence, f: &Facts) -> LayerVerdict {
             ""
         }
     ),
+    Label::Partial if separated(e) && !large_gap(e) => format!(
+        "told apart by the domain probe, but the gap is small (MMD2 below {FAR_MMD2}), and not useful: {why}"
+    ),
     Label::Partial => format!("neither shown close nor far, nor useful: {why}"),
 };
     LayerVerdict {
@@ -509,17 +535,30 @@ fn layer_verdict(e: &Evidence, f: &Facts) -> LayerVerdict {
 fn shift(ev: &[Evidence], fs: &[Facts]) -> String {
     let first_far = fs.iter().position(|f| f.far);
     let close_run = fs.iter().take_while(|f| f.close || f.within_spread).count();
+    // a shift that does not reach the deepest layer: where it ends, and the deepest layer's gap
+    let ends = match (fs.iter().rposition(|f| f.far), ev.last()) {
+        (Some(l), Some(last)) if l + 1 < ev.len() => format!(
+            " It does not reach the deepest layers: the last far layer is depth {}, and at depth {} the gap is {} (MMD2 {}, far needs {FAR_MMD2} or more with the domain probe at or above {FAR_DOMAIN_ACC}), so the shift is confined to the earlier layers.",
+            ev[l].depth,
+            last.depth,
+            if separated(last) { "told apart, but small" } else { "not shown far" },
+            fmt(last.mmd2)
+        ),
+        _ => String::new(),
+    };
     match first_far {
         Some(0) => format!(
-            "The shift starts at the input: the earliest layer ({}) already separates source and target (domain probe {}), as a change of colour, resolution, noise or modality does.",
+            "The shift starts at the input: the earliest layer ({}) already separates source and target (domain probe {}, MMD2 {}), as a change of colour, resolution, noise or modality does.{ends}",
             ev[0].layer,
-            fmt(ev[0].domain_acc)
+            fmt(ev[0].domain_acc),
+            fmt(ev[0].mmd2)
         ),
         Some(d) => format!(
-            "The sets separate from depth {} ({}, domain probe {}); {} earlier layer(s) are close or within the source's own spread.",
+            "The sets separate from depth {} ({}, domain probe {}, MMD2 {}); {} earlier layer(s) are close or within the source's own spread.{ends}",
             ev[d].depth,
             ev[d].layer,
             fmt(ev[d].domain_acc),
+            fmt(ev[d].mmd2),
             close_run
         ),
         None if close_run == ev.len() && !ev.is_empty() => {
@@ -632,10 +671,11 @@ fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> (
     let g = &GROUND_TRUTH;
     let last = ev.last().expect("a shifted deepest layer exists");
     let deep = format!(
-        "domain probe at depth {}: {}{}",
+        "domain probe at depth {}: {}{}, MMD² {}",
         last.depth,
         fmt(last.domain_acc),
-        fmt_ci(last.domain_ci)
+        fmt_ci(last.domain_ci),
+        fmt(last.mmd2)
     );
     let ratio = format!(
         "MMD² peaks at {} at depth {} in the first layers, {} times the deepest layer's {}; the threshold is {EARLY_SHIFT_RATIO}",
@@ -671,7 +711,7 @@ fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> (
             depth: ev[c].depth,
             layer: ev[c].layer.clone(),
             evidence: format!(
-                "the deepest layers are shifted (domain probe at depth {} with its interval at or above {FAR_DOMAIN_ACC}) and the shift is not concentrated in the early layers ({ratio}); the cut is at {SHIFT_CUT_FRACTION} of the measured depth, the least regret on the fine-tuning ground truth's targets shifted this way; {why}",
+                "the deepest layers are shifted (domain probe at depth {} with its interval at or above {FAR_DOMAIN_ACC}, MMD² at or above {FAR_MMD2}) and the shift is not concentrated in the early layers ({ratio}); the cut is at {SHIFT_CUT_FRACTION} of the measured depth, the least regret on the fine-tuning ground truth's targets shifted this way; {why}",
                 last.depth
             ),
         }),
@@ -732,16 +772,24 @@ fn advice_without_labels(ev: &[Evidence], fs: &[Facts], profile: Option<&ShiftPr
             Plan {
                 kind: PlanKind::FreezeThrough,
                 text: format!(
-                    "Train a new head on the frozen features (freeze every layer through depth {}, {}). The deepest layers are not shown shifted (domain probe at depth {}: {}{}; the source's own class groups: {}). {ask_labels}",
-                    last.depth, last.layer, last.depth, fmt(last.domain_acc), fmt_ci(last.domain_ci), fmt(last.spread)
+                    "Train a new head on the frozen features (freeze every layer through depth {}, {}). The deepest layers are not shown shifted (domain probe at depth {}: {}{}, the source's own class groups: {}; MMD² {}, far needs {FAR_MMD2} or more). {ask_labels}",
+                    last.depth, last.layer, last.depth, fmt(last.domain_acc), fmt_ci(last.domain_ci), fmt(last.spread), fmt(last.mmd2)
                 ),
             },
             Some(Cut {
                 depth: last.depth,
                 layer: last.layer.clone(),
                 evidence: format!(
-                    "no target labels: the deepest layer's domain-probe interval does not lie at or above {FAR_DOMAIN_ACC}{}",
-                    if fs.last().is_some_and(|f| f.within_spread) { ", and the gap is within the source's own spread" } else { "" }
+                    "no target labels: the deepest layer is not far{}",
+                    if fs.last().is_some_and(|f| f.within_spread) {
+                        ": the gap is within the source's own spread".to_string()
+                    } else if !separated(last) {
+                        format!(": its domain-probe interval does not lie at or above {FAR_DOMAIN_ACC}")
+                    } else if !large_gap(last) {
+                        format!(": the domain probe tells the sets apart, but MMD² {} is below {FAR_MMD2}", fmt(last.mmd2))
+                    } else {
+                        format!(": its MMD² test is not significant after Holm's correction (p {})", fmt_p(last.mmd_p_holm.or(last.mmd_p)))
+                    }
                 ),
             }),
             None,
@@ -1279,21 +1327,135 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_or_zero_mmd2_is_no_evidence_of_an_early_shift() {
+    fn a_missing_or_zero_mmd2_is_no_evidence_of_a_shift() {
+        // no effect size at the deepest layer: not shown shifted (a new head), and no early-shift ratio
         let mut evs = shifted_with_early_mmd2(0.5);
         evs[17].mmd2 = None;
         let v = decide(&evs, 0.01, vec![]);
-        assert_eq!(v.plan.kind, PlanKind::FreezeThrough);
-        assert_eq!(v.profile.as_ref().unwrap().early_ratio, None);
+        let p = v.profile.as_ref().unwrap();
+        assert!(!p.deep_shift);
+        assert_eq!(p.early_ratio, None);
+        assert_eq!(v.cut.as_ref().unwrap().depth, 17);
+        consistent(&v);
         evs[17].mmd2 = Some(0.0);
-        assert_eq!(
-            decide(&evs, 0.01, vec![]).plan.kind,
-            PlanKind::FreezeThrough
-        );
+        let v = decide(&evs, 0.01, vec![]);
+        assert!(!v.profile.as_ref().unwrap().deep_shift);
+        assert_eq!(v.cut.as_ref().unwrap().depth, 17);
         evs[17].mmd2 = Some(0.1);
         evs[2].mmd2 = Some(f64::NAN);
         let v = decide(&evs, 0.01, vec![]);
         assert_eq!(v.profile.as_ref().unwrap().early_peak_depth, Some(0));
+    }
+
+    #[test]
+    fn the_deep_shift_needs_a_large_gap_at_its_edge() {
+        // the domain probe saturated at the deepest layer; MMD² exactly at FAR_MMD2: shifted (freeze the first
+        // half: the early MMD² is 0.1, 1.25 times the deepest layer's); just below it: not shifted, a new head
+        let at = {
+            let mut e = shifted_case((1.0, 1.0, 1.0));
+            e[17].mmd2 = Some(FAR_MMD2);
+            decide(&e, 0.01, vec![])
+        };
+        assert!(at.profile.as_ref().unwrap().deep_shift);
+        assert_eq!(at.cut.as_ref().unwrap().depth, 8);
+        assert!(at.plan.text.contains("MMD² 0.080"), "{}", at.plan.text);
+        let mut below = shifted_case((1.0, 1.0, 1.0));
+        below[17].mmd2 = Some(FAR_MMD2 - 1e-9);
+        let v = decide(&below, 0.01, vec![]);
+        assert!(!v.profile.as_ref().unwrap().deep_shift);
+        assert_eq!(v.cut.as_ref().unwrap().depth, 17);
+        assert!(v
+            .plan
+            .text
+            .starts_with("Train a new head on the frozen features"));
+        assert_eq!(
+            v.layers[17].label,
+            Label::Useful,
+            "shifted a little, and useful"
+        );
+        assert!(
+            v.diagnosis.contains("confined to the earlier layers"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.diagnosis.contains("the last far layer is depth 16"));
+        // without labels the deepest layer is partial, and the reason says why it is not far
+        for e in &mut below {
+            (e.task, e.task_ci, e.task_vs_best, e.classes, e.n_target) =
+                (None, None, None, None, None);
+        }
+        let u = decide(&below, 0.01, vec![]);
+        assert_eq!(u.layers[17].label, Label::Partial);
+        assert!(u.layers[17]
+            .reason
+            .starts_with("told apart by the domain probe, but the gap is small"));
+        assert!(
+            u.cut.as_ref().unwrap().evidence.contains("is below 0.08"),
+            "{:?}",
+            u.cut
+        );
+        assert!(u.plan.text.contains("far needs 0.08 or more"));
+        for v in [&at, &v, &u] {
+            consistent(v);
+        }
+    }
+
+    /// A pure colour change (the study's greyscale cats and dogs against the bundled reference, MMD² by depth
+    /// as measured at 100 per class, seed 0): the domain probe saturates at every layer, MMD² is large in the
+    /// early layers and small at the deepest; the frozen features are at ceiling from depth 12 on.
+    fn colour_change(labelled: bool) -> Vec<Evidence> {
+        let mmd = [
+            0.11, 0.21, 0.25, 0.28, 0.32, 0.31, 0.34, 0.34, 0.33, 0.15, 0.16, 0.15, 0.11, 0.12,
+            0.14, 0.14, 0.08, 0.05,
+        ];
+        mmd.iter()
+            .enumerate()
+            .map(|(d, &m)| {
+                let t = if d >= 12 { 0.97 } else { 0.75 };
+                let delta = if d >= 12 {
+                    (0.0, -0.005, 0.01)
+                } else {
+                    (-0.2, -0.25, -0.15)
+                };
+                let mut e = ev(
+                    d,
+                    (0.995, 0.99, 1.0),
+                    0.001,
+                    0.70,
+                    labelled.then_some((t, t - 0.02, t + 0.02, delta.0, delta.1, delta.2)),
+                    2,
+                );
+                e.mmd2 = Some(m);
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pure_colour_change_is_an_early_shift_and_gets_a_new_head() {
+        // the control: a colour / input-level shift confined to the early layers; with labels at
+        // ceiling, no "fine-tune every layer"
+        for labelled in [false, true] {
+            let v = decide(&colour_change(labelled), 0.01, vec![]);
+            assert!(
+                v.diagnosis.starts_with("The shift starts at the input"),
+                "{}",
+                v.diagnosis
+            );
+            assert!(v.diagnosis.contains("confined to the earlier layers"));
+            assert!(!v.profile.as_ref().unwrap().deep_shift);
+            assert_eq!(v.cut.as_ref().unwrap().depth, 17);
+            assert!(
+                v.plan
+                    .text
+                    .starts_with("Train a new head on the frozen features"),
+                "{}",
+                v.plan.text
+            );
+            assert!(!v.summary.contains("Fine-tune every layer"));
+            assert_eq!(v.layers[2].label, Label::DomainSpecific);
+            consistent(&v);
+        }
     }
 
     #[test]

@@ -569,18 +569,23 @@ def check(domsim_bin):
 
 
 # ------------------------------------------------------------------------------------------------ domsim
+def config_of_depth(d):
+    """The study configuration of a cut at depth `d` (freeze through d): the one whose frozen prefix is nearest
+    (ties: the one that freezes less); depth >= 17 is a linear head (freeze_all); None stays None."""
+    if d is None:
+        return None
+    if d >= 17:
+        return "freeze_all"
+    cands = [c for c in CONFIGS if c.name.startswith("freeze_through") or c.name == "train_all"]
+    return min(cands, key=lambda c: (abs(c.frozen_through - d), c.frozen_through)).name
+
+
 def plan_config(verdict, layers):
     """domsim's plan and fallback as study configurations. A cut at depth L (freeze through L) maps to the
     configuration whose frozen prefix is nearest (ties: the one that freezes less); depth >= 17 is a linear
     head (freeze_all). Plans `train_all` and `lp_ft` are those configurations; a quoted fallback cut maps like a
     cut."""
-    def of_depth(d):
-        if d is None:
-            return None
-        if d >= 17:
-            return "freeze_all"
-        cands = [c for c in CONFIGS if c.name.startswith("freeze_through") or c.name == "train_all"]
-        return min(cands, key=lambda c: (abs(c.frozen_through - d), c.frozen_through)).name
+    of_depth = config_of_depth
     names = [l["name"] for l in layers]
     cut = verdict.get("cut") or {}
     cut_depth = names.index(cut["layer"]) if cut.get("layer") in names else None
@@ -589,6 +594,11 @@ def plan_config(verdict, layers):
     # no cut quoted (a poor match: no frozen layer solves the task): the fallback is the plan itself
     fallback = (of_depth(cut_depth) if kind == "train_all" else plan) or plan
     return plan, fallback
+
+
+# the evidence fields the rule reads (src/verdict.rs `facts`), saved with each domsim result
+EVIDENCE_KEYS = ("depth", "domain_acc", "domain_ci", "spread", "mmd2", "mmd_p", "mmd_p_holm", "task", "task_ci",
+                 "task_vs_best", "classes", "n_target")
 
 
 def run_domsim(domsim_bin, names, rederive=False):
@@ -618,6 +628,10 @@ def run_domsim(domsim_bin, names, rederive=False):
                 write_json_atomic(dst, {"target": n, "budget": b, "seed": s, "plan_config": plan,
                                         "fallback_config": fallback, "plan": v["plan"], "cut": v.get("cut"),
                                         "profile": v.get("profile"),
+                                        # the numbers the rule read, per layer: what summarise's
+                                        # leave-one-target-out refit re-decides from
+                                        "evidence": [{k: e.get(k) for k in EVIDENCE_KEYS}
+                                                     for e in v["evidence"]],
                                         "seconds": round(time.time() - t0, 1)})
                 print(f"domsim {n} b{b} s{s}: plan {plan}, fallback {fallback} ({time.time() - t0:.0f} s)",
                       flush=True)

@@ -20,6 +20,7 @@ one configuration per seed (domsim's plan is run on each seed's own training sub
 
 import csv
 import json
+import sys
 import math
 import os
 
@@ -62,8 +63,43 @@ def load_cell(name, budget, split):
 EARLY_CONFIG, THROUGH_CONFIG = "lp_ft", "freeze_through_8"
 
 
+# the rule's constants (src/verdict.rs), for the leave-one-target-out refit's replica of the rule; every seed's
+# replica is checked against domsim's own verdict (`domsim_choices`), so a drifted constant fails loudly
+# mean-regret differences below a tenth of δ are ties when the thresholds are fitted (a twentieth of the paired
+# interval's half-width, about ±0.003): among the fits within FIT_TOLERANCE of the least regret, the one with the
+# widest margins between targets wins, rather than one chosen by a difference the study cannot resolve. Without
+# it (0) the fit chases such differences: leaving one target out, 0.0070, no better than always LP-FT;
+# with 0.0005, 0.001 or 0.002 it is 0.0052 (results.md)
+FIT_TOLERANCE = DELTA / 10
+FAR_DOMAIN_ACC, FAR_MMD2, ALPHA, SPREAD_MARGIN, USEFUL_FLOOR, MARGIN = 0.95, 0.08, 0.01, 0.05, 0.70, 0.01
+
+
+def separated_deep(ev):
+    """The deepest layer is far on everything but the effect size: the domain probe's interval at or above
+    FAR_DOMAIN_ACC, its MMD² test significant after Holm, beyond the source's own spread (verdict.rs `facts`)."""
+    e = ev[-1]
+    lo = e["domain_ci"][0] if e.get("domain_ci") else e.get("domain_acc")
+    p = e["mmd_p_holm"] if e.get("mmd_p_holm") is not None else e.get("mmd_p")
+    within = e.get("domain_acc") is not None and e.get("spread") is not None and \
+        e["domain_acc"] <= e["spread"] + SPREAD_MARGIN
+    return lo is not None and lo >= FAR_DOMAIN_ACC and (p is None or p <= ALPHA) and not within
+
+
+def unshifted_plan(ev):
+    """The rule's plan with labels when the deep layers are not shifted: freeze through the deepest useful layer
+    (tied with the best, above chance, at least the floor), or fine-tune every layer when none is useful."""
+    def useful(e):
+        k = max(e.get("classes") or 2, 2)
+        tied = e.get("task_vs_best") is not None and e["task_vs_best"][1][1] >= -MARGIN
+        above = e.get("task_ci") is not None and e["task_ci"][0] > 1.0 / k
+        return tied and above and e.get("task") is not None and e["task"] >= USEFUL_FLOOR
+    idx = [i for i, e in enumerate(ev) if useful(e)]
+    return study.config_of_depth(ev[idx[-1]]["depth"]) if idx else "train_all"
+
+
 def domsim_choices(name, budget, seeds):
-    out = {"domsim_plan": [], "domsim_fallback": [], "deep_shift": [], "early_ratio": []}
+    out = {"domsim_plan": [], "domsim_fallback": [], "deep_shift": [], "early_ratio": [], "separated_deep": [],
+           "deepest_mmd2": [], "unshifted_plan": []}
     for s in seeds:
         p = os.path.join(study.RESULTS, "domsim", name, f"b{budget}_s{s}.json")
         if not os.path.exists(p):
@@ -74,7 +110,28 @@ def domsim_choices(name, budget, seeds):
         out["domsim_fallback"].append(d["fallback_config"] or d["plan_config"])
         out["deep_shift"].append(bool(d["profile"]["deep_shift"]))
         out["early_ratio"].append(d["profile"]["early_ratio"])
+        ev = d.get("evidence")
+        if ev is None:
+            sys.exit(f"{p} has no evidence: re-derive it (study.py domsim --rederive)")
+        sep, mmd, plan = separated_deep(ev), ev[-1].get("mmd2"), unshifted_plan(ev)
+        # the replica must agree with domsim wherever domsim's verdict shows it
+        replica_shift = sep and mmd is not None and mmd >= FAR_MMD2
+        if replica_shift != out["deep_shift"][-1] or (not replica_shift and plan != d["plan_config"]):
+            sys.exit(f"{p}: summarise's replica of the rule (deep shift {replica_shift}, plan {plan}) disagrees "
+                     f"with domsim's verdict (deep shift {out['deep_shift'][-1]}, plan {d['plan_config']}): "
+                     "bring the constants at the top of summarise.py in line with src/verdict.rs")
+        out["separated_deep"].append(sep)
+        out["deepest_mmd2"].append(mmd)
+        out["unshifted_plan"].append(plan)
     return out
+
+
+def regret_reps(cell, picks):
+    """A policy's regret in each bootstrap replicate of `cell` (paired with every other policy's), from its
+    configuration index per seed."""
+    bal, sidx = cell["_bal_reps"], cell["_sidx_reps"]  # [rep, c, drawn seed], [rep, drawn seed]
+    chosen = np.take_along_axis(bal, np.asarray(picks)[sidx][:, None, :], axis=1)[:, 0, :]
+    return bal.mean(2).max(1) - chosen.mean(1)
 
 
 def bal_by_seed(correct, y, w=None):
@@ -108,7 +165,7 @@ def analyse_cell(seeds, correct, y, choices, rng):
            "best": CONSTANTS[int(mean_obs.argmax())], "bal_acc": obs.tolist()}
     res["regret_obs"] = {k: float(best_obs - obs[v, range(S)].mean()) for k, v in pol.items()}
     res["regret_obs"]["random"] = float(best_obs - mean_obs.mean())
-    reps = {"acc": [], "within": [], "regret": {k: [] for k in list(pol) + ["random"]}, "matters_train_all": [],
+    reps = {"bal": [], "s_idx": [], "acc": [], "within": [], "regret": {k: [] for k in list(pol) + ["random"]}, "matters_train_all": [],
             "matters_freeze_all": []}
     idx_by_class = [np.flatnonzero(y == k) for k in np.unique(y)]
     for _ in range(B):
@@ -117,6 +174,8 @@ def analyse_cell(seeds, correct, y, choices, rng):
         for ids in idx_by_class:
             np.add.at(w, rng.choice(ids, len(ids)), 1)
         bal = bal_by_seed(correct[:, s_idx], y, w)  # [c, drawn seed]
+        reps["bal"].append(bal)
+        reps["s_idx"].append(s_idx)
         acc = bal.mean(1)
         best = acc.max()
         reps["acc"].append(acc)
@@ -134,6 +193,9 @@ def analyse_cell(seeds, correct, y, choices, rng):
     res["p_matters_freeze_all"] = float(np.mean(reps["matters_freeze_all"]))
     res["regret_ci"] = {k: np.percentile(v, [2.5, 97.5]).tolist() for k, v in reps["regret"].items()}
     res["_regret_reps"] = {k: np.array(v) for k, v in reps["regret"].items()}
+    # the replicates themselves, so that a policy fixed later (the leave-one-target-out refit) gets its regret
+    # on the same replicates as every other policy (`regret_reps`)
+    res["_bal_reps"], res["_sidx_reps"] = np.array(reps["bal"]), np.array(reps["s_idx"])
     res["choices"] = choices
     return res
 
@@ -197,69 +259,91 @@ def rule_checks(cells, targets, title):
         obs = np.mean([cells[k]["regret_obs"]["domsim_plan"] - cells[k]["regret_obs"][p] for k in keys])
         paired[p] = (float(obs), np.percentile(d, [2.5, 97.5]).tolist())
 
-    def applies(c, j):
-        """The rule's fitted part decides seed j: its deep layers are shifted."""
-        return c["choices"]["deep_shift"][j]
+    def applies(c, j, theta):
+        """The rule's fitted part decides seed j: its deepest layer is far (separated, and MMD² >= theta)."""
+        m = c["choices"]["deepest_mmd2"][j]
+        return c["choices"]["separated_deep"][j] and m is not None and m >= theta
 
-    def regret(k, tau):
-        """Cell k's regret of the rule with threshold tau (at or above: EARLY_CONFIG, below: THROUGH_CONFIG);
-        seeds the fitted part does not decide keep domsim's own pick."""
+    def picks(k, theta, tau):
+        """Cell k's configuration index per seed under the rule with thresholds theta (the deep shift's effect
+        size) and tau (at or above: EARLY_CONFIG, below: THROUGH_CONFIG); seeds not shifted get the rule's plan
+        for unshifted deep layers."""
         c = cells[k]
-        obs = np.array(c["bal_acc"])  # [config, seed]
         ratios = c["choices"]["early_ratio"]
-        picks = []
-        for j, p in enumerate(c["choices"]["domsim_plan"]):
-            if applies(c, j):
+        out = []
+        for j, p in enumerate(c["choices"]["unshifted_plan"]):
+            if applies(c, j, theta):
                 early = ratios[j] is not None and ratios[j] >= tau
-                picks.append(CONSTANTS.index(EARLY_CONFIG if early else THROUGH_CONFIG))
+                out.append(CONSTANTS.index(EARLY_CONFIG if early else THROUGH_CONFIG))
             else:
-                picks.append(CONSTANTS.index(p))
-        return float(obs.mean(1).max() - np.mean([obs[p, j] for j, p in enumerate(picks)]))
+                out.append(CONSTANTS.index(p))
+        return out
 
-    def fit(train):
-        """The threshold with the least mean regret on `train`; the two branches' configurations are the rule's
-        structure (at or above: LP-FT, the early layers adapt; below: freeze the first half), not fitted.
-        Candidates: the geometric middle of each pair of consecutive ratios (of the seeds the fitted part
-        decides) that falls inside no target's range, so that no target's seeds are split by seed noise; and the
-        two edges of the evidence (the lowest ratio seen: all of it LP-FT; just above the highest: none), so a
-        branch is never extended beyond the ratios its evidence covers. Ties go to the widest gap."""
-        pts = sorted((r, k[0]) for k in train for j, r in enumerate(cells[k]["choices"]["early_ratio"])
-                     if r is not None and applies(cells[k], j))
+    def regret(k, theta, tau):
+        obs = np.array(cells[k]["bal_acc"])  # [config, seed]
+        return float(obs.mean(1).max() - np.mean([obs[p, j] for j, p in enumerate(picks(k, theta, tau))]))
+
+    def candidates(pts):
+        """Thresholds over sorted (value, target) points: the geometric middle of each pair of consecutive
+        values that falls inside no target's range (no target's seeds split by seed noise), and the two edges
+        of the evidence (the lowest value seen; just above the highest), each with its gap (log ratio)."""
         if not pts:
-            return None
+            return [(math.inf, 0.0)]
         span = {}
         for r, t in pts:
             lo, hi = span.get(t, (r, r))
             span[t] = (min(lo, r), max(hi, r))
         cands = [(pts[0][0], 0.0), (pts[-1][0] * (1 + 1e-9), 0.0)]
         cands += [(math.sqrt(a * b), math.log(b / a)) for (a, _), (b, _) in zip(pts, pts[1:])
-                  if b > a and not any(lo < math.sqrt(a * b) <= hi for lo, hi in span.values())]
-        best = None
-        for tau, gap in cands:
-            score = float(np.mean([regret(k, tau) for k in train]))
-            key = (round(score, 12), -gap)
-            if best is None or key < best[0]:
-                best = (key, tau, score)
-        return best[1], best[2]
+                  if b > a > 0 and not any(lo < math.sqrt(a * b) <= hi for lo, hi in span.values())]
+        return cands
+
+    def fit(train):
+        """The thresholds with the least mean regret on `train`: theta, the deepest layer's MMD² at or above
+        which a separated deepest layer counts as shifted (below: the rule's unshifted plan), and tau, the
+        early-to-deepest MMD² ratio at or above which a shifted seed gets LP-FT (below: freeze the first half;
+        the branches' configurations are the rule's structure, not fitted). Candidates from `candidates`; ties
+        go to the widest gaps (theta's first)."""
+        if not train:
+            return None
+        seps = [(k, j) for k in train for j in range(len(cells[k]["choices"]["deep_shift"]))
+                if cells[k]["choices"]["separated_deep"][j] and cells[k]["choices"]["deepest_mmd2"][j] is not None]
+        thetas = candidates(sorted((cells[k]["choices"]["deepest_mmd2"][j], k[0]) for k, j in seps))
+        scored = []
+        for theta, tgap in thetas:
+            pts = sorted((cells[k]["choices"]["early_ratio"][j], k[0]) for k, j in seps
+                         if applies(cells[k], j, theta) and cells[k]["choices"]["early_ratio"][j] is not None)
+            for tau, gap in candidates(pts):
+                scored.append((float(np.mean([regret(k, theta, tau) for k in train])), -tgap, -gap, theta, tau))
+        least = min(x[0] for x in scored)
+        best = min((x for x in scored if x[0] <= least + FIT_TOLERANCE), key=lambda x: (x[1], x[2], x[0]))
+        return best[3], best[4], best[0]
 
     targets = sorted({n for n, _ in keys})
     full = fit(keys)
-    loto = {"folds": [], "regret": None, "full_fit": None if full is None else
-            {"tau": full[0], "early": EARLY_CONFIG, "through": THROUGH_CONFIG, "regret": full[1]}}
-    held_regrets = []
+    loto = {"folds": [], "regret": None, "full_fit":
+            {"theta": full[0], "tau": full[1], "early": EARLY_CONFIG, "through": THROUGH_CONFIG, "regret": full[2]}}
+    held_regrets, held_reps, held_keys = [], [], []
     for t in targets:
-        train = [k for k in keys if k[0] != t]
-        got = fit(train)
+        got = fit([k for k in keys if k[0] != t])
         if got is None:
             continue
-        tau, score = got
-        held = [regret(k, tau) for k in keys if k[0] == t]
+        theta, tau, score = got
+        held = [regret(k, theta, tau) for k in keys if k[0] == t]
         held_regrets += held
-        loto["folds"].append({"held_out": t, "tau": tau, "early": EARLY_CONFIG, "through": THROUGH_CONFIG,
-                              "train_regret": score,
+        held_reps += [regret_reps(cells[k], picks(k, theta, tau)) for k in keys if k[0] == t]
+        held_keys += [k for k in keys if k[0] == t]
+        loto["folds"].append({"held_out": t, "theta": theta, "tau": tau, "early": EARLY_CONFIG,
+                              "through": THROUGH_CONFIG, "train_regret": score,
                               "held_out_regret": float(np.mean(held)), "cells": len(held)})
     loto["regret"] = float(np.mean(held_regrets)) if held_regrets else None
     loto["constants"] = {p: float(np.mean([cells[k]["regret_obs"][p] for k in keys])) for p in consts}
+    # the held-out regret minus each constant's, over the same cells, replicate by replicate
+    loto["paired"] = {p: (loto["regret"] - float(np.mean([cells[k]["regret_obs"][p] for k in held_keys])),
+                          np.percentile(np.mean(held_reps, axis=0)
+                                        - np.mean([cells[k]["_regret_reps"][p] for k in held_keys], axis=0),
+                                        [2.5, 97.5]).tolist())
+                      for p in consts} if held_reps else {}
     statement = []
     for k in keys:
         c = cells[k]
@@ -470,21 +554,27 @@ def rule_markdown(rule):
     ff = lo["full_fit"]
     best_c = min(lo["constants"].items(), key=lambda x: x[1])
     if lo["folds"]:
-        L += ["", "**Leave one target out.** The rule's fitted part decides the seeds whose deep layers are shifted "
-              "(useful frozen features or not): a threshold τ on the early-to-deepest MMD² ratio (at or above: LP-FT; "
-              "below: freeze the first half, the rule's structure). It is refitted without the held-out target (least "
-              "mean regret on the others, over thresholds between two targets' ratios or at the edge of the evidence; "
-              "ties to the widest gap) and scored on that target. "
-              + (f"On all targets the fit is τ = {ff['tau']:.2f}: at or above, `{ff['early']}`; below, "
-                 f"`{ff['through']}` (the Rust rule: `EARLY_SHIFT_RATIO`, LP-FT / freeze the first half)."
-                 if ff else ""), "",
-              "| held out | τ | at or above τ | below τ | regret on the others | regret on it |",
-              "|---|---|---|---|---|---|"]
+        fmt_t = lambda x: "∞ (none)" if x == math.inf else f"{x:.3f}"
+        L += ["", "**Leave one target out.** The rule's fitted part is two thresholds: θ, the deepest layer's MMD² "
+              "at or above which a deepest layer the domain probe separates counts as shifted (below: the rule's "
+              "plan for unshifted deep layers, a new head or freezing through the deepest useful layer), and τ, the "
+              "early-to-deepest MMD² ratio at or above which a shifted seed gets LP-FT (below: freeze the first "
+              "half; the branches are the rule's structure). Both are refitted without the held-out target (least "
+              "mean regret on the others, over thresholds between two targets' values or at the edge of the "
+              "evidence; ties to the widest gaps) and scored on that target. "
+              + (f"On all targets the fit is θ = {fmt_t(ff['theta'])}, τ = {fmt_t(ff['tau'])} (the Rust rule: "
+                 f"`FAR_MMD2` {FAR_MMD2}, `EARLY_SHIFT_RATIO`)." if ff else ""), "",
+              "| held out | θ | τ | regret on the others | regret on it |",
+              "|---|---|---|---|---|"]
         for f in lo["folds"]:
-            L.append(f"| {f['held_out']} | {f['tau']:.2f} | {f['early']} | {f['through']} | {f['train_regret']:.4f} | "
+            L.append(f"| {f['held_out']} | {fmt_t(f['theta'])} | {fmt_t(f['tau'])} | {f['train_regret']:.4f} | "
                      f"{f['held_out_regret']:.4f} ({f['cells']} cells) |")
         L += ["", f"Mean regret over the held-out cells: **{lo['regret']:.4f}**; the best constant policy over the "
-              f"same cells, `{best_c[0].replace('always_', '')}`: {best_c[1]:.4f}."]
+              f"same cells, `{best_c[0].replace('always_', '')}`: {best_c[1]:.4f}.", "",
+              "The held-out regret minus each constant policy's, with the paired bootstrap interval (the same "
+              "replicates for both):", "", "| constant | difference | 95 % interval |", "|---|---|---|"]
+        for p, (d, ci) in sorted(lo["paired"].items(), key=lambda x: x[1][0], reverse=True):
+            L.append(f"| {p.replace('always_', '')} | {d:+.4f} | [{ci[0]:+.4f}, {ci[1]:+.4f}] |")
     else:
         L += ["", f"The best constant policy over these cells: `{best_c[0].replace('always_', '')}`, "
               f"{best_c[1]:.4f}; domsim's plan: {np.mean([x['plan'] for x in rule['statement']]):.4f}."]

@@ -210,38 +210,72 @@ def test_bootstrap_says_when_the_choice_does_not_matter():
     assert min(res["p_within"]) > 0.3
 
 
-def test_leave_one_target_out_learns_the_ratio_threshold_and_never_splits_a_target():
+def test_leave_one_target_out_learns_both_thresholds_and_never_splits_a_target():
     """The rule's fitted part on synthetic cells: targets "low" (ratio about 1.7) where freezing the first half
-    is 10 points better, and "high" (about 3.5) and "higher" (about 5.5) where LP-FT is. The full fit puts
-    the threshold between 1.7 and 3.5 (not inside a target's seeds); each fold scores the held-out target
-    with the others' threshold (held out, "high" meets the middle of 1.7 and 5.5, about 3.1, and lies above
-    it; a target nearer that middle would be split, as PneumoniaMNIST is in the real study); the domsim plan
-    that follows the rule has regret 0 and beats every constant."""
+    is 10 points better, and "high" (about 3.5) and "higher" (about 5.5) where LP-FT is, all with the deepest
+    layer's MMD² well above any threshold; and "colour", whose deepest layer the domain probe separates but with
+    a small MMD² (about 0.05), where a new head (the rule's plan for unshifted deep layers) is best. The full fit
+    puts τ between 1.7 and 3.5 and θ between 0.05 and the others' 0.15 (not inside a target's seeds); each fold
+    scores the held-out target with the others' thresholds (held out, "high" meets the middle of 1.7 and 5.5,
+    about 3.1, and lies above it; "colour" held out meets θ at the edge of the others' evidence, 0.15, and lies
+    below it); the domsim plan that follows the rule has regret 0 and beats every constant."""
     import summarise
     rng = np.random.default_rng(4)
     n, S = 400, 5
     y = np.repeat([0, 1], n // 2)
     cells = {}
-    for name, ratio, good in [("low", 1.7, "freeze_through_8"), ("high", 3.5, "lp_ft"), ("higher", 5.5, "lp_ft")]:
+    for name, ratio, mmd, good in [("low", 1.7, 0.3, "freeze_through_8"), ("high", 3.5, 0.15, "lp_ft"),
+                                   ("higher", 5.5, 0.2, "lp_ft"), ("colour", 6.0, 0.05, "freeze_all")]:
         for b in (10, 25):
             p = np.full(len(study.CONFIGS), 0.8)
             p[summarise.CONSTANTS.index(good)] = 0.9
             correct = rng.random((len(p), S, n)) < p[:, None, None]
-            choices = {"domsim_plan": [good] * S, "domsim_fallback": [good] * S, "deep_shift": [True] * S,
-                       "early_ratio": list(ratio * (1 + 0.02 * rng.standard_normal(S)))}
+            choices = {"domsim_plan": [good] * S, "domsim_fallback": [good] * S, "deep_shift": [mmd > 0.1] * S,
+                       "early_ratio": list(ratio * (1 + 0.02 * rng.standard_normal(S))),
+                       "separated_deep": [True] * S,
+                       "deepest_mmd2": list(mmd * (1 + 0.05 * rng.standard_normal(S))),
+                       "unshifted_plan": ["freeze_all"] * S}
             cells[(name, b)] = summarise.analyse_cell(list(range(S)), correct, y, choices, rng)
     rule = summarise.rule_checks(cells, None, "synthetic")
-    tau = rule["loto"]["full_fit"]["tau"]
-    assert 1.8 < tau < 3.3, tau
+    full = rule["loto"]["full_fit"]
+    assert 1.8 < full["tau"] < 3.3, full
+    assert 0.06 < full["theta"] < 0.13, full
     folds = {f["held_out"]: f for f in rule["loto"]["folds"]}
     assert folds["high"]["held_out_regret"] == 0 and folds["higher"]["held_out_regret"] == 0
     # "low" held out: the others are all LP-FT targets, so the threshold sits at the edge of their evidence
     # (about 3.5), and the low target, below it, gets freezing the first half
     assert folds["low"]["held_out_regret"] == 0 and folds["low"]["tau"] > 3.0
+    # "colour" held out: nothing tells where θ goes below the others' MMD², so it sits at their lowest
+    assert folds["colour"]["held_out_regret"] == 0 and folds["colour"]["theta"] > 0.12
     assert rule["loto"]["regret"] == 0
     assert all(d < 0 for p, (d, _) in rule["paired"].items())
-    # shifted, the plan best and a new head 10 points behind: the statement is right in every cell
+    # the statement is right in every cell: shifted with the plan best and a head behind, or not shifted with
+    # the head best
     assert all(x["right"] and not x["contradicted"] for x in rule["statement"])
+
+
+def test_the_rule_replica_reads_the_evidence_like_verdict_rs():
+    """summarise's replica of the rule (for the refit) on hand-made evidence: the deepest layer separated only
+    with its interval at or above 0.95, a significant test and beyond the spread; the unshifted plan freezes
+    through the deepest useful layer (tied, above chance, at least 0.70) or fine-tunes every layer."""
+    import summarise
+
+    def layer(d, lo=0.97, p=0.001, acc=0.99, spread=0.6, task=0.9, hi=0.0, tlo=0.8):
+        return {"depth": d, "domain_acc": acc, "domain_ci": [lo, 1.0], "spread": spread, "mmd2": 0.3,
+                "mmd_p": p, "mmd_p_holm": p, "task": task, "task_ci": [tlo, 0.95], "task_vs_best": [hi, [hi - 0.02, hi]],
+                "classes": 2, "n_target": 20}
+    assert summarise.separated_deep([layer(0), layer(1, lo=0.95)])
+    assert not summarise.separated_deep([layer(0), layer(1, lo=0.949)])
+    assert not summarise.separated_deep([layer(0), layer(1, p=0.02)])
+    assert not summarise.separated_deep([layer(0), layer(1, acc=0.99, spread=0.95)])
+    ev = [layer(d) for d in range(18)]
+    assert summarise.unshifted_plan(ev) == "freeze_all"
+    ev[17] = layer(17, hi=-0.05)  # not tied: the deepest useful layer is 16, nearest configuration 12
+    assert summarise.unshifted_plan(ev) == "freeze_through_12"
+    ev = [layer(d, task=0.65) for d in range(18)]  # below the floor everywhere: a poor match
+    assert summarise.unshifted_plan(ev) == "train_all"
+    ev = [layer(d, tlo=0.5) for d in range(18)]  # not above chance
+    assert summarise.unshifted_plan(ev) == "train_all"
 
 
 def test_pack_and_verify_catch_changed_pixels(tmp_path, monkeypatch):
