@@ -23,9 +23,11 @@
 //!   a shift"); `domain-specific` = far and not useful; `partial` otherwise.
 //!
 //! **The plan** (set on the fine-tuning ground truth, `reports/finetune`: 4 targets, 10 to 300 labels per
-//! class, 5 seeds, and checked on targets added afterwards; the README's validation section gives the regret of this rule and of every
-//! constant policy, in sample and leaving one target out):
-//! - *shifted deep layers* (the deepest measured layer is far), with or without labels, useful frozen
+//! class, 5 seeds, then checked and refitted on 3 targets added afterwards; the README's validation section
+//! gives the regret of this rule and of every constant policy, in sample and leaving one target out):
+//! - *shifted deep layers* (the deepest measured layer is far: told apart by the domain probe *and* by a large
+//!   MMD², so a colour change, which the probe separates at every depth but which barely moves the deepest
+//!   layer, is not a deep shift), with or without labels, useful frozen
 //!   features or not: a head on frozen features is not enough, and **the shift's profile** chooses how to
 //!   fine-tune. `ratio` = the largest MMD² at or before the layer at `SHIFT_CUT_FRACTION` (0.47) of the
 //!   measured depth over the deepest layer's MMD² (MMD² does not saturate where the domain probe does):
@@ -60,9 +62,10 @@ pub const FAR_DOMAIN_ACC: f64 = 0.95;
 /// it says whether two sets are told apart, not by how much; MMD² does not saturate. At the deepest layer on
 /// the fine-tuning ground truth: clean photos 0.029–0.038, greyscale photos 0.045–0.057 (a new head within
 /// δ of the best at 25 and 100 per class), 32-px photos 0.112–0.138, noisy photos 0.148–0.189, X-rays
-/// 0.26–0.33 (a new head alone more than δ behind in 16 of 18 cells); 0.08 is the geometric middle of the gap
-/// between 0.057 and 0.112, and the leave-one-target-out fit (`reports/finetune/summarise.py`) places it in
-/// that gap (`reports/finetune/results/results.md`).
+/// 0.26–0.33. The fit on all targets (`reports/finetune/summarise.py`, least mean regret, ties within δ/10
+/// broken by the widest margin) puts it at 0.078, the middle of the gap between the greyscale and the 32-px
+/// photos; leaving one target out it moves within 0.078–0.143 and every held-out target falls on the same side
+/// (`reports/finetune/results/results.md`). 0.08 is that fit, rounded.
 pub const FAR_MMD2: f64 = 0.08;
 pub use crate::metrics::stats::ALPHA;
 /// Balanced accuracy a layer's task probe must reach to be useful.
@@ -76,9 +79,10 @@ pub const SHIFT_CUT_FRACTION: f64 = 0.47;
 /// How many times the deepest layer's MMD² the largest MMD² through the cut must be for the shift to count as
 /// concentrated in the early layers (the input itself degraded: noise, blur, a lower resolution), which moves
 /// the shifted plan from freezing the first layers to LP-FT. On the ground truth the ratio is 1.6–1.9 on the
-/// chest X-rays (shifted throughout; freezing the first half best), 2.9–3.2 on PneumoniaMNIST and 4.8–6.6 on
-/// the noisy photos (LP-FT best); 2.4 is the gap's geometric middle, and leaving one target out moves it
-/// within that gap only (`reports/finetune/results/results.md`).
+/// chest X-rays (shifted throughout; freezing the first half best), 2.9–3.2 on PneumoniaMNIST, 4.8–6.2 on the
+/// 32-px photos and 4.8–6.6 on the noisy photos (LP-FT best on average); 2.4 is the geometric middle of the
+/// gap above the X-rays. Leaving one target out the fit stays at 2.36, except without PneumoniaMNIST (3.02,
+/// inside its range) (`reports/finetune/results/results.md`).
 pub const EARLY_SHIFT_RATIO: f64 = 2.4;
 
 /// What the fine-tuning ground truth measured (`reports/finetune/results/ground_truth.json`), quoted in the
@@ -113,17 +117,11 @@ pub struct GroundTruthFigures {
 
 /// The figures of the ground truth as summarised at this version (see [`GroundTruthFigures`]).
 pub const GROUND_TRUTH: GroundTruthFigures = GroundTruthFigures {
-    early_targets: &[
-        "cats_dogs_32",
-        "cats_dogs_grey",
-        "cats_dogs_noise",
-        "pneumoniamnist",
-    ],
-    early_words:
-        "noisy photos, 28-pixel X-rays, 32-pixel photos, greyscale photos at 100 per class",
+    early_targets: &["cats_dogs_32", "cats_dogs_noise", "pneumoniamnist"],
+    early_words: "noisy photos, 28-pixel X-rays, 32-pixel photos",
     early_lp_ft: 0.005,
     early_freeze_half: 0.007,
-    early_head: (0.026, 0.002, 0.057),
+    early_head: (0.029, 0.012, 0.057),
     through_targets: &["chest_bv", "chest_xray"],
     through_words: "chest X-rays: normal vs pneumonia, bacterial vs viral",
     through_freeze_half: 0.006,
@@ -538,23 +536,26 @@ fn shift(ev: &[Evidence], fs: &[Facts]) -> String {
     // a shift that does not reach the deepest layer: where it ends, and the deepest layer's gap
     let ends = match (fs.iter().rposition(|f| f.far), ev.last()) {
         (Some(l), Some(last)) if l + 1 < ev.len() => format!(
-            " It does not reach the deepest layers: the last far layer is depth {}, and at depth {} the gap is {} (MMD2 {}, far needs {FAR_MMD2} or more with the domain probe at or above {FAR_DOMAIN_ACC}), so the shift is confined to the earlier layers.",
+            " It does not reach the deepest layers: the last far layer is depth {}; at depth {} {}, so the shift is confined to the earlier layers.",
             ev[l].depth,
             last.depth,
-            if separated(last) { "told apart, but small" } else { "not shown far" },
-            fmt(last.mmd2)
+            if separated(last) && !large_gap(last) {
+                format!("the domain probe tells the sets apart, but the gap is small (MMD² {}, below {FAR_MMD2})", fmt(last.mmd2))
+            } else {
+                format!("the sets are not shown far apart (domain probe {}, MMD² {})", fmt(last.domain_acc), fmt(last.mmd2))
+            }
         ),
         _ => String::new(),
     };
     match first_far {
         Some(0) => format!(
-            "The shift starts at the input: the earliest layer ({}) already separates source and target (domain probe {}, MMD2 {}), as a change of colour, resolution, noise or modality does.{ends}",
+            "The shift starts at the input: the earliest layer ({}) already separates source and target (domain probe {}, MMD² {}), as a change of colour, resolution, noise or modality does.{ends}",
             ev[0].layer,
             fmt(ev[0].domain_acc),
             fmt(ev[0].mmd2)
         ),
         Some(d) => format!(
-            "The sets separate from depth {} ({}, domain probe {}, MMD2 {}); {} earlier layer(s) are close or within the source's own spread.{ends}",
+            "The sets separate from depth {} ({}, domain probe {}, MMD² {}); {} earlier layer(s) are close or within the source's own spread.{ends}",
             ev[d].depth,
             ev[d].layer,
             fmt(ev[d].domain_acc),

@@ -215,6 +215,15 @@ fn same_domain_photos_and_a_pure_colour_change_get_a_new_head() {
         .unwrap()
         .iter()
         .any(|w| w.as_str().unwrap().contains("greyscale")));
+    // a colour / input-level shift confined to the early layers: the deepest layer's gap is small (MMD² below
+    // FAR_MMD2) although the domain probe tells the sets apart there
+    assert_eq!(v["profile"]["deep_shift"], false, "{:#}", v["profile"]);
+    let diagnosis = v["diagnosis"].as_str().unwrap();
+    eprintln!("greyscale copy vs colour, diagnosis: {diagnosis}");
+    assert!(
+        diagnosis.contains("confined to the earlier layers"),
+        "{diagnosis}"
+    );
     // the domain probe separates the sets from depth 2 on, but the colour control says what the shift is
     let sources = v["sources"].as_str().unwrap();
     assert!(
