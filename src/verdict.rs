@@ -400,6 +400,33 @@ fn separated(e: &Evidence) -> bool {
         .is_some_and(|lo| lo >= FAR_DOMAIN_ACC)
 }
 
+/// Why a layer that is not far is not, in words with its numbers (the first condition of `far` it misses).
+fn not_far(e: &Evidence, f: &Facts) -> String {
+    if f.within_spread {
+        format!(
+            "the gap is within the source's own spread (domain probe {}, the source's own class groups {})",
+            fmt(e.domain_acc),
+            fmt(e.spread)
+        )
+    } else if !separated(e) {
+        format!(
+            "the domain probe's interval does not lie at or above {FAR_DOMAIN_ACC} ({}{})",
+            fmt(e.domain_acc),
+            fmt_ci(e.domain_ci)
+        )
+    } else if !large_gap(e) {
+        format!(
+            "the domain probe tells the sets apart, but the gap is small (MMD² {}, below {FAR_MMD2})",
+            fmt(e.mmd2)
+        )
+    } else {
+        format!(
+            "its MMD² test is not significant after Holm's correction (p {})",
+            fmt_p(e.mmd_p_holm.or(e.mmd_p))
+        )
+    }
+}
+
 /// The effect size of a far layer: MMD² at or above [`FAR_MMD2`] (a missing or non-finite MMD² is no
 /// evidence of a large gap).
 fn large_gap(e: &Evidence) -> bool {
@@ -539,11 +566,7 @@ fn shift(ev: &[Evidence], fs: &[Facts]) -> String {
             " It does not reach the deepest layers: the last far layer is depth {}; at depth {} {}, so the shift is confined to the earlier layers.",
             ev[l].depth,
             last.depth,
-            if separated(last) && !large_gap(last) {
-                format!("the domain probe tells the sets apart, but the gap is small (MMD² {}, below {FAR_MMD2})", fmt(last.mmd2))
-            } else {
-                format!("the sets are not shown far apart (domain probe {}, MMD² {})", fmt(last.domain_acc), fmt(last.mmd2))
-            }
+            not_far(last, &fs[fs.len() - 1])
         ),
         _ => String::new(),
     };
@@ -781,16 +804,8 @@ fn advice_without_labels(ev: &[Evidence], fs: &[Facts], profile: Option<&ShiftPr
                 depth: last.depth,
                 layer: last.layer.clone(),
                 evidence: format!(
-                    "no target labels: the deepest layer is not far{}",
-                    if fs.last().is_some_and(|f| f.within_spread) {
-                        ": the gap is within the source's own spread".to_string()
-                    } else if !separated(last) {
-                        format!(": its domain-probe interval does not lie at or above {FAR_DOMAIN_ACC}")
-                    } else if !large_gap(last) {
-                        format!(": the domain probe tells the sets apart, but MMD² {} is below {FAR_MMD2}", fmt(last.mmd2))
-                    } else {
-                        format!(": its MMD² test is not significant after Holm's correction (p {})", fmt_p(last.mmd_p_holm.or(last.mmd_p)))
-                    }
+                    "no target labels: the deepest layer is not far: {}",
+                    not_far(last, fs.last().expect("a last layer"))
                 ),
             }),
             None,
@@ -1391,7 +1406,11 @@ mod tests {
             .reason
             .starts_with("told apart by the domain probe, but the gap is small"));
         assert!(
-            u.cut.as_ref().unwrap().evidence.contains("is below 0.08"),
+            u.cut
+                .as_ref()
+                .unwrap()
+                .evidence
+                .contains("the gap is small (MMD² 0.080, below 0.08)"),
             "{:?}",
             u.cut
         );
@@ -1465,6 +1484,12 @@ mod tests {
         evs[17].spread = Some(0.97);
         let v = decide(&evs, 0.01, vec![]);
         assert_eq!(v.cut.as_ref().unwrap().depth, 17);
+        // the diagnosis says why the deepest layer is not far, without calling a probe of 1.000 "not apart"
+        assert!(
+            v.diagnosis.contains("the gap is within the source's own spread (domain probe 1.000, the source's own class groups 0.970)"),
+            "{}",
+            v.diagnosis
+        );
         consistent(&v);
     }
 
