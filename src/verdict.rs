@@ -544,7 +544,8 @@ fn layer_verdict(e: &Evidence, f: &Facts) -> LayerVerdict {
         }
     ),
     Label::Partial if separated(e) && !large_gap(e) => format!(
-        "told apart by the domain probe, but the gap is small (MMD2 below {FAR_MMD2}), and not useful: {why}"
+        "told apart by the domain probe, but the gap is small (MMD2 below {FAR_MMD2}){}: {why}",
+        if e.task.is_some() { ", and not useful for the target task" } else { "" }
     ),
     Label::Partial => format!("neither shown close nor far, nor useful: {why}"),
 };
