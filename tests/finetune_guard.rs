@@ -43,8 +43,12 @@ use serde_json::Value;
 ///   A new head is 0.011 and 0.014 behind LP-FT on the clean and the grey photos at 10 per class (both from
 ///   one shared training subset, seed 1).
 /// - a far layer also needs MMD² >= `FAR_MMD2` (0.08): no 10-per-class plan moves, 0.0081 against 0.0061
-///   still (the rule's only changed plan is the greyscale photos at 100 per class).
-const KNOWN_FAILURE: bool = true;
+///   still (the rule's only changed plan is the greyscale photos at 100 per class);
+/// - with an eighth target (the photos at 64 px, registered before its results under that rule): on the eight
+///   10-per-class cells 0.0071 against always `lp_ft` 0.0092, so it passes, and `KNOWN_FAILURE` is false. The
+///   pass rests on the new cell (a new head best there, LP-FT 0.031 behind); on the seven earlier cells alone
+///   it is still 0.0081 against 0.0061 (README, docs/validation.md).
+const KNOWN_FAILURE: bool = false;
 const NOISE_SEED: u64 = 0x5EED;
 /// The study's generated outputs (committed, made by `bash reports/finetune/run.sh`): this guard reads
 /// `ground_truth.json`, the splits and the saved domsim choices from there, never from the study's code.
@@ -207,7 +211,8 @@ fn source_of(target: &str, split: &Value) -> Option<Source> {
     });
     match target {
         "chest_xray" => Some(Source::Folder(datasets().join("chest_xray"), corruption)),
-        "cats_dogs" | "cats_dogs_noise" | "cats_dogs_grey" | "cats_dogs_32" => {
+        // the clean photos and every corrupted copy of them (the corruption is in the split)
+        t if t == "cats_dogs" || t.starts_with("cats_dogs_") => {
             Some(Source::Folder(datasets().join("cats_dogs"), corruption))
         }
         "pneumoniamnist" => Some(Source::PneumoniaMnist),
