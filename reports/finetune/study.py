@@ -581,18 +581,15 @@ def config_of_depth(d):
 
 
 def plan_config(verdict, layers):
-    """domsim's plan and fallback as study configurations. A cut at depth L (freeze through L) maps to the
-    configuration whose frozen prefix is nearest (ties: the one that freezes less); depth >= 17 is a linear
-    head (freeze_all). Plans `train_all` and `lp_ft` are those configurations; a quoted fallback cut maps like a
-    cut."""
-    of_depth = config_of_depth
+    """domsim's plan and fallback as study configurations. A cut maps by `config_of_depth`; plans `train_all`
+    and `lp_ft` are those configurations; a quoted fallback cut maps like a cut."""
     names = [l["name"] for l in layers]
     cut = verdict.get("cut") or {}
     cut_depth = names.index(cut["layer"]) if cut.get("layer") in names else None
     kind = verdict["plan"]["kind"]
-    plan = kind if kind in ("train_all", "lp_ft") else of_depth(cut_depth) if kind == "freeze_through" else None
+    plan = kind if kind in ("train_all", "lp_ft") else config_of_depth(cut_depth) if kind == "freeze_through" else None
     # no cut quoted (a poor match: no frozen layer solves the task): the fallback is the plan itself
-    fallback = (of_depth(cut_depth) if kind == "train_all" else plan) or plan
+    fallback = (config_of_depth(cut_depth) if kind == "train_all" else plan) or plan
     return plan, fallback
 
 
