@@ -6,8 +6,10 @@
 #   OUT=$OUT bash reports/finetune/device_run.sh 480
 # Every cell ("target:budget" in CELLS) trains in its own process on the GPU; no run starts after SECONDS
 # (the argument) have passed; predictions and the grid are snapshotted into $OUT/results.tar every 15 s, so
-# what finished comes back even if the call is cut. Unpack here with `tar xf results.tar -C reports/finetune/results`
-# (the grid rows: merge, do not overwrite, lr_grid.csv). Every run's meta records torch's version and device.
+# what finished comes back even if the call is cut, with each cell's log under logs/ (the device tool returns
+# at most 8 files). Unpack here with `tar xf results.tar -C <a scratch folder>`, then copy predictions/ into
+# reports/finetune/results and merge (do not overwrite) lr_grid.csv. Every run's meta records torch's version
+# and device.
 set -u
 budget=${1:-480}
 PY=${PY:-python3}
@@ -16,7 +18,8 @@ PACK=$(realpath "${PACK:-.gpu}")
 CELLS=${CELLS:-"chest_xray:300 pneumoniamnist:300 chest_xray:100 pneumoniamnist:100"}
 OUT=${OUT:-/tmp/device_out}
 THREADS=${THREADS:-3}
-mkdir -p "$OUT"
+LOGS=$(mktemp -d)
+mkdir -p "$OUT" "$LOGS/logs"
 cd "$(dirname "$0")" || exit 2
 export PYTHONPATH="$PACK/site" DOMSIM_FINETUNE_WORK="$PACK/work" PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; $PY -c 'import torch; print(torch.__version__)'; } >"$OUT/machine.txt" 2>&1
@@ -26,10 +29,12 @@ pids=()
 for cell in $CELLS; do
   t=${cell%:*} b=${cell#*:}
   $PY study.py train --device "$DEV" --threads "$THREADS" --targets "$t" --budgets "$b" --deadline "$deadline" \
-    >"$OUT/log_${t}_$b.txt" 2>&1 &
+    >"$LOGS/logs/log_${t}_$b.txt" 2>&1 &
   pids+=($!)
 done
-snapshot() { tar cf "$OUT/results.tar.tmp" -C results predictions lr_grid.csv && mv "$OUT/results.tar.tmp" "$OUT/results.tar"; }
+snapshot() {
+  tar cf "$OUT/results.tar.tmp" -C results predictions lr_grid.csv -C "$LOGS" logs && mv "$OUT/results.tar.tmp" "$OUT/results.tar"
+}
 while :; do
   alive=0
   for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
@@ -41,5 +46,5 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 snapshot
 cat "$OUT/machine.txt" "$OUT/verify.txt"
-for f in "$OUT"/log_*.txt; do echo "== $f"; tail -n 4 "$f"; done
+for f in "$LOGS"/logs/log_*.txt; do echo "== $f"; tail -n 4 "$f"; done
 exit $rc
