@@ -10,8 +10,8 @@
 //!   the source's own classes (`source_spread_acc`): a gap no larger than class content alone makes inside
 //!   the model's training distribution is no evidence of a domain shift (two ImageNet-like photo sets with
 //!   different classes separate at deep layers for that reason alone);
-//! - *far*: the lower bound of `dom`'s interval ≥ 0.95 (decided on the interval: a layer whose interval
-//!   reaches below is `partial`, undetermined), the gap large: MMD² ≥ `FAR_MMD2` (0.08; the probe saturates
+//! - *far*: the lower bound of `dom`'s interval ≥ 0.90 (decided on the interval: a layer whose interval
+//!   reaches below is `partial`, undetermined), the gap large: MMD² ≥ `FAR_MMD2` (0.10; the probe saturates
 //!   for a colour change and a change of modality alike, MMD² does not), `p_holm ≤ 0.01`, and not within
 //!   the source's spread;
 //! - *tied* with the best layer: the upper bound of `Δ`'s interval is ≥ −margin (default 0.01: not shown
@@ -31,7 +31,7 @@
 //!   features or not: a head on frozen features is not enough, and **the shift's profile** chooses how to
 //!   fine-tune. `ratio` = the largest MMD² at or before the layer at `SHIFT_CUT_FRACTION` (0.47) of the
 //!   measured depth over the deepest layer's MMD² (MMD² does not saturate where the domain probe does):
-//!   - `ratio >= EARLY_SHIFT_RATIO` (2.4), the shift concentrated in the early layers (the input itself
+//!   - `ratio >= EARLY_SHIFT_RATIO` (4.0), the shift concentrated in the early layers (the input itself
 //!     degraded: noise, blur, a lower resolution): **LP-FT**, a new head on the frozen features first, then
 //!     every layer (`GROUND_TRUTH` holds what it lost on the ground truth);
 //!   - otherwise, a shift that runs through the network (a change of modality at full resolution): **freeze
@@ -55,20 +55,24 @@ use crate::embeddings::Manifest;
 
 /// Upper interval bound of the domain-probe accuracy at or below which a layer is close.
 pub const CLOSE_DOMAIN_ACC: f64 = 0.75;
-/// Domain-probe accuracy at or above which a layer is far (with a significant Holm-adjusted MMD² test).
-pub const FAR_DOMAIN_ACC: f64 = 0.95;
+/// Domain-probe accuracy at or above which a layer is far (with a significant Holm-adjusted MMD² test),
+/// decided on the lower bound of its interval. That interval is never narrower than one fold's binomial
+/// sampling error (`metrics::stats::proportion_fold_variance`): a probe perfect on 20 + 20 rows (10 labelled
+/// images per class) has [0.911, 1.000], on 50 + 50 [0.963, 1.000]. Up to stop 30 the interval could be
+/// [1, 1] at any size, and the level was 0.95; 0.90 keeps a perfect separation of 20 + 20 rows far, while one
+/// mistake in 60 predictions (0.983: [0.882, 1.000]) is not.
+pub const FAR_DOMAIN_ACC: f64 = 0.90;
 /// The effect size a far layer must also reach: MMD² (median-heuristic RBF kernel, unbiased) at or above
 /// this. The domain probe saturates (≥ 0.99 for a pure colour change and for a change of modality alike), so
 /// it says whether two sets are told apart, not by how much; MMD² does not saturate. At the deepest layer on
-/// the fine-tuning ground truth: clean photos 0.029–0.038, greyscale photos 0.045–0.057 (a new head within
-/// δ of the best at 25 and 100 per class), 32-px photos 0.112–0.138, noisy photos 0.148–0.189, X-rays
-/// 0.26–0.33. The fit on those seven targets (`reports/finetune/summarise.py`, least mean regret, ties within
-/// δ/10 broken by the widest margin) puts it at 0.078, the middle of the gap between the greyscale and the
-/// 32-px photos; leaving one target out it moved within 0.078–0.143 and every held-out target fell on the
-/// same side. 0.08 is that fit, rounded. An eighth target registered under it, the photos at 64 px (deepest
-/// MMD² 0.058–0.076: a new head), moves the fit to 0.087, in the same gap
-/// (`reports/finetune/results/results.md`).
-pub const FAR_MMD2: f64 = 0.08;
+/// the fine-tuning ground truth (10 targets, 10 to 300 labels per class): clean photos 0.029–0.038,
+/// greyscale photos 0.045–0.057, photos at 64 px 0.058–0.076 and at 48 px 0.081–0.098 (a new head within
+/// δ of the best, or near it, at most budgets), photos at 32 px 0.112–0.138, noisy photos 0.148–0.189,
+/// X-rays 0.26–0.35. The fit on all ten (`reports/finetune/summarise.py`: least mean regret, ties within δ/10
+/// broken by the widest margin between targets) is 0.105, the middle of the gap between the 48-px and the
+/// 32-px photos; 0.10 is that fit, rounded inside the gap. Leaving one target out it falls at 0.069–0.120
+/// (`reports/finetune/results/results.md`). Earlier fits, on fewer targets: 0.078 (7 targets), 0.087 (8).
+pub const FAR_MMD2: f64 = 0.10;
 pub use crate::metrics::stats::ALPHA;
 /// Balanced accuracy a layer's task probe must reach to be useful.
 pub const USEFUL_FLOOR: f64 = 0.70;
@@ -81,11 +85,13 @@ pub const SHIFT_CUT_FRACTION: f64 = 0.47;
 /// How many times the deepest layer's MMD² the largest MMD² through the cut must be for the shift to count as
 /// concentrated in the early layers (the input itself degraded: noise, blur, a lower resolution), which moves
 /// the shifted plan from freezing the first layers to LP-FT. On the ground truth the ratio is 1.6–1.9 on the
-/// chest X-rays (shifted throughout; freezing the first half best), 2.9–3.2 on PneumoniaMNIST, 4.8–6.2 on the
-/// 32-px photos and 4.8–6.6 on the noisy photos (LP-FT best on average); 2.4 is the geometric middle of the
-/// gap above the X-rays. Leaving one target out the fit stays at 2.36, except without PneumoniaMNIST (3.02,
-/// inside its range) (`reports/finetune/results/results.md`).
-pub const EARLY_SHIFT_RATIO: f64 = 2.4;
+/// chest X-rays at full size, 2.2–2.5 on the X-rays at 64 px, 2.9–3.2 on PneumoniaMNIST (28 px), 4.8–6.2 on the
+/// 32-px photos and 4.8–6.6 on the noisy photos. The fit on all ten targets (with [`FAR_MMD2`]'s) is 3.9, the
+/// middle of the gap between PneumoniaMNIST and the 32-px photos; 4.0 is that fit, rounded inside the gap.
+/// Leaving one target out it moves within 2.4–7.7: which of LP-FT and freezing the first half wins on the
+/// shifted X-rays and low-resolution photos is close (within about δ on most cells), so this threshold is the
+/// least certain part of the rule (`reports/finetune/results/results.md`). Earlier fit, on 7 targets: 2.4.
+pub const EARLY_SHIFT_RATIO: f64 = 4.0;
 
 /// What the fine-tuning ground truth measured (`reports/finetune/results/ground_truth.json`), quoted in the
 /// advice. Regret: the best configuration's mean balanced accuracy over seeds minus the configuration's, per
@@ -119,16 +125,16 @@ pub struct GroundTruthFigures {
 
 /// The figures of the ground truth as summarised at this version (see [`GroundTruthFigures`]).
 pub const GROUND_TRUTH: GroundTruthFigures = GroundTruthFigures {
-    early_targets: &["cats_dogs_32", "cats_dogs_noise", "pneumoniamnist"],
-    early_words: "noisy photos, 28-pixel X-rays, 32-pixel photos",
-    early_lp_ft: 0.005,
-    early_freeze_half: 0.007,
-    early_head: (0.029, 0.012, 0.057),
-    through_targets: &["chest_bv", "chest_xray"],
-    through_words: "chest X-rays: normal vs pneumonia, bacterial vs viral",
-    through_freeze_half: 0.006,
-    through_lp_ft: 0.014,
-    through_head: (0.017, 0.0, 0.032),
+    early_targets: &["cats_dogs_32", "cats_dogs_noise"],
+    early_words: "noisy photos, 32-pixel photos",
+    early_lp_ft: 0.007,
+    early_freeze_half: 0.006,
+    early_head: (0.033, 0.014, 0.057),
+    through_targets: &["chest_bv", "chest_xray", "chest_xray_64", "pneumoniamnist"],
+    through_words: "chest X-rays at full size, at 64 and at 28 pixels; normal vs pneumonia, bacterial vs viral",
+    through_freeze_half: 0.007,
+    through_lp_ft: 0.009,
+    through_head: (0.020, 0.0, 0.032),
     close_head: 0.014,
     rule_worst: 0.027,
     budgets: (10, 300),
@@ -376,7 +382,7 @@ fn facts(e: &Evidence, margin: f64, labelled_ok: bool) -> Facts {
     let within_spread =
         matches!((e.domain_acc, e.spread), (Some(d), Some(s)) if d <= s + SPREAD_MARGIN);
     // decided on the interval: a layer whose interval reaches below the threshold is not far (it is
-    // `partial`, undetermined), so a point estimate near 0.95 cannot flip a label or the plan between seeds
+    // `partial`, undetermined), so a point estimate near the far level cannot flip a label or the plan between seeds
     let far = separated(e)
         && e.mmd_p_holm.or(e.mmd_p).is_none_or(|p| p <= ALPHA)
         && large_gap(e)
@@ -1129,12 +1135,12 @@ mod tests {
             ), // tied
             ev(
                 4,
-                (0.96, 0.93, 0.99),
+                (0.93, 0.88, 0.98),
                 0.001,
                 0.55,
                 Some((0.80, 0.76, 0.84, -0.08, -0.11, -0.05)),
                 2,
-            ), // worse; 0.96, but its interval reaches below 0.95: not far, the deep layers not shown shifted
+            ), // worse; 0.93, but its interval reaches below 0.90: not far, the deep layers not shown shifted
         ];
         let v = decide(&evs, 0.01, vec![]);
         let labels: Vec<Label> = v.layers.iter().map(|l| l.label).collect();
@@ -1145,7 +1151,7 @@ mod tests {
                 Label::Partial,   // Δ interval below -0.01: not tied; not far
                 Label::Useful,    // far, but the best layer
                 Label::Useful,    // far, tied with it
-                Label::Partial // its domain interval reaches below 0.95: not shown far (undetermined)
+                Label::Partial // its domain interval reaches below 0.90: not shown far (undetermined)
             ]
         );
         assert_eq!(v.plan.kind, PlanKind::FreezeThrough);
@@ -1369,7 +1375,8 @@ mod tests {
     #[test]
     fn the_deep_shift_needs_a_large_gap_at_its_edge() {
         // the domain probe saturated at the deepest layer; MMD² exactly at FAR_MMD2: shifted (freeze the first
-        // half: the early MMD² is 0.1, 1.25 times the deepest layer's); just below it: not shifted, a new head
+        // half: the early MMD² is 0.1, below EARLY_SHIFT_RATIO times the deepest layer's); just below it: not
+        // shifted, a new head
         let at = {
             let mut e = shifted_case((1.0, 1.0, 1.0));
             e[17].mmd2 = Some(FAR_MMD2);
@@ -1377,7 +1384,8 @@ mod tests {
         };
         assert!(at.profile.as_ref().unwrap().deep_shift);
         assert_eq!(at.cut.as_ref().unwrap().depth, 8);
-        assert!(at.plan.text.contains("MMD² 0.080"), "{}", at.plan.text);
+        let at_text = format!("MMD² {FAR_MMD2:.3}");
+        assert!(at.plan.text.contains(&at_text), "{}", at.plan.text);
         let mut below = shifted_case((1.0, 1.0, 1.0));
         below[17].mmd2 = Some(FAR_MMD2 - 1e-9);
         let v = decide(&below, 0.01, vec![]);
@@ -1413,11 +1421,14 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .evidence
-                .contains("the gap is small (MMD² 0.080, below 0.08)"),
+                .contains(&format!("the gap is small ({at_text}, below {FAR_MMD2})")),
             "{:?}",
             u.cut
         );
-        assert!(u.plan.text.contains("far needs 0.08 or more"));
+        assert!(u
+            .plan
+            .text
+            .contains(&format!("far needs {FAR_MMD2} or more")));
         for v in [&at, &v, &u] {
             consistent(v);
         }

@@ -210,7 +210,10 @@ fn source_of(target: &str, split: &Value) -> Option<Source> {
         ),
     });
     match target {
-        "chest_xray" => Some(Source::Folder(datasets().join("chest_xray"), corruption)),
+        // the X-rays and every corrupted copy of them
+        t if t == "chest_xray" || t.starts_with("chest_xray_") => {
+            Some(Source::Folder(datasets().join("chest_xray"), corruption))
+        }
         // the clean photos and every corrupted copy of them (the corruption is in the split)
         t if t == "cats_dogs" || t.starts_with("cats_dogs_") => {
             Some(Source::Folder(datasets().join("cats_dogs"), corruption))

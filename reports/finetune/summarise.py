@@ -34,7 +34,7 @@ BOOT_SEED = 20261129
 GUARD_BUDGETS = [10]  # cells the CI guard re-runs domsim on (5 seeds each; about 5 s per domsim run)
 # targets added after the rule was set, each with its prediction registered before its results
 # (results/<target>_prediction.md)
-HELD_OUT = ["chest_bv", "cats_dogs_grey", "cats_dogs_32", "cats_dogs_64"]
+HELD_OUT = ["chest_bv", "cats_dogs_grey", "cats_dogs_32", "cats_dogs_64", "cats_dogs_48", "chest_xray_64"]
 CONSTANTS = [c.name for c in study.CONFIGS]
 
 
@@ -71,7 +71,7 @@ EARLY_CONFIG, THROUGH_CONFIG = "lp_ft", "freeze_through_8"
 FIT_TOLERANCE = DELTA / 10
 # the rule's constants (src/verdict.rs), for the leave-one-target-out refit's replica of the rule; every seed's
 # replica is checked against domsim's own verdict (`domsim_choices`), so a drifted constant fails loudly
-FAR_DOMAIN_ACC, FAR_MMD2, ALPHA, SPREAD_MARGIN, USEFUL_FLOOR, MARGIN = 0.95, 0.08, 0.01, 0.05, 0.70, 0.01
+FAR_DOMAIN_ACC, FAR_MMD2, ALPHA, SPREAD_MARGIN, USEFUL_FLOOR, MARGIN = 0.90, 0.10, 0.01, 0.05, 0.70, 0.01
 
 
 def separated_deep(ev):

@@ -15,7 +15,10 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::logreg;
-use super::stats::{auc, corrected_cv_ci, group_stratified_folds, repeated_folds, subsample};
+use super::stats::{
+    auc, corrected_cv_ci_floor, group_stratified_folds, proportion_fold_variance, repeated_folds,
+    subsample,
+};
 use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
 use crate::error::Result;
 
@@ -28,7 +31,8 @@ pub struct ProbeResult {
     pub bal_acc: f64,
     /// Mean per-fold AUC of class 1 vs the rest (two classes only).
     pub auc: Option<f64>,
-    /// Corrected repeated-CV 95 % interval of accuracy ([`corrected_cv_ci`]).
+    /// Corrected repeated-CV 95 % interval of accuracy ([`super::stats::corrected_cv_ci_floor`], its variance
+    /// floored at one fold's binomial variance, [`proportion_fold_variance`]).
     pub acc_ci: Option<(f64, f64)>,
     /// Its interval for balanced accuracy.
     pub bal_ci: Option<(f64, f64)>,
@@ -155,16 +159,20 @@ where
     let (fold_acc, fold_bal) = (col(0), col(1));
     let fold_auc = if k == 2 { col(2) } else { Vec::new() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    // scores live in [0, 1]: the interval is clipped there
-    let ci =
-        |v: &[f64]| corrected_cv_ci(v, n_folds).map(|(_, (lo, hi))| (lo.max(0.0), hi.min(1.0)));
+    // scores live in [0, 1]: the interval is clipped there. Its variance is never below one fold's binomial
+    // sampling variance (`proportion_fold_variance`): n rows per repeat (an AUC: the n/2 of the smaller
+    // class, about), so that folds scoring alike do not make a zero-width interval
+    let ci = |v: &[f64], rows: usize| {
+        let floor = proportion_fold_variance(mean(v), rows, n_folds);
+        corrected_cv_ci_floor(v, n_folds, floor).map(|(_, (lo, hi))| (lo.max(0.0), hi.min(1.0)))
+    };
     Ok(ProbeResult {
         acc: mean(&fold_acc),
         bal_acc: mean(&fold_bal),
         auc: (k == 2).then(|| mean(&fold_auc)),
-        acc_ci: ci(&fold_acc),
-        bal_ci: ci(&fold_bal),
-        auc_ci: if k == 2 { ci(&fold_auc) } else { None },
+        acc_ci: ci(&fold_acc, n),
+        bal_ci: ci(&fold_bal, n),
+        auc_ci: if k == 2 { ci(&fold_auc, n / 2) } else { None },
         folds: n_folds,
         repeats: folds.len(),
         fold_acc,
