@@ -256,7 +256,7 @@ def test_leave_one_target_out_learns_both_thresholds_and_never_splits_a_target()
 
 def test_the_rule_replica_reads_the_evidence_like_verdict_rs():
     """summarise's replica of the rule (for the refit) on hand-made evidence: the deepest layer separated only
-    with its interval at or above 0.95, a significant test and beyond the spread; the unshifted plan freezes
+    with its interval at or above FAR_DOMAIN_ACC (0.90), a significant test and beyond the spread; the unshifted plan freezes
     through the deepest useful layer (tied, above chance, at least 0.70) or fine-tunes every layer."""
     import summarise
 
@@ -264,8 +264,9 @@ def test_the_rule_replica_reads_the_evidence_like_verdict_rs():
         return {"depth": d, "domain_acc": acc, "domain_ci": [lo, 1.0], "spread": spread, "mmd2": 0.3,
                 "mmd_p": p, "mmd_p_holm": p, "task": task, "task_ci": [tlo, 0.95], "task_vs_best": [hi, [hi - 0.02, hi]],
                 "classes": 2, "n_target": 20}
-    assert summarise.separated_deep([layer(0), layer(1, lo=0.95)])
-    assert not summarise.separated_deep([layer(0), layer(1, lo=0.949)])
+    far = summarise.FAR_DOMAIN_ACC
+    assert summarise.separated_deep([layer(0), layer(1, lo=far)])
+    assert not summarise.separated_deep([layer(0), layer(1, lo=far - 0.001)])
     assert not summarise.separated_deep([layer(0), layer(1, p=0.02)])
     assert not summarise.separated_deep([layer(0), layer(1, acc=0.99, spread=0.95)])
     ev = [layer(d) for d in range(18)]

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::logreg;
 use super::stats::{
-    auc, corrected_cv_ci_floor, group_stratified_folds, proportion_fold_variance, repeated_folds,
+    auc, corrected_cv_ci_floor, group_stratified_folds, proportion_variance_floor, repeated_folds,
     subsample,
 };
 use super::{labelled, Ctx, Direction, Metric, MetricValue, Needs, Output, Panel, SetData};
@@ -32,7 +32,7 @@ pub struct ProbeResult {
     /// Mean per-fold AUC of class 1 vs the rest (two classes only).
     pub auc: Option<f64>,
     /// Corrected repeated-CV 95 % interval of accuracy ([`super::stats::corrected_cv_ci_floor`], its variance
-    /// floored at one fold's binomial variance, [`proportion_fold_variance`]).
+    /// never narrower than the pooled score's binomial interval, [`proportion_variance_floor`]).
     pub acc_ci: Option<(f64, f64)>,
     /// Its interval for balanced accuracy.
     pub bal_ci: Option<(f64, f64)>,
@@ -159,11 +159,11 @@ where
     let (fold_acc, fold_bal) = (col(0), col(1));
     let fold_auc = if k == 2 { col(2) } else { Vec::new() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    // scores live in [0, 1]: the interval is clipped there. Its variance is never below one fold's binomial
-    // sampling variance (`proportion_fold_variance`): n rows per repeat (an AUC: the n/2 of the smaller
-    // class, about), so that folds scoring alike do not make a zero-width interval
+    // scores live in [0, 1]: the interval is clipped there. It is never narrower than the binomial interval
+    // of the pooled score (`proportion_variance_floor`): n rows per repeat (an AUC: the n/2 of a class,
+    // about), so that folds scoring alike do not make a zero-width interval
     let ci = |v: &[f64], rows: usize| {
-        let floor = proportion_fold_variance(mean(v), rows, n_folds);
+        let floor = proportion_variance_floor(mean(v), rows, n_folds, v.len());
         corrected_cv_ci_floor(v, n_folds, floor).map(|(_, (lo, hi))| (lo.max(0.0), hi.min(1.0)))
     };
     Ok(ProbeResult {

@@ -169,19 +169,22 @@ pub fn corrected_cv_ci_floor(
     Some((mean, (mean - t * se, mean + t * se)))
 }
 
-/// The binomial variance of one fold's score, the floor under [`corrected_cv_ci_floor`] for a proportion
-/// (accuracy, balanced accuracy): `p(1 − p)/m` for a fold of `m = n/k` of the `n` rows each repeat scores,
-/// with `p` the Agresti–Coull adjusted proportion `(n·mean + 2)/(n + 4)` (Agresti & Coull 1998; Brown, Cai &
-/// DasGupta 2001). Folds that all score 1.0 have a sample variance of 0, and without this floor the interval
-/// is [1, 1] whatever the sample size: 40 rows that a probe gets right in every fold then get the same
-/// certainty as 4000. With it, the interval is never narrower than a fold's own sampling error.
-pub fn proportion_fold_variance(mean: f64, n: usize, k: usize) -> f64 {
-    if n == 0 || k == 0 || !mean.is_finite() {
+/// The floor on the fold scores' sample variance under [`corrected_cv_ci_floor`] for a proportion (accuracy,
+/// balanced accuracy) that keeps the interval at least as wide as the binomial one of the pooled score:
+/// standard error² ≥ `p(1 − p)/n` for the `n` rows each repeat scores, with `p` the Agresti–Coull adjusted
+/// proportion `(n·mean + 2)/(n + 4)` (Agresti & Coull 1998; Brown, Cai & DasGupta 2001). `scores` fold scores
+/// from `k`-fold cross-validation enter the corrected interval as `(1/scores + 1/(k − 1))·s²`, so the floor
+/// on `s²` is `p(1 − p)/n` divided by that factor. Folds that all score 1.0 have `s² = 0`, and without the floor
+/// the interval is [1, 1] at any size: 40 rows a probe gets right in every fold would carry the certainty of
+/// 4000. Where the folds vary by chance (two sets that cannot be told apart) the corrected interval is already
+/// wider, and the floor does not bind.
+pub fn proportion_variance_floor(mean: f64, n: usize, k: usize, scores: usize) -> f64 {
+    if n == 0 || k < 2 || scores == 0 || !mean.is_finite() {
         return 0.0;
     }
     let n = n as f64;
     let p = (n * mean.clamp(0.0, 1.0) + 2.0) / (n + 4.0);
-    p * (1.0 - p) / (n / k as f64)
+    p * (1.0 - p) / n / (1.0 / scores as f64 + 1.0 / (k - 1) as f64)
 }
 
 /// Regularised incomplete beta function I_x(a, b) (continued fraction, Numerical Recipes §6.4).
@@ -381,27 +384,28 @@ mod tests {
     #[test]
     fn identical_folds_get_the_binomial_floor_not_a_zero_width_interval() {
         // 3 repeats x 5 folds of 20 + 20 rows (10 labelled images per class), every fold right: the sample
-        // variance is 0. The floor: p = (40 + 2) / (40 + 4), p(1 - p) / 8 = 0.005 423 55; the interval's half
-        // width t(0.975, 14) * sqrt((1/15 + 1/4) * 0.005 423 55) = 2.144 787 * 0.041 442 = 0.088 885
+        // variance is 0. The floor keeps the standard error at the binomial one of 40 rows:
+        // p = (40 + 2) / (40 + 4), se = sqrt(p (1 - p) / 40) = 0.032 935; half width t(0.975, 14) * se = 0.070 638
         let folds = [1.0; 15];
         assert_eq!(corrected_cv_ci(&folds, 5).unwrap().1, (1.0, 1.0));
-        let floor = proportion_fold_variance(1.0, 40, 5);
-        assert!((floor - 42.0 / 44.0 * (2.0 / 44.0) / 8.0).abs() < 1e-15);
+        let floor = proportion_variance_floor(1.0, 40, 5, 15);
+        let p = 42.0 / 44.0;
+        assert!((floor * (1.0 / 15.0 + 0.25) - p * (1.0 - p) / 40.0).abs() < 1e-15);
         let (m, (lo, _)) = corrected_cv_ci_floor(&folds, 5, floor).unwrap();
         assert_eq!(m, 1.0);
-        assert!((lo - 0.911_115).abs() < 1e-5, "{lo}");
-        // 50 + 50 rows: narrower ([0.963, 1]); 200 + 200: [0.990, 1]
+        assert!((lo - 0.929_362).abs() < 1e-5, "{lo}");
+        // 50 + 50 rows: [0.971, 1]; 200 + 200: [0.992, 1]
         let lo = |n: usize| {
-            let f = proportion_fold_variance(1.0, n, 5);
+            let f = proportion_variance_floor(1.0, n, 5, 15);
             corrected_cv_ci_floor(&folds, 5, f).unwrap().1 .0
         };
-        assert!((lo(100) - 0.963).abs() < 1e-3 && (lo(400) - 0.990).abs() < 1e-3);
-        // a floor never narrows an interval whose folds already vary more
-        let s = [0.5, 0.75, 1.0, 0.5, 0.75, 1.0, 0.5, 0.75, 1.0, 0.75];
-        let f = proportion_fold_variance(0.75, 40, 5);
+        assert!((lo(100) - 0.970_544).abs() < 1e-5 && (lo(400) - 0.992_474).abs() < 1e-5);
+        // folds that vary by chance (two sets a probe cannot tell apart, 40 rows): the floor does not bind
+        let s = [0.5, 0.25, 0.75, 0.5, 0.375, 0.625, 0.5, 0.625, 0.375, 0.5];
+        let f = proportion_variance_floor(0.5, 40, 5, 10);
         assert!(f < sample_variance(&s).unwrap());
         assert_eq!(corrected_cv_ci(&s, 5), corrected_cv_ci_floor(&s, 5, f));
-        assert_eq!(proportion_fold_variance(f64::NAN, 40, 5), 0.0);
+        assert_eq!(proportion_variance_floor(f64::NAN, 40, 5, 15), 0.0);
     }
 
     #[test]
