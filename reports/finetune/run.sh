@@ -4,7 +4,7 @@
 # the splits and images, tests the study itself (pytest: no state leak, run order, patient grouping), proves
 # the torch network reproduces domsim's features, runs domsim on every training subset, trains every
 # configuration x budget x seed not yet done (lightest cells first), then summarises from the saved predictions.
-#   bash reports/finetune/run.sh                                      # the study's eight targets
+#   bash reports/finetune/run.sh                                      # the study's ten targets
 #   bash reports/finetune/run.sh --target NAME=DIR [--corrupt gaussian:SIGMA|grey|lowres:SIDE] [--group REGEX]
 #                                                                     # any folder with one sub-folder per class
 #   bash reports/finetune/run.sh --budgets 10,25 --seeds 0,1,2        # a part of the design (train step only)
@@ -44,7 +44,11 @@ else
   $py $study prepare "cats_dogs_32=$data/cats_dogs" --corrupt lowres:32
   # the eighth, also held out (results/cats_dogs_64_prediction.md): a milder lower resolution
   $py $study prepare "cats_dogs_64=$data/cats_dogs" --corrupt lowres:64
+  # the ninth and tenth, registered together (results/cats_dogs_48_prediction.md, chest_xray_64_prediction.md)
+  $py $study prepare "cats_dogs_48=$data/cats_dogs" --corrupt lowres:48
+  $py $study prepare "chest_xray_64=$data/chest_xray" --corrupt lowres:64
   names="chest_xray,pneumoniamnist,cats_dogs,cats_dogs_noise,chest_bv,cats_dogs_grey,cats_dogs_32,cats_dogs_64"
+  names="$names,cats_dogs_48,chest_xray_64"
 fi
 $py -m pytest -q reports/finetune/test_study.py
 $py $study check
