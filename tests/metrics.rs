@@ -645,8 +645,9 @@ fn labels_csv_rows_are_honoured() {
 /// embeddings): under the null the MMD² test keeps its size and the domain probe's corrected interval
 /// covers 0.5 at about its nominal rate. Two-sided bounds, the central 99 % of the binomial at 400 draws
 /// (size 0.05: 10-32 rejections; 95 % coverage: 368-390 covered): a test that never rejects, or an interval
-/// always [0, 1], fails too. Seed 2026: 16 rejections, 374 covered (at 80 draws, 4 and 71: one-sided
-/// bounds of 10 and 68 there passed an anticonservative 12.5 % test 58 % of the time).
+/// always [0, 1], fails too. Seed 2026: 16 rejections, 379 covered (374 before the interval's binomial floor;
+/// at 80 draws, 4 and 71: one-sided bounds of 10 and 68 there passed an anticonservative 12.5 % test 58 % of
+/// the time).
 #[test]
 fn null_calibration_reduced() {
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
@@ -672,6 +673,60 @@ fn null_calibration_reduced() {
     assert!(
         (368..=390).contains(&covered),
         "domain-probe interval covers 0.5 in {covered}/{draws} (expected 368-390 for 95 %)"
+    );
+}
+
+/// Coverage where the probe is nearly perfect and the sample small (20 + 20 rows, 10 labelled images per
+/// class), the case where identical folds used to give a zero-width interval: two Gaussians in 8 dimensions
+/// whose Bayes accuracy is 0.97. The truth is what cross-validation estimates: the accuracy of the same
+/// probe trained on 32 rows (one fold's training set), on 2000 + 2000 new rows, averaged over 200 draws. The
+/// floored interval must cover it at about its nominal rate (central 99 % of the binomial at 300 draws,
+/// 275-294); the same intervals without the floor are printed for comparison. Seed 7: truth 0.936, covered
+/// 280 times; without the floor 279, 13 of those intervals of zero width (Agresti–Coull's adjustment in the
+/// floor instead of Jeffreys': 300 of 300, too wide).
+#[test]
+fn probe_interval_covers_near_perfect_separation_at_10_per_class() {
+    use domsim::metrics::stats::corrected_cv_ci;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let shift = 2.0 * 1.880_794; // 2 Φ⁻¹(0.97): Bayes accuracy 0.97 between N(0, I) and N(μ, I)
+    let draw = |rng: &mut ChaCha8Rng, n: usize| {
+        let a = randn(rng, n, 8);
+        let mut b = randn(rng, n, 8);
+        b.column_mut(0).mapv_inplace(|v| v + shift);
+        let z = ndarray::concatenate(ndarray::Axis(0), &[a.view(), b.view()]).unwrap();
+        let y: Vec<usize> = (0..2 * n).map(|i| usize::from(i >= n)).collect();
+        (z, y)
+    };
+    // the truth: train on 16 + 16 rows (fold 1), score on 2000 + 2000 (fold 0); fold 0's accuracy only
+    let truth = (0..200)
+        .map(|_| {
+            let (train, ytr) = draw(&mut rng, 16);
+            let (test, yte) = draw(&mut rng, 2000);
+            let z = ndarray::concatenate(ndarray::Axis(0), &[test.view(), train.view()]).unwrap();
+            let y: Vec<usize> = yte.iter().chain(&ytr).copied().collect();
+            let fold: Vec<usize> = (0..y.len()).map(|i| usize::from(i >= yte.len())).collect();
+            cv_probe_folds(&z, &y, &[fold], 1.0).unwrap().fold_acc[0]
+        })
+        .sum::<f64>()
+        / 200.0;
+    let draws = 300;
+    let (mut covered, mut covered_unfloored, mut zero_width) = (0, 0, 0);
+    for _ in 0..draws {
+        let (z, y) = draw(&mut rng, 20);
+        let r = cv_probe(&z, &y, 5, 3, 1.0, &mut rng).unwrap();
+        let (lo, hi) = r.acc_ci.unwrap();
+        covered += usize::from(lo <= truth && truth <= hi);
+        let (_, (ulo, uhi)) = corrected_cv_ci(&r.fold_acc, 5).unwrap();
+        covered_unfloored += usize::from(ulo <= truth && truth <= uhi.min(1.0));
+        zero_width += usize::from(uhi - ulo < 1e-12);
+    }
+    eprintln!(
+        "truth {truth:.4}; the floored interval covers it in {covered}/{draws}, the unfloored one in \
+         {covered_unfloored}/{draws} ({zero_width} of those of zero width)"
+    );
+    assert!(
+        (275..=294).contains(&covered),
+        "the floored interval covers the probe's accuracy in {covered}/{draws} (expected 275-294 for 95 %)"
     );
 }
 

@@ -256,7 +256,7 @@ def test_leave_one_target_out_learns_both_thresholds_and_never_splits_a_target()
 
 def test_the_rule_replica_reads_the_evidence_like_verdict_rs():
     """summarise's replica of the rule (for the refit) on hand-made evidence: the deepest layer separated only
-    with its interval at or above FAR_DOMAIN_ACC (0.90), a significant test and beyond the spread; the unshifted plan freezes
+    with its interval at or above FAR_DOMAIN_ACC (0.95), a significant test and beyond the spread; the unshifted plan freezes
     through the deepest useful layer (tied, above chance, at least 0.70) or fine-tunes every layer."""
     import summarise
 

@@ -171,19 +171,21 @@ pub fn corrected_cv_ci_floor(
 
 /// The floor on the fold scores' sample variance under [`corrected_cv_ci_floor`] for a proportion (accuracy,
 /// balanced accuracy) that keeps the interval at least as wide as the binomial one of the pooled score:
-/// standard error² ≥ `p(1 − p)/n` for the `n` rows each repeat scores, with `p` the Agresti–Coull adjusted
-/// proportion `(n·mean + 2)/(n + 4)` (Agresti & Coull 1998; Brown, Cai & DasGupta 2001). `scores` fold scores
-/// from `k`-fold cross-validation enter the corrected interval as `(1/scores + 1/(k − 1))·s²`, so the floor
-/// on `s²` is `p(1 − p)/n` divided by that factor. Folds that all score 1.0 have `s² = 0`, and without the floor
-/// the interval is [1, 1] at any size: 40 rows a probe gets right in every fold would carry the certainty of
-/// 4000. Where the folds vary by chance (two sets that cannot be told apart) the corrected interval is already
-/// wider, and the floor does not bind.
+/// standard error² ≥ `p(1 − p)/n` for the `n` rows each repeat scores, with `p` the Jeffreys-adjusted
+/// proportion `(n·mean + 1/2)/(n + 1)` (Brown, Cai & DasGupta 2001). `scores` fold scores from `k`-fold
+/// cross-validation enter the corrected interval as `(1/scores + 1/(k − 1))·s²`, so the floor on `s²` is
+/// `p(1 − p)/n` divided by that factor. Folds that all score 1.0 have `s² = 0`, and without the floor the
+/// interval is [1, 1] at any size: 40 rows a probe gets right in every fold would carry the certainty of 4000.
+/// Where the folds vary by chance the corrected interval is already wider, and the floor does not bind. The
+/// adjustment was chosen by simulation (`tests/metrics.rs`): at 20 + 20 rows and a true accuracy of 0.94 the
+/// interval covers in 280 of 300 draws (93 %; Agresti–Coull's `(n·mean + 2)/(n + 4)` covered in 300 of 300,
+/// over-wide; no floor, 279, 13 of them of zero width), and under the null in 379 of 400.
 pub fn proportion_variance_floor(mean: f64, n: usize, k: usize, scores: usize) -> f64 {
     if n == 0 || k < 2 || scores == 0 || !mean.is_finite() {
         return 0.0;
     }
     let n = n as f64;
-    let p = (n * mean.clamp(0.0, 1.0) + 2.0) / (n + 4.0);
+    let p = (n * mean.clamp(0.0, 1.0) + 0.5) / (n + 1.0);
     p * (1.0 - p) / n / (1.0 / scores as f64 + 1.0 / (k - 1) as f64)
 }
 
@@ -385,21 +387,21 @@ mod tests {
     fn identical_folds_get_the_binomial_floor_not_a_zero_width_interval() {
         // 3 repeats x 5 folds of 20 + 20 rows (10 labelled images per class), every fold right: the sample
         // variance is 0. The floor keeps the standard error at the binomial one of 40 rows:
-        // p = (40 + 2) / (40 + 4), se = sqrt(p (1 - p) / 40) = 0.032 935; half width t(0.975, 14) * se = 0.070 638
+        // p = (40 + 1/2) / (40 + 1), se = sqrt(p (1 - p) / 40) = 0.017 354; half width t(0.975, 14) * se = 0.037 221
         let folds = [1.0; 15];
         assert_eq!(corrected_cv_ci(&folds, 5).unwrap().1, (1.0, 1.0));
         let floor = proportion_variance_floor(1.0, 40, 5, 15);
-        let p = 42.0 / 44.0;
+        let p = 40.5 / 41.0;
         assert!((floor * (1.0 / 15.0 + 0.25) - p * (1.0 - p) / 40.0).abs() < 1e-15);
         let (m, (lo, _)) = corrected_cv_ci_floor(&folds, 5, floor).unwrap();
         assert_eq!(m, 1.0);
-        assert!((lo - 0.929_362).abs() < 1e-5, "{lo}");
-        // 50 + 50 rows: [0.971, 1]; 200 + 200: [0.992, 1]
+        assert!((lo - 0.962_779).abs() < 1e-5, "{lo}");
+        // 50 + 50 rows: [0.985, 1]; 200 + 200: [0.996, 1]
         let lo = |n: usize| {
             let f = proportion_variance_floor(1.0, n, 5, 15);
             corrected_cv_ci_floor(&folds, 5, f).unwrap().1 .0
         };
-        assert!((lo(100) - 0.970_544).abs() < 1e-5 && (lo(400) - 0.992_474).abs() < 1e-5);
+        assert!((lo(100) - 0.984_947).abs() < 1e-5 && (lo(400) - 0.996_216).abs() < 1e-5);
         // folds that vary by chance (two sets a probe cannot tell apart, 40 rows): the floor does not bind
         let s = [0.5, 0.25, 0.75, 0.5, 0.375, 0.625, 0.5, 0.625, 0.375, 0.5];
         let f = proportion_variance_floor(0.5, 40, 5, 10);
