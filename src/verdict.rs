@@ -23,7 +23,7 @@
 //!   a shift"); `domain-specific` = far and not useful; `partial` otherwise.
 //!
 //! **The plan** (set on the fine-tuning ground truth, `reports/finetune`: 4 targets, 10 to 300 labels per
-//! class, 5 seeds, then checked and refitted on 3 targets added afterwards; the README's validation section
+//! class, 5 seeds, then checked and refitted on 6 targets added afterwards; the README's validation section
 //! gives the regret of this rule and of every constant policy, in sample and leaving one target out):
 //! - *shifted deep layers* (the deepest measured layer is far: told apart by the domain probe *and* by a large
 //!   MMD², so a colour change, which the probe separates at every depth but which barely moves the deepest
@@ -34,8 +34,9 @@
 //!   - `ratio >= EARLY_SHIFT_RATIO` (4.0), the shift concentrated in the early layers (the input itself
 //!     degraded: noise, blur, a lower resolution): **LP-FT**, a new head on the frozen features first, then
 //!     every layer (`GROUND_TRUTH` holds what it lost on the ground truth);
-//!   - otherwise, a shift that runs through the network (a change of modality at full resolution): **freeze
-//!     the first layers**, through the layer at 0.47 of the depth, and fine-tune the rest with a new head;
+//!   - otherwise, a shift that runs through the network (a change of modality, at full or reduced
+//!     resolution): **freeze the first layers**, through the layer at 0.47 of the depth, and fine-tune the
+//!     rest with a new head;
 //!   - with no useful layer the summary also says "poor match";
 //! - with target labels, deep layers not shown shifted and no useful layer: fine-tune every layer ("poor
 //!   match");
@@ -79,8 +80,8 @@ pub const USEFUL_FLOOR: f64 = 0.70;
 /// How far the domain probe may exceed the source's own spread and still count as within it.
 pub const SPREAD_MARGIN: f64 = 0.05;
 /// Where the cut goes when the deep layers are shifted, as a fraction of the measured depth (0.47 of 17 is
-/// depth 8 of EfficientNet-Lite0: on the ground truth's 11 shifted cells its mean regret is 0.006, LP-FT's
-/// 0.005, within δ of each other, and freezing half the network is the cheaper).
+/// depth 8 of EfficientNet-Lite0: on the ground truth's 19 shifted cells its mean regret is 0.006, LP-FT's
+/// 0.009, within δ of each other, and freezing half the network is the cheaper).
 pub const SHIFT_CUT_FRACTION: f64 = 0.47;
 /// How many times the deepest layer's MMD² the largest MMD² through the cut must be for the shift to count as
 /// concentrated in the early layers (the input itself degraded: noise, blur, a lower resolution), which moves

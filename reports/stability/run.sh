@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Seed stability of the verdict on data the rule was not tuned on: animals -> the fine-tuning study's held-back
 # test splits (300 images per class; the study scores fine-tuning on these images, but domsim, whose evidence
-# the rule reads, never ran on them), one per branch of the shifted-deep-layers rule: the chest X-rays
-# (patient-grouped; a shift through the network -> freeze the first half) and PneumoniaMNIST (a shift
-# concentrated early: LP-FT under the rule up to stop 30; with EARLY_SHIFT_RATIO 4.0 its ratio, about 3, falls below and it gets the same plan). Default settings, seeds 0-9; embeddings extracted once, then
+# the rule reads, never ran on them): the chest X-rays (patient-grouped; a shift through the network, MMD²
+# ratio about 1.7 -> freeze the first half) and PneumoniaMNIST (ratio about 3.0: LP-FT under the rule up to
+# stop 30, the same plan as the X-rays since EARLY_SHIFT_RATIO is 4.0). Default settings, seeds 0-9;
+# embeddings extracted once, then
 # `compare --seed S` + `report` per seed. Writes reports/stability/results/stability.md.
 # Run: bash reports/stability/run.sh
 set -euo pipefail
