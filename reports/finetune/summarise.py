@@ -233,6 +233,35 @@ def main(names):
     chart(names, cells)
 
 
+def claim_holds(kind, plan, head):
+    """Whether the verdict's claim about the choice holds, given the plan's and a new head's regret (numbers or
+    arrays of bootstrap replicates): "poor" (fine-tune: a new head alone loses more than δ), "shifted" (the plan
+    within δ of the best, a new head alone more than δ behind) or "close" (a new head within δ)."""
+    plan, head = np.asarray(plan), np.asarray(head)
+    return {"poor": head > DELTA, "shifted": (plan <= DELTA) & (head > DELTA), "close": head <= DELTA}[kind]
+
+
+def oracle_claim(cell):
+    """The statement's ceiling: the claim that is right on the cell's point estimates (a new head within δ of
+    the best, or the best configuration within δ and a new head more than δ behind), scored in every bootstrap
+    replicate. Its mean is how often even a claim that matches the study exactly would be scored right by a
+    study run again with other seeds and test images."""
+    head = cell["regret_obs"]["always_freeze_all"]
+    if head <= DELTA:
+        return claim_holds("close", 0.0, cell["_regret_reps"]["always_freeze_all"])
+    best = [CONSTANTS.index(cell["best"])] * cell["n_seeds"]
+    return claim_holds("shifted", regret_reps(cell, best), cell["_regret_reps"]["always_freeze_all"])
+
+
+def statement_reach(statement):
+    """(expected right count of the verdict's statement, the oracle's expected count, P(the oracle is right in at
+    least 90 % of the cells of a replicate study)); each cell's replicates are independent of the others'."""
+    n = len(statement)
+    dom = np.sum([s_["right_reps"] for s_ in statement], axis=0)
+    orc = np.sum([s_["oracle_reps"] for s_ in statement], axis=0)
+    return float(dom.mean()), float(orc.mean()), float(np.mean(orc >= math.ceil(0.9 * n)))
+
+
 def rule_checks(cells, targets, title):
     """The verdict rule against the ground truth, on the cells with domsim's choices:
     - `paired`: domsim's plan minus each constant policy, mean regret over cells, replicate by replicate
@@ -348,23 +377,25 @@ def rule_checks(cells, targets, title):
         c = cells[k]
         shifted = np.mean(c["choices"]["deep_shift"]) > 0.5
         poor = np.mean([p == "train_all" for p in c["choices"]["domsim_plan"]]) > 0.5
-        r = c["regret_obs"]
-        lo = {p: float(np.percentile(c["_regret_reps"][p], 2.5)) for p in ("domsim_plan", "always_freeze_all")}
-        hi = {p: float(np.percentile(c["_regret_reps"][p], 97.5)) for p in ("domsim_plan", "always_freeze_all")}
-        if poor:  # no useful frozen layer: "fine-tune every layer", a head on frozen features is not enough
-            right = r["always_freeze_all"] > DELTA
-            contradicted = hi["always_freeze_all"] <= DELTA
-            said = "poor match: fine-tune, a new head alone loses more than δ"
-        elif shifted:
-            right = r["domsim_plan"] <= DELTA and r["always_freeze_all"] > DELTA
-            contradicted = lo["domsim_plan"] > DELTA or hi["always_freeze_all"] <= DELTA
-            said = "shifted: the plan within δ, a new head alone loses more"
-        else:
-            right = r["always_freeze_all"] <= DELTA
-            contradicted = lo["always_freeze_all"] > DELTA
-            said = "not shifted: a new head within δ"
-        statement.append({"cell": f"{k[0]} {k[1]}", "said": said, "right": bool(right),
-                          "contradicted": bool(contradicted),
+        r, reps = c["regret_obs"], c["_regret_reps"]
+        lo = {p: float(np.percentile(reps[p], 2.5)) for p in ("domsim_plan", "always_freeze_all")}
+        hi = {p: float(np.percentile(reps[p], 97.5)) for p in ("domsim_plan", "always_freeze_all")}
+        kind = "poor" if poor else "shifted" if shifted else "close"
+        said = {"poor": "poor match: fine-tune, a new head alone loses more than δ",
+                "shifted": "shifted: the plan within δ, a new head alone loses more",
+                "close": "not shifted: a new head within δ"}[kind]
+        right = bool(claim_holds(kind, r["domsim_plan"], r["always_freeze_all"]))
+        contradicted = {"poor": hi["always_freeze_all"] <= DELTA,
+                        "shifted": lo["domsim_plan"] > DELTA or hi["always_freeze_all"] <= DELTA,
+                        "close": lo["always_freeze_all"] > DELTA}[kind]
+        # how often the claim holds in a replicate study (seeds and test images drawn again): the point
+        # estimate's "right" is itself a noisy measurement
+        p_right = float(np.mean(claim_holds(kind, reps["domsim_plan"], reps["always_freeze_all"])))
+        oracle = oracle_claim(c)
+        statement.append({"cell": f"{k[0]} {k[1]}", "said": said, "right": right,
+                          "contradicted": bool(contradicted), "p_right": p_right,
+                          "right_reps": claim_holds(kind, reps["domsim_plan"], reps["always_freeze_all"]),
+                          "oracle_reps": oracle, "p_oracle": float(np.mean(oracle)),
                           "plan": r["domsim_plan"], "head": r["always_freeze_all"],
                           "plan_ci": [lo["domsim_plan"], hi["domsim_plan"]],
                           "head_ci": [lo["always_freeze_all"], hi["always_freeze_all"]]})
@@ -589,8 +620,18 @@ def rule_markdown(rule):
     n_right = sum(s_["right"] for s_ in rule["statement"])
     n_contra = sum(s_["contradicted"] for s_ in rule["statement"])
     n = len(rule["statement"])
+    exp_dom, exp_orc, p90 = statement_reach(rule["statement"])
     L += ["", f"Right on the point estimates in {n_right} of {n} cells; contradicted by the intervals in "
-          f"{n_contra} of {n}."]
+          f"{n_contra} of {n}.", "",
+          f"How far the ground truth can check this (the bootstrap replicates as studies run again with other seeds "
+          f"and test images): domsim's statement would be scored right in {exp_dom:.1f} of {n} cells on average "
+          f"(P(right) per cell in the table below). A statement that matched this study's point estimates in every "
+          f"cell (an oracle) would be scored right in only {exp_orc:.1f} of {n} ({exp_orc / n:.0%}), and in at least "
+          f"90 % of the cells in {p90:.0%} of replicate studies: a claim about differences of δ = {DELTA} cannot be "
+          f"confirmed cell by cell with {len(study.SEEDS)} seeds per cell.", "",
+          "| cell | what it says | P(right) | the oracle's P(right) |", "|---|---|---|---|"]
+    for s_ in rule["statement"]:
+        L.append(f"| {s_['cell']} | {s_['said']} | {s_['p_right']:.2f} | {s_['p_oracle']:.2f} |")
     return L
 
 
