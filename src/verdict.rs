@@ -123,6 +123,10 @@ pub struct GroundTruthFigures {
     pub rule_worst: f64,
     /// Least and largest label budget per class measured.
     pub budgets: (usize, usize),
+    /// Per label budget measured (images per class): how far the outcome moves with the labelled subset alone.
+    /// Per cell, each configuration's standard deviation of balanced accuracy over the five training subsets
+    /// (seeds) of that size, its median over the configurations; then the median over the budget's cells.
+    pub subset_sd: &'static [(usize, f64)],
 }
 
 /// The figures of the ground truth as summarised at this version (see [`GroundTruthFigures`]).
@@ -141,7 +145,13 @@ pub const GROUND_TRUTH: GroundTruthFigures = GroundTruthFigures {
     close_head: 0.014,
     rule_worst: 0.027,
     budgets: (10, 300),
+    subset_sd: &[(10, 0.033), (25, 0.012), (100, 0.008), (300, 0.006)],
 };
+
+/// A spread between training subsets at or above which the advice says that which images are labelled moves
+/// the outcome about as much as the cut: twice the margin (0.01) within which configurations count as tied,
+/// and about what a new head alone lost on average where the deep layers are shifted (0.020 and 0.033).
+pub const SUBSET_SD_NOTE: f64 = 0.02;
 
 /// The numbers the rule reads at one layer.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -754,32 +764,54 @@ fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> (
     )
 }
 
-/// The label budget in words: what the advice rests on, and what the ground truth says about it.
+/// The measured budget nearest to `per` labelled images per class (on a log scale), with its spread between
+/// training subsets ([`GroundTruthFigures::subset_sd`]).
+pub fn nearest_budget(per: usize) -> (usize, f64) {
+    let d = |b: usize| ((per.max(1) as f64) / b as f64).ln().abs();
+    *GROUND_TRUTH
+        .subset_sd
+        .iter()
+        .min_by(|a, b| d(a.0).total_cmp(&d(b.0)))
+        .expect("the ground truth has budgets")
+}
+
+/// The label budget in words: what the advice rests on, and what the ground truth says about that budget: how
+/// much the outcome moves with the labelled subset alone (at the nearest budget measured), whether that is as
+/// much as the cut, and how far the rule's choice is measured.
 fn budget_note(ev: &[Evidence]) -> String {
     let Some(e) = ev.last() else {
         return String::new();
     };
-    match (e.n_target, e.classes) {
-        (Some(n), Some(k)) if k > 0 => {
-            let per = n / k;
-            let (lo, hi) = GROUND_TRUTH.budgets;
-            let worst = GROUND_TRUTH.rule_worst;
-            let covered = format!("on the ground truth this rule's choice lost at most {worst:.3} to the best configuration in any cell from {lo} to {hi} per class");
-            format!(
-                " This rests on about {per} labelled images per class; {}.",
-                if per < SMALL_SET {
-                    format!(
-                        "{covered}, but below {SMALL_SET} per class each estimate here is rough"
-                    )
-                } else if per > hi {
-                    format!("{covered}; beyond {hi} per class it is not measured")
-                } else {
-                    covered
-                }
-            )
-        }
-        _ => String::new(),
+    let (Some(n), Some(k)) = (e.n_target, e.classes) else {
+        return String::new();
+    };
+    if k == 0 {
+        return String::new();
     }
+    let per = n / k;
+    let (lo, hi) = GROUND_TRUTH.budgets;
+    let (b, sd) = nearest_budget(per);
+    let worst = GROUND_TRUTH.rule_worst;
+    let spread = format!(
+        "on the ground truth at {b} per class{}, balanced accuracy moved by {sd:.3} (standard deviation) with the labelled subset alone",
+        if b == per { String::new() } else { " (the nearest budget measured)".to_string() }
+    );
+    let matters = if sd >= SUBSET_SD_NOTE {
+        ", about as much as the choice of cut or more: which images are labelled matters here, so label more if you can and compare configurations over several labelled subsets"
+    } else {
+        ""
+    };
+    let covered = format!(
+        "this rule's choice lost at most {worst:.3} to the best configuration in any cell from {lo} to {hi} per class"
+    );
+    let range = if per < SMALL_SET {
+        format!("{covered}, but below {SMALL_SET} per class each estimate here is rough")
+    } else if per > hi {
+        format!("{covered}; beyond {hi} per class it is not measured")
+    } else {
+        covered
+    };
+    format!(" This rests on about {per} labelled images per class: {spread}{matters}; {range}.")
 }
 
 /// The advice without labels, from the deepest layer's shift alone (the one question the ground truth shows
@@ -1262,6 +1294,48 @@ mod tests {
             first.len() <= 120,
             "the first sentence is the action: {first}"
         );
+    }
+
+    /// The budget is an input of the advice's words: the same shifted target at 10, 25, 300 and 1000 labelled
+    /// images per class gets the same plan (the ground truth shows no budget at which another configuration
+    /// wins by more than the margin), and each reason quotes the ground truth's spread between labelled
+    /// subsets at the nearest budget measured; at 10 per class (0.033, at or above `SUBSET_SD_NOTE`) it says
+    /// that which images are labelled matters as much as the cut.
+    #[test]
+    fn the_budget_moves_the_reason_with_the_ground_truths_spread_between_labelled_subsets() {
+        let at = |per: usize| {
+            let mut e = shifted_case((1.0, 1.0, 1.0));
+            for x in &mut e {
+                x.n_target = Some(2 * per);
+            }
+            decide(&e, 0.01, vec![])
+        };
+        let plans: Vec<_> = [10, 25, 300, 1000].iter().map(|&p| at(p)).collect();
+        for v in &plans {
+            assert_eq!(v.plan.kind, plans[0].plan.kind);
+            assert_eq!(v.cut.as_ref().unwrap().depth, 8);
+            consistent(v);
+        }
+        let t = |i: usize| plans[i].plan.text.clone();
+        assert!(t(0).contains("about 10 labelled images per class: on the ground truth at 10 per class, balanced accuracy moved by 0.033"), "{}", t(0));
+        assert!(t(0).contains("which images are labelled matters here"));
+        assert!(t(1).contains("at 25 per class, balanced accuracy moved by 0.012"));
+        assert!(!t(1).contains("which images are labelled"));
+        assert!(t(2).contains("at 300 per class, balanced accuracy moved by 0.006"));
+        assert!(t(3).contains("at 300 per class (the nearest budget measured)"));
+        assert!(t(3).contains("beyond 300 per class it is not measured"));
+        // the nearest budget on a log scale: the edges are the geometric middles (15.8, 50, 173)
+        assert_eq!(nearest_budget(15).0, 10);
+        assert_eq!(nearest_budget(16).0, 25);
+        assert_eq!(nearest_budget(49).0, 25);
+        assert_eq!(nearest_budget(51).0, 100);
+        assert_eq!(nearest_budget(173).0, 100);
+        assert_eq!(nearest_budget(174).0, 300);
+        assert_eq!(nearest_budget(0).0, 10);
+        // the note's threshold sits between the measured spreads at 10 and at 25 per class
+        assert!(nearest_budget(10).1 >= SUBSET_SD_NOTE && nearest_budget(25).1 < SUBSET_SD_NOTE);
+        // words never repeat: one budget sentence
+        assert_eq!(t(0).matches("labelled images per class").count(), 1);
     }
 
     #[test]

@@ -530,6 +530,49 @@ fn quoted_ground_truth_figures_are_the_studys() {
     eprintln!("not shifted: {} cells, a new head at most {close_max:.4}; the rule's worst cell {worst:.4}", close.len());
     near(Q.close_head, close_max, "close_head");
     near(Q.rule_worst, worst, "rule_worst");
+    // the spread between labelled subsets per budget: per cell the median over configurations of the standard
+    // deviation over seeds, then the median over the budget's cells
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let mut by_budget = std::collections::BTreeMap::<usize, Vec<f64>>::new();
+    for c in gt["cells"].as_array().unwrap() {
+        let sds = c["bal_acc"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|runs| {
+                let x: Vec<f64> = runs
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                let m = x.iter().sum::<f64>() / x.len() as f64;
+                (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+            })
+            .collect();
+        by_budget
+            .entry(c["budget"].as_u64().unwrap() as usize)
+            .or_default()
+            .push(median(sds));
+    }
+    let measured: Vec<(usize, f64)> = by_budget.into_iter().map(|(b, v)| (b, median(v))).collect();
+    eprintln!("spread between labelled subsets per budget: {measured:?}");
+    assert_eq!(
+        measured.iter().map(|m| m.0).collect::<Vec<_>>(),
+        Q.subset_sd.iter().map(|q| q.0).collect::<Vec<_>>(),
+        "verdict::GROUND_TRUTH.subset_sd: the budgets measured"
+    );
+    for (q, m) in Q.subset_sd.iter().zip(&measured) {
+        near(q.1, m.1, &format!("subset_sd at {} per class", q.0));
+    }
     assert_eq!(
         (
             *budgets.iter().min().unwrap(),

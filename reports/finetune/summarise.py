@@ -558,6 +558,7 @@ def write_markdown(names, cells, pooled, guard, rule=None, partial=None):
             L.append("| **mean of cells** | " + " | ".join(
                 f"**{pooled['regret'][p][0]:.3f}** [{pooled['regret'][p][1][0]:.3f}, {pooled['regret'][p][1][1]:.3f}]"
                 if p in pooled["regret"] else "–" for p in pols) + " |")
+    L += budget_markdown(cells)
     if guard:
         names_ = ", ".join(f"{c['target']} {c['budget']}" for c in guard["cells"])
         L += ["", "## The CI guard", "",
@@ -570,6 +571,46 @@ def write_markdown(names, cells, pooled, guard, rule=None, partial=None):
         L += rule_markdown(r)
     with open(os.path.join(study.RESULTS, "results.md"), "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+def subset_sd(cell):
+    """How far the outcome moves with the labelled subset alone: each configuration's standard deviation of
+    balanced accuracy over the seeds (each seed its own training subset), the median over configurations
+    (`verdict::GROUND_TRUTH.subset_sd` quotes the median of this over a budget's cells)."""
+    return float(np.median(np.std(np.array(cell["bal_acc"]), axis=1, ddof=1)))
+
+
+def budget_markdown(cells):
+    """Mean regret per label budget, for the cells whose deep layers domsim calls shifted (most seeds) and the
+    others, with the spread between labelled subsets: whether the budget moves which configuration is best."""
+    groups = {}
+    for k, c in cells.items():
+        if not c["choices"]:
+            continue
+        g = "shifted" if np.mean(c["choices"]["deep_shift"]) > 0.5 else "not shifted"
+        groups.setdefault((g, k[1]), []).append(k)
+    if not groups:
+        return []
+    pols = ["domsim_plan"] + [f"always_{c}" for c in CONSTANTS]
+    L = ["", "## By label budget", "",
+         "Mean regret over the cells of each budget, for the cells whose deepest layers domsim calls shifted (most "
+         "seeds) and for the others; *subset SD*: the median over cells of the spread between labelled subsets "
+         "of that size (per cell, each configuration's standard deviation of balanced accuracy over the seeds, "
+         "its median over configurations). Best constant per row in bold.", "",
+         "| deep layers | per class | cells | subset SD | " + " | ".join(p.replace("always_", "") for p in pols)
+         + " |", "|---" * (4 + len(pols)) + "|"]
+    for (g, b), ks in sorted(groups.items()):
+        means = {p: float(np.mean([cells[k]["regret_obs"][p] for k in ks])) for p in pols}
+        best = min(pols[1:], key=lambda p: means[p])
+        sd = float(np.median([subset_sd(cells[k]) for k in ks]))
+        L.append(f"| {g} | {b} | {len(ks)} | {sd:.3f} | " + " | ".join(
+            f"**{means[p]:.4f}**" if p == best else f"{means[p]:.4f}" for p in pols) + " |")
+    by_b = {}
+    for k, c in cells.items():
+        by_b.setdefault(k[1], []).append(subset_sd(c))
+    L += ["", "Subset SD over all cells of a budget (the figures the advice quotes): " + ", ".join(
+        f"{b} per class {np.median(v):.3f}" for b, v in sorted(by_b.items())) + "."]
+    return L
 
 
 def rule_markdown(rule):
