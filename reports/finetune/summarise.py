@@ -69,6 +69,9 @@ EARLY_CONFIG, THROUGH_CONFIG = "lp_ft", "freeze_through_8"
 # it (0) the fit chases such differences: leaving one target out, 0.0070, no better than always LP-FT;
 # with 0.0005, 0.001 or 0.002 it is 0.0052 (results.md)
 FIT_TOLERANCE = DELTA / 10
+# a cell "resolves" the verdict's claim when the claim matching its point estimates holds in at least this share
+# of the bootstrap replicates (the intervals' 95 %)
+RESOLVED = 0.95
 # the rule's constants (src/verdict.rs), for the leave-one-target-out refit's replica of the rule; every seed's
 # replica is checked against domsim's own verdict (`domsim_choices`), so a drifted constant fails loudly
 FAR_DOMAIN_ACC, FAR_MMD2, ALPHA, SPREAD_MARGIN, USEFUL_FLOOR, MARGIN = 0.95, 0.10, 0.01, 0.05, 0.70, 0.01
@@ -662,6 +665,7 @@ def rule_markdown(rule):
     n_contra = sum(s_["contradicted"] for s_ in rule["statement"])
     n = len(rule["statement"])
     exp_dom, exp_orc, p90 = statement_reach(rule["statement"])
+    resolved = [s_ for s_ in rule["statement"] if s_["p_oracle"] >= RESOLVED]
     L += ["", f"Right on the point estimates in {n_right} of {n} cells; contradicted by the intervals in "
           f"{n_contra} of {n}.", "",
           f"How far the ground truth can check this (the bootstrap replicates as studies run again with other seeds "
@@ -669,10 +673,14 @@ def rule_markdown(rule):
           f"(P(right) per cell in the table below). A statement that matched this study's point estimates in every "
           f"cell (an oracle) would be scored right in only {exp_orc:.1f} of {n} ({exp_orc / n:.0%}), and in at least "
           f"90 % of the cells in {p90:.0%} of replicate studies: a claim about differences of δ = {DELTA} cannot be "
-          f"confirmed cell by cell with {len(study.SEEDS)} seeds per cell.", "",
+          f"confirmed cell by cell with {len(study.SEEDS)} seeds per cell. Where this study resolves the claim "
+          f"(the oracle's claim holds in at least {RESOLVED:.0%} of replicates: {len(resolved)} cells), domsim's "
+          f"statement is right on the point estimates in {sum(s_['right'] for s_ in resolved)}"
+          + (f" (wrong: {', '.join(s_['cell'] for s_ in resolved if not s_['right'])})."
+             if any(not s_["right"] for s_ in resolved) else "."), "",
           "| cell | what it says | P(right) | the oracle's P(right) |", "|---|---|---|---|"]
     for s_ in rule["statement"]:
-        L.append(f"| {s_['cell']} | {s_['said']} | {s_['p_right']:.2f} | {s_['p_oracle']:.2f} |")
+        L.append(f"| {s_['cell']} | {s_['said']} | {s_['p_right']:.3f} | {s_['p_oracle']:.3f} |")
     return L
 
 
