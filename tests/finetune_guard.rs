@@ -582,6 +582,56 @@ fn quoted_ground_truth_figures_are_the_studys() {
     );
 }
 
+/// The cells where domsim's plan (its pick on each seed, as the study ran it) is more than δ = 0.01 behind the
+/// best configuration: the known failures, listed in docs/validation.md and summarised in the README. A rule
+/// change that fixes one or breaks another fails here until this list and the docs are updated.
+const KNOWN_FAILURE_CELLS: &[(&str, u64)] = &[
+    ("cats_dogs", 10),
+    ("cats_dogs_32", 25),
+    ("cats_dogs_48", 100),
+    ("cats_dogs_64", 100),
+    ("cats_dogs_grey", 10),
+    ("chest_bv", 10),
+    ("chest_bv", 100),
+    ("chest_xray_64", 25),
+    ("pneumoniamnist", 25),
+];
+
+#[test]
+fn known_failure_cells_are_the_studys() {
+    let gt = read_json(&study_dir().join("ground_truth.json"));
+    let delta = gt["design"]["delta"].as_f64().unwrap();
+    let mut failing = vec![];
+    for c in gt["cells"].as_array().unwrap() {
+        let Some(plan) = c["choices"]["domsim_plan"].as_array() else {
+            continue;
+        };
+        let picks: Vec<String> = plan
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        let r = regret(c, &picks);
+        if r > delta {
+            eprintln!(
+                "{} {}: domsim's plan {r:.4} behind the best",
+                c["target"], c["budget"]
+            );
+            failing.push((
+                c["target"].as_str().unwrap().to_string(),
+                c["budget"].as_u64().unwrap(),
+            ));
+        }
+    }
+    let known: Vec<(String, u64)> = KNOWN_FAILURE_CELLS
+        .iter()
+        .map(|(t, b)| (t.to_string(), *b))
+        .collect();
+    assert_eq!(
+        failing, known,
+        "the cells where domsim's plan is more than {delta} behind the best changed: update KNOWN_FAILURE_CELLS and docs/validation.md's known failures"
+    );
+}
+
 #[test]
 fn recommended_plan_beats_every_constant_policy_on_the_guard_cells() {
     let gt = read_json(&study_dir().join("ground_truth.json"));
