@@ -19,6 +19,25 @@ import summarise as S
 REPS = 400
 
 
+def oracle_right(correct, y, M, reps, rng):
+    """[reps] bool: whether the claim matching the cell's point estimates (correct[c, s, i], test labels y)
+    holds in each replicate study of M seeds drawn with replacement and test images drawn within class."""
+    m = S.bal_by_seed(correct, y).mean(1)
+    head_i = S.CONSTANTS.index("freeze_all")
+    head, best = m.max() - m[head_i], int(m.argmax())
+    idx = [np.flatnonzero(y == k) for k in np.unique(y)]
+    ok = np.zeros(reps, bool)
+    for r in range(reps):
+        s_idx = rng.integers(0, correct.shape[1], M)
+        w = np.zeros(len(y))
+        for ids in idx:
+            np.add.at(w, rng.choice(ids, len(ids)), 1)
+        acc = S.bal_by_seed(correct[:, s_idx], y, w).mean(1)
+        h, bb = acc.max() - acc[head_i], acc.max() - acc[best]
+        ok[r] = S.claim_holds("close", 0.0, h) if head <= S.DELTA else S.claim_holds("shifted", bb, h)
+    return ok
+
+
 def main():
     rng = np.random.default_rng(S.BOOT_SEED)
     right = {}
@@ -28,21 +47,9 @@ def main():
             got = S.load_cell(name, b, split)
             if got is None or len(got[0]) < len(study.SEEDS):
                 continue
-            seeds, correct, y, _ = got
-            m = S.bal_by_seed(correct, y).mean(1)
-            head, best = m.max() - m[S.CONSTANTS.index("freeze_all")], int(m.argmax())
-            idx = [np.flatnonzero(y == k) for k in np.unique(y)]
+            _, correct, y, _ = got
             for M in (5, 10, 20):
-                ok = []
-                for _ in range(REPS):
-                    s_idx = rng.integers(0, len(seeds), M)
-                    w = np.zeros(len(y))
-                    for ids in idx:
-                        np.add.at(w, rng.choice(ids, len(ids)), 1)
-                    acc = S.bal_by_seed(correct[:, s_idx], y, w).mean(1)
-                    h, bb = acc.max() - acc[S.CONSTANTS.index("freeze_all")], acc.max() - acc[best]
-                    ok.append(S.claim_holds("close", 0.0, h) if head <= S.DELTA else S.claim_holds("shifted", bb, h))
-                right.setdefault(M, []).append(np.array(ok))
+                right.setdefault(M, []).append(oracle_right(correct, y, M, REPS, rng))
     for M, v in right.items():
         tot = np.sum(v, axis=0)
         print(f"{M:2d} seeds per cell: the oracle right in {tot.mean():.1f} of {len(v)} cells on average; "

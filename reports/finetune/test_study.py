@@ -328,3 +328,26 @@ def test_the_statement_ceiling_is_near_one_when_the_study_resolves_the_claim_and
     d = summarise.DELTA
     assert summarise.claim_holds("close", 0, d) and not summarise.claim_holds("poor", 0, d)
     assert summarise.claim_holds("shifted", d, d + 1e-9) and not summarise.claim_holds("shifted", d + 1e-9, 1)
+
+
+def test_more_seeds_resolve_a_claim_near_delta():
+    """ceiling_seeds.py on one synthetic cell whose new head is 1.5 points behind the best (just beyond δ): a
+    replicate study with more seeds confirms the claim more often, and a head 10 points behind is confirmed
+    at any number of seeds."""
+    import ceiling_seeds
+    import summarise
+    rng = np.random.default_rng(6)
+    n, S = 600, 5
+    y = np.repeat([0, 1], n // 2)
+    p = np.full(len(study.CONFIGS), 0.88)
+    p[summarise.CONSTANTS.index("freeze_through_8")] = 0.90
+    p[summarise.CONSTANTS.index("freeze_all")] = 0.885
+    # per-seed noise, as training subsets give: each run's accuracy moves by about 0.02
+    shift = rng.normal(0, 0.02, (len(p), S))
+    correct = rng.random((len(p), S, n)) < (p[:, None] + shift)[:, :, None]
+    few = ceiling_seeds.oracle_right(correct, y, 5, 300, np.random.default_rng(7)).mean()
+    many = ceiling_seeds.oracle_right(correct, y, 40, 300, np.random.default_rng(7)).mean()
+    assert many > few, (few, many)
+    p[summarise.CONSTANTS.index("freeze_all")] = 0.80
+    correct = rng.random((len(p), S, n)) < p[:, None, None]
+    assert ceiling_seeds.oracle_right(correct, y, 5, 200, np.random.default_rng(8)).mean() > 0.95
