@@ -1022,7 +1022,7 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
         String::from("Where the gap comes from (MMD² closed by changing the source alone): ");
     if parts.is_empty() {
         s.push_str(&format!(
-            "no control clearly closes more than {:.0} % of it at any depth: the gap is content (what the images show), not colour or resolution.",
+            "no control clearly closes more than {:.0} % of it at any depth: the gap is not colour or resolution, but content (what the images show) or a change these controls do not make (noise, blur, modality).",
             100.0 * NAMED_SHARE
         ));
         return Some(s);
@@ -1030,7 +1030,7 @@ fn gap_sentence(cmp: &CompareReport) -> Option<String> {
     s.push_str(&parts.join("; "));
     if !content.is_empty() {
         s.push_str(&format!(
-            "; at depth{} {} no control clearly closes more than {:.0} %: the gap there is content (what the images show), not colour or resolution",
+            "; at depth{} {} no control clearly closes more than {:.0} %: the gap there is not colour or resolution, but content (what the images show) or a change these controls do not make (noise, blur, modality)",
             if content.len() > 1 { "s" } else { "" },
             depth_ranges(&content),
             100.0 * NAMED_SHARE

@@ -602,12 +602,24 @@ fn shift(ev: &[Evidence], fs: &[Facts]) -> String {
             fmt(ev[0].mmd2)
         ),
         Some(d) => format!(
-            "The sets separate from depth {} ({}, domain probe {}, MMD² {}); {} earlier layer(s) are close or within the source's own spread.{ends}",
+            "The sets separate from depth {} ({}, domain probe {}, MMD² {}); {}.{ends}",
             ev[d].depth,
             ev[d].layer,
             fmt(ev[d].domain_acc),
             fmt(ev[d].mmd2),
-            close_run
+            match close_run {
+                0 => "no earlier layer is shown close to the source or within its own spread".to_string(),
+                n if n >= d => "every earlier layer is close to the source or within its own spread".to_string(),
+                n => {
+                    let depths: Vec<usize> = ev[..n].iter().map(|e| e.depth).collect();
+                    format!(
+                        "depth{} {} {} close to the source or within its own spread, the layers between are not shown either way",
+                        if n > 1 { "s" } else { "" },
+                        crate::controls::depth_ranges(&depths),
+                        if n > 1 { "are" } else { "is" }
+                    )
+                }
+            }
         ),
         None if close_run == ev.len() && !ev.is_empty() => {
             "No layer separates the sets beyond the source's own spread: every layer is close or within it.".to_string()
@@ -1338,6 +1350,38 @@ mod tests {
         assert!(nearest_budget(10).1 >= SUBSET_SD_NOTE && nearest_budget(25).1 < SUBSET_SD_NOTE);
         // words never repeat: one budget sentence
         assert_eq!(t(0).matches("labelled images per class").count(), 1);
+    }
+
+    /// Where the shift starts, in words that fit the count of close layers before it: none, some, or all.
+    #[test]
+    fn the_diagnosis_names_the_close_layers_before_the_first_far_one() {
+        let close = (0.6, 0.5, 0.7);
+        let partial = (0.9, 0.85, 0.95 - 1e-9);
+        let far = (1.0, 0.99, 1.0);
+        let case = |doms: &[(f64, f64, f64)]| {
+            let ev: Vec<Evidence> = doms
+                .iter()
+                .enumerate()
+                .map(|(d, &dom)| ev(d, dom, 0.001, 0.5, None, 2))
+                .collect();
+            decide(&ev, 0.01, vec![]).diagnosis
+        };
+        let none = case(&[partial, far, far]);
+        assert!(
+            none.contains("separate from depth 1")
+                && none.contains("no earlier layer is shown close"),
+            "{none}"
+        );
+        let all = case(&[close, close, far]);
+        assert!(all.contains("every earlier layer is close"), "{all}");
+        let some = case(&[close, partial, far]);
+        assert!(
+            some.contains("depth 0 is close to the source")
+                && some.contains("the layers between are not shown either way"),
+            "{some}"
+        );
+        let two = case(&[close, close, partial, far]);
+        assert!(two.contains("depths 0–1 are close"), "{two}");
     }
 
     #[test]
