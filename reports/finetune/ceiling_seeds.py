@@ -29,12 +29,8 @@ def oracle_right(correct, y, M, reps, rng):
     ok = np.zeros(reps, bool)
     for r in range(reps):
         s_idx = rng.integers(0, correct.shape[1], M)
-        w = np.zeros(len(y))
-        for ids in idx:
-            np.add.at(w, rng.choice(ids, len(ids)), 1)
-        acc = S.bal_by_seed(correct[:, s_idx], y, w).mean(1)
-        h, bb = acc.max() - acc[head_i], acc.max() - acc[best]
-        ok[r] = S.claim_holds("close", 0.0, h) if head <= S.DELTA else S.claim_holds("shifted", bb, h)
+        acc = S.bal_by_seed(correct[:, s_idx], y, S.resample_test(idx, len(y), rng)).mean(1)
+        ok[r] = S.oracle_holds(head, acc.max() - acc[head_i], acc.max() - acc[best])
     return ok
 
 
