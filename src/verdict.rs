@@ -780,7 +780,7 @@ fn shifted_advice(ev: &[Evidence], p: &ShiftProfile, tail: &str, why: &str) -> (
 
 /// The measured budget nearest to `per` labelled images per class (on a log scale), with its spread between
 /// training subsets ([`GroundTruthFigures::subset_sd`]).
-pub fn nearest_budget(per: usize) -> (usize, f64) {
+fn nearest_budget(per: usize) -> (usize, f64) {
     let d = |b: usize| ((per.max(1) as f64) / b as f64).ln().abs();
     *GROUND_TRUTH
         .subset_sd
@@ -796,19 +796,16 @@ fn budget_note(ev: &[Evidence]) -> String {
     let Some(e) = ev.last() else {
         return String::new();
     };
-    let (Some(n), Some(k)) = (e.n_target, e.classes) else {
+    let (Some(n), Some(k @ 1..)) = (e.n_target, e.classes) else {
         return String::new();
     };
-    if k == 0 {
-        return String::new();
-    }
     let per = n / k;
     let (lo, hi) = GROUND_TRUTH.budgets;
     let (b, sd) = nearest_budget(per);
     let worst = GROUND_TRUTH.rule_worst;
     let spread = format!(
         "on the ground truth at {b} per class{}, balanced accuracy moved by {sd:.3} (standard deviation) with the labelled subset alone",
-        if b == per { String::new() } else { " (the nearest budget measured)".to_string() }
+        if b == per { "" } else { " (the nearest budget measured)" }
     );
     let matters = if sd >= SUBSET_SD_NOTE {
         ", about as much as the choice of cut or more: which images are labelled matters here, so label more if you can and compare configurations over several labelled subsets"

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use common::datasets;
+use domsim::metrics::stats::{percentile_sorted, sample_variance};
 use domsim::model::{ElemType, InputContract, Layout};
 use domsim::preprocess::{load, Normalization, Pixels, Preprocess};
 use serde_json::Value;
@@ -336,6 +337,17 @@ fn plan_config(verdict: &Value, layers: &[Value]) -> String {
         .into()
 }
 
+/// The configuration domsim's plan picked on each seed of a cell, as the study ran it; `None` without
+/// domsim's choices.
+fn study_plan_picks(cell: &Value) -> Option<Vec<String>> {
+    let plan = cell["choices"]["domsim_plan"].as_array()?;
+    Some(
+        plan.iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
+    )
+}
+
 /// Regret of one policy on one cell: the best configuration's mean balanced accuracy over seeds minus the
 /// mean over seeds of the configuration the policy picked for that seed.
 fn regret(cell: &Value, picks: &[String]) -> f64 {
@@ -442,13 +454,7 @@ fn quoted_ground_truth_figures_are_the_studys() {
         let n = shift.len() as f64;
         // a constant policy's regret: the same configuration on every seed
         let reg = |cfg: &str| regret(c, &vec![cfg.to_string(); shift.len()]);
-        let picks: Vec<String> = ch["domsim_plan"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_str().unwrap().to_string())
-            .collect();
-        worst = worst.max(regret(c, &picks));
+        worst = worst.max(regret(c, &study_plan_picks(c).unwrap()));
         budgets.push(c["budget"].as_u64().unwrap() as usize);
         let target = c["target"].as_str().unwrap().to_string();
         let shifted = shift.iter().filter(|s| s.as_bool() == Some(true)).count() as f64 > n / 2.0;
@@ -534,12 +540,7 @@ fn quoted_ground_truth_figures_are_the_studys() {
     // deviation over seeds, then the median over the budget's cells
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
+        percentile_sorted(&v, 0.5)
     };
     let mut by_budget = std::collections::BTreeMap::<usize, Vec<f64>>::new();
     for c in gt["cells"].as_array().unwrap() {
@@ -554,8 +555,7 @@ fn quoted_ground_truth_figures_are_the_studys() {
                     .iter()
                     .map(|v| v.as_f64().unwrap())
                     .collect();
-                let m = x.iter().sum::<f64>() / x.len() as f64;
-                (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+                sample_variance(&x).expect("several seeds per cell").sqrt()
             })
             .collect();
         by_budget
@@ -603,13 +603,9 @@ fn known_failure_cells_are_the_studys() {
     let delta = gt["design"]["delta"].as_f64().unwrap();
     let mut failing = vec![];
     for c in gt["cells"].as_array().unwrap() {
-        let Some(plan) = c["choices"]["domsim_plan"].as_array() else {
+        let Some(picks) = study_plan_picks(c) else {
             continue;
         };
-        let picks: Vec<String> = plan
-            .iter()
-            .map(|p| p.as_str().unwrap().to_string())
-            .collect();
         let r = regret(c, &picks);
         if r > delta {
             eprintln!(
