@@ -49,6 +49,16 @@ else
   $py $study prepare "chest_xray_64=$data/chest_xray" --corrupt lowres:64
   names="chest_xray,pneumoniamnist,cats_dogs,cats_dogs_noise,chest_bv,cats_dogs_grey,cats_dogs_32,cats_dogs_64"
   names="$names,cats_dogs_48,chest_xray_64"
+  # the four independent domains (issue 34), registered before any of their runs with the rule frozen at tag
+  # rule-frozen-issue34; recipe 3 (a grid per configuration on 2 seeds, LP-FT at the same step budget); their
+  # pools are small, so the test set takes what the validation set (25 per class) and 100 per class leave
+  v3=(--recipe 3 --n-test auto --n-val 25 --budgets 10,25,100)
+  $py $study prepare "skin_isic_mel_nev=$data/skin_isic_mel_nev" "${v3[@]}"
+  $py $study prepare "histo_lc25000_lung=$data/histo_lc25000_lung" "${v3[@]}"
+  $py $study prepare "steel_neu_defects=$data/steel_neu_defects" "${v3[@]}"
+  # one mode for every file first (its JPEG mode goes with the class): BT.601 grey, stored as one-channel PNG
+  $py $study prepare "brain_mri_tumor=$data/brain_mri_tumor" --corrupt grey "${v3[@]}"
+  names="$names,skin_isic_mel_nev,histo_lc25000_lung,steel_neu_defects,brain_mri_tumor"
 fi
 $py -m pytest -q reports/finetune/test_study.py
 $py $study check

@@ -47,6 +47,7 @@ RESULTS = os.path.join(HERE, "results")
 SPLITS = os.path.join(RESULTS, "splits")
 PREDICTIONS = os.path.join(RESULTS, "predictions")
 LR_GRID_CSV = os.path.join(RESULTS, "lr_grid.csv")
+LR_GRID_V3_CSV = os.path.join(RESULTS, "lr_grid_v3.csv")  # recipe 3: one grid per configuration, 2 seeds
 DEVICE = "cpu"  # `train --device cuda` on a GPU machine (TF32 off, deterministic cuDNN); recorded in every run's meta
 
 # ---- the study's fixed design (stated in README.md) ----
@@ -67,6 +68,14 @@ BN_MODE = "train"
 BN_MOMENTUM = 0.1  # tuned BatchNorm layers (train mode); frozen ones stay in eval mode with the pretrained statistics
 LR_GRID = {"probe": [1e-3, 3e-3, 1e-2], "full": [3e-5, 1e-4, 3e-4], "partial": [3e-5, 1e-4, 3e-4]}
 LR_GRID_CONFIG = {"probe": "freeze_all", "full": "train_all", "partial": "freeze_through_8"}
+# Recipe 3 (issue 34's fair recipe; the targets prepared with `--recipe 3`, the four independent domains):
+# every configuration has its own grid (the head's rate for freeze_all; the body rate x BatchNorm mode for the
+# others, with freeze_all's head rate), each point trained on the subsets of GRID_SEEDS and scored by its mean
+# validation balanced accuracy; ties (equal means at 4 decimals) go to the smaller rate, then to eval mode.
+# LP-FT spends the same step budget as every other configuration (half on the probe, half fine-tuning).
+# Recipe 2 (the ten earlier targets): a grid per family on seed 0, LP-FT with twice the steps.
+RECIPES = (2, 3)
+GRID_SEEDS = [0, 1]
 SIZE = 224
 N_STAGES = 19  # domsim's default selection on the bundled model: stem, 16 blocks, head activation, global pool
 NOISE_SEED = 0x5EED
@@ -239,25 +248,45 @@ def grouped_pick(items, quota, rng, taken):
     return pick
 
 
-def make_split(name, root, corrupt, group_regex):
+def auto_n_test(items, n_val, budgets):
+    """`--n-test auto`: every image of the smallest class not needed for validation and the largest budget
+    (a small pool's test set as large as the design allows, the same count per class)."""
+    per_class = {}
+    for _, c, _ in items:
+        per_class[c] = per_class.get(c, 0) + 1
+    n = min(per_class.values()) - n_val - max(budgets)
+    if n < 50:
+        raise SystemExit(f"--n-test auto: the smallest class ({min(per_class.values())} images) leaves {n} test "
+                         f"images per class after {n_val} for validation and {max(budgets)} for training")
+    return n
+
+
+def make_split(name, root, corrupt, group_regex, n_test=N_TEST, n_val=N_VAL, budgets=BUDGETS, recipe=2):
     items = [(rel, c, group_of(rel, group_regex)) for rel, c in list_folder(root)]
+    if n_test == "auto":
+        n_test = auto_n_test(items, n_val, budgets)
     rng = np.random.default_rng(SPLIT_SEED)
-    test = grouped_pick(items, N_TEST, rng, set())
-    val = grouped_pick(items, N_VAL, rng, test)
+    test = grouped_pick(items, n_test, rng, set())
+    val = grouped_pick(items, n_val, rng, test)
     pool = [i for i in range(len(items)) if i not in test and i not in val]
     classes = sorted({c for _, c, _ in items})
     per_class = {c: [i for i in pool if items[i][1] == c] for c in classes}
     room = min(len(v) for v in per_class.values())
-    budgets = [b for b in BUDGETS if b <= room]
+    design = budgets
+    budgets = [b for b in design if b <= room]
     orders = {}
     for s in SEEDS:
         r = np.random.default_rng(1000 + s)  # each seed draws its own nested subsets
         orders[str(s)] = {c: [items[i][0] for i in r.permutation(per_class[c])[: max(budgets)]] for c in classes}
     stored = lambda i: stored_name(items[i][0], corrupt)  # noqa: E731
+    # the sizes and recipe of a target prepared with other than the first design's, recorded only then (the ten
+    # earlier splits stay byte-identical)
+    extra = {k: v for k, v, d in (("n_test", n_test, N_TEST), ("n_val", n_val, N_VAL), ("recipe", recipe, 2))
+             if v != d}
     return {
         "name": name, "source": os.path.abspath(root), "corrupt": corrupt_spec(corrupt),
-        "group_regex": group_regex, "classes": classes, "budgets": budgets,
-        "budgets_skipped": [b for b in BUDGETS if b > room],
+        "group_regex": group_regex, "classes": classes, "budgets": budgets, **extra,
+        "budgets_skipped": [b for b in design if b > room],
         "n_images": len(items), "n_groups": len({g for _, _, g in items}),
         "test": [[stored(i), items[i][1], items[i][2]] for i in sorted(test)],
         "val": [[stored(i), items[i][1], items[i][2]] for i in sorted(val)],
@@ -337,7 +366,7 @@ def materialise(split, rels):
             os.symlink(os.path.abspath(os.path.join(src, rel)), dst)
 
 
-def prepare(spec, corrupt, group_regex):
+def prepare(spec, corrupt, group_regex, n_test=N_TEST, n_val=N_VAL, budgets=BUDGETS, recipe=2):
     name, _, root = spec.partition("=")
     if not name or not root or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SystemExit(f"--target takes NAME=DIR (NAME of letters, digits, _ . -), got '{spec}'")
@@ -345,7 +374,9 @@ def prepare(spec, corrupt, group_regex):
         raise SystemExit(f"target '{name}': '{root}' is not a folder (one sub-folder per class)")
     parse_corrupt(corrupt)
     path = os.path.join(SPLITS, f"{name}.json")
-    split = make_split(name, root, parse_corrupt(corrupt), group_regex)
+    if recipe not in RECIPES:
+        raise SystemExit(f"--recipe {recipe}: the recipes are {RECIPES}")
+    split = make_split(name, root, parse_corrupt(corrupt), group_regex, n_test, n_val, budgets, recipe)
     if os.path.exists(path):
         old = read_split(name)
         if {k: v for k, v in old.items() if k != "source"} != {k: v for k, v in split.items() if k != "source"}:
@@ -484,17 +515,21 @@ def fit(staged, head, params, start, cache, y, steps, seed):
         sched.step()
 
 
-def train_run(pristine, cfg, lr_head, lr_body, seed, cache, y, k, steps=None, bn_mode=None):
+def train_run(pristine, cfg, lr_head, lr_body, seed, cache, y, k, steps=None, bn_mode=None, recipe=2):
     """One run from an untouched copy of the pretrained network. Returns (trained network copy, head).
-    `cache`: {depth: activations of the untouched network on the training images}."""
+    `cache`: {depth: activations of the untouched network on the training images}. Recipe 3 splits LP-FT's
+    step budget between its two stages (recipe 2 gave each stage the whole budget)."""
     import torch
     steps = steps or n_steps(len(y))
+    lp_steps = steps // 2 if recipe == 3 else steps
+    if cfg.lp_first and recipe == 3:
+        steps -= lp_steps
     net = copy.deepcopy(pristine)
     staged = Staged(net)
     torch.manual_seed(seed)
     head = torch.nn.Linear(1280, k).to(DEVICE)  # initialised on the CPU generator: the same head on any device
     if cfg.lp_first:  # stage 1: the linear probe on the pooled final features, at the head's rate
-        fit(staged, head, [{"params": head.parameters(), "lr": lr_head}], N_STAGES, cache, y, steps, seed)
+        fit(staged, head, [{"params": head.parameters(), "lr": lr_head}], N_STAGES, cache, y, lp_steps, seed)
     groups = [{"params": list(head.parameters()), "lr": lr_body if cfg.lp_first else lr_head}]
     if cfg.trained:
         lo, hi = cfg.trained
@@ -740,6 +775,63 @@ def grid(t, b, done, deadline=None):
             print(f"  grid {t.name} b{b} {fam} lr={lr} bn={bn}: validation balanced accuracy {acc:.4f}", flush=True)
 
 
+def grid_v3_done():
+    """{(target, budget, config, lr, bn mode, seed): validation balanced accuracy} of recipe 3's grid runs."""
+    if not os.path.exists(LR_GRID_V3_CSV):
+        return {}
+    with open(LR_GRID_V3_CSV) as f:
+        return {(r["target"], int(r["budget"]), r["config"], float(r["lr"]), r["bn"], int(r["seed"])):
+                float(r["val_bal_acc"]) for r in csv.DictReader(f)}
+
+
+def config_points(cfg):
+    """Recipe 3's grid of one configuration: the head's rate (freeze_all) or body rate x BatchNorm mode."""
+    return grid_points("probe") if cfg.trained is None else grid_points(cfg.family)
+
+
+def best_point_v3(done, name, b, cfg):
+    """The point with the best mean validation score over GRID_SEEDS (rounded to 4 decimals, as the grid file
+    stores it); ties go to the smaller rate, then to eval mode (the documented tie-break)."""
+    def score(p):
+        return round(float(np.mean([done[(name, b, cfg.name) + p + (s,)] for s in GRID_SEEDS])), 4)
+    return max(config_points(cfg), key=lambda p: (score(p), -p[0], p[1] == "eval"))
+
+
+def grid_v3(t, b, done, deadline=None):
+    """Recipe 3's grids of one (target, budget): freeze_all's head rate first, on every seed of GRID_SEEDS (it is
+    the head's rate of every other configuration), then each configuration's own body rate and BatchNorm mode,
+    each point on every grid seed, scored on the validation set."""
+    probe = BY_NAME["freeze_all"]
+    if all((t.name, b, c.name) + p + (s,) in done for c in CONFIGS for p in config_points(c) for s in GRID_SEEDS):
+        return
+    vcache, vy = t.val
+    for stage in ("head", "body"):
+        for s in GRID_SEEDS:
+            cache, y = t.train_set(b, s)
+            for cfg in [probe] if stage == "head" else [c for c in CONFIGS if c.trained is not None]:
+                for lr, bn in config_points(cfg):
+                    if (t.name, b, cfg.name, lr, bn, s) not in done:
+                        lr_head = lr if cfg is probe else best_point_v3(done, t.name, b, probe)[0]
+                        _grid_point(t, b, done, cfg, lr, bn, lr_head, s, cache, y, vcache, vy, deadline)
+            del cache
+
+
+def _grid_point(t, b, done, cfg, lr, bn, lr_head, s, cache, y, vcache, vy, deadline):
+    if deadline and time.time() > deadline:
+        raise Deadline()
+    t0 = time.time()
+    lr_body = lr if cfg.trained is not None else None
+    net, head = train_run(t.pristine, cfg, lr_head, lr_body, s, cache, y, t.k,
+                          bn_mode=bn if cfg.trained is not None else None, recipe=3)
+    acc = bal_acc(vy, predict(net, head, cfg.start, vcache).argmax(1), t.k)
+    append_csv(LR_GRID_V3_CSV, dict(target=t.name, budget=b, config=cfg.name, seed=s, lr=lr, bn=bn,
+                                    lr_head=lr_head, n_fit=len(y), n_val=len(vy), val_bal_acc=f"{acc:.4f}",
+                                    seconds=f"{time.time() - t0:.1f}"))
+    done[(t.name, b, cfg.name, lr, bn, s)] = round(acc, 4)
+    print(f"  grid {t.name} b{b} {cfg.name} s{s} lr={lr} bn={bn}: validation balanced accuracy {acc:.4f}",
+          flush=True)
+
+
 def device_name():
     import torch
     return torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "cpu"
@@ -768,7 +860,7 @@ def train(names, seeds, budgets, threads, deadline=None):
     pristine = load_network().to(DEVICE)
     targets = {n: Target(pristine, n) for n in names}
     all_budgets = sorted({b for t in targets.values() for b in t.split["budgets"] if b in budgets})
-    done = grid_done()
+    done, done_v3 = grid_done(), grid_v3_done()
     for b in all_budgets:  # lightest cells first: budget, then seed, then target
         for s in seeds:
             for n, t in targets.items():
@@ -777,12 +869,21 @@ def train(names, seeds, budgets, threads, deadline=None):
                 todo = [c for c in CONFIGS if not os.path.exists(pred_path(n, b, s, c.name))]
                 if not todo:
                     continue
+                recipe = t.split.get("recipe", 2)
                 try:
-                    grid(t, b, done, deadline)
+                    if recipe == 3:
+                        grid_v3(t, b, done_v3, deadline)
+                    else:
+                        grid(t, b, done, deadline)
                 except Deadline:
                     print(f"deadline reached in the grid of {n} b{b}", flush=True)
                     return
-                pt = {f: best_point(done, n, b, f) for f in LR_GRID}
+                if recipe == 3:  # each configuration's own point; the head's rate is freeze_all's
+                    pt = {c.name: best_point_v3(done_v3, n, b, c) for c in CONFIGS}
+                    pt["probe"] = pt["freeze_all"]
+                else:
+                    pt = {f: best_point(done, n, b, f) for f in LR_GRID}
+                    pt.update({c.name: pt[c.family] for c in CONFIGS})
                 cache, y = t.train_set(b, s)
                 tcache, ty = t.test
                 for cfg in todo:
@@ -790,15 +891,16 @@ def train(names, seeds, budgets, threads, deadline=None):
                         print(f"deadline reached: {n} b{b} s{s} {cfg.name} and later runs not started", flush=True)
                         return
                     t0 = time.time()
-                    lr_body, bn = pt[cfg.family] if cfg.trained else (None, None)
-                    net, head = train_run(pristine, cfg, pt["probe"][0], lr_body, s, cache, y, t.k, bn_mode=bn)
+                    lr_body, bn = pt[cfg.name] if cfg.trained else (None, None)
+                    net, head = train_run(pristine, cfg, pt["probe"][0], lr_body, s, cache, y, t.k, bn_mode=bn,
+                                          recipe=recipe)
                     probs = predict(net, head, cfg.start, tcache)
                     meta = dict(target=n, budget=b, seed=s, config=cfg.name, family=cfg.family,
                                 frozen_through=cfg.frozen_through, trained=cfg.trained, lr_head=pt["probe"][0],
                                 lr_body=lr_body, bn=bn, steps=n_steps(len(y)), batch=BATCH, n_train=len(y),
                                 n_test=len(ty), weight_decay=WEIGHT_DECAY, bn_momentum=BN_MOMENTUM,
                                 seconds=round(time.time() - t0, 1), torch=torch.__version__,
-                                device=device_name())
+                                device=device_name(), recipe=recipe)
                     save_predictions(pred_path(n, b, s, cfg.name), probs, meta)
                     print(f"{n} b{b} s{s} {cfg.name}: balanced accuracy {bal_acc(ty, probs.argmax(1), t.k):.4f}"
                           f" ({time.time() - t0:.0f} s)", flush=True)
@@ -868,10 +970,14 @@ if __name__ == "__main__":
                     help="domsim: re-derive every existing verdict with `domsim report` (after a rule change)")
     ap.add_argument("--deadline", type=float, default=0, help="train: start no run after this Unix time")
     ap.add_argument("--domsim", default=os.path.join(ROOT, "target", "release", "domsim"))
+    ap.add_argument("--n-test", default=str(N_TEST), help="prepare: test images per class, or auto")
+    ap.add_argument("--n-val", type=int, default=N_VAL, help="prepare: validation images per class")
+    ap.add_argument("--recipe", type=int, default=2, help="prepare: the training recipe of the target (2 or 3)")
     a = ap.parse_args()
     names = [n for n in a.targets.split(",") if n] or sorted(f[:-5] for f in os.listdir(SPLITS) if f.endswith(".json"))
     if a.cmd == "prepare":
-        prepare(a.spec[0], a.corrupt, a.group)
+        prepare(a.spec[0], a.corrupt, a.group, a.n_test if a.n_test == "auto" else int(a.n_test), a.n_val,
+                [int(b) for b in a.budgets.split(",")], a.recipe)
     elif a.cmd == "npz2dir":
         npz2dir(*a.spec)
     elif a.cmd == "byname":

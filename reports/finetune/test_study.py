@@ -103,7 +103,49 @@ def test_no_patient_on_two_sides(name):
     for _, c, g in s["test"]:
         assert c in s["classes"]
     counts = {c: sum(1 for _, k, _ in s["test"] if k == c) for c in s["classes"]}
-    assert min(counts.values()) >= study.N_TEST
+    assert min(counts.values()) >= s.get("n_test", study.N_TEST)
+    vcounts = {c: sum(1 for _, k, _ in s["val"] if k == c) for c in s["classes"]}
+    assert min(vcounts.values()) >= s.get("n_val", study.N_VAL)
+
+
+def test_auto_test_size_leaves_the_largest_budget_and_validation():
+    items = [(f"a/{i}.png", "a", f"a{i}") for i in range(226)] + [(f"b/{i}.png", "b", f"b{i}") for i in range(372)]
+    assert study.auto_n_test(items, 25, [10, 25, 100]) == 101
+    with pytest.raises(SystemExit):
+        study.auto_n_test(items[:150] + items[226:], 25, [10, 25, 100])
+
+
+def test_recipe_3_tie_break_is_the_documented_one():
+    """Equal mean validation scores (at 4 decimals) go to the smaller rate, then to eval mode; the mean is over
+    GRID_SEEDS, so one seed's high score does not choose alone."""
+    cfg = study.BY_NAME["train_all"]
+    done = {}
+    for lr, bn in study.config_points(cfg):
+        for s in study.GRID_SEEDS:
+            done[("t", 10, cfg.name, lr, bn, s)] = 0.8
+    assert study.best_point_v3(done, "t", 10, cfg) == (3e-5, "eval")
+    done[("t", 10, cfg.name, 3e-4, "train", 0)] = 0.95  # seed 0 alone: mean 0.875
+    done[("t", 10, cfg.name, 1e-4, "train", 0)] = 0.9   # both seeds: mean 0.9 wins
+    done[("t", 10, cfg.name, 1e-4, "train", 1)] = 0.9
+    assert study.best_point_v3(done, "t", 10, cfg) == (1e-4, "train")
+    probe = study.BY_NAME["freeze_all"]
+    assert [p[1] for p in study.config_points(probe)] == ["eval"] * 3
+
+
+def test_recipe_3_gives_lp_ft_the_same_step_budget(setup, monkeypatch):
+    pristine, x, y, _ = setup
+    cache = study.features(pristine, x, study.CACHE_DEPTHS)
+    counts = []
+    real_fit = study.fit
+    monkeypatch.setattr(study, "fit", lambda *a: counts.append(a[6]) or real_fit(*a))
+    study.train_run(pristine, study.BY_NAME["lp_ft"], 1e-2, 1e-3, 0, cache, y, 2, steps=6, recipe=3)
+    assert counts == [3, 3]
+    counts.clear()
+    study.train_run(pristine, study.BY_NAME["lp_ft"], 1e-2, 1e-3, 0, cache, y, 2, steps=6, recipe=2)
+    assert counts == [6, 6]
+    counts.clear()
+    study.train_run(pristine, study.BY_NAME["train_all"], 1e-2, 1e-3, 0, cache, y, 2, steps=6, recipe=3)
+    assert counts == [6]
 
 
 def test_chest_xray_patients_are_grouped():
