@@ -12,8 +12,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::compare::{self, CompareOptions};
 use crate::dataset::ImageSet;
 use crate::embeddings::EmbeddingSet;
@@ -56,50 +54,56 @@ pub struct AnalyzeOutcome {
     pub reused: [bool; 2],
     /// Files written.
     pub files: Vec<PathBuf>,
+    /// Caches of this request that did not verify and were extracted again (also in the report's notes).
+    pub cache_notes: Vec<String>,
 }
 
-fn fingerprint(model_sha: &str, set: &ImageSet, cfg: &ExtractOptions) -> Result<String> {
-    let mut h = Sha256::new();
-    h.update(format!(
-        "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|",
-        env!("CARGO_PKG_VERSION"),
-        cfg.selection,
-        cfg.norm,
-        cfg.pool,
-        cfg.batch_size,
-        cfg.size,
-        cfg.layout,
-        cfg.dtype,
-        cfg.transform
-    ));
-    // every file's content, not its size and time: an image rewritten in place with its old time kept
-    // (`touch -r`) is a different image (hashing the bytes costs far less than decoding them)
+/// The cache key of a request: domsim's version, the model's SHA-256 and every extraction setting
+/// ([`crate::extract::fingerprint_key`]).
+fn cache_key(model_sha: &str, cfg: &ExtractOptions) -> String {
+    crate::extract::fingerprint_key(model_sha, cfg)
+}
+
+/// The fingerprint of `set` under `key`: every file's path and the SHA-256 of its content now, not its size
+/// and time (an image rewritten in place with its old time kept, `touch -r`, is a different image; hashing
+/// the bytes costs far less than decoding them). Extraction records the same fingerprint from the bytes it
+/// decoded, so a cache whose files changed during its run does not match.
+fn fingerprint(key: &str, set: &ImageSet) -> Result<String> {
     use rayon::prelude::*;
-    // (a file that cannot be read hashes as such: extraction skips it and says why in skipped.csv)
     let digests: Vec<Vec<u8>> = (0..set.files.len())
         .into_par_iter()
-        .map(|i| {
-            let mut fh = Sha256::new();
-            match std::fs::File::open(set.path(i)).and_then(|mut f| std::io::copy(&mut f, &mut fh))
-            {
-                Ok(_) => fh.finalize().to_vec(),
-                Err(e) => format!("unreadable: {}", e.kind()).into_bytes(),
-            }
-        })
+        .map(|i| crate::preprocess::digest(&std::fs::read(set.path(i))))
         .collect();
-    for (f, d) in set.files.iter().zip(digests) {
-        h.update(format!("{f}\0"));
-        h.update(d);
-        h.update(b"\n");
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::extract::fingerprint_of(key, &set.files, &digests))
 }
 
-fn cached(dir: &Path, fp: &str) -> bool {
-    EmbeddingSet::open(dir)
-        .ok()
-        .and_then(|s| s.manifest)
-        .is_some_and(|m| m.fingerprint.as_deref() == Some(fp))
+/// Whether the cache in `dir` is this request's and intact: its fingerprint is `fp` and every file it was
+/// written with is there, of its size and SHA-256, under an unedited manifest ([`Manifest::unsealed`]). A
+/// cache of this request that does not verify is named in `notes` and extracted again.
+fn cached(dir: &Path, fp: &str, notes: &mut Vec<String>) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
+        return false;
+    };
+    let Ok(m) = serde_json::from_str::<crate::embeddings::Manifest>(&text) else {
+        notes.push(format!(
+            "the cached embeddings in '{}' have an unreadable manifest.json; extracted again",
+            dir.display()
+        ));
+        return false;
+    };
+    if m.fingerprint.as_deref() != Some(fp) {
+        return false;
+    }
+    match m.unsealed(dir) {
+        None => EmbeddingSet::open(dir).is_ok(),
+        Some(why) => {
+            notes.push(format!(
+                "the cached embeddings in '{}' do not verify ({why}); extracted again",
+                dir.display()
+            ));
+            false
+        }
+    }
 }
 
 /// True when `dir` is an embedding folder written by `domsim extract`, not an image folder.
@@ -138,6 +142,7 @@ fn extract_permuted(
     model_sha: &str,
     set: &ImageSet,
     tgt: &EmbeddingSet,
+    notes: &mut Vec<String>,
 ) -> Result<Option<(Vec<EmbeddingSet>, String)>> {
     let seed = cfg.compare.params.seed;
     let rows = crate::controls::pretraining_rows(set.files.len(), &cfg.compare.params);
@@ -181,17 +186,17 @@ fn extract_permuted(
             .join("embeddings")
             .join("controls")
             .join(format!("permuted_weights_{r}"));
-        let fp = fingerprint(
+        let key = cache_key(
             &format!(
                 "{model_sha}+permuted-weights-seed-{sub}+rescaled-{}x{}",
                 crate::model::rescale::PASSES,
                 crate::model::rescale::IMAGES
             ),
-            &subset,
             &cfg.extract,
-        )?;
+        );
+        let fp = fingerprint(&key, &subset)?;
         let scale_file = dir.join("rescaled.txt");
-        if !cached(&dir, &fp) {
+        if !cached(&dir, &fp, notes) {
             embed_permuted(
                 cfg,
                 m,
@@ -199,7 +204,7 @@ fn extract_permuted(
                 (&bytes, &permuted),
                 &mut calibration,
                 &dir,
-                fp,
+                key,
             )?;
         }
         if r == 0 {
@@ -228,7 +233,7 @@ fn embed_permuted(
     (original, permuted): (&[u8], &[u8]),
     calibration: &mut Option<crate::model::rescale::Calibration>,
     dir: &Path,
-    fp: String,
+    key: String,
 ) -> Result<()> {
     let tmp = crate::output::temp_dir_in(&cfg.out)?;
     let path = tmp.path().join("permuted_weights.onnx");
@@ -256,7 +261,7 @@ fn embed_permuted(
     let rescaled = crate::model::rescale::match_scale(&mut model, cal, ort_lib)?;
     let job = ExtractConfig {
         force: true,
-        fingerprint: Some(fp),
+        fingerprint: Some(key),
         ..ExtractConfig::new(options, set.root.clone(), dir.to_path_buf())
     };
     extract_with(&model, subset, &job)?;
@@ -314,8 +319,8 @@ fn extract_controls(
     model_sha: &str,
     model: &OnnxModel,
     set: &ImageSet,
-    src: &EmbeddingSet,
-    tgt: &EmbeddingSet,
+    (src, tgt): (&EmbeddingSet, &EmbeddingSet),
+    notes: &mut Vec<String>,
 ) -> Result<Vec<crate::controls::Control>> {
     let (side, channels) = crate::controls::target_side_and_channels(src, tgt);
     let rows = crate::controls::control_rows(set.files.len());
@@ -328,11 +333,12 @@ fn extract_controls(
             ..cfg.extract.clone()
         };
         let dir = cfg.out.join("embeddings").join("controls").join(t.name());
-        let fp = fingerprint(model_sha, &subset, &options)?;
-        if !cached(&dir, &fp) {
+        let key = cache_key(model_sha, &options);
+        let fp = fingerprint(&key, &subset)?;
+        if !cached(&dir, &fp, notes) {
             let job = ExtractConfig {
                 force: true,
-                fingerprint: Some(fp),
+                fingerprint: Some(key),
                 ..ExtractConfig::new(options, set.root.clone(), dir.clone())
             };
             extract_with(model, &subset, &job)?;
@@ -392,6 +398,8 @@ fn analyze_here(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
     }
     let t0 = std::time::Instant::now();
     let mut cmp = compare::compute(&src, &tgt, &cfg.compare)?;
+    let cache_notes = e.notes.clone();
+    cmp.notes.append(&mut e.notes);
     phase(&mut phases, "compare", t0);
     if cfg.controls {
         run_controls(cfg, &model_sha, &mut e, (&src, &tgt), &mut cmp, &mut phases)?;
@@ -425,6 +433,7 @@ fn analyze_here(cfg: &AnalyzeConfig) -> Result<AnalyzeOutcome> {
         report: rr,
         reused: e.reused,
         files,
+        cache_notes,
     })
 }
 
@@ -495,6 +504,8 @@ struct Embedded {
     images: [Option<ImageSet>; 2],
     /// The model, when it was loaded.
     model: Option<OnnxModel>,
+    /// What the cache said (a cache that did not verify, extracted again).
+    notes: Vec<String>,
 }
 
 /// Each side as an embedding folder: a folder of shards merged, an embedding folder used as it is, an image
@@ -513,6 +524,7 @@ fn embed_both(
         run_info: std::collections::BTreeMap::new(),
         images: [None, None],
         model: None,
+        notes: Vec::new(),
     };
     for (k, (side, images)) in [
         (crate::compare::Side::Source, source),
@@ -555,8 +567,9 @@ fn embed_both(
         let t0 = std::time::Instant::now();
         let set = ImageSet::scan(images)?;
         let dir = cfg.out.join("embeddings").join(name);
-        let fp = fingerprint(model_sha, &set, &cfg.extract)?;
-        if cached(&dir, &fp) {
+        let key = cache_key(model_sha, &cfg.extract);
+        let fp = fingerprint(&key, &set)?;
+        if cached(&dir, &fp, &mut e.notes) {
             e.reused[k] = true;
         } else {
             if e.model.is_none() {
@@ -564,7 +577,7 @@ fn embed_both(
             }
             let job = ExtractConfig {
                 force: true,
-                fingerprint: Some(fp.clone()),
+                fingerprint: Some(key),
                 ..ExtractConfig::new(cfg.extract.clone(), images.to_path_buf(), dir.clone())
             };
             extract_with(e.model.as_ref().expect("loaded"), &set, &job)?;
@@ -617,7 +630,7 @@ fn run_controls(
                 Some(m) => m,
                 None => cfg.extract.load_model()?,
             };
-            extract_controls(cfg, model_sha, &model, set, src, tgt)?
+            extract_controls(cfg, model_sha, &model, set, (src, tgt), &mut cmp.notes)?
         }
         None => crate::controls::beside(&e.dirs[0], src, tgt, true, &mut cmp.notes)?,
     };
@@ -626,7 +639,7 @@ fn run_controls(
     let t0 = std::time::Instant::now();
     match (&e.images[1], tgt.labels.is_some()) {
         (Some(set), true) => {
-            if let Some((perm, how)) = extract_permuted(cfg, model_sha, set, tgt)? {
+            if let Some((perm, how)) = extract_permuted(cfg, model_sha, set, tgt, &mut cmp.notes)? {
                 crate::controls::measure_pretraining(tgt, &perm, &how, cmp)?;
             } else {
                 cmp.notes.push("pretraining control not measured: the model keeps its weights outside the .onnx file (external data), which domsim does not rewrite".into());

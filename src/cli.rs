@@ -376,16 +376,20 @@ pub struct ExtractArgs {
     /// source reference is stored so.
     #[arg(long, help_heading = "Inputs and output")]
     pub float16: bool,
-    /// Embed only shard I of N (0-based): files with fnv1a64(relative path) mod N = I. Without it, the index
-    /// comes from $SLURM_ARRAY_TASK_ID (count from $SLURM_ARRAY_TASK_COUNT) or $JOB_COMPLETION_INDEX (count
-    /// from --shard-count).
-    #[arg(long, help_heading = "Sharding (large folders)", value_name = "I/N")]
+    /// Embed only shard I of N (0-based): files with fnv1a64(relative path) mod N = I. `--shard env` takes the
+    /// index from $SLURM_ARRAY_TASK_ID (count from $SLURM_ARRAY_TASK_COUNT) or $JOB_COMPLETION_INDEX (count
+    /// from --shard-count). Without --shard the whole folder is embedded, inside a job array too.
+    #[arg(
+        long,
+        help_heading = "Sharding (large folders)",
+        value_name = "I/N|env"
+    )]
     pub shard: Option<String>,
     /// Also write each layer's mergeable moments (count, mean, co-moments) under stats/ (always on with
     /// shards): what Fréchet distance and covariance alignment need, merged exactly across shards.
     #[arg(long, help_heading = "Sharding (large folders)")]
     pub stats: bool,
-    /// Number of shards when the index comes from the scheduler's environment (1 to 100000).
+    /// Number of shards with `--shard env` (1 to 100000; Slurm's $SLURM_ARRAY_TASK_COUNT otherwise).
     #[arg(long, help_heading = "Sharding (large folders)", value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100000))]
     pub shard_count: Option<usize>,
     /// Control: convert every image to grey (luma) before embedding it, as the colour control of a source
@@ -645,9 +649,13 @@ fn layers(a: LayersArgs, g: &Global) -> Result<()> {
 
 /// `domsim extract`.
 fn extract(a: ExtractArgs, g: &Global) -> Result<()> {
-    let shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, |k| {
-        std::env::var(k).ok().filter(|v| !v.is_empty())
-    })?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let shard = domsim::shard::resolve(a.shard.as_deref(), a.shard_count, env)?;
+    if shard.is_none() && !g.quiet {
+        if let Some(note) = domsim::shard::scheduler_note(env) {
+            eprintln!("domsim: note: {note}");
+        }
+    }
     let run = RunArgs {
         threads: g.threads,
         ort_lib: g.ort_lib.clone(),
@@ -753,6 +761,11 @@ fn analyze(a: AnalyzeArgs, g: &Global) -> Result<()> {
             for (n, x) in rows {
                 eprintln!("  {n:<w$} {x:>8.2}");
             }
+        }
+    }
+    if !g.quiet && !a.json {
+        for n in &o.cache_notes {
+            eprintln!("domsim: note: {n}");
         }
     }
     for (k, name) in ["source", "target"].iter().enumerate() {

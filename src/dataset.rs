@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{input_err, Error, Result};
-use crate::output::MARKER;
 
 /// The files of an image folder, in a fixed order.
 #[derive(Debug, Clone)]
@@ -132,7 +131,7 @@ impl Walk<'_> {
         if !self.seen.insert(canon) {
             return Ok(());
         }
-        if dir != self.root && dir.join(MARKER).is_file() {
+        if dir != self.root && crate::output::is_domsim_dir(dir) {
             let rel = self.rel(dir);
             self.excluded.push((
                 format!("{rel}/"),

@@ -73,6 +73,96 @@ pub struct LayerEntry {
     pub stats: Option<String>,
 }
 
+/// What `analyze`'s cache verifies before reuse ([`Manifest::checks`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CacheChecks {
+    /// (relative path, bytes, SHA-256) of index.csv and every layer and stats file.
+    pub files: Vec<(String, u64, String)>,
+    /// SHA-256 of the manifest serialised with `checks.manifest` empty.
+    pub manifest: String,
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((n, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+fn manifest_digest(m: &Manifest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut m = m.clone();
+    if let Some(c) = m.checks.as_mut() {
+        c.manifest.clear();
+    }
+    let json = serde_json::to_vec(&m).expect("manifest serialises");
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Manifest {
+    /// The files of the embedding folder `dir` this manifest describes: index.csv, each layer and stats file.
+    fn data_files(&self) -> Vec<String> {
+        let mut v = vec!["index.csv".to_string()];
+        for l in &self.layers {
+            v.push(l.file.clone());
+            v.extend(l.stats.clone());
+        }
+        v
+    }
+
+    /// Records [`CacheChecks`] of the files in `dir` (written already) and of the manifest itself.
+    pub fn seal(&mut self, dir: &Path) -> crate::error::Result<()> {
+        let mut files = Vec::new();
+        for f in self.data_files() {
+            let p = dir.join(&f);
+            let (n, h) =
+                sha256_file(&p).map_err(|e| crate::error::Error::io("cannot read", &p, e))?;
+            files.push((f, n, h));
+        }
+        self.checks = Some(CacheChecks {
+            files,
+            manifest: String::new(),
+        });
+        let d = manifest_digest(self);
+        self.checks.as_mut().expect("set above").manifest = d;
+        Ok(())
+    }
+
+    /// Why the cache in `dir` cannot be reused: the first check that fails (no checks recorded, an edited
+    /// manifest, a missing, resized or changed file); `None` when every check holds.
+    pub fn unsealed(&self, dir: &Path) -> Option<String> {
+        let Some(c) = &self.checks else {
+            return Some("its manifest records no checks (written by an older domsim)".into());
+        };
+        if manifest_digest(self) != c.manifest {
+            return Some("its manifest.json was edited".into());
+        }
+        let listed: Vec<&String> = c.files.iter().map(|(f, _, _)| f).collect();
+        if listed != self.data_files().iter().collect::<Vec<_>>() {
+            return Some("its manifest lists other files than it checks".into());
+        }
+        for (f, n, h) in &c.files {
+            match sha256_file(&dir.join(f)) {
+                Err(e) => return Some(format!("{f} cannot be read ({})", e.kind())),
+                Ok((m, _)) if m != *n => {
+                    return Some(format!(
+                        "{f} holds {m} bytes, not the {n} it was written with"
+                    ))
+                }
+                Ok((_, g)) if g != *h => {
+                    return Some(format!("{f} was changed after it was written"))
+                }
+                Ok(_) => {}
+            }
+        }
+        None
+    }
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
@@ -102,10 +192,14 @@ pub struct Manifest {
     pub batch_size: usize,
     /// Layers in depth order.
     pub layers: Vec<LayerEntry>,
-    /// Fingerprint of the request (model, settings, file list with sizes and times), used by `analyze` to
-    /// reuse embeddings.
+    /// Fingerprint of the request (model, settings, every image's path and the SHA-256 of the bytes this run
+    /// decoded), used by `analyze` to reuse embeddings.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// `analyze`'s cache: the size and SHA-256 of every file the folder's embeddings are (index.csv, each
+    /// layer and stats file), and of the manifest itself; checked before the cache is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<CacheChecks>,
     /// How the matrices are stored (float32 unless `extract --float16`).
     #[serde(default)]
     pub dtype: crate::npy::Dtype,

@@ -144,7 +144,8 @@ pub struct ExtractConfig {
     pub out: PathBuf,
     /// Overwrite a non-empty folder not made by domsim.
     pub force: bool,
-    /// Fingerprint recorded in the manifest (set by `analyze`).
+    /// The cache key (`analyze`: [`fingerprint_key`]); the manifest then records the fingerprint of the
+    /// bytes this run decoded ([`fingerprint_of`]).
     pub fingerprint: Option<String>,
     /// Embed only this shard of the folder (and where its index came from).
     pub shard: Option<(crate::shard::ShardSpec, String)>,
@@ -162,6 +163,37 @@ impl ExtractConfig {
             shard: None,
         }
     }
+}
+
+/// The part of a cache fingerprint that says how images become embeddings: domsim's version, the model's
+/// SHA-256 (or what stands for it) and every extraction setting.
+pub fn fingerprint_key(model_sha: &str, cfg: &ExtractOptions) -> String {
+    format!(
+        "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|",
+        env!("CARGO_PKG_VERSION"),
+        cfg.selection,
+        cfg.norm,
+        cfg.pool,
+        cfg.batch_size,
+        cfg.size,
+        cfg.layout,
+        cfg.dtype,
+        cfg.transform
+    )
+}
+
+/// The fingerprint of `files` (relative paths) with their content `digests` ([`preprocess::digest`]) under
+/// `key` ([`fingerprint_key`]): SHA-256, hex.
+pub fn fingerprint_of(key: &str, files: &[String], digests: &[Vec<u8>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(key);
+    for (f, d) in files.iter().zip(digests) {
+        h.update(format!("{f}\0"));
+        h.update(d);
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The number of cores.
@@ -287,7 +319,11 @@ pub fn resolve_norm(user: Option<Normalization>, model: &OnnxModel) -> Normaliza
     })
 }
 
-type Decoded = Vec<(usize, std::result::Result<(Pixels, ImageInfo), String>)>;
+type Decoded = Vec<(
+    usize,
+    Vec<u8>,
+    std::result::Result<(Pixels, ImageInfo), String>,
+)>;
 
 struct LayerOut {
     writer: NpyWriter,
@@ -344,6 +380,12 @@ pub fn run<E: Embedder>(
         },
         cfg,
     );
+    let mut m = m;
+    if let Some(key) = &cfg.fingerprint {
+        // the cache: the fingerprint of the bytes decoded, and the checks that let a later run verify it
+        m.fingerprint = Some(fingerprint_of(key, &set.files, &streamed.digests));
+        m.seal(&cfg.out)?;
+    }
     let json = serde_json::to_vec_pretty(&m).expect("manifest serialises");
     write_atomic(&cfg.out.join("manifest.json"), &json)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -366,6 +408,8 @@ fn prepare_layers_folder(out: &Path, layers: &[crate::model::Layer]) -> Result<(
 /// What [`stream`] produced: the rows embedded (image indices, in row order), their image facts, the files
 /// it skipped, each layer's open writer, the batch it ran, and whether it finished.
 struct Streamed {
+    /// Per file of the set, the digest of the bytes decoded ([`preprocess::digest`]).
+    digests: Vec<Vec<u8>>,
     rows: Vec<usize>,
     infos: Vec<ImageInfo>,
     skipped: Vec<(String, String)>,
@@ -410,6 +454,7 @@ fn stream<E: Embedder>(
     let opts = &cfg.options;
     let run_batch = contract.fixed_batch.unwrap_or(opts.batch_size.max(1));
     let mut st = Streamed {
+        digests: Vec::new(),
         rows: Vec::new(),
         infos: Vec::new(),
         skipped: Vec::new(),
@@ -438,14 +483,19 @@ fn stream<E: Embedder>(
         infos,
         skipped,
         outs,
+        digests,
         ..
     } = &mut st;
+    *digests = vec![Vec::new(); set.len()];
     let result: Result<()> = std::thread::scope(|s| {
         s.spawn(|| {
             for ids in order.chunks(chunk) {
                 let decoded: Decoded = decode_pool.install(|| {
                     ids.par_iter()
-                        .map(|&i| (i, preprocess::load(&set.path(i), &pre)))
+                        .map(|&i| {
+                            let (d, r) = preprocess::load_with_digest(&set.path(i), &pre);
+                            (i, d, r)
+                        })
                         .collect()
                 });
                 if tx.send(decoded).is_err() {
@@ -469,7 +519,8 @@ fn stream<E: Embedder>(
         let consumed = (|| {
             for decoded in rx.iter() {
                 let n = decoded.len() as u64;
-                for (i, r) in decoded {
+                for (i, d, r) in decoded {
+                    digests[i] = d;
                     match r {
                         Ok((px, info)) => {
                             pending.push((i, px));
@@ -595,7 +646,8 @@ fn manifest(
         threads: opts.threads,
         batch_size: d.batch_size,
         layers: d.layers,
-        fingerprint: cfg.fingerprint.clone(),
+        fingerprint: None,
+        checks: None,
         dtype: opts.dtype,
         shard: set.shard.clone(),
         merged_from: None,

@@ -96,9 +96,62 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
 const JOURNAL_HEADER: &str =
     "This folder was written by domsim; each line below is a file domsim wrote here, and the only files it may replace.";
 
-/// The folder whose journal covers `dest`: the nearest folder above it that holds the marker.
+/// The marker domsim wrote before journals existed (it trusted the whole folder then).
+const LEGACY_MARKER: &str =
+    "This folder was written by domsim; domsim may overwrite the files it made here.\n";
+
+/// What the file named [`MARKER`] in `dir` is: recognised by its content (a journal domsim wrote, or the
+/// marker of a domsim from before journals), never by its name alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// No file of that name.
+    None,
+    /// A journal domsim wrote.
+    Journal,
+    /// The marker of a domsim from before journals.
+    Legacy,
+    /// A file of that name that domsim did not write (a user's).
+    Foreign,
+}
+
+/// The marker of `dir`, read by content.
+pub fn marker(dir: &Path) -> Marker {
+    let path = dir.join(MARKER);
+    if !path.is_file() {
+        return if path.symlink_metadata().is_ok() {
+            Marker::Foreign
+        } else {
+            Marker::None
+        };
+    }
+    match std::fs::read(&path) {
+        Ok(b) if b == LEGACY_MARKER.as_bytes() => Marker::Legacy,
+        Ok(b)
+            if b.starts_with(JOURNAL_HEADER.as_bytes())
+                && matches!(b.get(JOURNAL_HEADER.len()), Some(b'\n')) =>
+        {
+            Marker::Journal
+        }
+        _ => Marker::Foreign,
+    }
+}
+
+/// Whether domsim made `dir`: its marker is a journal domsim wrote (or a pre-journal domsim's marker).
+pub fn is_domsim_dir(dir: &Path) -> bool {
+    matches!(marker(dir), Marker::Journal | Marker::Legacy)
+}
+
+fn foreign_marker(dir: &Path) -> Error {
+    Error::Input(format!(
+        "'{}' is not a marker domsim wrote (its content is not domsim's journal), so '{}' is treated as your folder; domsim never replaces it, --force or not. Choose another --out, or move that file if the folder is yours to reuse",
+        dir.join(MARKER).display(),
+        dir.display()
+    ))
+}
+
+/// The folder whose journal covers `dest`: the nearest folder above it that domsim made.
 fn journal_dir(dest: &Path) -> Option<&Path> {
-    dest.ancestors().skip(1).find(|d| d.join(MARKER).is_file())
+    dest.ancestors().skip(1).find(|d| is_domsim_dir(d))
 }
 
 fn rel_name(dir: &Path, dest: &Path) -> String {
@@ -173,11 +226,14 @@ pub fn claim(dest: &Path) -> Result<()> {
 /// Writes the marker with an empty journal where there is none; a marker written before journals existed
 /// (domsim trusted the whole folder then) becomes a journal of every file the folder holds now.
 fn start_journal(dir: &Path) -> Result<()> {
-    if journal(dir).is_some() {
-        return Ok(());
+    let kind = marker(dir);
+    match kind {
+        Marker::Journal => return Ok(()),
+        Marker::Foreign => return Err(foreign_marker(dir)),
+        Marker::None | Marker::Legacy => {}
     }
     let mut text = format!("{JOURNAL_HEADER}\n");
-    if dir.join(MARKER).is_file() {
+    if kind == Marker::Legacy {
         for entry in walkdir(dir) {
             let rel = rel_name(dir, &entry);
             if rel != MARKER && rel != LOCK && !rel.contains('\n') {
@@ -308,7 +364,10 @@ fn lock(dir: &Path) -> Result<OutputLock> {
 /// Locks a folder that domsim made (for `report`, which rewrites files in place): a folder without domsim's
 /// marker is refused.
 pub fn lock_domsim_dir(dir: &Path) -> Result<OutputLock> {
-    if !dir.join(MARKER).is_file() {
+    if marker(dir) == Marker::Foreign {
+        return Err(foreign_marker(dir));
+    }
+    if !is_domsim_dir(dir) {
         return input_err(format!(
             "'{}' was not written by domsim (no {MARKER} marker); `domsim report` rewrites files only in folders made by `domsim compare` or `domsim analyze`",
             dir.display()
@@ -334,7 +393,15 @@ pub fn prepare_dir(dir: &Path, force: bool) -> Result<OutputLock> {
         }
         let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io("cannot list", dir, e))?;
         let non_empty = entries.next().is_some();
-        if non_empty && !dir.join(MARKER).exists() && !force {
+        let link = dir
+            .join(MARKER)
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        // (a planted link is refused below as a link, never followed)
+        if marker(dir) == Marker::Foreign && !link {
+            return Err(foreign_marker(dir));
+        }
+        if non_empty && !is_domsim_dir(dir) && !force {
             return input_err(format!(
                 "output folder '{}' is not empty and was not made by domsim; refusing to overwrite it. Choose an empty or new folder, or pass --force",
                 dir.display()

@@ -313,7 +313,35 @@ thread_local! {
 
 /// Decodes and preprocesses one file. The error is a one-line reason for `skipped.csv`.
 pub fn load(path: &Path, p: &Preprocess) -> Result<(Pixels, ImageInfo), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    decode(std::fs::read(path), p)
+}
+
+/// The SHA-256 of a file's bytes as read (an unreadable file digests as its error kind): what the cache's
+/// fingerprint holds per image. Extraction takes it from the very bytes it decodes, so a file changed while
+/// domsim runs can never leave embeddings of one content under the fingerprint of another.
+pub fn digest(read: &std::io::Result<Vec<u8>>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    match read {
+        Ok(b) => Sha256::digest(b).to_vec(),
+        Err(e) => format!("unreadable: {}", e.kind()).into_bytes(),
+    }
+}
+
+/// Reads one file once, and returns its [`digest`] with the result of decoding those same bytes.
+pub fn load_with_digest(
+    path: &Path,
+    p: &Preprocess,
+) -> (Vec<u8>, Result<(Pixels, ImageInfo), String>) {
+    let read = std::fs::read(path);
+    (digest(&read), decode(read, p))
+}
+
+/// Decodes and preprocesses the bytes of one file (or the error reading it).
+pub fn decode(
+    read: std::io::Result<Vec<u8>>,
+    p: &Preprocess,
+) -> Result<(Pixels, ImageInfo), String> {
+    let bytes = read.map_err(|e| format!("cannot read: {e}"))?;
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }

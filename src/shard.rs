@@ -59,16 +59,31 @@ pub fn parse(s: &str) -> Result<ShardSpec> {
     Ok(ShardSpec { index, count })
 }
 
-/// The shard to run: `--shard I/N`; else, with `--shard-count N`, the index from the scheduler's environment
-/// (`SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN`, or Kubernetes' `JOB_COMPLETION_INDEX`); else, with
-/// neither, `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT` alone. `None`: no sharding.
+/// The shard to run: `--shard I/N`; or `--shard env`, the index from the scheduler's environment
+/// (`SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN`, or Kubernetes' `JOB_COMPLETION_INDEX`) and the count
+/// from `--shard-count N` or `SLURM_ARRAY_TASK_COUNT`. `None`: no sharding. Sharding always needs `--shard`:
+/// a plain `extract` inside a job array embeds the whole folder ([`scheduler_note`] says so).
 pub fn resolve(
     flag: Option<&str>,
     count: Option<usize>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<(ShardSpec, String)>> {
-    if let Some(f) = flag {
-        return Ok(Some((parse(f)?, "--shard".into())));
+    match flag {
+        None if count.is_some() => {
+            return input_err(
+                "--shard-count N takes the shard index from the scheduler's environment only with --shard env (e.g. --shard env --shard-count 16); or give --shard I/N",
+            )
+        }
+        None => return Ok(None),
+        Some(f) if f.trim() != "env" => {
+            if count.is_some() {
+                return input_err(format!(
+                    "--shard {f} already names the count; --shard-count goes with --shard env"
+                ));
+            }
+            return Ok(Some((parse(f)?, "--shard".into())));
+        }
+        Some(_) => {}
     }
     let num =
         |k: &str| -> Result<Option<usize>> {
@@ -92,28 +107,55 @@ pub fn resolve(
         (Some(i), _) => (i, "SLURM_ARRAY_TASK_ID"),
         (None, Some(i)) => (i, "JOB_COMPLETION_INDEX"),
         (None, None) => {
-            return match count {
-                Some(_) => input_err(
-                    "--shard-count needs the shard index from the scheduler ($SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX), or give --shard I/N",
-                ),
-                None => Ok(None),
-            };
+            return input_err(
+                "--shard env needs the shard index from the scheduler ($SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX), and neither is set; give --shard I/N instead",
+            );
         }
     };
     let count = match (count, num("SLURM_ARRAY_TASK_COUNT")?) {
         (Some(c), _) => c,
         (None, Some(c)) if from == "SLURM_ARRAY_TASK_ID" => c,
+        _ if from == "JOB_COMPLETION_INDEX" => {
+            return input_err(
+                "$JOB_COMPLETION_INDEX is set but not the number of shards: pass --shard-count N (the Job's completions)",
+            )
+        }
         _ => {
-            return match count {
-                None if from == "JOB_COMPLETION_INDEX" => input_err(
-                    "$JOB_COMPLETION_INDEX is set but not the number of shards: pass --shard-count N (the Job's completions)",
-                ),
-                _ => Ok(None),
-            }
+            return input_err(
+                "--shard env: $SLURM_ARRAY_TASK_ID is set but not $SLURM_ARRAY_TASK_COUNT: pass --shard-count N (the array's size)",
+            )
         }
     };
     let spec = parse(&format!("{index}/{count}"))?;
     Ok(Some((spec, from.into())))
+}
+
+/// What to tell a user who runs a plain `extract` (no `--shard`) inside a job array: domsim embeds the whole
+/// folder, and `--shard env` would embed this task's part. `None` outside a job array.
+pub fn scheduler_note(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let var = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+        .into_iter()
+        .find(|k| env(k).is_some())?;
+    Some(format!(
+        "${var} is set, but without --shard domsim embeds the whole folder; to embed only this task's part, pass --shard env (or --shard I/N)"
+    ))
+}
+
+/// Refuses a lone shard where a whole embedding set is needed (`compare`, `analyze`): its manifest records
+/// one shard of several, so its rows are part of the folder.
+pub fn refuse_lone_shard(dir: &Path, m: &Manifest) -> Result<()> {
+    match &m.shard {
+        Some(info) if info.count > 1 => input_err(format!(
+            "'{}' is shard {}/{} of its folder ({} of {} images); compare needs the whole set: pass the folder that holds all {} shards, or `domsim merge` them first",
+            dir.display(),
+            info.index,
+            info.count,
+            m.n_images,
+            info.n_files_total,
+            info.count
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The part of `set` that shard `spec` embeds (files and excluded entries alike), and its manifest record.
@@ -189,9 +231,22 @@ pub fn is_shard_parent(dir: &Path) -> bool {
         })
 }
 
+/// Refuses `dir` when it is a lone shard ([`refuse_lone_shard`]); a folder of shards or an ordinary embedding
+/// folder passes (its own errors come when it is opened).
+pub fn whole_set(dir: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
+        return Ok(());
+    };
+    match serde_json::from_str::<Manifest>(&text) {
+        Ok(m) => refuse_lone_shard(dir, &m),
+        Err(_) => Ok(()),
+    }
+}
+
 /// `dir` as one embedding folder: a folder of shards is merged into `scratch` first; anything else is
 /// returned as it is.
 pub fn as_embedding_folder(dir: &Path, scratch: &Path) -> Result<PathBuf> {
+    whole_set(dir)?;
     if is_shard_parent(dir) {
         merge(&[dir.to_path_buf()], scratch, true)?;
         Ok(scratch.to_path_buf())
@@ -200,19 +255,27 @@ pub fn as_embedding_folder(dir: &Path, scratch: &Path) -> Result<PathBuf> {
     }
 }
 
-/// What must agree between shards: model, input, preprocessing, pooling, layers, storage.
-fn identity(m: &Manifest) -> String {
+/// What must agree between shards, each part named: model, input, preprocessing (its resize, normalisation
+/// and the image transform: `--grey`, `--downsample`), pooling, layers, storage, domsim's version.
+fn identity(m: &Manifest) -> Vec<(&'static str, String)> {
     let layers: Vec<(&str, usize)> = m.layers.iter().map(|l| (l.name.as_str(), l.dim)).collect();
-    format!(
-        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
-        m.model.sha256,
-        m.input,
-        m.preprocessing.normalization,
-        m.pooling,
-        layers,
-        m.dtype,
-        m.domsim_version
-    )
+    vec![
+        ("model", m.model.sha256.clone()),
+        ("input", format!("{:?}", m.input)),
+        ("resize", m.preprocessing.resize.clone()),
+        (
+            "normalisation",
+            format!("{:?}", m.preprocessing.normalization),
+        ),
+        (
+            "image transform (--grey / --downsample)",
+            format!("{:?}", m.preprocessing.transform),
+        ),
+        ("pooling", format!("{:?}", m.pooling)),
+        ("layers", format!("{layers:?}")),
+        ("storage dtype", format!("{:?}", m.dtype)),
+        ("domsim version", m.domsim_version.clone()),
+    ]
 }
 
 /// Opens shard folders and checks that they belong together: same count, file list, model, version and
@@ -245,8 +308,14 @@ fn check_shards(dirs: &[PathBuf]) -> Result<(Vec<EmbeddingSet>, Vec<ShardInfo>)>
             ))
         } else if info.file_list_sha256 != i0.file_list_sha256 {
             Some("it was cut from a different file list (another folder, or the folder changed between runs)".into())
-        } else if identity(m) != identity(m0) {
-            Some("it was extracted with another model, domsim version or settings".into())
+        } else if let Some(((what, a), (_, b))) = identity(m)
+            .into_iter()
+            .zip(identity(m0))
+            .find(|(a, b)| a != b)
+        {
+            Some(format!(
+                "it was extracted with another {what} ({a} here, {b} there)"
+            ))
         } else {
             None
         };
@@ -285,6 +354,45 @@ fn check_shards(dirs: &[PathBuf]) -> Result<(Vec<EmbeddingSet>, Vec<ShardInfo>)>
     Ok((sets, infos))
 }
 
+/// Refuses an output folder that is one of the shards, inside one, or holds one: merging there would replace
+/// or mix the inputs it reads (`merge --out s/0 s/0 s/1` replaced shard 0).
+fn refuse_out_among_inputs(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let canon = |p: &Path| p.canonicalize().ok();
+    // a folder that does not exist yet may still be inside a shard: compare its nearest existing ancestor
+    let Some((o, rest)) = out.ancestors().find_map(|a| {
+        canon(a).map(|c| {
+            (
+                c,
+                out.strip_prefix(a)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            )
+        })
+    }) else {
+        return Ok(());
+    };
+    let o = o.join(rest);
+    for d in dirs {
+        let Some(d) = canon(d) else { continue };
+        let why = if o == d {
+            "is one of the shards being merged"
+        } else if o.starts_with(&d) {
+            "is inside one of the shards being merged"
+        } else if d.starts_with(&o) {
+            "holds one of the shards being merged"
+        } else {
+            continue;
+        };
+        return input_err(format!(
+            "--out '{}' {why} ('{}'); merging there would replace the inputs. Choose a folder outside the shards, e.g. '{}'",
+            out.display(),
+            d.display(),
+            d.parent().unwrap_or(&d).with_file_name("merged").display()
+        ));
+    }
+    Ok(())
+}
+
 /// Layer `li`'s moments over all shards, combined in shard-index order (exact up to rounding, whatever the
 /// order); `None` when some shard has no `stats/` file for it.
 fn merged_moments(
@@ -316,6 +424,7 @@ pub fn layer_moments(
     if dir.join("manifest.json").is_file() {
         let set = EmbeddingSet::open(dir)?;
         let m = set.manifest.expect("manifest.json exists");
+        refuse_lone_shard(dir, &m)?;
         let files: Option<Vec<PathBuf>> = m
             .layers
             .iter()
@@ -397,6 +506,7 @@ fn merged_counts(
     m.labels = labels;
     m.shard = None;
     m.fingerprint = None;
+    m.checks = None;
     m.merged_from = Some(format!(
         "{} shards ({RULE}); median_native_size is the median of the shards' medians",
         count
@@ -408,6 +518,7 @@ fn merged_counts(
 /// ones. Returns the merged manifest.
 pub fn merge(dirs: &[PathBuf], out: &Path, force: bool) -> Result<Manifest> {
     let dirs = expand(dirs)?;
+    refuse_out_among_inputs(&dirs, out)?;
     let (sets, infos) = check_shards(&dirs)?;
     let (m0, i0) = (sets[0].manifest.as_ref().expect("checked"), &infos[0]);
     // rows of every shard, ordered by relative path (a single run's order)
@@ -511,19 +622,25 @@ mod tests {
             ("SLURM_ARRAY_TASK_MIN", "4"),
             ("SLURM_ARRAY_TASK_COUNT", "3"),
         ]);
-        let (s, from) = resolve(None, None, slurm).unwrap().unwrap();
+        // without --shard a job array's environment shards nothing (issue 35: a plain extract was a shard)
+        assert_eq!(resolve(None, None, slurm).unwrap(), None);
+        assert!(scheduler_note(slurm).unwrap().contains("--shard env"));
+        assert_eq!(scheduler_note(none), None);
+        let (s, from) = resolve(Some("env"), None, slurm).unwrap().unwrap();
         assert_eq!(
             (s.index, s.count, from.as_str()),
             (1, 3, "SLURM_ARRAY_TASK_ID")
         );
         let k8s = env(&[("JOB_COMPLETION_INDEX", "2")]);
-        let (s, from) = resolve(None, Some(4), k8s).unwrap().unwrap();
+        let (s, from) = resolve(Some("env"), Some(4), k8s).unwrap().unwrap();
         assert_eq!(
             (s.index, s.count, from.as_str()),
             (2, 4, "JOB_COMPLETION_INDEX")
         );
-        assert!(resolve(None, None, env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
-        assert!(resolve(None, Some(4), none).is_err());
-        assert!(resolve(None, Some(2), env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
+        assert!(resolve(Some("env"), None, env(&[("JOB_COMPLETION_INDEX", "2")])).is_err());
+        assert!(resolve(Some("env"), Some(4), none).is_err());
+        assert!(resolve(None, Some(4), k8s).is_err());
+        assert!(resolve(Some("1/3"), Some(3), none).is_err());
+        assert!(resolve(Some("env"), None, env(&[("SLURM_ARRAY_TASK_ID", "1")])).is_err());
     }
 }

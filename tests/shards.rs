@@ -52,7 +52,7 @@ fn three_shards_in_separate_processes_equal_the_single_run() {
         .env("SLURM_ARRAY_TASK_ID", "6")
         .env("SLURM_ARRAY_TASK_MIN", "5")
         .env("SLURM_ARRAY_TASK_COUNT", "3")
-        .args(["extract", "--images"])
+        .args(["extract", "--shard", "env", "--images"])
         .arg(&imgs)
         .arg("--out")
         .arg(parent.join("s1"))
@@ -287,7 +287,7 @@ fn shards_that_do_not_belong_together_are_refused() {
     merge(&["a0", "max1"])
         .code(2)
         .stderr(predicate::str::contains(
-            "another model, domsim version or settings",
+            "another pooling (Max here, Avg there)",
         ));
     // a different shard count, a different file list, a folder that is not a shard, an incomplete shard
     ext("of3", "1/3", &[]);
@@ -330,7 +330,7 @@ fn shards_that_do_not_belong_together_are_refused() {
     merge(&["a0", "a1"]).success();
     assert_cmd::Command::cargo_bin("domsim")
         .unwrap()
-        .args(["extract", "--images"])
+        .args(["extract", "--shard", "env", "--images"])
         .arg(&imgs)
         .arg("--out")
         .arg(tmp.path().join("k"))

@@ -267,6 +267,8 @@ pub fn prepare_and_compute(
         return Ok((r, prepare()?));
     }
     let shards = |d: &Path| crate::shard::is_shard_parent(d);
+    crate::shard::whole_set(&cfg.source)?;
+    crate::shard::whole_set(&cfg.target)?;
     if !shards(&cfg.source) && !shards(&cfg.target) {
         // open both before touching the output folder: a typo creates nothing
         EmbeddingSet::open(&cfg.source)?;
