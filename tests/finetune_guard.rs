@@ -814,3 +814,89 @@ fn regenerated_lowres_matches_the_studys_images() {
         |src| (32, 32, resized_rgb_to(src, 32)),
     );
 }
+
+/// `git` in the repository root, its stdout (panics, saying why, when git or the history is not there).
+fn git(args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .expect("git runs (the registration order is read from the history)");
+    assert!(
+        o.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The commits that added files under `path` (oldest last).
+fn commits_adding(path: &str) -> Vec<String> {
+    git(&["log", "--diff-filter=A", "--format=%H", "--", path])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 34's registration: the predictions for the four independent domains (`issue34_prediction.md`,
+/// `issue34_registration.json`, the frozen rule's domsim results) were committed before any fine-tuning
+/// file of theirs (a prediction or a recipe-3 grid row): every commit that adds such a file has the
+/// registration commit as a strict ancestor. The saved plans are also those the registration records.
+#[test]
+fn registration_precedes_every_run() {
+    let results = "reports/finetune/results";
+    let reg_file = format!("{results}/issue34_registration.json");
+    let reg_commits = commits_adding(&reg_file);
+    assert_eq!(
+        reg_commits.len(),
+        1,
+        "{reg_file} is added once (shallow clone? the check needs the history)"
+    );
+    let reg = &reg_commits[0];
+    assert_eq!(
+        commits_adding(&format!("{results}/issue34_prediction.md")),
+        vec![reg.clone()]
+    );
+    let registration = read_json(&study_dir().join("issue34_registration.json"));
+    let targets = registration["targets"].as_object().unwrap();
+    assert_eq!(targets.len(), 4);
+    let mut checked = 0;
+    for name in targets.keys() {
+        let mut later = commits_adding(&format!("{results}/predictions/{name}"));
+        later.extend(commits_adding(&format!("{results}/lr_grid_v3.csv")));
+        for c in &later {
+            assert_ne!(
+                c, reg,
+                "{name}: a run's file was committed with the registration"
+            );
+            let ancestor = std::process::Command::new("git")
+                .args(["merge-base", "--is-ancestor", reg, c])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap()
+                .success();
+            assert!(
+                ancestor,
+                "{name}: commit {c} adds a run's file before the registration {reg}"
+            );
+            checked += 1;
+        }
+        // the domsim results committed with the registration are the registered plans
+        for (b, cell) in targets[name]["plans"].as_object().unwrap() {
+            for (s, want) in cell["plan"].as_array().unwrap().iter().enumerate() {
+                let saved = read_json(&study_dir().join(format!("domsim/{name}/b{b}_s{s}.json")));
+                assert_eq!(&saved["plan_config"], want, "{name} b{b} s{s}");
+            }
+        }
+    }
+    println!("registration {reg}: {checked} later commits of run files checked");
+    // the registration commit holds no run file of these targets
+    let files = git(&["show", "--name-only", "--format=", reg]);
+    assert!(
+        !files
+            .lines()
+            .any(|f| f.contains("/predictions/") || f.ends_with("lr_grid_v3.csv")),
+        "{files}"
+    );
+}
