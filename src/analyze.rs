@@ -2,8 +2,9 @@
 //! verdict and write every report file.
 //!
 //! Cached embeddings live in `REPORT_DIR/embeddings/{source,target}`. They are reused when the manifest's
-//! fingerprint matches the new request: SHA-256 over the model's SHA-256, the extraction settings, and every
-//! image's relative path and the SHA-256 of its bytes.
+//! fingerprint matches the new request (SHA-256 over the model's SHA-256, the extraction settings, and every
+//! image's relative path and the SHA-256 of its bytes, taken by extraction from the bytes it decoded) and the
+//! cache verifies (the size and SHA-256 of each of its files and of its manifest, [`crate::embeddings::Manifest::unsealed`]).
 //!
 //! Either set may also be an embedding folder written by `domsim extract` (it holds a `manifest.json`): it is
 //! used as it is, after checking that it was made with the same model, input, preprocessing, pooling and
@@ -78,7 +79,7 @@ fn fingerprint(key: &str, set: &ImageSet) -> Result<String> {
 }
 
 /// Whether the cache in `dir` is this request's and intact: its fingerprint is `fp` and every file it was
-/// written with is there, of its size and SHA-256, under an unedited manifest ([`Manifest::unsealed`]). A
+/// written with is there, of its size and SHA-256, under an unedited manifest ([`crate::embeddings::Manifest::unsealed`]). A
 /// cache of this request that does not verify is named in `notes` and extracted again.
 fn cached(dir: &Path, fp: &str, notes: &mut Vec<String>) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {

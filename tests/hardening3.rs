@@ -565,3 +565,22 @@ fn a_users_file_named_dot_domsim_does_not_make_the_folder_ours() {
     extract(&imgs, &e, &[]).assert().success();
     assert_eq!(manifest(&e)["n_images"], 6);
 }
+
+#[test]
+fn too_many_permutations_are_refused_with_the_reason_that_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = tmp.path().join("e");
+    extract(&fixture("images16"), &e, &[]).assert().success();
+    for (n, why) in [("100001", "more do not move"), ("98", "fewer cannot reach")] {
+        domsim()
+            .args(["compare", "--permutations", n, "--source"])
+            .arg(&e)
+            .arg("--target")
+            .arg(&e)
+            .arg("--out")
+            .arg(tmp.path().join("c"))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(why).and(predicate::str::contains("Params::").not()));
+    }
+}

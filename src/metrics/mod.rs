@@ -127,8 +127,13 @@ impl Params {
             ));
         }
         if !Self::PERMUTATIONS_RANGE.contains(&self.permutations) {
+            let why = if self.permutations < *Self::PERMUTATIONS_RANGE.start() {
+                "fewer cannot reach the 0.01 level"
+            } else {
+                "more do not move a p-value reported to three decimals, and cost time"
+            };
             return bad(format!(
-                "--permutations must be between {} and {} (got {}; Params::permutations): fewer cannot reach the 0.01 level",
+                "--permutations must be between {} and {} (got {}): {why}",
                 Self::PERMUTATIONS_RANGE.start(),
                 Self::PERMUTATIONS_RANGE.end(),
                 self.permutations
