@@ -581,6 +581,36 @@ fn too_many_permutations_are_refused_with_the_reason_that_applies() {
             .arg(tmp.path().join("c"))
             .assert()
             .code(2)
-            .stderr(predicate::str::contains(why).and(predicate::str::contains("Params::").not()));
+            .stderr(predicate::str::contains(why));
     }
+}
+
+#[test]
+fn class_folders_that_differ_only_in_spaces_or_case_are_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    copy_dir(&fixture("images16/a"), &imgs.join("cat"));
+    copy_dir(&fixture("images16/b"), &imgs.join("cat "));
+    let e = tmp.path().join("e");
+    extract(&imgs, &e, &[]).assert().success();
+    domsim()
+        .args(["compare", "--permutations", "99", "--source"])
+        .arg(&e)
+        .arg("--target")
+        .arg(&e)
+        .arg("--out")
+        .arg(tmp.path().join("c"))
+        .assert()
+        .success();
+    let cmp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("c/compare.json")).unwrap())
+            .unwrap();
+    assert!(
+        cmp["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("'cat' and 'cat ' differ only in spaces or letter case")),
+        "{}",
+        cmp["notes"]
+    );
 }

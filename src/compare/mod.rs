@@ -513,7 +513,8 @@ fn class_warnings(labels: &Option<Vec<usize>>, classes: &[String], set: &str) ->
             (n > 0 && n < MIN_CLASS).then(|| format!("'{name}' ({n})"))
         })
         .collect();
-    match small.len() {
+    let mut out = near_identical_classes(classes, set);
+    out.extend(match small.len() {
         0 => Vec::new(),
         1 => vec![format!(
             "WARNING: {set} class {} has fewer than {MIN_CLASS} images and is dropped from the task probe and k-NN; add images or merge it",
@@ -523,7 +524,29 @@ fn class_warnings(labels: &Option<Vec<usize>>, classes: &[String], set: &str) ->
             "WARNING: {k} {set} classes have fewer than {MIN_CLASS} images and are dropped from the task probe and k-NN: {}; add images or merge them",
             small.join(", ")
         )],
+    });
+    out
+}
+
+/// One warning per group of class names that differ only in surrounding spaces or letter case (`cat` and
+/// `cat `, `Cat`): they are separate classes to domsim, which is rarely what the folder meant.
+fn near_identical_classes(classes: &[String], set: &str) -> Vec<String> {
+    let mut by_key: std::collections::BTreeMap<String, Vec<&String>> = Default::default();
+    for c in classes {
+        by_key.entry(c.trim().to_lowercase()).or_default().push(c);
     }
+    by_key
+        .values()
+        .filter(|v| v.len() > 1)
+        .map(|v| {
+            let names: Vec<String> = v.iter().map(|c| format!("'{c}'")).collect();
+            format!(
+                "WARNING: {set} classes {} differ only in spaces or letter case and are counted as {} classes; rename the folders if they are one class",
+                names.join(" and "),
+                v.len()
+            )
+        })
+        .collect()
 }
 
 fn progress(on: bool, len: u64, msg: &str) -> ProgressBar {

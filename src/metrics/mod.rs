@@ -133,7 +133,7 @@ impl Params {
                 "more do not move a p-value reported to three decimals, and cost time"
             };
             return bad(format!(
-                "--permutations must be between {} and {} (got {}): {why}",
+                "--permutations must be between {} and {} (got {}; Params::permutations): {why}",
                 Self::PERMUTATIONS_RANGE.start(),
                 Self::PERMUTATIONS_RANGE.end(),
                 self.permutations
