@@ -59,23 +59,17 @@ pub struct AnalyzeOutcome {
     pub cache_notes: Vec<String>,
 }
 
-/// The cache key of a request: domsim's version, the model's SHA-256 and every extraction setting
-/// ([`crate::extract::fingerprint_key`]).
-fn cache_key(model_sha: &str, cfg: &ExtractOptions) -> String {
-    crate::extract::fingerprint_key(model_sha, cfg)
-}
-
 /// The fingerprint of `set` under `key`: every file's path and the SHA-256 of its content now, not its size
 /// and time (an image rewritten in place with its old time kept, `touch -r`, is a different image; hashing
 /// the bytes costs far less than decoding them). Extraction records the same fingerprint from the bytes it
 /// decoded, so a cache whose files changed during its run does not match.
-fn fingerprint(key: &str, set: &ImageSet) -> Result<String> {
+fn fingerprint(key: &str, set: &ImageSet) -> String {
     use rayon::prelude::*;
     let digests: Vec<Vec<u8>> = (0..set.files.len())
         .into_par_iter()
         .map(|i| crate::preprocess::digest(&std::fs::read(set.path(i))))
         .collect();
-    Ok(crate::extract::fingerprint_of(key, &set.files, &digests))
+    crate::extract::fingerprint_of(key, &set.files, &digests)
 }
 
 /// Whether the cache in `dir` is this request's and intact: its fingerprint is `fp` and every file it was
@@ -187,7 +181,7 @@ fn extract_permuted(
             .join("embeddings")
             .join("controls")
             .join(format!("permuted_weights_{r}"));
-        let key = cache_key(
+        let key = crate::extract::fingerprint_key(
             &format!(
                 "{model_sha}+permuted-weights-seed-{sub}+rescaled-{}x{}",
                 crate::model::rescale::PASSES,
@@ -195,7 +189,7 @@ fn extract_permuted(
             ),
             &cfg.extract,
         );
-        let fp = fingerprint(&key, &subset)?;
+        let fp = fingerprint(&key, &subset);
         let scale_file = dir.join("rescaled.txt");
         if !cached(&dir, &fp, notes) {
             embed_permuted(
@@ -334,8 +328,8 @@ fn extract_controls(
             ..cfg.extract.clone()
         };
         let dir = cfg.out.join("embeddings").join("controls").join(t.name());
-        let key = cache_key(model_sha, &options);
-        let fp = fingerprint(&key, &subset)?;
+        let key = crate::extract::fingerprint_key(model_sha, &options);
+        let fp = fingerprint(&key, &subset);
         if !cached(&dir, &fp, notes) {
             let job = ExtractConfig {
                 force: true,
@@ -479,6 +473,8 @@ fn check_inputs(cfg: &AnalyzeConfig) -> Result<()> {
     }
     output::check_out_is_not_an_input(&cfg.out, &inputs)?;
     for (flag, p) in &inputs {
+        // a lone shard given as embeddings is part of a set, not the set
+        crate::shard::whole_set(p)?;
         if !p.is_dir() {
             return Err(Error::Input(format!(
                 "{flag} '{}' does not exist or is not a folder; check the path",
@@ -568,8 +564,8 @@ fn embed_both(
         let t0 = std::time::Instant::now();
         let set = ImageSet::scan(images)?;
         let dir = cfg.out.join("embeddings").join(name);
-        let key = cache_key(model_sha, &cfg.extract);
-        let fp = fingerprint(&key, &set)?;
+        let key = crate::extract::fingerprint_key(model_sha, &cfg.extract);
+        let fp = fingerprint(&key, &set);
         if cached(&dir, &fp, &mut e.notes) {
             e.reused[k] = true;
         } else {

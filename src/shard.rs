@@ -232,7 +232,8 @@ pub fn is_shard_parent(dir: &Path) -> bool {
 }
 
 /// Refuses `dir` when it is a lone shard ([`refuse_lone_shard`]); a folder of shards or an ordinary embedding
-/// folder passes (its own errors come when it is opened).
+/// folder passes (its own errors come when it is opened). `compare` and `analyze` call it on each side given
+/// as embeddings, before they create anything.
 pub fn whole_set(dir: &Path) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(dir.join("manifest.json")) else {
         return Ok(());
@@ -246,7 +247,6 @@ pub fn whole_set(dir: &Path) -> Result<()> {
 /// `dir` as one embedding folder: a folder of shards is merged into `scratch` first; anything else is
 /// returned as it is.
 pub fn as_embedding_folder(dir: &Path, scratch: &Path) -> Result<PathBuf> {
-    whole_set(dir)?;
     if is_shard_parent(dir) {
         merge(&[dir.to_path_buf()], scratch, true)?;
         Ok(scratch.to_path_buf())

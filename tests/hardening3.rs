@@ -39,17 +39,21 @@ fn merge(out: &Path, inputs: &[PathBuf]) -> assert_cmd::Command {
 /// `domsim analyze` of `target` against the fixture images on the fixture model (99 permutations, one
 /// thread, no controls: only the cache is under test).
 fn analyze(target: &Path, out: &Path) -> std::process::Output {
-    domsim()
-        .args(["analyze", "--permutations", "99", "--model"])
+    analyze_cmd(target, out).output().unwrap()
+}
+
+/// The command [`analyze`] runs, for more flags.
+fn analyze_cmd(target: &Path, out: &Path) -> assert_cmd::Command {
+    let mut c = domsim();
+    c.args(["analyze", "--permutations", "99", "--model"])
         .arg(fixture("nchw_dyn/model.onnx"))
         .arg("--source")
         .arg(fixture("images16"))
         .arg("--target")
         .arg(target)
         .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
+        .arg(out);
+    c
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -181,6 +185,14 @@ fn sharding_needs_the_shard_flag_and_a_lone_shard_is_refused() {
     assert!(
         !tmp.path().join("c").exists(),
         "a refused compare creates nothing"
+    );
+    analyze_cmd(&part, &tmp.path().join("an"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is shard 1/3"));
+    assert!(
+        !tmp.path().join("an").exists(),
+        "a refused analyze creates nothing"
     );
 }
 
@@ -508,15 +520,7 @@ fn a_users_file_named_dot_domsim_does_not_make_the_folder_ours() {
         c.assert()
             .code(2)
             .stderr(predicate::str::contains("not a marker domsim wrote"));
-        let o = domsim()
-            .args(["analyze", "--permutations", "99", "--model"])
-            .arg(fixture("nchw_dyn/model.onnx"))
-            .arg("--source")
-            .arg(fixture("images16"))
-            .arg("--target")
-            .arg(fixture("images16"))
-            .arg("--out")
-            .arg(&mine)
+        let o = analyze_cmd(&fixture("images16"), &mine)
             .args(if force { &["--force"][..] } else { &[][..] })
             .output()
             .unwrap();
@@ -532,21 +536,8 @@ fn a_users_file_named_dot_domsim_does_not_make_the_folder_ours() {
     }
     // report refuses a domsim folder whose marker was replaced by a file of the user's
     let done = tmp.path().join("done");
-    let o = domsim()
-        .args([
-            "analyze",
-            "--permutations",
-            "99",
-            "--no-controls",
-            "--model",
-        ])
-        .arg(fixture("nchw_dyn/model.onnx"))
-        .arg("--source")
-        .arg(fixture("images16"))
-        .arg("--target")
-        .arg(fixture("images16"))
-        .arg("--out")
-        .arg(&done)
+    let o = analyze_cmd(&fixture("images16"), &done)
+        .arg("--no-controls")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
