@@ -241,7 +241,10 @@ fn embed_permuted(
         selection: crate::model::Selection::Names(
             m.layers.iter().map(|l| l.name.clone()).collect(),
         ),
-        norm: Some(m.preprocessing.normalization.clone()),
+        // a uint8 model takes its pixels as they are: no normalisation applies, and none is passed
+        norm: (m.input.elem == crate::model::ElemType::F32)
+            .then(|| m.preprocessing.normalization.clone()),
+        tokens: m.tokens.or(cfg.extract.tokens),
         ..cfg.extract.clone()
     };
     let mut model = options.load_model()?;

@@ -208,6 +208,10 @@ pub struct PrepArgs {
     /// Pooling of spatial/token axes.
     #[arg(long, value_enum, default_value = "avg")]
     pub pool: PoolArg,
+    /// Token tensors of transformers ((N, T, D) or (T, N, D)): the class token or the mean of all tokens.
+    /// Default: what the model's classifier reads (the class token when its head takes one token).
+    #[arg(long, value_enum)]
+    pub tokens: Option<TokensArg>,
     /// Normalisation preset: imagenet, pm1 (x/127.5-1), unit (x/255), raw (0-255). Default: the model's own.
     #[arg(long, value_enum, conflicts_with_all = ["mean", "std"])]
     pub norm: Option<NormArg>,
@@ -409,6 +413,15 @@ pub struct ExtractArgs {
     pub ort: OrtLibArg,
 }
 
+/// Token pooling modes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokensArg {
+    /// The first (class) token.
+    Cls,
+    /// The mean over all tokens, the class token included.
+    Mean,
+}
+
 /// Pooling modes.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PoolArg {
@@ -473,6 +486,10 @@ impl PrepArgs {
                 PoolArg::Max => Pool::Max,
                 PoolArg::Avgmax => Pool::AvgMax,
             },
+            tokens: self.tokens.map(|t| match t {
+                TokensArg::Cls => domsim::model::pool::Tokens::Cls,
+                TokensArg::Mean => domsim::model::pool::Tokens::Mean,
+            }),
             selection: model.selection(),
             size: model.size,
             layout: model.layout(),
@@ -608,17 +625,32 @@ fn layers(a: LayersArgs, g: &Global) -> Result<()> {
                 let mark = match default.iter().position(|n| *n == l.name) {
                     Some(k) => format!("default selection, depth {k}"),
                     None if l.by_name_only => "by name only (a layout op's output)".into(),
+                    None if l.refused.is_some() => {
+                        format!("never: {}", l.refused.as_deref().unwrap_or_default())
+                    }
                     None => String::new(),
                 };
                 (d, l.clone(), mark)
             })
             .collect()
     } else {
-        model
-            .select(&sel)?
+        let chosen: Vec<(domsim::model::Layer, String)> = if sel == Selection::Default {
+            model
+                .default_choices()
+                .into_iter()
+                .map(|(l, c)| (l, c.describe().to_string()))
+                .collect()
+        } else {
+            model
+                .select(&sel)?
+                .into_iter()
+                .map(|l| (l, String::new()))
+                .collect()
+        };
+        chosen
             .into_iter()
             .enumerate()
-            .map(|(i, l)| (Some(i), l, String::new()))
+            .map(|(i, (l, why))| (Some(i), l, why))
             .collect()
     };
     // the list is the command's result: printed with --quiet too (which silences progress and summaries)

@@ -178,6 +178,9 @@ pub struct Manifest {
     pub pooling: Pool,
     /// A sentence on what pooling did.
     pub pooling_note: String,
+    /// How token tensors were pooled (when a layer is one: (N, T, D) or (T, N, D)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::model::pool::Tokens>,
     /// The image folder (as given).
     pub images: String,
     /// Images embedded (rows of every matrix).
@@ -549,6 +552,11 @@ pub fn check_same_extraction(a: &Manifest, b: &Manifest, a_dir: &Path, b_dir: &P
             "pooling",
             format!("{:?}", a.pooling),
             format!("{:?}", b.pooling),
+        ),
+        (
+            "token pooling",
+            format!("{:?}", a.tokens),
+            format!("{:?}", b.tokens),
         ),
         ("layers", names(a).join(", "), names(b).join(", ")),
     ]

@@ -31,6 +31,8 @@ pub struct ExtractOptions {
     pub norm: Option<Normalization>,
     /// Pooling mode.
     pub pool: Pool,
+    /// How token tensors are pooled; `None` = what the model's classifier reads ([`crate::model::Embedder::classifier_tokens`]).
+    pub tokens: Option<pool::Tokens>,
     /// Images per inference call (models with a fixed batch use theirs).
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads, and decoding threads.
@@ -61,6 +63,7 @@ impl ExtractOptions {
             selection: Selection::Default,
             norm: None,
             pool: Pool::Avg,
+            tokens: None,
             batch_size: 4,
             threads: default_threads(),
             size: None,
@@ -169,11 +172,12 @@ impl ExtractConfig {
 /// SHA-256 (or what stands for it) and every extraction setting.
 pub fn fingerprint_key(model_sha: &str, cfg: &ExtractOptions) -> String {
     format!(
-        "domsim {}|{model_sha}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|",
+        "domsim {}|{model_sha}|{:?}|{:?}|{:?}{}|{}|{:?}|{:?}|{:?}|{:?}|",
         env!("CARGO_PKG_VERSION"),
         cfg.selection,
         cfg.norm,
         cfg.pool,
+        cfg.tokens.map_or(String::new(), |t| format!("/{t:?}")),
         cfg.batch_size,
         cfg.size,
         cfg.layout,
@@ -350,7 +354,11 @@ pub fn run<E: Embedder>(
     let layers = emb.layers().to_vec();
     prepare_layers_folder(&cfg.out, &layers)?;
     let contract = emb.contract().clone();
-    let streamed = stream(emb, set, &norm, &layers, cfg);
+    let tokens = cfg
+        .options
+        .tokens
+        .unwrap_or_else(|| emb.classifier_tokens());
+    let streamed = stream(emb, set, &norm, &layers, tokens, cfg);
     // skipped.csv is written even when the run failed part-way: it says what was read so far
     let mut skipped = set.excluded.clone();
     skipped.extend(streamed.skipped.iter().cloned());
@@ -377,6 +385,7 @@ pub fn run<E: Embedder>(
             norm,
             batch_size: streamed.batch_size,
             layers: entries,
+            tokens,
         },
         cfg,
     );
@@ -448,6 +457,7 @@ fn stream<E: Embedder>(
     set: &ImageSet,
     norm: &Normalization,
     layers: &[crate::model::Layer],
+    tokens: pool::Tokens,
     cfg: &ExtractConfig,
 ) -> Streamed {
     let contract = emb.contract().clone();
@@ -508,7 +518,7 @@ fn stream<E: Embedder>(
             while pending.len() >= run_batch || (flush && !pending.is_empty()) {
                 let take = pending.len().min(run_batch);
                 let items: Vec<(usize, Pixels)> = pending.drain(..take).collect();
-                infer(emb, &items, run_batch, &contract, layers, outs, cfg)?;
+                infer(emb, &items, run_batch, layers, tokens, outs, cfg)?;
                 rows.extend(items.iter().map(|(i, _)| *i));
             }
             Ok(())
@@ -593,6 +603,7 @@ struct Described<'a> {
     norm: Normalization,
     batch_size: usize,
     layers: Vec<crate::embeddings::LayerEntry>,
+    tokens: pool::Tokens,
 }
 
 /// Stage 4: the manifest of the run.
@@ -639,6 +650,11 @@ fn manifest(
         },
         pooling: opts.pool,
         pooling_note: pooling_note(opts.pool),
+        tokens: d
+            .layers
+            .iter()
+            .any(|l| l.run_shape.len() == 3)
+            .then_some(d.tokens),
         images: set.root.display().to_string(),
         n_images: rows.len(),
         n_skipped,
@@ -668,11 +684,12 @@ fn infer<E: Embedder>(
     emb: &mut E,
     items: &[(usize, Pixels)],
     run_batch: usize,
-    contract: &crate::model::InputContract,
     layers: &[crate::model::Layer],
+    tokens: pool::Tokens,
     outs: &mut Vec<LayerOut>,
     cfg: &ExtractConfig,
 ) -> Result<()> {
+    let contract = &emb.contract().clone();
     let (mode, out_dir) = (cfg.options.pool, &cfg.out);
     let per = contract.channels * contract.height * contract.width;
     // A model with a fixed batch gets exactly that many images; padding rows are dropped after pooling.
@@ -704,23 +721,30 @@ fn infer<E: Embedder>(
         }
     };
     let raw = emb.run(batch, n_run)?;
-    for (k, r) in raw.iter().enumerate() {
+    for (k, r) in raw.into_iter().enumerate() {
         let name = &layers[k].name;
-        if let Some(o) = outs.get(k) {
-            if r.shape.first() != Some(&n_run) || r.shape[1..] != o.run_shape[1..] {
-                return Err(Error::Runtime(format!(
-                    "layer '{name}' returned shape {:?}, expected batch {n_run} and {:?} per image",
-                    r.shape,
-                    &o.run_shape[1..]
-                )));
-            }
+        let axis = layers[k].batch_axis;
+        let r = pool::batch_first(r, axis);
+        let expected = outs.get(k).map(|o| &o.run_shape[1..]);
+        if r.shape.first() != Some(&n_run) || expected.is_some_and(|e| r.shape[1..] != *e) {
+            return Err(Error::Runtime(format!(
+                "layer '{name}' returned shape {:?} for {n_run} images (batch on axis {axis}){}: it is not one tensor per image. Leave it out (`domsim layers` lists the block outputs), or choose a layer whose shape starts with the batch",
+                r.shape,
+                expected.map_or(String::new(), |e| format!(", expected {e:?} per image"))
+            )));
         }
         // The first batch fixes each layer's layout, dimension and file.
         let layout = outs.get(k).map_or_else(
-            || pool::tensor_layout(&layers[k].op_type, &r.shape, contract),
+            || {
+                let l = pool::tensor_layout(&layers[k].op_type, &r.shape, contract);
+                match (l, r.shape.len(), tokens) {
+                    (TensorLayout::ChannelsLast, 3, pool::Tokens::Cls) => TensorLayout::FirstToken,
+                    _ => l,
+                }
+            },
             |o| o.layout,
         );
-        let (dim, rows) = pool::pool(r, layout, mode, name)?;
+        let (dim, rows) = pool::pool(&r, layout, mode, name)?;
         if outs.len() <= k {
             let file = out_dir.join(format!(
                 "layers/{}",

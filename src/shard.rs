@@ -272,6 +272,7 @@ fn identity(m: &Manifest) -> Vec<(&'static str, String)> {
             format!("{:?}", m.preprocessing.transform),
         ),
         ("pooling", format!("{:?}", m.pooling)),
+        ("token pooling", format!("{:?}", m.tokens)),
         ("layers", format!("{layers:?}")),
         ("storage dtype", format!("{:?}", m.dtype)),
         ("domsim version", m.domsim_version.clone()),

@@ -491,6 +491,8 @@ fn extract_fails_cleanly_when_inference_fails_part_way() {
             node_index: 0,
             graph_output: false,
             by_name_only: false,
+            refused: None,
+            batch_axis: 0,
         }],
         calls: 0,
         fail_at: 2,

@@ -1,28 +1,31 @@
 //! Layer discovery: which tensors of an ONNX graph are candidate layers, and the default selection.
 //!
 //! **Candidates** are the outputs of graph nodes, in the graph's topological (node) order, that depend on the
-//! image input (not on weights alone) and are float32 tensors as ONNX Runtime reports them. Outputs of pure
-//! layout or bookkeeping ops (`Reshape`, `Flatten`, `Squeeze`, `Transpose`, `Pad`, `Cast`, ...) are
-//! selectable by name (`--layers`) but never chosen by `--all` or the default selection: they repeat the
-//! values of the tensor they reshape.
+//! image's values (a `Shape` or `Size` output does not: shape arithmetic is not computed from the image) and
+//! are float32 tensors as ONNX Runtime reports them. Outputs of pure layout or bookkeeping ops (`Reshape`,
+//! `Flatten`, `Squeeze`, `Transpose`, `Pad`, `Cast`, ...) are selectable by name (`--layers`) but never
+//! chosen by `--all` or the default selection: they repeat the values of the tensor they reshape.
 //!
-//! **The default selection** (the rule documented in the README):
-//! 1. Group consecutive candidates by *scope*, the first component of the node name (`/_blocks.4/...` has scope
-//!    `_blocks.4`, `/layer1/layer1.0/relu/Relu` has scope `layer1`). The last candidate of each group is a block
-//!    output. A candidate without a scoped name is its own group.
-//! 2. Residual `Add`s (two or more inputs computed from the image) are block outputs too.
-//! 3. A group made only of activations (`Relu`, `Clip`, ...) replaces the block output just before it: the
-//!    block-final activation is preferred to the pre-activation tensor.
-//! 4. The model's own graph outputs, the classifier's output (the logits, found by rule 6's walk) and every
-//!    tensor computed from it, and every `Softmax`/`LogSoftmax` (a monotone function of the logits) are left
-//!    out: the selection ends at the final features.
-//! 5. More than 20 block outputs: keep 16 evenly spaced ones, always the first and the last. Fewer than 8: add
-//!    evenly spaced candidates until there are 12 (or all candidates, when fewer).
-//! 6. The classifier's input (the pooled penultimate features, found by walking back from the first graph
-//!    output through softmax, bias, activation, layout and (de)quantization ops (`QuantizeLinear`,
-//!    `DequantizeLinear`: a quantized model's head) to the final `Gemm`/`MatMul`/`Conv` (a `Conv` on a 1×1
-//!    map is a classifier too), then past any `Reshape`/`Flatten`/`Squeeze` to the tensor they reshape) is
-//!    always included: the single most used transfer feature.
+//! **The default selection** comes from the graph's structure (docs/reference.md states it for users):
+//! 1. The end is the classifier's input (rule 6 below). Tensors every path from the image to the end passes
+//!    through (its dominators, `mark_dominators`) are the block boundaries; residual, dense-block and
+//!    attention interiors are not. An activation applied to a boundary replaces it.
+//! 2. A boundary next to a segment with several paths is kept ([`Choice::Boundary`]). Boundaries in plain
+//!    chains are grouped by module name (the scope after the components nearly all nodes share), the last of
+//!    each kept ([`Choice::ModuleOutput`]); unnamed ones are each kept ([`Choice::Chain`]).
+//! 3. The input as the graph prepares it (computed by [`PREPROCESSING_OPS`] alone) is not a layer.
+//! 4. The model's own graph outputs, the classifier's output (the logits) and every tensor computed from it,
+//!    and every `Softmax`/`LogSoftmax` are left out: the selection ends at the final features.
+//! 5. More than 20: one per named module (the last), then 16 evenly spaced, always the first and the last.
+//!    Fewer than 8: the remaining boundaries added evenly up to 12.
+//! 6. The classifier's input (found by walking back from the first graph output through softmax, bias,
+//!    activation, layout and (de)quantization ops (`QuantizeLinear`, `DequantizeLinear`: a quantized model's
+//!    head) to the final `Gemm`/`MatMul`/`Conv` (a `Conv` on a 1×1 map is a classifier too), then past any
+//!    `Reshape`/`Flatten`/`Squeeze` to the tensor they reshape) is always included: the single most used
+//!    transfer feature.
+//!
+//! Without any boundary the rule by names applies (`by_scope`): the last candidate of each scope, residual
+//! `Add`s, an activation-only scope replacing the output before it.
 
 use std::collections::HashSet;
 
@@ -42,14 +45,16 @@ const LAYOUT_OPS: &[&str] = &[
     "Pad",
     "Shape",
     "Size",
-    "Gather",
-    "Slice",
     "Constant",
     "ConstantOfShape",
     "Expand",
     "Range",
     "Split",
 ];
+
+/// Ops whose output describes a tensor's shape, not its values: nothing computed from them alone is
+/// image-dependent.
+const SHAPE_OPS: &[&str] = &["Shape", "Size"];
 
 /// Quantization ops a quantized model's head passes its logits through (rule 6's walk steps over them).
 const QUANT_OPS: &[&str] = &["QuantizeLinear", "DequantizeLinear"];
@@ -103,7 +108,38 @@ pub struct Candidate {
     pub classifier_input: bool,
     /// True for the classifier's output and every tensor computed from it (rule 4).
     pub after_classifier: bool,
+    /// The image-dependent inputs of the producing node.
+    pub dyn_inputs: Vec<String>,
+    /// True when some path from this tensor reaches the selection's end (the classifier's input, else the
+    /// first graph output).
+    pub useful: bool,
+    /// True when every path from the image to the selection's end passes through this tensor (a dominator
+    /// of the end): a natural block boundary. Residual, dense-block and attention interiors are not.
+    pub dominator: bool,
+    /// True for the image itself as the graph prepares it (cast, scaled, normalised, transposed, resized:
+    /// computed from the input by [`PREPROCESSING_OPS`] alone): not a layer of the network.
+    pub preprocessing: bool,
 }
+
+/// Ops that prepare the input inside the graph (a uint8 model's cast and scaling, a TF model's transpose)
+/// without computing features from it.
+pub const PREPROCESSING_OPS: &[&str] = &[
+    "Cast",
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Transpose",
+    "Reshape",
+    "Identity",
+    "Unsqueeze",
+    "Squeeze",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Clip",
+    "Resize",
+    "Pad",
+];
 
 /// A layer: a candidate with the shape and type ONNX Runtime reports.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -122,6 +158,17 @@ pub struct Layer {
     /// True for the output of a layout op (`Reshape`, `Flatten`, ...): selectable by name only.
     #[serde(default)]
     pub by_name_only: bool,
+    /// Why this tensor is not a per-image feature (an attention map, a window partition, no batch axis):
+    /// never selected, by name neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// The axis that holds the images (0 for almost every tensor; 1 for tokens-first [T, N, D]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch_axis: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// Which layers to use.
@@ -145,6 +192,7 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
         .filter(|n| !initializers.contains(n))
         .collect();
     let outputs: HashSet<&str> = graph.output.iter().map(|v| v.name.as_str()).collect();
+    let mut pre: HashSet<&str> = dynamic.clone();
     let mut out = Vec::new();
     for node in &graph.node {
         let n_dyn = node
@@ -152,11 +200,24 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
             .iter()
             .filter(|i| dynamic.contains(i.as_str()))
             .count();
-        if n_dyn == 0 {
+        // a tensor's shape is not its values: shape arithmetic (attention masks, reshape targets, class
+        // tokens expanded to the batch) is not computed from the image
+        if n_dyn == 0 || SHAPE_OPS.contains(&node.op_type.as_str()) {
             continue;
         }
+        let dyn_inputs: Vec<String> = node
+            .input
+            .iter()
+            .filter(|i| dynamic.contains(i.as_str()))
+            .cloned()
+            .collect();
+        let preprocessing = PREPROCESSING_OPS.contains(&node.op_type.as_str())
+            && dyn_inputs.iter().all(|i| pre.contains(i.as_str()));
         for o in node.output.iter().filter(|o| !o.is_empty()) {
             dynamic.insert(o.as_str());
+            if preprocessing {
+                pre.insert(o.as_str());
+            }
             out.push(Candidate {
                 name: o.clone(),
                 op_type: node.op_type.clone(),
@@ -166,6 +227,10 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
                 layout_op: LAYOUT_OPS.contains(&node.op_type.as_str()),
                 classifier_input: false,
                 after_classifier: false,
+                dyn_inputs: dyn_inputs.clone(),
+                useful: false,
+                dominator: false,
+                preprocessing,
             });
         }
     }
@@ -184,7 +249,62 @@ pub fn candidates(graph: &GraphProto) -> Vec<Candidate> {
             c.after_classifier = true;
         }
     }
+    mark_dominators(&mut out, graph);
     out
+}
+
+/// Marks the candidates that reach the selection's end (`useful`) and those every path from the image to
+/// it passes through (`dominator`). The end is the classifier's input, else the first graph output.
+///
+/// With the candidates in topological order, a tensor at position p dominates the end exactly when no
+/// edge u → w between useful tensors jumps over it (pos(u) < p < pos(w)): such an edge is the start of a
+/// path around it, and without one every path has to land on it. One pass marks the jumped-over
+/// positions (a difference array), so the cost is linear in the edges.
+fn mark_dominators(cands: &mut [Candidate], graph: &GraphProto) {
+    let pos: std::collections::HashMap<&str, usize> = cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i + 1))
+        .collect();
+    let end = cands.iter().position(|c| c.classifier_input).or_else(|| {
+        let first = graph.output.first()?;
+        cands.iter().position(|c| c.name == first.name)
+    });
+    let Some(end) = end else { return };
+    // backwards from the end: every tensor some path to the end starts from
+    let mut useful = vec![false; cands.len()];
+    useful[end] = true;
+    for i in (0..=end).rev() {
+        if !useful[i] {
+            continue;
+        }
+        for inp in &cands[i].dyn_inputs {
+            if let Some(&p) = pos.get(inp.as_str()) {
+                useful[p - 1] = true;
+            }
+        }
+    }
+    // position 0 is the image; each useful tensor's image-dependent inputs are its edges
+    let mut jump = vec![0i64; cands.len() + 2];
+    for (i, c) in cands.iter().enumerate().take(end + 1) {
+        if !useful[i] {
+            continue;
+        }
+        let w = i + 1;
+        for inp in &c.dyn_inputs {
+            let u = pos.get(inp.as_str()).copied().unwrap_or(0);
+            if u + 1 < w {
+                jump[u + 1] += 1;
+                jump[w] -= 1;
+            }
+        }
+    }
+    let mut covered = 0i64;
+    for (i, c) in cands.iter_mut().enumerate() {
+        covered += jump[i + 1];
+        c.useful = i <= end && useful[i];
+        c.dominator = c.useful && covered == 0;
+    }
 }
 
 /// The classifier's input (rule 6): from the first graph output back through softmax, bias, activation and
@@ -247,7 +367,8 @@ fn scope(node_name: &str) -> Option<&str> {
     node_name.split('/').find(|s| !s.is_empty())
 }
 
-fn is_activation(op: &str) -> bool {
+/// True for an elementwise activation op.
+pub fn is_activation(op: &str) -> bool {
     ACTIVATION_OPS.contains(&op)
 }
 
@@ -266,17 +387,207 @@ fn evenly_spaced(n: usize, k: usize) -> Vec<usize> {
     v
 }
 
+/// Why the default selection took a layer (`domsim layers` prints it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Choice {
+    /// Every path passes through it and it ends or starts a block with several paths (a residual, dense or
+    /// attention block, a squeeze-excitation gate).
+    Boundary,
+    /// Every path passes through it, in a plain chain of layers; the last of its named module.
+    ModuleOutput,
+    /// Every path passes through it, in a plain chain of unnamed layers.
+    Chain,
+    /// Added to reach 8 layers in a graph with few block boundaries.
+    Spread,
+    /// The classifier's input (rule 6).
+    ClassifierInput,
+    /// Chosen by node names: the graph's structure gave no block boundaries (the old rule).
+    ByName,
+}
+
+impl Choice {
+    /// The reason in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Choice::Boundary => "block boundary",
+            Choice::ModuleOutput => "module output",
+            Choice::Chain => "chain step",
+            Choice::Spread => "spread (few boundaries)",
+            Choice::ClassifierInput => "classifier input",
+            Choice::ByName => "by name (no structure)",
+        }
+    }
+}
+
 /// The default selection over float candidates `all` (module docs), as indices into `all`.
 /// `cands[i]` is the candidate `all[i]` came from.
 pub fn default_selection(all: &[Layer], cands: &[Candidate]) -> Vec<usize> {
-    let idx: Vec<usize> = (0..all.len())
-        .filter(|&i| {
-            !all[i].graph_output
-                && !all[i].by_name_only
-                && !cands[i].after_classifier
-                && !PROBABILITY_OPS.contains(&all[i].op_type.as_str())
+    default_choices(all, cands)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The default selection with the reason for each layer (module docs).
+pub fn default_choices(all: &[Layer], cands: &[Candidate]) -> Vec<(usize, Choice)> {
+    let eligible = |i: usize| {
+        !all[i].graph_output
+            && !cands[i].preprocessing
+            && !all[i].by_name_only
+            && all[i].refused.is_none()
+            && !cands[i].after_classifier
+            && !PROBABILITY_OPS.contains(&all[i].op_type.as_str())
+    };
+    let idx: Vec<usize> = (0..all.len()).filter(|&i| eligible(i)).collect();
+    let mut picked = structural(&idx, all, cands).unwrap_or_else(|| by_scope(&idx, all, cands));
+    if picked.len() > 20 {
+        // first one layer per named module (the last), then evenly spaced
+        let scopes = Scopes::new(cands);
+        let scope = |k: usize| scopes.of(&cands[picked[k].0].node_name);
+        picked = (0..picked.len())
+            .filter(|&k| scope(k).is_none() || k + 1 == picked.len() || scope(k + 1) != scope(k))
+            .map(|k| picked[k])
+            .collect();
+    }
+    if picked.len() > 20 {
+        picked = evenly_spaced(picked.len(), 16)
+            .into_iter()
+            .map(|k| picked[k])
+            .collect();
+    }
+    // rule 6: the classifier's input, whatever the thinning kept
+    if let Some(ci) = (0..all.len()).find(|&i| cands[i].classifier_input && eligible(i)) {
+        match picked.iter_mut().find(|p| p.0 == ci) {
+            Some(p) => p.1 = Choice::ClassifierInput,
+            None => picked.push((ci, Choice::ClassifierInput)),
+        }
+    }
+    picked.sort_unstable_by_key(|p| p.0);
+    picked
+}
+
+/// The scope of a node name: its first path component after the components (nearly) every named node shares
+/// (`/m/layer1/...` in a model wrapped in one module `m` has scope `layer1`).
+struct Scopes {
+    skip: usize,
+}
+
+impl Scopes {
+    fn new(cands: &[Candidate]) -> Self {
+        let paths: Vec<Vec<&str>> = cands
+            .iter()
+            .filter(|c| c.node_name.contains('/'))
+            .map(|c| c.node_name.split('/').filter(|s| !s.is_empty()).collect())
+            .collect();
+        let mut skip = 0;
+        while !paths.is_empty() {
+            let mut counts: std::collections::HashMap<&str, usize> = Default::default();
+            // the last component is the node itself, never a module
+            for p in paths.iter().filter(|p| p.len() > skip + 1) {
+                *counts.entry(p[skip]).or_default() += 1;
+            }
+            match counts.values().max() {
+                Some(&m) if m * 10 >= paths.len() * 9 => skip += 1,
+                _ => break,
+            }
+        }
+        Scopes { skip }
+    }
+
+    fn of<'a>(&self, node_name: &'a str) -> Option<&'a str> {
+        if !node_name.contains('/') {
+            return None;
+        }
+        let parts: Vec<&str> = node_name.split('/').filter(|s| !s.is_empty()).collect();
+        (parts.len() > self.skip + 1).then(|| parts[self.skip])
+    }
+}
+
+/// The selection from the graph's structure (module docs), or `None` when the structure shows no block
+/// boundary (no dominator among the eligible layers).
+fn structural(idx: &[usize], all: &[Layer], cands: &[Candidate]) -> Option<Vec<(usize, Choice)>> {
+    let doms: Vec<usize> = idx
+        .iter()
+        .copied()
+        .filter(|&i| cands[i].dominator)
+        .collect();
+    if doms.is_empty() {
+        return None;
+    }
+    // an activation applied to a boundary replaces it: the block-final activation is preferred
+    let next_dom = |i: usize| (i + 1..all.len()).find(|&j| cands[j].dominator);
+    let kept: Vec<usize> = doms
+        .iter()
+        .copied()
+        .filter(|&d| {
+            !next_dom(d).is_some_and(|j| {
+                is_activation(&all[j].op_type)
+                    && cands[j].dyn_inputs.iter().any(|x| *x == cands[d].name)
+                    && idx.contains(&j)
+            })
         })
         .collect();
+    // a segment between two boundaries is a block with several paths when a useful tensor in it is not a
+    // dominator
+    let branching = |a: Option<usize>, b: usize| {
+        (a.map_or(0, |a| a + 1)..b).any(|k| cands[k].useful && !cands[k].dominator)
+    };
+    let end = (0..all.len()).find(|&i| cands[i].classifier_input);
+    let scopes = Scopes::new(cands);
+    let mut out = Vec::new();
+    let mut run: Vec<usize> = Vec::new();
+    // a chain step is kept when it is the last of its named module: the next kept layer (a chain step or
+    // the boundary that ends the run, `then`) belongs to another module
+    let flush = |run: &mut Vec<usize>, then: Option<usize>, out: &mut Vec<(usize, Choice)>| {
+        for (k, &i) in run.iter().enumerate() {
+            let s = scopes.of(&cands[i].node_name);
+            match s {
+                None => out.push((i, Choice::Chain)),
+                Some(s) => {
+                    let last_of_scope = run
+                        .get(k + 1)
+                        .copied()
+                        .or(then)
+                        .is_none_or(|j| scopes.of(&cands[j].node_name) != Some(s));
+                    if last_of_scope {
+                        out.push((i, Choice::ModuleOutput));
+                    }
+                }
+            }
+        }
+        run.clear();
+    };
+    for (k, &d) in kept.iter().enumerate() {
+        let prev = k.checked_sub(1).map(|p| kept[p]);
+        let next = kept.get(k + 1).copied().or(end.filter(|&e| e > d));
+        let boundary = branching(prev, d) || next.is_some_and(|n| branching(Some(d), n));
+        if boundary {
+            flush(&mut run, Some(d), &mut out);
+            out.push((d, Choice::Boundary));
+        } else {
+            run.push(d);
+        }
+    }
+    flush(&mut run, None, &mut out);
+    if out.len() < 8 {
+        let rest: Vec<usize> = kept
+            .iter()
+            .copied()
+            .filter(|i| !out.iter().any(|o| o.0 == *i))
+            .collect();
+        for k in evenly_spaced(rest.len(), 12 - out.len()) {
+            out.push((rest[k], Choice::Spread));
+        }
+    }
+    out.sort_unstable_by_key(|p| p.0);
+    Some(out)
+}
+
+/// The selection by node names (the rule before the structural one; used when the structure shows no
+/// boundary): the last candidate of each scope, residual `Add`s, activation-only scopes replacing the
+/// output before them; fewer than 8: evenly spaced candidates added until 12.
+fn by_scope(idx: &[usize], all: &[Layer], cands: &[Candidate]) -> Vec<(usize, Choice)> {
     let mut blocks: Vec<usize> = Vec::new();
     let mut g = 0;
     while g < idx.len() {
@@ -300,25 +611,16 @@ pub fn default_selection(all: &[Layer], cands: &[Candidate]) -> Vec<usize> {
     }
     blocks.sort_unstable();
     blocks.dedup();
-    if blocks.len() > 20 {
-        blocks = evenly_spaced(blocks.len(), 16)
-            .into_iter()
-            .map(|k| blocks[k])
-            .collect();
-    } else if blocks.len() < 8 && idx.len() > blocks.len() {
-        let extra = evenly_spaced(idx.len(), 12).into_iter().map(|k| idx[k]);
-        blocks.extend(extra);
-        blocks.sort_unstable();
-        blocks.dedup();
-    }
-    // rule 6: the classifier's input, whatever the thinning kept
-    if let Some(ci) = (0..all.len()).find(|&i| cands[i].classifier_input && !all[i].graph_output) {
-        if !blocks.contains(&ci) {
-            blocks.push(ci);
-            blocks.sort_unstable();
+    let mut out: Vec<(usize, Choice)> = blocks.iter().map(|&i| (i, Choice::ByName)).collect();
+    if blocks.len() < 8 && idx.len() > blocks.len() {
+        for k in evenly_spaced(idx.len(), 12) {
+            if !blocks.contains(&idx[k]) {
+                out.push((idx[k], Choice::Spread));
+            }
         }
+        out.sort_unstable_by_key(|p| p.0);
     }
-    blocks
+    out
 }
 
 /// Glob match with `*` and `?`.

@@ -34,6 +34,61 @@ impl Pool {
     }
 }
 
+/// How token tensors ((N, T, D) or, tokens first, (T, N, D)) become one vector per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tokens {
+    /// The first token (a vision transformer's class token, which its classifier reads).
+    Cls,
+    /// The mean over every token (the class token included).
+    Mean,
+}
+
+impl Tokens {
+    /// Parses `cls` or `mean`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cls" => Some(Tokens::Cls),
+            "mean" => Some(Tokens::Mean),
+            _ => None,
+        }
+    }
+
+    /// In words, for the terminal, the page and the manifest.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Tokens::Cls => "the first (class) token",
+            Tokens::Mean => "the mean over all tokens, the class token included",
+        }
+    }
+}
+
+/// Moves axis `axis` of a raw output to the front (tokens-first (T, N, D) becomes (N, T, D)).
+pub fn batch_first(out: RawOutput, axis: usize) -> RawOutput {
+    if axis == 0 || out.pooled || axis >= out.shape.len() {
+        return out;
+    }
+    let s = &out.shape;
+    let outer: usize = s[..axis].iter().product();
+    let n = s[axis];
+    let inner: usize = s[axis + 1..].iter().product();
+    let mut data = Vec::with_capacity(out.data.len());
+    for b in 0..n {
+        for o in 0..outer {
+            let start = (o * n + b) * inner;
+            data.extend_from_slice(&out.data[start..start + inner]);
+        }
+    }
+    let mut shape = vec![n];
+    shape.extend(&s[..axis]);
+    shape.extend(&s[axis + 1..]);
+    RawOutput {
+        shape,
+        data,
+        pooled: false,
+    }
+}
+
 /// How a layer's raw tensor maps to (batch, positions, channels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +99,8 @@ pub enum TensorLayout {
     ChannelsFirst,
     /// (N, ..., C): channels last, pooled over the middle axes (NHWC maps, and (N, T, C) tokens).
     ChannelsLast,
+    /// (N, T, C) tokens: the first token's C values (`--tokens cls`).
+    FirstToken,
 }
 
 /// Ops whose outputs are NCHW by the ONNX specification.
@@ -59,6 +116,11 @@ const NCHW_OPS: &[&str] = &[
     "InstanceNormalization",
     "LRN",
 ];
+
+/// True for the ops whose outputs are channels-first maps by the ONNX specification.
+pub fn is_nchw_op(op: &str) -> bool {
+    NCHW_OPS.contains(&op)
+}
 
 /// Decides the layout of a layer's tensor from its op type, its shape and the model's input contract:
 /// rank ≤ 2 is flat; rank 3 is tokens (N, T, C); rank 4 is NCHW for conv-family ops (ONNX mandates it),
@@ -93,7 +155,7 @@ pub fn tensor_layout(op_type: &str, shape: &[usize], input: &InputContract) -> T
 /// Runtime returns much less than the whole map (see [`average_row_means`]).
 pub fn in_graph_shape(layer: &Layer, input: &InputContract) -> Option<Vec<usize>> {
     let s = &layer.shape;
-    if s.len() < 4 || s[1..].iter().any(|&d| d <= 0) {
+    if layer.batch_axis != 0 || s.len() < 4 || s[1..].iter().any(|&d| d <= 0) {
         return None;
     }
     let shape: Vec<usize> = std::iter::once(1)
@@ -136,7 +198,16 @@ pub fn pool(
     if out.pooled {
         return Ok((per, out.data.clone()));
     }
+    if layout == TensorLayout::FirstToken {
+        let c = s[s.len() - 1];
+        let mut rows = Vec::with_capacity(n * c);
+        for i in 0..n {
+            rows.extend_from_slice(&out.data[i * per..i * per + c.min(per)]);
+        }
+        return Ok((c, rows));
+    }
     let (c, positions) = match layout {
+        TensorLayout::FirstToken => unreachable!("returned above"),
         TensorLayout::Flat => (per, 1),
         TensorLayout::ChannelsFirst => (s[1], per / s[1].max(1)),
         TensorLayout::ChannelsLast => (s[s.len() - 1], per / s[s.len() - 1].max(1)),
@@ -206,6 +277,30 @@ mod tests {
         let b = pool(&nhwc, TensorLayout::ChannelsLast, Pool::AvgMax, "x").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.1, vec![2.5, 25., 4., 40.]);
+    }
+
+    #[test]
+    fn tokens_first_is_moved_and_the_class_token_taken() {
+        // (T = 2, N = 2, D = 3): token t of image b is [10t + b, 10t + b + 0.5, 10t + b + 0.25]
+        let mut data = Vec::new();
+        for t in 0..2 {
+            for b in 0..2 {
+                let v = (10 * t + b) as f32;
+                data.extend([v, v + 0.5, v + 0.25]);
+            }
+        }
+        let raw = RawOutput {
+            shape: vec![2, 2, 3],
+            data,
+            pooled: false,
+        };
+        let moved = batch_first(raw, 1);
+        assert_eq!(moved.shape, vec![2, 2, 3]);
+        let (d, rows) = pool(&moved, TensorLayout::FirstToken, Pool::Avg, "t").unwrap();
+        assert_eq!(d, 3);
+        assert_eq!(rows, vec![0., 0.5, 0.25, 1., 1.5, 1.25]);
+        let (_, mean) = pool(&moved, TensorLayout::ChannelsLast, Pool::Avg, "t").unwrap();
+        assert_eq!(mean, vec![5., 5.5, 5.25, 6., 6.5, 6.25]);
     }
 
     #[test]

@@ -205,6 +205,142 @@ fn session(
         .commit_from_memory(bytes)?)
 }
 
+/// The symbolic names of a tensor type's dimensions ("" where a dimension has none).
+fn symbols_of(t: &ValueType) -> Option<Vec<String>> {
+    match t {
+        ValueType::Tensor {
+            dimension_symbols, ..
+        } => Some(dimension_symbols.iter().map(|s| s.to_string()).collect()),
+        _ => None,
+    }
+}
+
+/// The images' axis of a tensor when its declared shape says it: the one axis named like the input's batch
+/// dimension; axis 0 for a model with a fixed batch b whose tensor starts with b (or the one axis of size b
+/// otherwise). `None`: the shape does not say (then [`probe_batch_axes`] runs the model).
+fn static_batch_axis(
+    shape: &[i64],
+    symbols: &[String],
+    batch_symbol: Option<&str>,
+    input: &InputContract,
+) -> Option<usize> {
+    if let Some(b) = input.fixed_batch {
+        let b = b as i64;
+        if shape.first() == Some(&b) {
+            return Some(0);
+        }
+        let hits: Vec<usize> = (0..shape.len()).filter(|&k| shape[k] == b).collect();
+        return (hits.len() == 1).then(|| hits[0]).or(Some(0));
+    }
+    let sym = batch_symbol?;
+    let hits: Vec<usize> = (0..symbols.len())
+        .filter(|&k| symbols[k] == sym && shape.get(k) == Some(&-1))
+        .collect();
+    (hits.len() == 1).then(|| hits[0])
+}
+
+/// Finds the images' axis of the tensors at `which` by running the model on 1 and on 2 blank images: it is
+/// the axis whose size goes from 1 to 2. A tensor whose sizes do not change has no per-image axis; one whose
+/// changing axis holds more than one row per image merges the images with another axis (windows of a Swin
+/// transformer): both are refused, with the reason.
+fn probe_batch_axes(
+    bytes: &[u8],
+    path: &Path,
+    input: &InputContract,
+    ort_lib: Option<&Path>,
+    all: &mut [Layer],
+    which: &[usize],
+) -> Result<()> {
+    let names: Vec<String> = which.iter().map(|&i| all[i].name.clone()).collect();
+    let extra: Vec<String> = which
+        .iter()
+        .filter(|&&i| !all[i].graph_output)
+        .map(|&i| all[i].name.clone())
+        .collect();
+    let mut sess = session(
+        &onnx::with_extra_outputs(bytes, &extra),
+        model_dir(path),
+        1,
+        ort_lib,
+    )?;
+    let per = input.channels * input.height * input.width;
+    let mut shapes: Vec<Vec<Vec<usize>>> = Vec::new();
+    for n in [1usize, 2] {
+        let batch = match input.elem {
+            ElemType::F32 => InputBatch::F32(vec![0.0; n * per]),
+            ElemType::U8 => InputBatch::U8(vec![0; n * per]),
+        };
+        let outs = run_batch(&mut sess, input, batch, n).map_err(|e| {
+            Error::Runtime(format!(
+                "model '{}': running it on {n} blank image(s) to find each layer's batch axis failed: {e}",
+                path.display()
+            ))
+        })?;
+        shapes.push(
+            names
+                .iter()
+                .map(|name| {
+                    outs.get(name.as_str())
+                        .and_then(|v| v.shape().iter().map(|&d| usize::try_from(d).ok()).collect())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        );
+    }
+    for (k, &i) in which.iter().enumerate() {
+        let (one, two) = (&shapes[0][k], &shapes[1][k]);
+        let changed: Vec<usize> = (0..one.len().min(two.len()))
+            .filter(|&a| one[a] != two[a])
+            .collect();
+        let l = &mut all[i];
+        match changed.as_slice() {
+            [] if one.is_empty() => {}
+            [] => {
+                l.refused = Some(format!(
+                    "its shape {one:?} does not change with the number of images: not one value per image"
+                ))
+            }
+            [a] if one[*a] == 1 && two[*a] == 2 => l.batch_axis = *a,
+            [a] => {
+                l.refused = Some(format!(
+                    "axis {a} holds {} rows per image (the images merged with another axis, such as attention windows): not one vector per image",
+                    one[*a]
+                ))
+            }
+            _ => {
+                l.refused = Some(format!(
+                    "several axes change with the number of images ({one:?} for 1, {two:?} for 2): not one vector per image"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a layer is not a per-image feature, from its rank and op (after its batch axis is known).
+fn not_per_image(l: &Layer) -> Option<String> {
+    let rank = l.shape.len();
+    let conv_family = crate::model::pool::is_nchw_op(&l.op_type);
+    if rank >= 5 && !conv_family {
+        return Some(format!(
+            "a rank-{rank} tensor from {} (windows or attention heads), not a feature map: pooling it would treat an inner axis as the features",
+            l.op_type
+        ));
+    }
+    if rank == 4 && l.batch_axis == 0 && matches!(l.op_type.as_str(), "Softmax" | "MatMul") {
+        let (a, b) = (l.shape[2], l.shape[3]);
+        if a == b || l.op_type == "Softmax" {
+            return Some(format!(
+                "an attention map ({} over [{}, {}] token pairs per head), not features of the image",
+                l.op_type,
+                if a > 0 { a.to_string() } else { "T".into() },
+                if b > 0 { b.to_string() } else { "T".into() }
+            ));
+        }
+    }
+    None
+}
+
 fn dims_of(t: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
     match t {
         ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
@@ -256,13 +392,25 @@ impl OnnxModel {
             other => other,
         })?;
         let input = read_contract(path, &sess, size, layout)?;
+        let batch_symbol = sess
+            .inputs()
+            .first()
+            .and_then(|i| symbols_of(i.dtype()))
+            .and_then(|s| s.first().cloned())
+            .filter(|s| !s.is_empty());
         let mut all = Vec::new();
         let mut kept = Vec::new();
+        let mut unresolved = Vec::new();
         for c in cands {
             let Some(outlet) = sess.outputs().iter().find(|o| o.name() == c.name) else {
                 continue;
             };
             if let Some((TensorElementType::Float32, shape)) = dims_of(outlet.dtype()) {
+                let symbols = symbols_of(outlet.dtype()).unwrap_or_default();
+                let axis = static_batch_axis(&shape, &symbols, batch_symbol.as_deref(), &input);
+                if axis.is_none() && !c.layout_op {
+                    unresolved.push(all.len());
+                }
                 all.push(Layer {
                     name: c.name.clone(),
                     op_type: c.op_type.clone(),
@@ -270,8 +418,19 @@ impl OnnxModel {
                     node_index: all.len(),
                     graph_output: c.graph_output,
                     by_name_only: c.layout_op,
+                    refused: None,
+                    batch_axis: axis.unwrap_or(0),
                 });
                 kept.push(c);
+            }
+        }
+        drop(sess);
+        if !unresolved.is_empty() && input.fixed_batch.is_none() {
+            probe_batch_axes(&bytes, path, &input, ort_lib, &mut all, &unresolved)?;
+        }
+        for l in all.iter_mut() {
+            if l.refused.is_none() {
+                l.refused = not_per_image(l);
             }
         }
         if all.is_empty() {
@@ -302,12 +461,36 @@ impl OnnxModel {
         &self.all
     }
 
+    /// The default selection with the reason for each layer, in depth order.
+    pub fn default_choices(&self) -> Vec<(Layer, layers::Choice)> {
+        layers::default_choices(&self.all, &self.candidates)
+            .into_iter()
+            .map(|(i, c)| (self.all[i].clone(), c))
+            .collect()
+    }
+
     /// The layers chosen by `sel`, in depth order.
     pub fn select(&self, sel: &Selection) -> Result<Vec<Layer>> {
         let (all, cands) = (&self.all, &self.candidates);
         let idx = match sel {
-            Selection::All => (0..all.len()).filter(|&i| !all[i].by_name_only).collect(),
-            Selection::Names(names) => layers::select_names(all, names)?,
+            Selection::All => (0..all.len())
+                .filter(|&i| !all[i].by_name_only && all[i].refused.is_none())
+                .collect(),
+            Selection::Names(names) => {
+                let idx = layers::select_names(all, names)?;
+                if let Some(&i) = idx.iter().find(|&&i| all[i].refused.is_some()) {
+                    return Err(Error::Layer {
+                        layer: all[i].name.clone(),
+                        message: format!(
+                            "layer '{}' {:?} cannot be embedded: {}. Choose a block output instead (`domsim layers` lists them, `--all` every per-image tensor)",
+                            all[i].name,
+                            all[i].shape,
+                            all[i].refused.as_deref().unwrap_or_default()
+                        ),
+                    });
+                }
+                idx
+            }
             Selection::Default => layers::default_selection(all, cands),
         };
         Ok(idx.into_iter().map(|i| all[i].clone()).collect())
@@ -349,7 +532,45 @@ impl OnnxModel {
             contract: self.input.clone(),
             layers,
             fetch,
+            tokens: self.classifier_tokens(),
         })
+    }
+
+    /// How the model's classifier reads its tokens: the class token when the classifier's input is one
+    /// token taken (`Gather`, `Slice`) from a token tensor, else their mean.
+    pub fn classifier_tokens(&self) -> crate::model::pool::Tokens {
+        use crate::model::pool::Tokens;
+        let Some(ci) = self.candidates.iter().position(|c| c.classifier_input) else {
+            return Tokens::Mean;
+        };
+        // back from the classifier's input through normalisations and activations (a CLIP head's ln_post)
+        let mut c = &self.candidates[ci];
+        for _ in 0..8 {
+            if matches!(c.op_type.as_str(), "Gather" | "Slice") {
+                let from_tokens = c
+                    .dyn_inputs
+                    .iter()
+                    .any(|x| self.all.iter().any(|l| l.name == *x && l.shape.len() == 3));
+                return if from_tokens {
+                    Tokens::Cls
+                } else {
+                    Tokens::Mean
+                };
+            }
+            let passes = matches!(
+                c.op_type.as_str(),
+                "LayerNormalization" | "BatchNormalization" | "Mul" | "Add" | "Div" | "Sub"
+            ) || layers::is_activation(&c.op_type);
+            let prev = match c.dyn_inputs.as_slice() {
+                [one] if passes => self.candidates.iter().find(|p| p.name == *one),
+                _ => None,
+            };
+            match prev {
+                Some(p) => c = p,
+                None => break,
+            }
+        }
+        Tokens::Mean
     }
 }
 
@@ -679,6 +900,10 @@ pub trait Embedder {
     fn layers(&self) -> &[Layer];
     /// Runs one batch of `n` images; returns one output per layer.
     fn run(&mut self, batch: InputBatch, n: usize) -> Result<Vec<RawOutput>>;
+    /// How the model's own classifier reads its tokens (the default of `--tokens`).
+    fn classifier_tokens(&self) -> crate::model::pool::Tokens {
+        crate::model::pool::Tokens::Mean
+    }
 }
 
 /// The ONNX Runtime embedder.
@@ -687,6 +912,7 @@ pub struct OrtEmbedder {
     contract: InputContract,
     layers: Vec<Layer>,
     fetch: Vec<Fetch>,
+    tokens: crate::model::pool::Tokens,
 }
 
 impl Embedder for OrtEmbedder {
@@ -696,6 +922,10 @@ impl Embedder for OrtEmbedder {
 
     fn layers(&self) -> &[Layer] {
         &self.layers
+    }
+
+    fn classifier_tokens(&self) -> crate::model::pool::Tokens {
+        self.tokens
     }
 
     fn run(&mut self, batch: InputBatch, n: usize) -> Result<Vec<RawOutput>> {
