@@ -440,10 +440,11 @@ pub fn default_choices(all: &[Layer], cands: &[Candidate]) -> Vec<(usize, Choice
             && !PROBABILITY_OPS.contains(&all[i].op_type.as_str())
     };
     let idx: Vec<usize> = (0..all.len()).filter(|&i| eligible(i)).collect();
-    let mut picked = structural(&idx, all, cands).unwrap_or_else(|| by_scope(&idx, all, cands));
+    let scopes = Scopes::new(cands);
+    let mut picked =
+        structural(&idx, all, cands, &scopes).unwrap_or_else(|| by_scope(&idx, all, cands));
     if picked.len() > 20 {
         // first one layer per named module (the last), then evenly spaced
-        let scopes = Scopes::new(cands);
         let scope = |k: usize| scopes.of(&cands[picked[k].0].node_name);
         picked = (0..picked.len())
             .filter(|&k| scope(k).is_none() || k + 1 == picked.len() || scope(k + 1) != scope(k))
@@ -506,7 +507,12 @@ impl Scopes {
 
 /// The selection from the graph's structure (module docs), or `None` when the structure shows no block
 /// boundary (no dominator among the eligible layers).
-fn structural(idx: &[usize], all: &[Layer], cands: &[Candidate]) -> Option<Vec<(usize, Choice)>> {
+fn structural(
+    idx: &[usize],
+    all: &[Layer],
+    cands: &[Candidate],
+    scopes: &Scopes,
+) -> Option<Vec<(usize, Choice)>> {
     let doms: Vec<usize> = idx
         .iter()
         .copied()
@@ -534,7 +540,6 @@ fn structural(idx: &[usize], all: &[Layer], cands: &[Candidate]) -> Option<Vec<(
         (a.map_or(0, |a| a + 1)..b).any(|k| cands[k].useful && !cands[k].dominator)
     };
     let end = (0..all.len()).find(|&i| cands[i].classifier_input);
-    let scopes = Scopes::new(cands);
     let mut out = Vec::new();
     let mut run: Vec<usize> = Vec::new();
     // a chain step is kept when it is the last of its named module: the next kept layer (a chain step or
